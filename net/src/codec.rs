@@ -1,0 +1,832 @@
+//! Builders for every message and the verified decode of one.
+
+use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
+use flatbuffers::{FlatBufferBuilder, WIPOffset};
+
+use crate::views::*;
+use crate::wire;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("invalid field {field}: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+}
+
+/// Verifies a message's flatbuffer (bounds, offsets, required fields) and returns a zero-copy
+/// reader over it. Everything read through the result afterwards is in bounds.
+pub fn decode_message(bytes: &[u8]) -> Result<wire::Message<'_>, WireError> {
+    let opts = flatbuffers::VerifierOptions {
+        max_depth: 32,
+        max_tables: 1_000_000,
+        max_apparent_size: crate::FRAME_BYTES_MAX,
+        ignore_missing_null_terminator: false,
+    };
+    let message = flatbuffers::root_with_opts::<wire::Message>(&opts, bytes)
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if message.payload_type().0 > wire::Payload::ENUM_MAX {
+        return Err(WireError::UnknownType(message.payload_type().0));
+    }
+    if message.payload_type() == wire::Payload::NONE {
+        return Err(WireError::UnknownType(0));
+    }
+    Ok(message)
+}
+
+pub fn state_to_wire(state: TaskState) -> wire::TaskState {
+    wire::TaskState(state as u8)
+}
+
+pub fn state_from_wire(state: wire::TaskState) -> Result<TaskState, WireError> {
+    TaskState::from_u8(state.0).ok_or_else(|| WireError::InvalidField {
+        field: "state",
+        reason: format!("unknown task state {}", state.0),
+    })
+}
+
+fn tier_to_wire(tier: Tier) -> wire::Tier {
+    match tier {
+        Tier::Preferred => wire::Tier::Preferred,
+        Tier::Preemptible => wire::Tier::Preemptible,
+        Tier::Revocable => wire::Tier::Revocable,
+    }
+}
+
+fn tier_from_wire(tier: wire::Tier) -> Result<Tier, WireError> {
+    match tier {
+        wire::Tier::Preferred => Ok(Tier::Preferred),
+        wire::Tier::Preemptible => Ok(Tier::Preemptible),
+        wire::Tier::Revocable => Ok(Tier::Revocable),
+        other => Err(WireError::InvalidField {
+            field: "tier",
+            reason: format!("unknown tier {}", other.0),
+        }),
+    }
+}
+
+pub fn resources_to_wire(r: &Resources) -> wire::Resources {
+    wire::Resources::new(r.cpu_millis, r.ram_mib, r.disk_mib, r.ports)
+}
+
+pub fn resources_from_wire(r: &wire::Resources) -> Resources {
+    Resources {
+        cpu_millis: r.cpu_millis(),
+        ram_mib: r.ram_mib(),
+        disk_mib: r.disk_mib(),
+        ports: r.ports(),
+    }
+}
+
+fn parse_job_key(text: &str) -> Result<JobKey, WireError> {
+    text.parse().map_err(|e: borealis_core::JobKeyError| WireError::InvalidField {
+        field: "job_key",
+        reason: e.to_string(),
+    })
+}
+
+/// Reads a wire task config into the core type (used when a job is created, not per task).
+pub fn task_config_from_wire(job: JobKey, c: wire::TaskConfig<'_>) -> Result<TaskConfig, WireError> {
+    let mut constraints = Vec::new();
+    for constraint in c.constraints().iter().flatten() {
+        if let Some(v) = constraint.kind_as_value_constraint() {
+            constraints.push(Constraint::Value {
+                attribute: v.attribute().to_string(),
+                negated: v.negated(),
+                values: v.values().iter().flatten().map(str::to_string).collect(),
+            });
+        } else if let Some(l) = constraint.kind_as_limit_constraint() {
+            constraints.push(Constraint::Limit {
+                attribute: l.attribute().to_string(),
+                limit: l.limit(),
+            });
+        } else {
+            return Err(WireError::InvalidField {
+                field: "constraints",
+                reason: "unknown constraint kind".into(),
+            });
+        }
+    }
+    Ok(TaskConfig {
+        job,
+        command: c.command().to_string(),
+        resources: resources_from_wire(c.resources()),
+        port_names: c.port_names().iter().flatten().map(str::to_string).collect(),
+        constraints,
+        tier: tier_from_wire(c.tier())?,
+        priority: c.priority(),
+        production: c.production(),
+        is_service: c.is_service(),
+        max_task_failures: c.max_task_failures(),
+        finalization_wait_secs: c.finalization_wait_secs(),
+    })
+}
+
+fn task_status_from_wire(s: wire::TaskStatus<'_>) -> Result<TaskStatusReport, WireError> {
+    Ok(TaskStatusReport {
+        task_id: TaskId(s.task_id()),
+        job_key: s.job_key().to_string(),
+        instance: s.instance(),
+        state: state_from_wire(s.state())?,
+        exit_code: s.exit_code(),
+        message: s.message().unwrap_or_default().to_string(),
+        timestamp_ms: s.timestamp_ms(),
+    })
+}
+
+fn ports_from_wire(
+    ports: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<wire::AssignedPort<'_>>>>,
+) -> Vec<(String, u16)> {
+    ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name().to_string(), p.port()))
+        .collect()
+}
+
+fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
+    let mut state_counts = [0u32; TaskState::COUNT];
+    for (i, n) in j.state_counts().iter().flatten().enumerate().take(TaskState::COUNT) {
+        state_counts[i] = n;
+    }
+    JobSummaryView {
+        job_key: j.job_key().to_string(),
+        instances: j.instances(),
+        is_service: j.is_service(),
+        state_counts,
+    }
+}
+
+/// Decodes any message into owned values, returning its request id too.
+pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireError> {
+    use wire::Payload as P;
+    let owned = match message.payload_type() {
+        P::RegisterAgent => {
+            let r = message.payload_as_register_agent().expect("type checked");
+            let mut tasks = Vec::new();
+            for t in r.tasks().iter().flatten() {
+                tasks.push(task_status_from_wire(t)?);
+            }
+            OwnedMessage::RegisterAgent(AgentRegistration {
+                agent_id: r.agent_id().to_string(),
+                hostname: r.hostname().to_string(),
+                resources: resources_from_wire(r.resources()),
+                port_ranges: r
+                    .port_ranges()
+                    .iter()
+                    .flatten()
+                    .map(|p| (p.begin(), p.end()))
+                    .collect(),
+                attributes: r
+                    .attributes()
+                    .iter()
+                    .flatten()
+                    .map(|a| (a.key().to_string(), a.value().to_string()))
+                    .collect(),
+                tasks,
+            })
+        }
+        P::TaskStatus => OwnedMessage::TaskStatus(task_status_from_wire(
+            message.payload_as_task_status().expect("type checked"),
+        )?),
+        P::AgentRegistered => OwnedMessage::AgentRegistered {
+            agent_id: message
+                .payload_as_agent_registered()
+                .expect("type checked")
+                .agent_id()
+                .to_string(),
+        },
+        P::LaunchTask => {
+            let l = message.payload_as_launch_task().expect("type checked");
+            let job_key = parse_job_key(l.job_key())?;
+            OwnedMessage::LaunchTask(LaunchView {
+                task_id: TaskId(l.task_id()),
+                config: task_config_from_wire(job_key.clone(), l.config())?,
+                job_key,
+                instance: l.instance(),
+                ports: ports_from_wire(l.ports()),
+            })
+        }
+        P::KillTask => OwnedMessage::KillTask {
+            task_id: TaskId(message.payload_as_kill_task().expect("type checked").task_id()),
+        },
+        P::Reconcile => OwnedMessage::Reconcile {
+            task_ids: message
+                .payload_as_reconcile()
+                .expect("type checked")
+                .task_ids()
+                .iter()
+                .flatten()
+                .map(TaskId)
+                .collect(),
+        },
+        P::Heartbeat => OwnedMessage::Heartbeat {
+            timestamp_ms: message.payload_as_heartbeat().expect("type checked").timestamp_ms(),
+        },
+        P::CreateJob => {
+            let c = message.payload_as_create_job().expect("type checked");
+            let job_key = parse_job_key(c.job_key())?;
+            OwnedMessage::CreateJob {
+                config: task_config_from_wire(job_key.clone(), c.config())?,
+                job_key,
+                instances: c.instances(),
+            }
+        }
+        P::KillJob => {
+            let k = message.payload_as_kill_job().expect("type checked");
+            OwnedMessage::KillJob {
+                job_key: parse_job_key(k.job_key())?,
+                instances: k.instances().iter().flatten().collect(),
+            }
+        }
+        P::QueryJob => OwnedMessage::QueryJob {
+            job_key: parse_job_key(message.payload_as_query_job().expect("type checked").job_key())?,
+        },
+        P::ListJobs => OwnedMessage::ListJobs,
+        P::JobStatus => {
+            let s = message.payload_as_job_status().expect("type checked");
+            let tasks = s
+                .tasks()
+                .iter()
+                .flatten()
+                .map(|t| TaskInfoView {
+                    task_id: t.task_id(),
+                    instance: t.instance(),
+                    state: TaskState::from_u8(t.state().0),
+                    agent_id: t.agent_id().unwrap_or_default().to_string(),
+                    hostname: t.hostname().unwrap_or_default().to_string(),
+                    failure_count: t.failure_count(),
+                    exit_code: t.exit_code(),
+                    message: t.message().unwrap_or_default().to_string(),
+                    ports: ports_from_wire(t.ports()),
+                    sandbox: t.sandbox().unwrap_or_default().to_string(),
+                })
+                .collect();
+            OwnedMessage::JobStatus(JobStatusView {
+                job: job_summary_from_wire(s.job()),
+                tasks,
+            })
+        }
+        P::JobList => OwnedMessage::JobList(
+            message
+                .payload_as_job_list()
+                .expect("type checked")
+                .jobs()
+                .iter()
+                .flatten()
+                .map(job_summary_from_wire)
+                .collect(),
+        ),
+        P::Ack => OwnedMessage::Ack,
+        P::Error => {
+            let e = message.payload_as_error().expect("type checked");
+            let code = match e.code() {
+                wire::ErrorCode::UnknownJob => ErrorCode::UnknownJob,
+                wire::ErrorCode::JobExists => ErrorCode::JobExists,
+                wire::ErrorCode::TooManyTasks => ErrorCode::TooManyTasks,
+                wire::ErrorCode::Internal => ErrorCode::Internal,
+                wire::ErrorCode::Overloaded => ErrorCode::Overloaded,
+                _ => ErrorCode::InvalidRequest,
+            };
+            OwnedMessage::Error {
+                code,
+                message: e.message().to_string(),
+            }
+        }
+        other => return Err(WireError::UnknownType(other.0)),
+    };
+    Ok((message.request_id(), owned))
+}
+
+/// Builds messages into one reused flatbuffer builder. Each method returns the finished
+/// message's bytes, valid until the next call; push them into a [`crate::FrameWriter`].
+pub struct Encoder {
+    fbb: FlatBufferBuilder<'static>,
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        Encoder::new()
+    }
+}
+
+type Payload = WIPOffset<flatbuffers::UnionWIPOffset>;
+
+impl Encoder {
+    pub fn new() -> Encoder {
+        Encoder {
+            fbb: FlatBufferBuilder::with_capacity(4096),
+        }
+    }
+
+    /// Direct access for hot-path callers that build a message field by field.
+    pub fn builder(&mut self) -> &mut FlatBufferBuilder<'static> {
+        &mut self.fbb
+    }
+
+    /// Finishes a message whose payload was built with [`Encoder::builder`].
+    pub fn finish_message(
+        &mut self,
+        request_id: u64,
+        route_key: Option<&str>,
+        payload_type: wire::Payload,
+        payload: Payload,
+    ) -> &[u8] {
+        let route_key = route_key.map(|k| self.fbb.create_string(k));
+        let message = wire::Message::create(
+            &mut self.fbb,
+            &wire::MessageArgs {
+                request_id,
+                route_key,
+                payload_type,
+                payload: Some(payload),
+            },
+        );
+        self.fbb.finish(message, None);
+        self.fbb.finished_data()
+    }
+
+    fn begin(&mut self) {
+        self.fbb.reset();
+    }
+
+    fn task_config(&mut self, c: &TaskConfig) -> WIPOffset<wire::TaskConfig<'static>> {
+        let fbb = &mut self.fbb;
+        let command = fbb.create_string(&c.command);
+        let names: Vec<_> = c.port_names.iter().map(|n| fbb.create_string(n)).collect();
+        let port_names = fbb.create_vector(&names);
+        let mut constraints = Vec::with_capacity(c.constraints.len());
+        for constraint in &c.constraints {
+            let (kind_type, kind) = match constraint {
+                Constraint::Value {
+                    attribute,
+                    negated,
+                    values,
+                } => {
+                    let attribute = fbb.create_string(attribute);
+                    let values: Vec<_> = values.iter().map(|v| fbb.create_string(v)).collect();
+                    let values = fbb.create_vector(&values);
+                    let v = wire::ValueConstraint::create(
+                        fbb,
+                        &wire::ValueConstraintArgs {
+                            attribute: Some(attribute),
+                            negated: *negated,
+                            values: Some(values),
+                        },
+                    );
+                    (wire::ConstraintKind::ValueConstraint, v.as_union_value())
+                }
+                Constraint::Limit { attribute, limit } => {
+                    let attribute = fbb.create_string(attribute);
+                    let l = wire::LimitConstraint::create(
+                        fbb,
+                        &wire::LimitConstraintArgs {
+                            attribute: Some(attribute),
+                            limit: *limit,
+                        },
+                    );
+                    (wire::ConstraintKind::LimitConstraint, l.as_union_value())
+                }
+            };
+            constraints.push(wire::Constraint::create(
+                fbb,
+                &wire::ConstraintArgs {
+                    kind_type,
+                    kind: Some(kind),
+                },
+            ));
+        }
+        let constraints = fbb.create_vector(&constraints);
+        let resources = resources_to_wire(&c.resources);
+        wire::TaskConfig::create(
+            fbb,
+            &wire::TaskConfigArgs {
+                command: Some(command),
+                resources: Some(&resources),
+                port_names: Some(port_names),
+                constraints: Some(constraints),
+                tier: tier_to_wire(c.tier),
+                priority: c.priority,
+                production: c.production,
+                is_service: c.is_service,
+                max_task_failures: c.max_task_failures,
+                finalization_wait_secs: c.finalization_wait_secs,
+            },
+        )
+    }
+
+    fn task_status_table(&mut self, s: &TaskStatusReport) -> WIPOffset<wire::TaskStatus<'static>> {
+        let job_key = self.fbb.create_string(&s.job_key);
+        let message = self.fbb.create_string(&s.message);
+        wire::TaskStatus::create(
+            &mut self.fbb,
+            &wire::TaskStatusArgs {
+                task_id: s.task_id.0,
+                job_key: Some(job_key),
+                instance: s.instance,
+                state: state_to_wire(s.state),
+                exit_code: s.exit_code,
+                message: Some(message),
+                timestamp_ms: s.timestamp_ms,
+            },
+        )
+    }
+
+    fn ports(
+        &mut self,
+        ports: &[(String, u16)],
+    ) -> WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<wire::AssignedPort<'static>>>>
+    {
+        let mut offsets = Vec::with_capacity(ports.len());
+        for (name, port) in ports {
+            let name = self.fbb.create_string(name);
+            offsets.push(wire::AssignedPort::create(
+                &mut self.fbb,
+                &wire::AssignedPortArgs {
+                    name: Some(name),
+                    port: *port,
+                },
+            ));
+        }
+        self.fbb.create_vector(&offsets)
+    }
+
+    pub fn register_agent(&mut self, r: &AgentRegistration) -> &[u8] {
+        self.begin();
+        let agent_id = self.fbb.create_string(&r.agent_id);
+        let hostname = self.fbb.create_string(&r.hostname);
+        let ranges: Vec<_> = r
+            .port_ranges
+            .iter()
+            .map(|(begin, end)| {
+                wire::PortRange::create(
+                    &mut self.fbb,
+                    &wire::PortRangeArgs {
+                        begin: *begin,
+                        end: *end,
+                    },
+                )
+            })
+            .collect();
+        let port_ranges = self.fbb.create_vector(&ranges);
+        let mut attrs = Vec::with_capacity(r.attributes.len());
+        for (k, v) in &r.attributes {
+            let key = self.fbb.create_string(k);
+            let value = self.fbb.create_string(v);
+            attrs.push(wire::Attribute::create(
+                &mut self.fbb,
+                &wire::AttributeArgs {
+                    key: Some(key),
+                    value: Some(value),
+                },
+            ));
+        }
+        let attributes = self.fbb.create_vector(&attrs);
+        let statuses: Vec<_> = r.tasks.iter().map(|t| self.task_status_table(t)).collect();
+        let tasks = self.fbb.create_vector(&statuses);
+        let resources = resources_to_wire(&r.resources);
+        let payload = wire::RegisterAgent::create(
+            &mut self.fbb,
+            &wire::RegisterAgentArgs {
+                agent_id: Some(agent_id),
+                hostname: Some(hostname),
+                resources: Some(&resources),
+                port_ranges: Some(port_ranges),
+                attributes: Some(attributes),
+                tasks: Some(tasks),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::RegisterAgent, payload.as_union_value())
+    }
+
+    pub fn task_status(&mut self, s: &TaskStatusReport) -> &[u8] {
+        self.begin();
+        let payload = self.task_status_table(s);
+        // The route key is the job key, already in the table; the router reads it from there.
+        self.finish_message(0, None, wire::Payload::TaskStatus, payload.as_union_value())
+    }
+
+    pub fn agent_registered(&mut self, agent_id: &str) -> &[u8] {
+        self.begin();
+        let agent_id = self.fbb.create_string(agent_id);
+        let payload = wire::AgentRegistered::create(
+            &mut self.fbb,
+            &wire::AgentRegisteredArgs {
+                agent_id: Some(agent_id),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::AgentRegistered, payload.as_union_value())
+    }
+
+    pub fn launch_task(
+        &mut self,
+        task_id: TaskId,
+        instance: u32,
+        config: &TaskConfig,
+        ports: &[(String, u16)],
+    ) -> &[u8] {
+        self.begin();
+        let job_key = self.fbb.create_string(&config.job.to_string());
+        let config_offset = self.task_config(config);
+        let ports = self.ports(ports);
+        let payload = wire::LaunchTask::create(
+            &mut self.fbb,
+            &wire::LaunchTaskArgs {
+                task_id: task_id.0,
+                job_key: Some(job_key),
+                instance,
+                config: Some(config_offset),
+                ports: Some(ports),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::LaunchTask, payload.as_union_value())
+    }
+
+    pub fn kill_task(&mut self, task_id: TaskId, job_key: &str) -> &[u8] {
+        self.begin();
+        let job_key = self.fbb.create_string(job_key);
+        let payload = wire::KillTask::create(
+            &mut self.fbb,
+            &wire::KillTaskArgs {
+                task_id: task_id.0,
+                job_key: Some(job_key),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::KillTask, payload.as_union_value())
+    }
+
+    pub fn reconcile(&mut self, task_ids: &[TaskId]) -> &[u8] {
+        self.begin();
+        let ids: Vec<u64> = task_ids.iter().map(|t| t.0).collect();
+        let task_ids = self.fbb.create_vector(&ids);
+        let payload = wire::Reconcile::create(
+            &mut self.fbb,
+            &wire::ReconcileArgs {
+                task_ids: Some(task_ids),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::Reconcile, payload.as_union_value())
+    }
+
+    pub fn heartbeat(&mut self, timestamp_ms: u64) -> &[u8] {
+        self.begin();
+        let payload =
+            wire::Heartbeat::create(&mut self.fbb, &wire::HeartbeatArgs { timestamp_ms });
+        self.finish_message(0, None, wire::Payload::Heartbeat, payload.as_union_value())
+    }
+
+    pub fn create_job(&mut self, request_id: u64, instances: u32, config: &TaskConfig) -> &[u8] {
+        self.begin();
+        let key = config.job.to_string();
+        let job_key = self.fbb.create_string(&key);
+        let config_offset = self.task_config(config);
+        let payload = wire::CreateJob::create(
+            &mut self.fbb,
+            &wire::CreateJobArgs {
+                job_key: Some(job_key),
+                instances,
+                config: Some(config_offset),
+            },
+        );
+        self.finish_message(request_id, Some(&key), wire::Payload::CreateJob, payload.as_union_value())
+    }
+
+    pub fn kill_job(&mut self, request_id: u64, job_key: &JobKey, instances: &[u32]) -> &[u8] {
+        self.begin();
+        let key = job_key.to_string();
+        let job_key = self.fbb.create_string(&key);
+        let instances = self.fbb.create_vector(instances);
+        let payload = wire::KillJob::create(
+            &mut self.fbb,
+            &wire::KillJobArgs {
+                job_key: Some(job_key),
+                instances: Some(instances),
+            },
+        );
+        self.finish_message(request_id, Some(&key), wire::Payload::KillJob, payload.as_union_value())
+    }
+
+    pub fn query_job(&mut self, request_id: u64, job_key: &JobKey) -> &[u8] {
+        self.begin();
+        let key = job_key.to_string();
+        let job_key = self.fbb.create_string(&key);
+        let payload = wire::QueryJob::create(
+            &mut self.fbb,
+            &wire::QueryJobArgs {
+                job_key: Some(job_key),
+            },
+        );
+        self.finish_message(request_id, Some(&key), wire::Payload::QueryJob, payload.as_union_value())
+    }
+
+    pub fn list_jobs(&mut self, request_id: u64) -> &[u8] {
+        self.begin();
+        let payload = wire::ListJobs::create(&mut self.fbb, &wire::ListJobsArgs {});
+        self.finish_message(request_id, None, wire::Payload::ListJobs, payload.as_union_value())
+    }
+
+    fn job_summary(&mut self, j: &JobSummaryView) -> WIPOffset<wire::JobSummary<'static>> {
+        let job_key = self.fbb.create_string(&j.job_key);
+        let counts = self.fbb.create_vector(&j.state_counts);
+        wire::JobSummary::create(
+            &mut self.fbb,
+            &wire::JobSummaryArgs {
+                job_key: Some(job_key),
+                instances: j.instances,
+                is_service: j.is_service,
+                state_counts: Some(counts),
+            },
+        )
+    }
+
+    pub fn job_status(&mut self, request_id: u64, status: &JobStatusView) -> &[u8] {
+        self.begin();
+        let job = self.job_summary(&status.job);
+        let mut tasks = Vec::with_capacity(status.tasks.len());
+        for t in &status.tasks {
+            let agent_id = self.fbb.create_string(&t.agent_id);
+            let hostname = self.fbb.create_string(&t.hostname);
+            let message = self.fbb.create_string(&t.message);
+            let sandbox = self.fbb.create_string(&t.sandbox);
+            let ports = self.ports(&t.ports);
+            tasks.push(wire::TaskInfo::create(
+                &mut self.fbb,
+                &wire::TaskInfoArgs {
+                    task_id: t.task_id,
+                    instance: t.instance,
+                    state: state_to_wire(t.state.unwrap_or(TaskState::Init)),
+                    agent_id: Some(agent_id),
+                    hostname: Some(hostname),
+                    failure_count: t.failure_count,
+                    exit_code: t.exit_code,
+                    message: Some(message),
+                    ports: Some(ports),
+                    sandbox: Some(sandbox),
+                },
+            ));
+        }
+        let tasks = self.fbb.create_vector(&tasks);
+        let payload = wire::JobStatus::create(
+            &mut self.fbb,
+            &wire::JobStatusArgs {
+                job: Some(job),
+                tasks: Some(tasks),
+            },
+        );
+        self.finish_message(request_id, None, wire::Payload::JobStatus, payload.as_union_value())
+    }
+
+    pub fn job_list(&mut self, request_id: u64, jobs: &[JobSummaryView]) -> &[u8] {
+        self.begin();
+        let summaries: Vec<_> = jobs.iter().map(|j| self.job_summary(j)).collect();
+        let jobs = self.fbb.create_vector(&summaries);
+        let payload = wire::JobList::create(&mut self.fbb, &wire::JobListArgs { jobs: Some(jobs) });
+        self.finish_message(request_id, None, wire::Payload::JobList, payload.as_union_value())
+    }
+
+    pub fn ack(&mut self, request_id: u64) -> &[u8] {
+        self.begin();
+        let payload = wire::Ack::create(&mut self.fbb, &wire::AckArgs {});
+        self.finish_message(request_id, None, wire::Payload::Ack, payload.as_union_value())
+    }
+
+    pub fn error(&mut self, request_id: u64, code: ErrorCode, message: &str) -> &[u8] {
+        self.begin();
+        let message = self.fbb.create_string(message);
+        let code = match code {
+            ErrorCode::InvalidRequest => wire::ErrorCode::InvalidRequest,
+            ErrorCode::UnknownJob => wire::ErrorCode::UnknownJob,
+            ErrorCode::JobExists => wire::ErrorCode::JobExists,
+            ErrorCode::TooManyTasks => wire::ErrorCode::TooManyTasks,
+            ErrorCode::Internal => wire::ErrorCode::Internal,
+            ErrorCode::Overloaded => wire::ErrorCode::Overloaded,
+        };
+        let payload = wire::Error::create(
+            &mut self.fbb,
+            &wire::ErrorArgs {
+                code,
+                message: Some(message),
+            },
+        );
+        self.finish_message(request_id, None, wire::Payload::Error, payload.as_union_value())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_config() -> TaskConfig {
+        TaskConfig {
+            job: "www/prod/hello".parse().unwrap(),
+            command: "echo hi".into(),
+            resources: Resources {
+                cpu_millis: 250,
+                ram_mib: 64,
+                disk_mib: 16,
+                ports: 1,
+            },
+            port_names: vec!["http".into()],
+            constraints: vec![
+                Constraint::Value {
+                    attribute: "rack".into(),
+                    negated: true,
+                    values: vec!["r1".into()],
+                },
+                Constraint::Limit {
+                    attribute: "host".into(),
+                    limit: 1,
+                },
+            ],
+            tier: Tier::Preemptible,
+            priority: 3,
+            production: false,
+            is_service: true,
+            max_task_failures: 2,
+            finalization_wait_secs: 5,
+        }
+    }
+
+    fn roundtrip(bytes: &[u8]) -> (u64, OwnedMessage) {
+        to_owned(decode_message(bytes).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn create_job_roundtrips_and_carries_route_key() {
+        let mut enc = Encoder::new();
+        let config = sample_config();
+        let bytes = enc.create_job(7, 20, &config).to_vec();
+        assert_eq!(decode_message(&bytes).unwrap().route_key(), Some("www/prod/hello"));
+        assert_eq!(
+            roundtrip(&bytes),
+            (
+                7,
+                OwnedMessage::CreateJob {
+                    job_key: config.job.clone(),
+                    instances: 20,
+                    config
+                }
+            )
+        );
+    }
+
+    #[test]
+    fn launch_and_status_roundtrip() {
+        let mut enc = Encoder::new();
+        let config = sample_config();
+        let ports = vec![("http".to_string(), 31_000)];
+        let bytes = enc.launch_task(TaskId(9), 3, &config, &ports).to_vec();
+        match roundtrip(&bytes).1 {
+            OwnedMessage::LaunchTask(l) => {
+                assert_eq!(l.task_id, TaskId(9));
+                assert_eq!(l.instance, 3);
+                assert_eq!(l.config, config);
+                assert_eq!(l.ports, ports);
+            }
+            other => panic!("{other:?}"),
+        }
+        let status = TaskStatusReport {
+            task_id: TaskId(9),
+            job_key: "www/prod/hello".into(),
+            instance: 3,
+            state: TaskState::Failed,
+            exit_code: 2,
+            message: "exit 2".into(),
+            timestamp_ms: 42,
+        };
+        assert_eq!(
+            roundtrip(enc.task_status(&status)).1,
+            OwnedMessage::TaskStatus(status)
+        );
+    }
+
+    #[test]
+    fn register_roundtrips() {
+        let mut enc = Encoder::new();
+        let reg = AgentRegistration {
+            agent_id: "a1".into(),
+            hostname: "h1".into(),
+            resources: Resources {
+                cpu_millis: 4000,
+                ram_mib: 8192,
+                disk_mib: 10_000,
+                ports: 100,
+            },
+            port_ranges: vec![(31_000, 31_099)],
+            attributes: vec![("rack".into(), "r1".into())],
+            tasks: vec![],
+        };
+        assert_eq!(
+            roundtrip(enc.register_agent(&reg)).1,
+            OwnedMessage::RegisterAgent(reg)
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_clean_error() {
+        assert!(decode_message(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3]).is_err());
+        assert!(decode_message(&[]).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Owned forms of the wire messages, for peers off the hot path (the agent, the CLI, tests).
+//! The scheduler's shards do not use these: they read the flatbuffers in place.
+
+use borealis_core::{Attributes, JobKey, Resources, TaskConfig, TaskId, TaskState};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskStatusReport {
+    pub task_id: TaskId,
+    pub job_key: String,
+    pub instance: u32,
+    pub state: TaskState,
+    /// The process's exit code, -1 when it has none (not exited, or killed by a signal).
+    pub exit_code: i32,
+    pub message: String,
+    pub timestamp_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRegistration {
+    pub agent_id: String,
+    pub hostname: String,
+    pub resources: Resources,
+    /// Inclusive port ranges the agent may hand to tasks.
+    pub port_ranges: Vec<(u16, u16)>,
+    pub attributes: Attributes,
+    /// Every task the agent knows (after a reconnect: what it still runs or has finished).
+    pub tasks: Vec<TaskStatusReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchView {
+    pub task_id: TaskId,
+    pub job_key: JobKey,
+    pub instance: u32,
+    pub config: TaskConfig,
+    pub ports: Vec<(String, u16)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskInfoView {
+    pub task_id: u64,
+    pub instance: u32,
+    pub state: Option<TaskState>,
+    pub agent_id: String,
+    pub hostname: String,
+    pub failure_count: u32,
+    pub exit_code: i32,
+    pub message: String,
+    pub ports: Vec<(String, u16)>,
+    pub sandbox: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummaryView {
+    pub job_key: String,
+    pub instances: u32,
+    pub is_service: bool,
+    /// Tasks per state, indexed by `TaskState as usize`.
+    pub state_counts: [u32; TaskState::COUNT],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobStatusView {
+    pub job: JobSummaryView,
+    pub tasks: Vec<TaskInfoView>,
+}
+
+/// The machine-readable code of an error response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidRequest,
+    UnknownJob,
+    JobExists,
+    TooManyTasks,
+    Internal,
+    Overloaded,
+}
+
+/// Any message, decoded into owned values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedMessage {
+    RegisterAgent(AgentRegistration),
+    TaskStatus(TaskStatusReport),
+    AgentRegistered { agent_id: String },
+    LaunchTask(LaunchView),
+    KillTask { task_id: TaskId },
+    Reconcile { task_ids: Vec<TaskId> },
+    Heartbeat { timestamp_ms: u64 },
+    CreateJob { job_key: JobKey, instances: u32, config: TaskConfig },
+    KillJob { job_key: JobKey, instances: Vec<u32> },
+    QueryJob { job_key: JobKey },
+    ListJobs,
+    JobStatus(JobStatusView),
+    JobList(Vec<JobSummaryView>),
+    Ack,
+    Error { code: ErrorCode, message: String },
+}
