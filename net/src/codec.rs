@@ -133,6 +133,7 @@ fn task_status_from_wire(s: wire::TaskStatus<'_>) -> Result<TaskStatusReport, Wi
         exit_code: s.exit_code(),
         message: s.message().unwrap_or_default().to_string(),
         timestamp_ms: s.timestamp_ms(),
+        sandbox: s.sandbox().unwrap_or_default().to_string(),
     })
 }
 
@@ -420,6 +421,7 @@ impl Encoder {
     fn task_status_table(&mut self, s: &TaskStatusReport) -> WIPOffset<wire::TaskStatus<'static>> {
         let job_key = self.fbb.create_string(&s.job_key);
         let message = self.fbb.create_string(&s.message);
+        let sandbox = self.fbb.create_string(&s.sandbox);
         wire::TaskStatus::create(
             &mut self.fbb,
             &wire::TaskStatusArgs {
@@ -430,6 +432,7 @@ impl Encoder {
                 exit_code: s.exit_code,
                 message: Some(message),
                 timestamp_ms: s.timestamp_ms,
+                sandbox: Some(sandbox),
             },
         )
     }
@@ -795,6 +798,7 @@ mod tests {
             exit_code: 2,
             message: "exit 2".into(),
             timestamp_ms: 42,
+            sandbox: "/tmp/s".into(),
         };
         assert_eq!(
             roundtrip(enc.task_status(&status)).1,

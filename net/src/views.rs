@@ -13,6 +13,8 @@ pub struct TaskStatusReport {
     pub exit_code: i32,
     pub message: String,
     pub timestamp_ms: u64,
+    /// The task's sandbox directory on the agent (empty when it has none yet).
+    pub sandbox: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
