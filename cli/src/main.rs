@@ -1,1 +1,169 @@
-fn main() {}
+//! `borealis`: the scheduler, the agent, the job client and `up` (both on this machine).
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod client;
+mod up;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+/// The port `borealis scheduler` and `borealis up` listen on and clients dial by default.
+pub const DEFAULT_PORT: u16 = 6070;
+
+#[derive(Parser, Debug)]
+#[command(name = "borealis", version, about = "Borealis: a thread-per-core cluster scheduler in the lineage of Apache Aurora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the scheduler.
+    Scheduler(SchedulerArgs),
+    /// Run an agent that offers this machine's resources and runs tasks.
+    Agent(borealis_agent::AgentArgs),
+    /// Create, inspect and kill jobs.
+    Job {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(subcommand)]
+        command: client::JobCommand,
+    },
+    /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
+    Up(up::UpArgs),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30s, 5min, 1h: {e}"))
+}
+
+/// Scheduler flags. Names, meanings and defaults follow Aurora's where Aurora has the flag.
+#[derive(Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    /// The ip address to listen on. If not set, the scheduler listens on all interfaces.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// Port for agents and clients.
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// The port to start an HTTP server on (0 picks a free port).
+    #[arg(long, default_value_t = 0)]
+    pub http_port: u16,
+    /// Directory for durable state. Note: this release keeps state in memory; see README.
+    #[arg(long, default_value = "borealis-data")]
+    pub data_dir: PathBuf,
+    /// Name to identify the cluster being served.
+    #[arg(long, default_value = "local")]
+    pub cluster_name: String,
+    /// Number of shards (one thread per core); default: this machine's cores.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Maximum number of allowed tasks in a single job.
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tasks_per_job: u32,
+    /// Maximum number of terminated tasks to retain in a job history.
+    #[arg(long, default_value_t = 100)]
+    pub history_max_per_job_threshold: usize,
+    /// The amount of time after which to treat a task stuck in a transient state as LOST.
+    #[arg(long, default_value = "5min", value_parser = parse_duration)]
+    pub transient_task_state_timeout: Duration,
+    /// Initial delay before rescheduling a task that has failed to schedule.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub initial_schedule_penalty: Duration,
+    /// Maximum delay between attempts to schedule a PENDING task.
+    #[arg(long, default_value = "1min", value_parser = parse_duration)]
+    pub max_schedule_penalty: Duration,
+    /// A task that repeatedly runs for less than this time is considered to be flapping.
+    #[arg(long, default_value = "5min", value_parser = parse_duration)]
+    pub flapping_task_threshold: Duration,
+    /// Initial amount of time to wait before attempting to schedule a flapping task.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub initial_flapping_task_delay: Duration,
+    /// Maximum delay between attempts to schedule a flapping task.
+    #[arg(long, default_value = "5min", value_parser = parse_duration)]
+    pub max_flapping_task_delay: Duration,
+    /// io_uring memory per shard, in KiB (at least 512).
+    #[arg(long, default_value_t = 1024)]
+    pub io_memory_kib: usize,
+}
+
+impl SchedulerArgs {
+    pub fn to_config(&self) -> borealis_shards::SchedulerConfig {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let lifecycle = borealis_core::lifecycle::LifecyclePolicy {
+            initial_schedule_penalty_ms: ms(self.initial_schedule_penalty),
+            max_schedule_penalty_ms: ms(self.max_schedule_penalty),
+            flapping_task_threshold_ms: ms(self.flapping_task_threshold),
+            initial_flapping_task_delay_ms: ms(self.initial_flapping_task_delay),
+            max_flapping_task_delay_ms: ms(self.max_flapping_task_delay),
+            transient_task_state_timeout_ms: ms(self.transient_task_state_timeout),
+        };
+        let epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as u32);
+        borealis_shards::SchedulerConfig {
+            listen: SocketAddr::new(self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), self.port),
+            shards: self
+                .shards
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            pin_shards: !self.no_pin,
+            cluster_name: self.cluster_name.clone(),
+            max_tasks_per_job: self.max_tasks_per_job,
+            history_max_per_job: self.history_max_per_job_threshold,
+            lifecycle,
+            epoch,
+            io_memory_bytes: self.io_memory_kib * 1024,
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BOREALIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Scheduler(args) => {
+            init_logging();
+            let scheduler = borealis_shards::start(args.to_config())?;
+            up::serve_http(args.ip, args.http_port)?;
+            scheduler.wait()
+        }
+        Command::Agent(args) => {
+            init_logging();
+            borealis_agent::run(args)
+        }
+        Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
+        Command::Up(args) => {
+            init_logging();
+            up::run(args)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,202 @@
+//! The thread-per-core scheduler runtime.
+//!
+//! Architecture invariant: each shard is one glommio executor pinned to a core; it owns a
+//! partition of jobs (by the hash of the job key) with their tasks, the agents whose
+//! connections it accepted, and their offers. Owned state is never locked and never shared:
+//! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
+pub mod conn;
+pub mod msg;
+mod policy;
+pub mod shard;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::mpsc;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::local_channel;
+use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
+
+use crate::msg::{Inbound, PeerBatch};
+use crate::shard::Shard;
+
+/// Items a shard's loop may have queued (connections, peers, ticks).
+pub const INBOUND_QUEUE_MAX: usize = 4096;
+/// Batches queued from one shard to another.
+pub const PEER_QUEUE_MAX: usize = 1024;
+/// How often a shard wakes with nothing to do (throttle expiry, retries, timeouts).
+const TICK: Duration = Duration::from_millis(50);
+
+/// The scheduler's settings (flag names follow Aurora's where they exist).
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Address for agents and clients.
+    pub listen: SocketAddr,
+    pub shards: usize,
+    /// Pin shard `i` to CPU `i % cores`.
+    pub pin_shards: bool,
+    pub cluster_name: String,
+    pub max_tasks_per_job: u32,
+    pub history_max_per_job: usize,
+    pub lifecycle: borealis_core::lifecycle::LifecyclePolicy,
+    /// Mixed into task ids so ids of different scheduler runs never collide.
+    pub epoch: u32,
+    /// io_uring buffer memory per shard (DESIGN.md: set it explicitly; >= 512 KiB).
+    pub io_memory_bytes: usize,
+}
+
+/// A running scheduler.
+pub struct Scheduler {
+    pub addr: SocketAddr,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Blocks until every shard stops (they run until the process ends).
+    pub fn wait(self) -> anyhow::Result<()> {
+        for h in self.handles {
+            h.join().map_err(|e| anyhow!("shard failed: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the shards and returns once every shard listens.
+pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
+    anyhow::ensure!(config.shards >= 1 && config.shards <= 256, "--shards must be 1..=256");
+    anyhow::ensure!(
+        config.io_memory_bytes >= 512 * 1024,
+        "io memory per shard must be at least 512 KiB"
+    );
+    // Claim the port without SO_REUSEPORT first: a second scheduler on the same port fails
+    // here instead of silently sharing the port with the first.
+    let probe = StdListener::bind(config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+
+    let config = Arc::new(config);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mesh = MeshBuilder::<PeerBatch, _>::full(config.shards, PEER_QUEUE_MAX);
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    let mut handles = Vec::new();
+    for id in 0..config.shards {
+        let placement = if config.pin_shards {
+            Placement::Fixed(id % cores)
+        } else {
+            Placement::Unbound
+        };
+        let mesh = mesh.clone();
+        let ready = ready_tx.clone();
+        let config = config.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(50))
+            .spawn(move || async move { run_shard(id, config, addr, mesh, ready).await })
+            .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..config.shards {
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("a shard exited while starting"))??;
+    }
+    tracing::info!(%addr, shards = config.shards, cluster = %config.cluster_name, "scheduler listening");
+    Ok(Scheduler { addr, handles })
+}
+
+async fn run_shard(
+    id: usize,
+    config: Arc<SchedulerConfig>,
+    addr: SocketAddr,
+    mesh: MeshBuilder<PeerBatch, glommio::channels::channel_mesh::Full>,
+    ready: mpsc::Sender<anyhow::Result<()>>,
+) {
+    let shard_count = config.shards;
+    let (senders, mut receivers) = match mesh.join().await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow!("shard {id} could not join the mesh: {e}")));
+            return;
+        }
+    };
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow!("shard {id} cannot listen on {addr}: {e}")));
+            return;
+        }
+    };
+    let (in_tx, in_rx) = local_channel::new_bounded::<Inbound>(INBOUND_QUEUE_MAX);
+    let in_tx = Rc::new(in_tx);
+    glommio::spawn_local(conn::accept_loop(listener, in_tx.clone())).detach();
+    for (from, rx) in receivers.streams() {
+        let in_tx = in_tx.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = rx.recv().await {
+                if in_tx.send(Inbound::Peer { from, batch }).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    }
+    {
+        let in_tx = in_tx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(TICK).await;
+                // A full queue already wakes the loop; a dropped tick is harmless.
+                let _ = in_tx.try_send(Inbound::Tick);
+            }
+        })
+        .detach();
+    }
+    let _ = ready.send(Ok(()));
+    drop(ready);
+
+    let mut shard = Shard::new(id, shard_count, config);
+    loop {
+        // Begin: wait for input unless work is already pending.
+        if !shard.has_pending() {
+            match in_rx.recv().await {
+                Some(item) => shard.handle(item),
+                None => break,
+            }
+        }
+        // Handle: drain a bounded batch.
+        for _ in 0..shard::ROUND_INBOUND_MAX {
+            match futures_lite::future::poll_once(in_rx.recv()).await {
+                Some(Some(item)) => shard.handle(item),
+                _ => break,
+            }
+        }
+        // End: place, give back borrowed offers, flush.
+        shard.schedule();
+        shard.return_borrowed();
+        shard.flush_connections();
+        for peer in 0..shard_count {
+            if peer == id {
+                continue;
+            }
+            if let Some(batch) = shard.take_outbox(peer) {
+                match senders.try_send_to(peer, batch) {
+                    Ok(()) => {}
+                    // The peer is saturated: keep the batch and retry next round.
+                    Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
+                        shard.restore_outbox(peer, batch)
+                    }
+                    Err(e) => tracing::error!(shard = id, peer, "peer channel failed: {e}"),
+                }
+            }
+        }
+        glommio::yield_if_needed().await;
+    }
+}

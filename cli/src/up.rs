@@ -1,0 +1,143 @@
+//! `borealis up`: a scheduler on its embedded default and one local agent in one process,
+//! plus the scheduler's small HTTP endpoint.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::client::Client;
+use crate::SchedulerArgs;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub scheduler: SchedulerArgs,
+    #[command(flatten)]
+    pub agent: borealis_agent::AgentArgs,
+    /// Create this job file once the agent has registered, wait for it and print its status.
+    #[arg(long, value_name = "FILE")]
+    pub submit: Option<PathBuf>,
+    /// The job key for --submit.
+    #[arg(long, default_value = "demo/devel/hello")]
+    pub job_key: String,
+}
+
+pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
+    // `up` is a local setup: listen on loopback unless told otherwise.
+    args.scheduler.ip.get_or_insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let scheduler = borealis_shards::start(args.scheduler.to_config())?;
+    let http = serve_http(args.scheduler.ip, args.scheduler.http_port)?;
+    let addr = scheduler.addr;
+    let dial = SocketAddr::new(
+        if addr.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            addr.ip()
+        },
+        addr.port(),
+    );
+    args.agent.scheduler = vec![dial.to_string()];
+    if args.agent.work_dir.is_none() {
+        args.agent.work_dir = Some(args.scheduler.data_dir.join("agent"));
+    }
+    println!("Borealis is up.");
+    println!("  scheduler: {dial} (cluster {}, embedded storage)", args.scheduler.cluster_name);
+    println!("  http:      http://{http}/leaderhealth");
+    println!("  agent:     work dir {}", args.agent.work_dir.as_ref().expect("set").display());
+    println!("Submit the sample job from another terminal:");
+    println!("  borealis job create demo/devel/hello examples/hello.toml --scheduler {dial}");
+    println!("  borealis job status demo/devel/hello --scheduler {dial}");
+    if let Some(file) = args.submit.clone() {
+        let job_key = args.job_key.clone();
+        let scheduler_addr = dial.to_string();
+        std::thread::Builder::new()
+            .name("up-submit".into())
+            .spawn(move || {
+                if let Err(e) = submit_and_wait(&scheduler_addr, &job_key, &file) {
+                    eprintln!("error: sample job: {e:#}");
+                }
+            })?;
+    }
+    let agent = args.agent.clone();
+    let result = std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || borealis_agent::run(agent))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the agent thread panicked"))?;
+    result?;
+    scheduler.wait()
+}
+
+/// Creates the job, waits (bounded) until every instance has ended, prints the status.
+fn submit_and_wait(scheduler: &str, job_key: &str, file: &std::path::Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    // The agent registers within moments; retry the creation until something can run it.
+    std::thread::sleep(Duration::from_millis(300));
+    crate::client::run_job_command(
+        scheduler,
+        crate::client::JobCommand::Create {
+            job_key: job_key.to_string(),
+            file: file.to_path_buf(),
+        },
+    )?;
+    loop {
+        let mut client = Client::connect(scheduler)?;
+        let status = client.job_status(&job_key.parse()?)?;
+        let ended = status
+            .tasks
+            .iter()
+            .filter(|t| t.state.is_some_and(|s| s.is_terminal()))
+            .count();
+        let instances = status.job.instances as usize;
+        let live = status.tasks.iter().any(|t| t.state.is_some_and(|s| !s.is_terminal()));
+        if ended >= instances && !live {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "job {job_key} did not finish within 120 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    crate::client::run_job_command(
+        scheduler,
+        crate::client::JobCommand::Status {
+            job_key: job_key.to_string(),
+            json: false,
+        },
+    )?;
+    println!("The sample job finished. Borealis keeps running; press Ctrl-C to stop.");
+    Ok(())
+}
+
+/// Serves the scheduler's HTTP endpoint on its own thread, apart from the shards:
+/// `/leaderhealth` (200: an embedded scheduler always leads) and `/health`.
+pub fn serve_http(ip: Option<IpAddr>, port: u16) -> anyhow::Result<SocketAddr> {
+    let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let listener = TcpListener::bind((ip, port))
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {ip}:{port}: {e}"))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "http listening");
+    std::thread::Builder::new().name("http".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(&stream);
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("");
+            let (status, body) = match path {
+                "/leaderhealth" | "/health" => ("200 OK", "OK\n"),
+                _ => ("404 Not Found", "not found\n"),
+            };
+            let mut out = &stream;
+            let _ = write!(
+                out,
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(addr)
+}

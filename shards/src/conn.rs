@@ -1,0 +1,124 @@
+//! A shard's network front: the accept loop and one reader and one writer task per
+//! connection. Readers reassemble frames, verify every message once (so the rest of the
+//! scheduler reads them unchecked) and hand them to the shard loop; a bad frame closes that
+//! connection only.
+
+use std::rc::Rc;
+
+use borealis_net::frame::split_messages;
+use borealis_net::{decode_message, FrameDecoder};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+
+use crate::msg::{ConnId, Inbound};
+
+/// Outbound batches queued per connection before the shard stops writing to it.
+pub const CONN_OUT_QUEUE_MAX: usize = 1024;
+/// Socket read size.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>>) {
+    let mut next_conn: ConnId = 1;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let conn = next_conn;
+        next_conn += 1;
+        let inbound = inbound.clone();
+        glommio::spawn_local(serve_connection(conn, stream, inbound)).detach();
+    }
+}
+
+async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSender<Inbound>>) {
+    let peer = match stream.peer_addr() {
+        Ok(peer) => peer,
+        Err(_) => return,
+    };
+    let _ = stream.set_nodelay(true);
+    // The halves share the stream through futures-lite's split, whose lock is only taken for
+    // the length of one poll on this one thread: never contended, never held across an await.
+    let (mut read_half, mut write_half) = futures_lite::io::split(stream);
+    let (out_tx, out_rx) = local_channel::new_bounded::<Vec<u8>>(CONN_OUT_QUEUE_MAX);
+    if inbound
+        .send(Inbound::ConnOpened {
+            conn,
+            peer,
+            out: out_tx,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // Writer: drains outbound batches, coalescing whatever is queued into one write.
+    let writer = glommio::spawn_local(async move {
+        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
+        while let Some(first) = out_rx.recv().await {
+            buf.clear();
+            buf.extend_from_slice(&first);
+            while let Some(Some(more)) = futures_lite::future::poll_once(out_rx.recv()).await {
+                buf.extend_from_slice(&more);
+                if buf.len() > 4 << 20 {
+                    break;
+                }
+            }
+            if write_half.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+    });
+    let reason = read_frames(conn, &mut read_half, &inbound).await;
+    writer.cancel().await;
+    let _ = inbound.send(Inbound::ConnClosed { conn, reason }).await;
+}
+
+/// Reads until the peer closes or misbehaves; returns why the connection ended.
+async fn read_frames(
+    conn: ConnId,
+    stream: &mut futures_lite::io::ReadHalf<TcpStream>,
+    inbound: &LocalSender<Inbound>,
+) -> String {
+    let mut decoder = FrameDecoder::new();
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) => return "peer closed the connection".into(),
+            Ok(n) => n,
+            Err(e) => return format!("read error: {e}"),
+        };
+        decoder.extend(&chunk[..n]);
+        let mut messages = Vec::new();
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => match split_messages(frame) {
+                    Ok(parts) => {
+                        for part in parts {
+                            if let Err(e) = decode_message(&part) {
+                                return format!("bad message: {e}");
+                            }
+                            messages.push(part);
+                        }
+                    }
+                    Err(e) => return format!("bad frame: {e}"),
+                },
+                Ok(None) => break,
+                Err(e) => return format!("bad frame: {e}"),
+            }
+        }
+        if !messages.is_empty()
+            && inbound
+                .send(Inbound::ConnMessages { conn, messages })
+                .await
+                .is_err()
+        {
+            return "scheduler shutting down".into();
+        }
+    }
+}

@@ -1,0 +1,1383 @@
+//! One shard: the jobs, tasks, agents and offers it owns, and its batched loop.
+//!
+//! Each round: wait for input, drain up to [`ROUND_INBOUND_MAX`] inbound items (frames from
+//! its connections, batches from peers, ticks), apply them, place pending tasks against the
+//! offers it owns (up to [`ROUND_PLACEMENTS_MAX`]), then flush: one write per connection and
+//! one message batch per peer. State is owned by the loop and never shared.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use borealis_core::lifecycle::{self, Interruption, Reschedule, TaskEnd};
+use borealis_core::placement::{AgentId, AttrId, CompiledTask, JobSpread, PlacementIndex, ValueId};
+use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskIdGen, TaskState};
+use borealis_net::codec::{state_from_wire, task_config_from_wire};
+use borealis_net::views::{
+    ErrorCode, JobStatusView, JobSummaryView, TaskInfoView, TaskStatusReport,
+};
+use borealis_net::{wire, Encoder, FrameWriter};
+use bytes::Bytes;
+use glommio::channels::local_channel::LocalSender;
+
+use crate::msg::*;
+use crate::policy;
+use crate::SchedulerConfig;
+
+/// Inbound items handled per round before placing and flushing.
+pub const ROUND_INBOUND_MAX: usize = 256;
+/// Placements attempted per round; the rest wait for the next round.
+pub const ROUND_PLACEMENTS_MAX: usize = 16_384;
+/// Offers lent per `Borrow`.
+const LEND_OFFERS_MAX: usize = 64;
+/// How often blocked pending tasks are retried when nothing else changed.
+const BLOCKED_RETRY: Duration = Duration::from_millis(500);
+/// Agents that send nothing (not even a heartbeat) for this long are disconnected.
+const AGENT_SILENCE_MAX: Duration = Duration::from_secs(30);
+
+const _: () = assert!(ROUND_INBOUND_MAX <= crate::INBOUND_QUEUE_MAX);
+
+type JobIdx = usize;
+
+/// An agent's name (its `agent_id`) and hostname.
+#[derive(Debug)]
+struct AgentNames {
+    name: Arc<str>,
+    hostname: Arc<str>,
+}
+
+struct Job {
+    key: JobKey,
+    key_text: Arc<str>,
+    config: Arc<TaskConfig>,
+    compiled: CompiledTask,
+    spread: JobSpread,
+    /// The current task of each instance (None once it is killed for good).
+    current: Vec<Option<TaskId>>,
+    /// Terminal tasks, oldest first, bounded by `history_max_per_job`.
+    history: VecDeque<TaskId>,
+}
+
+struct Task {
+    id: TaskId,
+    job: JobIdx,
+    instance: u32,
+    state: TaskState,
+    agent: Option<AgentId>,
+    /// The agent's name and hostname, kept for status after the agent is gone.
+    host: Option<Arc<AgentNames>>,
+    /// Resources consumed on `agent` (released when the task leaves it).
+    holds: bool,
+    failure_count: u32,
+    consecutive_flaps: u32,
+    entered_ms: u64,
+    running_since_ms: Option<u64>,
+    exit_code: i32,
+    message: String,
+    ports: Vec<(String, u16)>,
+    sandbox: String,
+    /// Killed by a user: never rescheduled.
+    killed_by_user: bool,
+}
+
+/// An agent whose connection this shard holds.
+struct HomeAgent {
+    conn: ConnId,
+    name: Arc<str>,
+    hostname: Arc<str>,
+    attributes: Arc<borealis_core::Attributes>,
+    total: Resources,
+    port_ranges: Vec<(u16, u16)>,
+    ports_in_use: HashMap<TaskId, Vec<u16>>,
+    /// Where the offer is: in this shard's index, lent to a peer, or held back while adopted
+    /// tasks are being confirmed.
+    offer: OfferWhere,
+    /// Resources released while the offer was lent; added back on return.
+    released_while_lent: Resources,
+    last_seen: Instant,
+}
+
+enum OfferWhere {
+    Home,
+    Lent,
+    Adopting { waiting: usize, used: Resources },
+}
+
+struct Conn {
+    out: LocalSender<Vec<u8>>,
+    writer: FrameWriter,
+    agent: Option<AgentId>,
+    peer: std::net::SocketAddr,
+}
+
+/// A `ListJobs` scatter-gather in progress on this (the connection's) shard.
+struct Gather {
+    waiting: usize,
+    jobs: Vec<JobSummaryView>,
+}
+
+pub struct Shard {
+    id: ShardId,
+    shard_count: usize,
+    config: Arc<SchedulerConfig>,
+    started: Instant,
+    encoder: Encoder,
+    ids: TaskIdGen,
+    next_agent: u32,
+
+    jobs: Vec<Job>,
+    job_index: HashMap<JobKey, JobIdx>,
+    tasks: HashMap<TaskId, Task>,
+    tasks_by_agent: HashMap<AgentId, HashSet<TaskId>>,
+    pending: VecDeque<TaskId>,
+    blocked: Vec<TaskId>,
+    throttled: BTreeMap<(u64, TaskId), ()>,
+    last_blocked_retry: Instant,
+
+    index: PlacementIndex,
+    agent_names: HashMap<AgentId, Arc<AgentNames>>,
+    /// Interned attributes of every agent whose offer this shard holds or has held for its
+    /// tasks; limit-constraint spreads are kept with these, even after the offer moved on.
+    agent_attr_ids: HashMap<AgentId, Vec<(AttrId, ValueId)>>,
+    home_agents: HashMap<AgentId, HomeAgent>,
+    borrowed: HashSet<AgentId>,
+    borrow_outstanding: bool,
+    next_lender: ShardId,
+
+    conns: HashMap<ConnId, Conn>,
+    gathers: HashMap<(ConnId, u64), Gather>,
+    outbox: Vec<PeerBatch>,
+}
+
+fn now_ms(started: Instant) -> u64 {
+    started.elapsed().as_millis() as u64
+}
+
+impl Shard {
+    pub fn new(id: ShardId, shard_count: usize, config: Arc<SchedulerConfig>) -> Shard {
+        Shard {
+            id,
+            shard_count,
+            ids: TaskIdGen::new(config.epoch, id as u8),
+            config,
+            started: Instant::now(),
+            encoder: Encoder::new(),
+            next_agent: 1,
+            jobs: Vec::new(),
+            job_index: HashMap::new(),
+            tasks: HashMap::new(),
+            tasks_by_agent: HashMap::new(),
+            pending: VecDeque::new(),
+            blocked: Vec::new(),
+            throttled: BTreeMap::new(),
+            last_blocked_retry: Instant::now(),
+            index: PlacementIndex::new(),
+            agent_names: HashMap::new(),
+            agent_attr_ids: HashMap::new(),
+            home_agents: HashMap::new(),
+            borrowed: HashSet::new(),
+            borrow_outstanding: false,
+            next_lender: (id + 1) % shard_count.max(1),
+            conns: HashMap::new(),
+            gathers: HashMap::new(),
+            outbox: (0..shard_count).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    fn owner_of(&self, key_text: &str) -> ShardId {
+        (borealis_core::route_hash_str(key_text) % self.shard_count as u64) as ShardId
+    }
+
+    fn send(&mut self, to: ShardId, msg: PeerMsg) {
+        if to == self.id {
+            self.handle_peer(self.id, msg);
+        } else {
+            self.outbox[to].push(msg);
+        }
+    }
+
+    /// Peer batches to send at the end of the round (taken by the loop).
+    pub fn take_outbox(&mut self, to: ShardId) -> Option<PeerBatch> {
+        if self.outbox[to].is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.outbox[to]))
+        }
+    }
+
+    // ------------------------------------------------------------------ inbound dispatch
+
+    pub fn handle(&mut self, item: Inbound) {
+        match item {
+            Inbound::Peer { from, batch } => {
+                for msg in batch {
+                    self.handle_peer(from, msg);
+                }
+            }
+            Inbound::ConnOpened { conn, peer, out } => {
+                tracing::debug!(shard = self.id, conn, %peer, "connection opened");
+                self.conns.insert(
+                    conn,
+                    Conn {
+                        out,
+                        writer: FrameWriter::new(),
+                        agent: None,
+                        peer,
+                    },
+                );
+            }
+            Inbound::ConnMessages { conn, messages } => {
+                for bytes in messages {
+                    if !self.conns.contains_key(&conn) {
+                        break;
+                    }
+                    self.handle_conn_message(conn, bytes);
+                }
+            }
+            Inbound::ConnClosed { conn, reason } => self.conn_closed(conn, &reason),
+            Inbound::Tick => self.tick(),
+        }
+    }
+
+    fn reply(&mut self, reply: ReplyTo, bytes: Vec<u8>) {
+        if reply.shard == self.id {
+            self.write_conn(reply.conn, &bytes);
+        } else {
+            self.send(
+                reply.shard,
+                PeerMsg::ClientReply {
+                    conn: reply.conn,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    fn write_conn(&mut self, conn: ConnId, message: &[u8]) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.writer.push(message);
+        }
+    }
+
+    fn protocol_error(&mut self, conn: ConnId, what: &str) {
+        if let Some(c) = self.conns.get(&conn) {
+            tracing::error!(shard = self.id, peer = %c.peer, "protocol error, disconnecting: {what}");
+        }
+        // Dropping the sender ends the writer; the reader ends when the peer goes.
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(agent) = c.agent {
+                self.agent_disconnected(agent, what);
+            }
+        }
+    }
+
+    fn handle_conn_message(&mut self, conn: ConnId, bytes: Bytes) {
+        // SAFETY: the connection's reader verified this buffer with `decode_message`.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let is_agent = self.conns.get(&conn).and_then(|c| c.agent);
+        use wire::Payload as P;
+        match message.payload_type() {
+            P::RegisterAgent => {
+                if is_agent.is_some() {
+                    return self.protocol_error(conn, "RegisterAgent twice on one connection");
+                }
+                let registration = message.payload_as_register_agent().expect("type checked");
+                self.register_agent(conn, registration);
+            }
+            P::TaskStatus => {
+                let Some(agent) = is_agent else {
+                    return self.protocol_error(conn, "TaskStatus before RegisterAgent");
+                };
+                let status = message.payload_as_task_status().expect("type checked");
+                let owner = self.owner_of(status.job_key());
+                self.send(owner, PeerMsg::Status { agent, bytes });
+            }
+            P::Heartbeat => {
+                if let Some(agent) = is_agent {
+                    if let Some(a) = self.home_agents.get_mut(&agent) {
+                        a.last_seen = Instant::now();
+                    }
+                }
+            }
+            P::CreateJob | P::KillJob | P::QueryJob => {
+                let request_id = message.request_id();
+                let key = match message.payload_type() {
+                    P::CreateJob => message.payload_as_create_job().map(|m| m.job_key()),
+                    P::KillJob => message.payload_as_kill_job().map(|m| m.job_key()),
+                    _ => message.payload_as_query_job().map(|m| m.job_key()),
+                }
+                .expect("type checked");
+                let owner = self.owner_of(key);
+                let reply = ReplyTo {
+                    shard: self.id,
+                    conn,
+                };
+                let _ = request_id;
+                self.send(owner, PeerMsg::Client { reply, bytes });
+            }
+            P::ListJobs => {
+                let request_id = message.request_id();
+                self.gathers.insert(
+                    (conn, request_id),
+                    Gather {
+                        waiting: self.shard_count,
+                        jobs: Vec::new(),
+                    },
+                );
+                let reply = ReplyTo {
+                    shard: self.id,
+                    conn,
+                };
+                for shard in 0..self.shard_count {
+                    self.send(shard, PeerMsg::ListJobs { reply, request_id });
+                }
+            }
+            other => {
+                let what = format!(
+                    "unexpected message {:?} from a client or agent",
+                    other.variant_name().unwrap_or("unknown")
+                );
+                let request_id = message.request_id();
+                let err = self
+                    .encoder
+                    .error(request_id, ErrorCode::InvalidRequest, &what)
+                    .to_vec();
+                self.write_conn(conn, &err);
+                self.protocol_error(conn, &what);
+            }
+        }
+    }
+
+    fn conn_closed(&mut self, conn: ConnId, reason: &str) {
+        if let Some(c) = self.conns.remove(&conn) {
+            tracing::debug!(shard = self.id, peer = %c.peer, "connection closed: {reason}");
+            if let Some(agent) = c.agent {
+                self.agent_disconnected(agent, reason);
+            }
+        }
+        self.gathers.retain(|(c, _), _| *c != conn);
+    }
+
+    // ------------------------------------------------------------------ agents (home side)
+
+    fn register_agent(&mut self, conn: ConnId, r: wire::RegisterAgent<'_>) {
+        assert!(self.next_agent < (1 << AGENT_HOME_SHIFT), "agent numbers exhausted");
+        let agent = AgentId(((self.id as u32) << AGENT_HOME_SHIFT) | self.next_agent);
+        self.next_agent += 1;
+        let attributes: borealis_core::Attributes = r
+            .attributes()
+            .iter()
+            .flatten()
+            .map(|a| (a.key().to_string(), a.value().to_string()))
+            .collect();
+        let total = borealis_net::codec::resources_from_wire(r.resources());
+        let name: Arc<str> = r.agent_id().into();
+        let hostname: Arc<str> = r.hostname().into();
+        let port_ranges: Vec<(u16, u16)> = r
+            .port_ranges()
+            .iter()
+            .flatten()
+            .filter(|p| p.begin() <= p.end())
+            .map(|p| (p.begin(), p.end()))
+            .collect();
+        tracing::info!(
+            shard = self.id,
+            agent = %name,
+            host = %hostname,
+            ?total,
+            "agent registered"
+        );
+        let mut reports = Vec::new();
+        for t in r.tasks().iter().flatten() {
+            match state_from_wire(t.state()) {
+                Ok(state) => reports.push(TaskStatusReport {
+                    task_id: TaskId(t.task_id()),
+                    job_key: t.job_key().to_string(),
+                    instance: t.instance(),
+                    state,
+                    exit_code: t.exit_code(),
+                    message: t.message().unwrap_or_default().to_string(),
+                    timestamp_ms: t.timestamp_ms(),
+                    sandbox: t.sandbox().unwrap_or_default().to_string(),
+                }),
+                Err(e) => tracing::warn!(agent = %name, "ignoring reported task: {e}"),
+            }
+        }
+        let adopting = reports.len();
+        self.home_agents.insert(
+            agent,
+            HomeAgent {
+                conn,
+                name: name.clone(),
+                hostname: hostname.clone(),
+                attributes: Arc::new(attributes),
+                total,
+                port_ranges,
+                ports_in_use: HashMap::new(),
+                offer: OfferWhere::Adopting {
+                    waiting: adopting,
+                    used: Resources::ZERO,
+                },
+                released_while_lent: Resources::ZERO,
+                last_seen: Instant::now(),
+            },
+        );
+        self.agent_names.insert(
+            agent,
+            Arc::new(AgentNames {
+                name: name.clone(),
+                hostname,
+            }),
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(agent);
+        }
+        let ack = self.encoder.agent_registered(&name).to_vec();
+        self.write_conn(conn, &ack);
+        for report in reports {
+            let owner = self.owner_of(&report.job_key);
+            self.send(owner, PeerMsg::Adopt { agent, report });
+        }
+        self.maybe_offer_adopted(agent);
+    }
+
+    /// Puts an agent's offer into the index once every task it reported is confirmed.
+    fn maybe_offer_adopted(&mut self, agent: AgentId) {
+        let Some(a) = self.home_agents.get_mut(&agent) else {
+            return;
+        };
+        if let OfferWhere::Adopting { waiting: 0, used } = a.offer {
+            let free = if a.total.contains(&used) {
+                a.total.minus(&used)
+            } else {
+                tracing::warn!(agent = %a.name, "adopted tasks exceed the agent's resources");
+                Resources::ZERO
+            };
+            a.offer = OfferWhere::Home;
+            let (attributes, total) = (a.attributes.clone(), a.total);
+            self.upsert_offer(agent, &attributes, total, free);
+            self.retry_blocked();
+        }
+    }
+
+    /// Puts an offer into this shard's index and remembers the agent's interned attributes.
+    fn upsert_offer(
+        &mut self,
+        agent: AgentId,
+        attributes: &borealis_core::Attributes,
+        total: Resources,
+        free: Resources,
+    ) {
+        self.index.upsert_agent(agent, attributes, total, free);
+        if let Some(ids) = self.index.attribute_ids(agent) {
+            self.agent_attr_ids.insert(agent, ids.to_vec());
+        }
+    }
+
+    fn agent_disconnected(&mut self, agent: AgentId, reason: &str) {
+        let Some(a) = self.home_agents.remove(&agent) else {
+            return;
+        };
+        tracing::warn!(shard = self.id, agent = %a.name, host = %a.hostname, "agent lost: {reason}");
+        if matches!(a.offer, OfferWhere::Home) {
+            self.index.remove_agent(agent);
+        }
+        for shard in 0..self.shard_count {
+            self.send(shard, PeerMsg::AgentLost { agent });
+        }
+    }
+
+    fn assign_ports(&mut self, agent: AgentId, task_id: TaskId, names: &[String]) -> Option<Vec<(String, u16)>> {
+        let a = self.home_agents.get_mut(&agent)?;
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let used: HashSet<u16> = a.ports_in_use.values().flatten().copied().collect();
+        let mut assigned = Vec::with_capacity(names.len());
+        'outer: for (begin, end) in a.port_ranges.clone() {
+            for port in begin..=end {
+                if assigned.len() == names.len() {
+                    break 'outer;
+                }
+                if !used.contains(&port) {
+                    assigned.push(port);
+                }
+            }
+        }
+        if assigned.len() < names.len() {
+            return None;
+        }
+        a.ports_in_use.insert(task_id, assigned.clone());
+        Some(names.iter().cloned().zip(assigned).collect())
+    }
+
+    fn home_launch(&mut self, from: ShardId, agent: AgentId, task_id: TaskId, instance: u32, config: &TaskConfig) {
+        let conn = self.home_agents.get(&agent).map(|a| a.conn);
+        let ports = conn.and_then(|_| self.assign_ports(agent, task_id, &config.port_names));
+        match (conn, ports) {
+            (Some(conn), Some(ports)) => {
+                let bytes = self.encoder.launch_task(task_id, instance, config, &ports).to_vec();
+                self.write_conn(conn, &bytes);
+                if !ports.is_empty() {
+                    self.send(from, PeerMsg::PortsAssigned { task_id, ports });
+                }
+            }
+            _ => self.send(from, PeerMsg::LaunchFailed { task_id }),
+        }
+    }
+
+    fn home_release(&mut self, agent: AgentId, task_id: TaskId, resources: Resources) {
+        let Some(a) = self.home_agents.get_mut(&agent) else {
+            return;
+        };
+        a.ports_in_use.remove(&task_id);
+        match &mut a.offer {
+            OfferWhere::Home => {
+                self.index.release(agent, &resources);
+                self.retry_blocked();
+            }
+            OfferWhere::Lent => {
+                a.released_while_lent = a.released_while_lent.plus(&resources);
+            }
+            OfferWhere::Adopting { used, .. } => {
+                // A task released before adoption finished: it no longer counts as used.
+                if used.contains(&resources) {
+                    *used = used.minus(&resources);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ peer messages
+
+    fn handle_peer(&mut self, from: ShardId, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Client { reply, bytes } => self.handle_client(reply, bytes),
+            PeerMsg::ClientReply { conn, bytes } => self.write_conn(conn, &bytes),
+            PeerMsg::ListJobs { reply, request_id } => {
+                let jobs = self.jobs.iter().map(|j| self.job_summary(j)).collect();
+                self.send(
+                    reply.shard,
+                    PeerMsg::ListPart {
+                        conn: reply.conn,
+                        request_id,
+                        jobs,
+                    },
+                );
+            }
+            PeerMsg::ListPart {
+                conn,
+                request_id,
+                jobs,
+            } => {
+                if let Some(g) = self.gathers.get_mut(&(conn, request_id)) {
+                    g.jobs.extend(jobs);
+                    g.waiting -= 1;
+                    if g.waiting == 0 {
+                        let mut g = self.gathers.remove(&(conn, request_id)).expect("present");
+                        g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+                        let bytes = self.encoder.job_list(request_id, &g.jobs).to_vec();
+                        self.write_conn(conn, &bytes);
+                    }
+                }
+            }
+            PeerMsg::Status { agent, bytes } => {
+                // SAFETY: verified by the reader of the agent's connection.
+                let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+                let s = message.payload_as_task_status().expect("routed as TaskStatus");
+                match state_from_wire(s.state()) {
+                    Ok(state) => {
+                        self.on_status(
+                        from,
+                        agent,
+                        TaskId(s.task_id()),
+                        state,
+                        s.exit_code(),
+                        s.message().unwrap_or_default(),
+                        s.sandbox().unwrap_or_default(),
+                            false,
+                        );
+                    }
+                    Err(e) => tracing::warn!("ignoring status: {e}"),
+                }
+            }
+            PeerMsg::Adopt { agent, report } => {
+                let adopted = self.on_status(
+                    from,
+                    agent,
+                    report.task_id,
+                    report.state,
+                    report.exit_code,
+                    &report.message,
+                    &report.sandbox,
+                    true,
+                );
+                self.send(
+                    from,
+                    PeerMsg::AdoptReply {
+                        agent,
+                        task_id: report.task_id,
+                        adopted,
+                    },
+                );
+            }
+            PeerMsg::AdoptReply {
+                agent,
+                task_id,
+                adopted,
+            } => {
+                if let Some(a) = self.home_agents.get_mut(&agent) {
+                    if let OfferWhere::Adopting { waiting, used } = &mut a.offer {
+                        *waiting -= 1;
+                        if let Some((resources, ports)) = adopted {
+                            *used = used.plus(&resources);
+                            a.ports_in_use.insert(task_id, ports);
+                        }
+                    }
+                    self.maybe_offer_adopted(agent);
+                }
+            }
+            PeerMsg::Launch {
+                agent,
+                task_id,
+                instance,
+                config,
+            } => self.home_launch(from, agent, task_id, instance, &config),
+            PeerMsg::PortsAssigned { task_id, ports } => {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
+                    t.ports = ports;
+                }
+            }
+            PeerMsg::LaunchFailed { task_id } => {
+                self.transition(task_id, TaskState::Lost, "agent gone before launch");
+            }
+            PeerMsg::Kill {
+                agent,
+                task_id,
+                job_key,
+            } => {
+                if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
+                    let bytes = self.encoder.kill_task(task_id, &job_key).to_vec();
+                    self.write_conn(conn, &bytes);
+                }
+            }
+            PeerMsg::Release {
+                agent,
+                task_id,
+                resources,
+            } => self.home_release(agent, task_id, resources),
+            PeerMsg::AgentLost { agent } => self.on_agent_lost(agent),
+            PeerMsg::Borrow { demand } => self.lend(from, demand),
+            PeerMsg::Lend { offers } => {
+                self.borrow_outstanding = false;
+                let got = offers.len();
+                for o in offers {
+                    self.agent_names.insert(
+                        o.agent,
+                        Arc::new(AgentNames {
+                            name: o.agent_name.clone(),
+                            hostname: o.hostname.clone(),
+                        }),
+                    );
+                    self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
+                    self.borrowed.insert(o.agent);
+                }
+                if got > 0 {
+                    self.retry_blocked();
+                } else {
+                    self.next_lender = self.next_peer(self.next_lender);
+                }
+            }
+            PeerMsg::Return { agent, free } => {
+                if let Some(a) = self.home_agents.get_mut(&agent) {
+                    let free = free.plus(&a.released_while_lent);
+                    a.released_while_lent = Resources::ZERO;
+                    a.offer = OfferWhere::Home;
+                    let (attributes, total) = (a.attributes.clone(), a.total);
+                    self.upsert_offer(agent, &attributes, total, free);
+                    self.retry_blocked();
+                }
+            }
+        }
+    }
+
+    fn next_peer(&self, after: ShardId) -> ShardId {
+        let mut next = (after + 1) % self.shard_count;
+        if next == self.id {
+            next = (next + 1) % self.shard_count;
+        }
+        next
+    }
+
+    fn lend(&mut self, to: ShardId, demand: Resources) {
+        let mut offers = Vec::new();
+        let candidates: Vec<AgentId> = self
+            .home_agents
+            .iter()
+            .filter(|(_, a)| matches!(a.offer, OfferWhere::Home))
+            .map(|(id, _)| *id)
+            .collect();
+        for agent in candidates {
+            if offers.len() == LEND_OFFERS_MAX {
+                break;
+            }
+            let Some(free) = self.index.free(agent) else {
+                continue;
+            };
+            if !free.contains(&demand) {
+                continue;
+            }
+            self.index.remove_agent(agent);
+            let a = self.home_agents.get_mut(&agent).expect("listed");
+            a.offer = OfferWhere::Lent;
+            offers.push(LentOffer {
+                agent,
+                agent_name: a.name.clone(),
+                hostname: a.hostname.clone(),
+                attributes: a.attributes.clone(),
+                total: a.total,
+                free,
+            });
+        }
+        self.send(to, PeerMsg::Lend { offers });
+    }
+
+    /// Gives every borrowed offer back to its home (end of each round).
+    pub fn return_borrowed(&mut self) {
+        if self.borrowed.is_empty() {
+            return;
+        }
+        let borrowed: Vec<AgentId> = self.borrowed.drain().collect();
+        for agent in borrowed {
+            if let Some(free) = self.index.remove_agent(agent) {
+                self.send(agent_home(agent), PeerMsg::Return { agent, free });
+            }
+        }
+    }
+
+    fn on_agent_lost(&mut self, agent: AgentId) {
+        if self.borrowed.remove(&agent) {
+            self.index.remove_agent(agent);
+        }
+        let mut tasks: Vec<TaskId> = self
+            .tasks_by_agent
+            .remove(&agent)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        tasks.sort();
+        for task_id in tasks {
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                // The agent is gone with whatever the task held.
+                t.holds = false;
+            }
+            self.transition(task_id, TaskState::Lost, "agent lost");
+        }
+        self.agent_names.remove(&agent);
+        self.agent_attr_ids.remove(&agent);
+    }
+
+    // ------------------------------------------------------------------ client requests (job owner)
+
+    fn handle_client(&mut self, reply: ReplyTo, bytes: Bytes) {
+        // SAFETY: verified by the reader of the client's connection.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let request_id = message.request_id();
+        let result = match message.payload_type() {
+            wire::Payload::CreateJob => {
+                self.create_job(message.payload_as_create_job().expect("type checked"))
+            }
+            wire::Payload::KillJob => {
+                self.kill_job(message.payload_as_kill_job().expect("type checked"))
+            }
+            wire::Payload::QueryJob => {
+                let key = message.payload_as_query_job().expect("type checked").job_key();
+                match key.parse::<JobKey>() {
+                    Ok(key) => match self.job_index.get(&key) {
+                        Some(&job) => {
+                            let status = self.job_status(job);
+                            Ok(self.encoder.job_status(request_id, &status).to_vec())
+                        }
+                        None => Err((ErrorCode::UnknownJob, format!("unknown job {key}"))),
+                    },
+                    Err(e) => Err((ErrorCode::InvalidRequest, e.to_string())),
+                }
+            }
+            _ => Err((ErrorCode::InvalidRequest, "not a job request".into())),
+        };
+        let bytes = match result {
+            Ok(bytes) if bytes.is_empty() => self.encoder.ack(request_id).to_vec(),
+            Ok(bytes) => bytes,
+            Err((code, text)) => self.encoder.error(request_id, code, &text).to_vec(),
+        };
+        self.reply(reply, bytes);
+    }
+
+    fn create_job(&mut self, c: wire::CreateJob<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let key: JobKey = c
+            .job_key()
+            .parse()
+            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let instances = c.instances();
+        if instances == 0 {
+            return Err((ErrorCode::InvalidRequest, format!("job {key}: instances must be >= 1")));
+        }
+        if instances > self.config.max_tasks_per_job {
+            return Err((
+                ErrorCode::TooManyTasks,
+                format!(
+                    "job {key}: {instances} instances exceed --max-tasks-per-job {}",
+                    self.config.max_tasks_per_job
+                ),
+            ));
+        }
+        let config = task_config_from_wire(key.clone(), c.config())
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+        policy::validate_config(&config)
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+        if let Some(&existing) = self.job_index.get(&key) {
+            let live = self.jobs[existing].current.iter().flatten().any(|t| {
+                self.tasks
+                    .get(t)
+                    .is_some_and(|t| !t.state.is_terminal())
+            });
+            if live {
+                return Err((ErrorCode::JobExists, format!("job {key} already exists")));
+            }
+            // Every instance of the old job has ended: the new job replaces it.
+            self.drop_job(existing);
+        }
+        let compiled = self.index.compile(&config);
+        let spread = JobSpread::new(&compiled);
+        let job = self.jobs.len();
+        let key_text: Arc<str> = key.to_string().into();
+        self.jobs.push(Job {
+            key: key.clone(),
+            key_text,
+            config: Arc::new(config),
+            compiled,
+            spread,
+            current: vec![None; instances as usize],
+            history: VecDeque::new(),
+        });
+        self.job_index.insert(key.clone(), job);
+        for instance in 0..instances {
+            let id = self.new_task(job, instance, 0, 0);
+            self.pending.push_back(id);
+        }
+        tracing::info!(shard = self.id, job = %key, instances, "job created");
+        Ok(Vec::new())
+    }
+
+    /// Forgets a job whose tasks have all ended (the slot is reused by swap-remove).
+    fn drop_job(&mut self, job: JobIdx) {
+        let removed_key = self.jobs[job].key.clone();
+        let ids: Vec<TaskId> = self.jobs[job]
+            .current
+            .iter()
+            .flatten()
+            .chain(self.jobs[job].history.iter())
+            .copied()
+            .collect();
+        for id in ids {
+            if let Some(t) = self.tasks.remove(&id) {
+                debug_assert!(t.state.is_terminal());
+            }
+        }
+        self.job_index.remove(&removed_key);
+        let last = self.jobs.len() - 1;
+        self.jobs.swap_remove(job);
+        if job != last {
+            let moved_key = self.jobs[job].key.clone();
+            self.job_index.insert(moved_key, job);
+            for t in self.tasks.values_mut() {
+                if t.job == last {
+                    t.job = job;
+                }
+            }
+        }
+    }
+
+    fn new_task(&mut self, job: JobIdx, instance: u32, failure_count: u32, flaps: u32) -> TaskId {
+        let id = self.ids.next_id();
+        let now = now_ms(self.started);
+        self.tasks.insert(
+            id,
+            Task {
+                id,
+                job,
+                instance,
+                state: TaskState::Pending,
+                agent: None,
+                host: None,
+                holds: false,
+                failure_count,
+                consecutive_flaps: flaps,
+                entered_ms: now,
+                running_since_ms: None,
+                exit_code: -1,
+                message: String::new(),
+                ports: Vec::new(),
+                sandbox: String::new(),
+                killed_by_user: false,
+            },
+        );
+        self.jobs[job].current[instance as usize] = Some(id);
+        id
+    }
+
+    fn kill_job(&mut self, k: wire::KillJob<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let key: JobKey = k
+            .job_key()
+            .parse()
+            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let Some(&job) = self.job_index.get(&key) else {
+            return Err((ErrorCode::UnknownJob, format!("unknown job {key}")));
+        };
+        let count = self.jobs[job].current.len() as u32;
+        let instances: Vec<u32> = match k.instances() {
+            Some(list) if !list.is_empty() => list.iter().collect(),
+            _ => (0..count).collect(),
+        };
+        if let Some(bad) = instances.iter().find(|&&i| i >= count) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("job {key} has no instance {bad} (instances 0..{count})"),
+            ));
+        }
+        for instance in instances {
+            let Some(task_id) = self.jobs[job].current[instance as usize] else {
+                continue;
+            };
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                t.killed_by_user = true;
+            }
+            self.transition(task_id, TaskState::Killing, "killed by user");
+        }
+        Ok(Vec::new())
+    }
+
+    fn job_summary(&self, job: &Job) -> JobSummaryView {
+        let mut state_counts = [0u32; TaskState::COUNT];
+        for id in job.current.iter().flatten().chain(job.history.iter()) {
+            if let Some(t) = self.tasks.get(id) {
+                state_counts[t.state as usize] += 1;
+            }
+        }
+        JobSummaryView {
+            job_key: job.key_text.to_string(),
+            instances: job.current.len() as u32,
+            is_service: job.config.is_service,
+            state_counts,
+        }
+    }
+
+    fn job_status(&self, job: JobIdx) -> JobStatusView {
+        let j = &self.jobs[job];
+        let mut tasks: Vec<TaskInfoView> = j
+            .history
+            .iter()
+            .chain(j.current.iter().flatten())
+            .filter_map(|id| self.tasks.get(id))
+            .map(|t| {
+                let (agent_id, hostname) = t
+                    .host
+                    .as_ref()
+                    .map(|h| (h.name.to_string(), h.hostname.to_string()))
+                    .unwrap_or_default();
+                TaskInfoView {
+                    task_id: t.id.0,
+                    instance: t.instance,
+                    state: Some(t.state),
+                    agent_id,
+                    hostname,
+                    failure_count: t.failure_count,
+                    exit_code: t.exit_code,
+                    message: t.message.clone(),
+                    ports: t.ports.clone(),
+                    sandbox: t.sandbox.clone(),
+                }
+            })
+            .collect();
+        tasks.sort_by_key(|t| (t.instance, t.task_id));
+        JobStatusView {
+            job: self.job_summary(j),
+            tasks,
+        }
+    }
+
+    // ------------------------------------------------------------------ task lifecycle (job owner)
+
+    /// Applies a status reported by an agent. Returns what an adopted task holds on the
+    /// agent (for `Adopt`), `None` when the task was not adopted.
+    #[allow(clippy::too_many_arguments)]
+    fn on_status(
+        &mut self,
+        from: ShardId,
+        agent: AgentId,
+        task_id: TaskId,
+        reported: TaskState,
+        exit_code: i32,
+        message: &str,
+        sandbox: &str,
+        adopting: bool,
+    ) -> Option<(Resources, Vec<u16>)> {
+        let Some(t) = self.tasks.get_mut(&task_id) else {
+            if !reported.is_terminal() {
+                tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
+                self.send(
+                    agent_home(agent),
+                    PeerMsg::Kill {
+                        agent,
+                        task_id,
+                        job_key: "".into(),
+                    },
+                );
+            }
+            let _ = from;
+            return None;
+        };
+        if t.agent != Some(agent) {
+            let adoptable = adopting && t.agent.is_some() && !t.state.is_terminal() && !reported.is_terminal();
+            if !adoptable {
+                if !reported.is_terminal() {
+                    let key = self.jobs[t.job].key_text.clone();
+                    self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+                }
+                return None;
+            }
+            // The agent reconnected under a new number: move the task to it.
+            let old = t.agent.replace(agent).expect("checked");
+            if let Some(set) = self.tasks_by_agent.get_mut(&old) {
+                set.remove(&task_id);
+            }
+            self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+            t.holds = true;
+            t.host = self.agent_names.get(&agent).cloned();
+        }
+        let t = self.tasks.get_mut(&task_id).expect("present");
+        if !sandbox.is_empty() && t.sandbox.is_empty() {
+            t.sandbox = sandbox.to_string();
+        }
+        if t.state.is_terminal() {
+            if !reported.is_terminal() {
+                let key = self.jobs[t.job].key_text.clone();
+                self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+            }
+            return None;
+        }
+        if reported.is_terminal() {
+            t.exit_code = exit_code;
+            t.message = message.to_string();
+        }
+        let resources = self.jobs[t.job].config.resources;
+        let ports: Vec<u16> = t.ports.iter().map(|(_, p)| *p).collect();
+        let next = policy::next_state(t.state, reported);
+        if let Some(next) = next {
+            self.transition(task_id, next, message);
+        }
+        if adopting {
+            let t = self.tasks.get(&task_id)?;
+            if !t.state.is_terminal() {
+                return Some((resources, ports));
+            }
+        }
+        None
+    }
+
+    /// Moves a task to `next` (when legal) and applies the consequences: resources, kills,
+    /// rescheduling.
+    fn transition(&mut self, task_id: TaskId, next: TaskState, why: &str) {
+        let now = now_ms(self.started);
+        let Some(t) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let prev = t.state;
+        if prev == next || !prev.can_transition_to(next) {
+            tracing::debug!(task = %task_id, %prev, %next, "ignored transition");
+            return;
+        }
+        t.state = next;
+        t.entered_ms = now;
+        if t.message.is_empty() || !next.is_terminal() {
+            t.message = why.to_string();
+        }
+        if next == TaskState::Running {
+            t.running_since_ms = Some(now);
+        }
+        let job = t.job;
+        let agent = t.agent;
+        match next {
+            TaskState::Killing | TaskState::Preempting | TaskState::Draining | TaskState::Restarting => {
+                if let Some(agent) = agent {
+                    let key = self.jobs[job].key_text.clone();
+                    self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+                } else {
+                    // Nothing runs anywhere: the kill is immediate.
+                    self.transition(task_id, TaskState::Killed, why);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if next.is_terminal() {
+            self.task_ended(task_id, prev, now);
+        }
+    }
+
+    fn task_ended(&mut self, task_id: TaskId, prev: TaskState, now: u64) {
+        let t = self.tasks.get_mut(&task_id).expect("present");
+        let job = t.job;
+        let instance = t.instance;
+        if let Some(agent) = t.agent {
+            if t.holds {
+                t.holds = false;
+                let resources = self.jobs[job].config.resources;
+                self.send(agent_home(agent), PeerMsg::Release { agent, task_id, resources });
+            }
+            if let Some(set) = self.tasks_by_agent.get_mut(&agent) {
+                set.remove(&task_id);
+                if set.is_empty() {
+                    self.tasks_by_agent.remove(&agent);
+                }
+            }
+            if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                self.jobs[job].spread.remove_attributes(ids);
+            }
+        }
+        let t = self.tasks.get(&task_id).expect("present");
+        let final_state = t.state;
+        let interruption = if t.killed_by_user {
+            Interruption::UserKill
+        } else if final_state == TaskState::Lost {
+            // Losing the agent is not the task's fault: no flapping penalty.
+            Interruption::Operator
+        } else {
+            Interruption::None
+        };
+        let config = &self.jobs[job].config;
+        let outcome = lifecycle::on_terminal(
+            &self.config.lifecycle,
+            &TaskEnd {
+                previous_state: prev,
+                final_state,
+                interruption,
+                is_service: config.is_service,
+                max_task_failures: config.max_task_failures,
+                prior_failures: t.failure_count,
+                ran_for_ms: t.running_since_ms.map(|since| now.saturating_sub(since)),
+                prior_consecutive_flaps: t.consecutive_flaps,
+            },
+        );
+        let failure_count = outcome.failures;
+        let decision = match outcome.reschedule {
+            Reschedule::No => None,
+            Reschedule::Now => Some((0, outcome.consecutive_flaps)),
+            Reschedule::After { delay_ms } => Some((delay_ms, outcome.consecutive_flaps)),
+        };
+        if let Some(t) = self.tasks.get_mut(&task_id) {
+            t.failure_count = failure_count;
+        }
+        // Retire into history.
+        let j = &mut self.jobs[job];
+        j.history.push_back(task_id);
+        if j.current[instance as usize] == Some(task_id) {
+            j.current[instance as usize] = None;
+        }
+        while j.history.len() > self.config.history_max_per_job {
+            let old = j.history.pop_front().expect("non-empty");
+            self.tasks.remove(&old);
+        }
+        if let Some((delay_ms, flaps)) = decision {
+            let id = self.new_task(job, instance, failure_count, flaps);
+            if delay_ms == 0 {
+                self.pending.push_back(id);
+            } else {
+                let t = self.tasks.get_mut(&id).expect("new");
+                t.state = TaskState::Throttled;
+                t.message = format!("throttled for {} ms (flapping)", delay_ms);
+                self.throttled.insert((now + delay_ms, id), ());
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ placement
+
+    fn retry_blocked(&mut self) {
+        if !self.blocked.is_empty() {
+            self.pending.extend(self.blocked.drain(..));
+        }
+    }
+
+    /// Places pending tasks against the offers this shard owns. Returns how many were placed.
+    pub fn schedule(&mut self) -> usize {
+        let mut placed = 0;
+        let mut attempts = 0;
+        let mut failed_jobs: HashSet<JobIdx> = HashSet::new();
+        while attempts < ROUND_PLACEMENTS_MAX {
+            let Some(task_id) = self.pending.pop_front() else {
+                break;
+            };
+            attempts += 1;
+            let Some(t) = self.tasks.get(&task_id) else {
+                continue;
+            };
+            if t.state != TaskState::Pending {
+                continue;
+            }
+            let job = t.job;
+            if failed_jobs.contains(&job) {
+                self.blocked.push(task_id);
+                continue;
+            }
+            let j = &self.jobs[job];
+            match self.index.place(&j.compiled, &j.spread) {
+                Some(agent) => {
+                    placed += 1;
+                    self.assign(task_id, agent);
+                }
+                None => {
+                    failed_jobs.insert(job);
+                    self.blocked.push(task_id);
+                }
+            }
+        }
+        if !self.blocked.is_empty() && self.shard_count > 1 && !self.borrow_outstanding {
+            if let Some(t) = self.blocked.first().and_then(|id| self.tasks.get(id)) {
+                let demand = self.jobs[t.job].config.resources;
+                self.borrow_outstanding = true;
+                let lender = if self.next_lender == self.id {
+                    self.next_peer(self.id)
+                } else {
+                    self.next_lender
+                };
+                self.send(lender, PeerMsg::Borrow { demand });
+            }
+        }
+        placed
+    }
+
+    fn assign(&mut self, task_id: TaskId, agent: AgentId) {
+        let now = now_ms(self.started);
+        let t = self.tasks.get_mut(&task_id).expect("pending task");
+        debug_assert!(t.state.can_transition_to(TaskState::Assigned));
+        t.state = TaskState::Assigned;
+        t.entered_ms = now;
+        t.agent = Some(agent);
+        t.holds = true;
+        t.message.clear();
+        let (job, instance) = (t.job, t.instance);
+        self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+        t.host = self.agent_names.get(&agent).cloned();
+        let j = &mut self.jobs[job];
+        if let Some(ids) = self.agent_attr_ids.get(&agent) {
+            j.spread.add_attributes(ids);
+        }
+        let config = j.config.clone();
+        let home = agent_home(agent);
+        if home == self.id {
+            self.home_launch(self.id, agent, task_id, instance, &config);
+        } else {
+            self.send(home, PeerMsg::Launch { agent, task_id, instance, config });
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    fn tick(&mut self) {
+        let now = now_ms(self.started);
+        // Throttled tasks whose penalty expired become PENDING.
+        let due: Vec<(u64, TaskId)> = self
+            .throttled
+            .range(..(now + 1, TaskId(0)))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            self.throttled.remove(&key);
+            let id = key.1;
+            if let Some(t) = self.tasks.get_mut(&id) {
+                if t.state == TaskState::Throttled {
+                    t.state = TaskState::Pending;
+                    t.entered_ms = now;
+                    t.message.clear();
+                    self.pending.push_back(id);
+                }
+            }
+        }
+        if self.last_blocked_retry.elapsed() >= BLOCKED_RETRY {
+            self.last_blocked_retry = Instant::now();
+            self.retry_blocked();
+            self.check_transient_timeouts(now);
+            self.check_silent_agents();
+        }
+    }
+
+    fn check_transient_timeouts(&mut self, now: u64) {
+        let timeout = self.config.lifecycle.transient_task_state_timeout_ms;
+        let stuck: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Assigned
+                        | TaskState::Starting
+                        | TaskState::Killing
+                        | TaskState::Preempting
+                        | TaskState::Draining
+                        | TaskState::Restarting
+                ) && now.saturating_sub(t.entered_ms) > timeout
+            })
+            .map(|t| t.id)
+            .collect();
+        for id in stuck {
+            let t = &self.tasks[&id];
+            let next = if t.state == TaskState::Killing {
+                TaskState::Killed
+            } else {
+                TaskState::Lost
+            };
+            self.transition(id, next, "timed out in a transient state");
+        }
+    }
+
+    fn check_silent_agents(&mut self) {
+        let silent: Vec<(AgentId, ConnId)> = self
+            .home_agents
+            .iter()
+            .filter(|(_, a)| a.last_seen.elapsed() > AGENT_SILENCE_MAX)
+            .map(|(id, a)| (*id, a.conn))
+            .collect();
+        for (_, conn) in silent {
+            self.protocol_error(conn, "agent silent for too long");
+        }
+    }
+
+    // ------------------------------------------------------------------ flush
+
+    /// Writes each connection's batched frames (one queued write per connection per round).
+    pub fn flush_connections(&mut self) {
+        let mut dead = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            if c.writer.is_empty() {
+                continue;
+            }
+            let bytes = c.writer.take();
+            if c.out.try_send(bytes).is_err() {
+                dead.push(*id);
+            }
+        }
+        for conn in dead {
+            self.protocol_error(conn, "peer is not reading (outbound queue full)");
+        }
+    }
+
+    /// Puts back a batch the peer's queue could not take; newer messages stay behind it.
+    pub fn restore_outbox(&mut self, to: ShardId, mut batch: PeerBatch) {
+        batch.append(&mut self.outbox[to]);
+        self.outbox[to] = batch;
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
