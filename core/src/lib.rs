@@ -5,6 +5,7 @@
 //! etcd or flatbuffers; the shards runtime and the wire crate translate to and from these types.
 
 pub mod jobfile;
+pub mod lifecycle;
 pub mod model;
 pub mod placement;
 pub mod state;

@@ -73,6 +73,8 @@ async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSend
                 break;
             }
         }
+        // The shard dropped this connection (or the peer stopped reading): tell the peer.
+        let _ = write_half.close().await;
     });
     let reason = read_frames(conn, &mut read_half, &inbound).await;
     writer.cancel().await;

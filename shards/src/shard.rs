@@ -34,6 +34,10 @@ const LEND_OFFERS_MAX: usize = 64;
 const BLOCKED_RETRY: Duration = Duration::from_millis(500);
 /// Agents that send nothing (not even a heartbeat) for this long are disconnected.
 const AGENT_SILENCE_MAX: Duration = Duration::from_secs(30);
+/// How often tasks stuck in transient states and silent agents are looked for.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Pause before asking peers again after a borrow that brought nothing placeable.
+const BORROW_BACKOFF: Duration = Duration::from_millis(200);
 
 const _: () = assert!(ROUND_INBOUND_MAX <= crate::INBOUND_QUEUE_MAX);
 
@@ -142,7 +146,12 @@ pub struct Shard {
     home_agents: HashMap<AgentId, HomeAgent>,
     borrowed: HashSet<AgentId>,
     borrow_outstanding: bool,
+    /// No new `Borrow` before this instant (set after a fruitless one).
+    next_borrow_at: Instant,
+    /// Tasks placed since the last `Lend` arrived (tells whether lending helped).
+    placed_since_lend: usize,
     next_lender: ShardId,
+    last_sweep: Instant,
 
     conns: HashMap<ConnId, Conn>,
     gathers: HashMap<(ConnId, u64), Gather>,
@@ -177,6 +186,9 @@ impl Shard {
             home_agents: HashMap::new(),
             borrowed: HashSet::new(),
             borrow_outstanding: false,
+            next_borrow_at: Instant::now(),
+            placed_since_lend: 0,
+            last_sweep: Instant::now(),
             next_lender: (id + 1) % shard_count.max(1),
             conns: HashMap::new(),
             gathers: HashMap::new(),
@@ -682,10 +694,13 @@ impl Shard {
                     self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
                     self.borrowed.insert(o.agent);
                 }
+                self.placed_since_lend = 0;
                 if got > 0 {
                     self.retry_blocked();
                 } else {
+                    // This peer had nothing that fits: ask the next one, after a pause.
                     self.next_lender = self.next_peer(self.next_lender);
+                    self.next_borrow_at = Instant::now() + BORROW_BACKOFF;
                 }
             }
             PeerMsg::Return { agent, free } => {
@@ -1241,7 +1256,17 @@ impl Shard {
                 }
             }
         }
-        if !self.blocked.is_empty() && self.shard_count > 1 && !self.borrow_outstanding {
+        self.placed_since_lend += placed;
+        if !self.borrowed.is_empty() && placed == 0 && self.placed_since_lend == 0 {
+            // Borrowed offers did not help (constraints, not capacity): do not spin on them.
+            self.next_borrow_at = Instant::now() + BORROW_BACKOFF;
+            self.next_lender = self.next_peer(self.next_lender);
+        }
+        if !self.blocked.is_empty()
+            && self.shard_count > 1
+            && !self.borrow_outstanding
+            && Instant::now() >= self.next_borrow_at
+        {
             if let Some(t) = self.blocked.first().and_then(|id| self.tasks.get(id)) {
                 let demand = self.jobs[t.job].config.resources;
                 self.borrow_outstanding = true;
@@ -1306,6 +1331,9 @@ impl Shard {
         if self.last_blocked_retry.elapsed() >= BLOCKED_RETRY {
             self.last_blocked_retry = Instant::now();
             self.retry_blocked();
+        }
+        if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
+            self.last_sweep = Instant::now();
             self.check_transient_timeouts(now);
             self.check_silent_agents();
         }

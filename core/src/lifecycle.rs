@@ -1,0 +1,962 @@
+//! What a task's arrival in a state causes: whether an ended task is replaced, how long a
+//! replacement is held back, how long an unplaceable task waits, and when a task stuck in a
+//! transient state is given up as LOST.
+//!
+//! These rules follow Apache Aurora (`TaskStateMachine`'s side effects, `RescheduleCalculator`,
+//! `TaskGroups` and `TaskTimeout`). They are pure functions of their inputs, so the shard can call
+//! them while applying a status update and the simulation can replay them exactly: time arrives as
+//! `*_ms` arguments, and Aurora's random jitter on backoffs is left out on purpose.
+//!
+//! Where Borealis departs from Aurora it says so at the rule, with the reason.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::TaskState;
+
+/// The scheduler's lifecycle knobs, all in milliseconds, named after Aurora's flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LifecyclePolicy {
+    /// How long a PENDING task waits after its first failed placement attempt.
+    pub initial_schedule_penalty_ms: u64,
+    /// The cap on the placement backoff, so an unplaceable task is still retried now and then.
+    pub max_schedule_penalty_ms: u64,
+    /// A run shorter than this is a flap: the task is crash-looping and is throttled.
+    pub flapping_task_threshold_ms: u64,
+    /// How long the replacement of a first flap stays THROTTLED.
+    pub initial_flapping_task_delay_ms: u64,
+    /// The cap on the THROTTLED delay, however long the task has been flapping.
+    pub max_flapping_task_delay_ms: u64,
+    /// How long a task may sit in a [transient state](TRANSIENT_STATES) before it is LOST.
+    pub transient_task_state_timeout_ms: u64,
+}
+
+impl Default for LifecyclePolicy {
+    /// Aurora's defaults: 1 s, 1 min, 5 min, 30 s, 5 min, 5 min.
+    fn default() -> Self {
+        const SECOND_MS: u64 = 1_000;
+        const MINUTE_MS: u64 = 60 * SECOND_MS;
+        LifecyclePolicy {
+            initial_schedule_penalty_ms: SECOND_MS,
+            max_schedule_penalty_ms: MINUTE_MS,
+            flapping_task_threshold_ms: 5 * MINUTE_MS,
+            initial_flapping_task_delay_ms: 30 * SECOND_MS,
+            max_flapping_task_delay_ms: 5 * MINUTE_MS,
+            transient_task_state_timeout_ms: 5 * MINUTE_MS,
+        }
+    }
+}
+
+/// Whether an ended task gets a replacement, and when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reschedule {
+    /// The instance stays ended.
+    No,
+    /// A replacement goes straight to PENDING.
+    Now,
+    /// A replacement waits in THROTTLED for `delay_ms`, then becomes PENDING. `delay_ms` is never
+    /// zero: a zero delay is [`Reschedule::Now`], so the shard never arms a timer for nothing.
+    After {
+        /// How long the replacement stays THROTTLED.
+        delay_ms: u64,
+    },
+}
+
+impl Reschedule {
+    /// The state the replacement moves to out of INIT, or `None` when there is no replacement.
+    pub fn replacement_state(self) -> Option<TaskState> {
+        match self {
+            Reschedule::No => None,
+            Reschedule::Now => Some(TaskState::Pending),
+            Reschedule::After { .. } => Some(TaskState::Throttled),
+        }
+    }
+}
+
+/// Whether someone outside the task ended it on purpose, which a task remembers for the rest of
+/// its life because a later state (PARTITIONED, say) hides how it got there.
+///
+/// The order matters: a user's kill outranks an operator's interruption.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Interruption {
+    /// Nothing outside the task has acted on it.
+    #[default]
+    None,
+    /// The scheduler or an operator is replacing it: it has been RESTARTING, PREEMPTING or
+    /// DRAINING. Its end is not the task's fault, so it is neither a failure nor a flap.
+    Operator,
+    /// A user killed it: it has been KILLING. Its end is final.
+    UserKill,
+}
+
+impl Interruption {
+    /// The interruption after the task enters `state`, for the shard to store on every
+    /// transition.
+    pub fn after(self, state: TaskState) -> Interruption {
+        match state {
+            TaskState::Killing => Interruption::UserKill,
+            TaskState::Restarting | TaskState::Preempting | TaskState::Draining => {
+                self.max(Interruption::Operator)
+            }
+            _ => self,
+        }
+    }
+}
+
+/// Everything the rules need to know about a task that has just reached a terminal state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskEnd {
+    /// The state the task left; `previous_state.can_transition_to(final_state)` must hold.
+    pub previous_state: TaskState,
+    /// The terminal state it reached.
+    pub final_state: TaskState,
+    /// What acted on the task during its life, before this end. `previous_state` is folded in
+    /// by [`on_terminal`], so a caller that does not track it still gets the direct cases right.
+    pub interruption: Interruption,
+    /// A service is replaced however it ends, except by a user's kill.
+    pub is_service: bool,
+    /// The job's failure budget per instance; -1 means unlimited. 0 and 1 both mean one run, as
+    /// in Aurora; values below -1 are rejected by job validation and here also mean one run.
+    pub max_task_failures: i32,
+    /// Failures of this instance counted before this end (carried over from its ancestors).
+    pub prior_failures: u32,
+    /// How long the task had been RUNNING when it ended, counted from its latest entry into
+    /// RUNNING; `None` when it never ran, which counts as a run of zero.
+    pub ran_for_ms: Option<u64>,
+    /// How many of this instance's immediately preceding runs flapped in a row.
+    pub prior_consecutive_flaps: u32,
+}
+
+/// The decision for an ended task, with the counters its replacement inherits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TerminalOutcome {
+    /// Whether, and when, the instance is replaced.
+    pub reschedule: Reschedule,
+    /// The instance's failure count including this end.
+    pub failures: u32,
+    /// Consecutive flaps including this end; 0 when this run did not flap, which is what resets
+    /// the flapping penalty after one stable run.
+    pub consecutive_flaps: u32,
+}
+
+/// Whether this end spends one of the instance's failures: a FAILED reached on the task's own,
+/// from ASSIGNED, STARTING, RUNNING or PARTITIONED.
+///
+/// A task that fails while being restarted, preempted, drained or killed was going away anyway,
+/// so Aurora does not hold that against the job's failure budget, and neither do we.
+pub fn counts_as_failure(previous_state: TaskState, final_state: TaskState) -> bool {
+    final_state == TaskState::Failed
+        && matches!(
+            previous_state,
+            TaskState::Assigned | TaskState::Starting | TaskState::Running | TaskState::Partitioned
+        )
+}
+
+/// Whether this run flapped: it ended after running less than the flapping threshold, on its own.
+///
+/// A task interrupted by a user or an operator did not crash, so it is never a flap. Aurora counts
+/// RESTARTING, DRAINING and KILLING as interruptions but not PREEMPTING; we count PREEMPTING too,
+/// because a preempted task lost its place to a more important one, which says nothing about it.
+pub fn is_flap(policy: &LifecyclePolicy, end: &TaskEnd) -> bool {
+    let interruption = end.interruption.after(end.previous_state);
+    interruption == Interruption::None
+        && end.ran_for_ms.unwrap_or(0) < policy.flapping_task_threshold_ms
+}
+
+/// Decides what follows a task's arrival in a terminal state.
+///
+/// Aurora's rules, in order:
+/// - a task a user killed (it was ever KILLING) is never replaced;
+/// - a task ending while RESTARTING, PREEMPTING or DRAINING is always replaced, service or not,
+///   since the replacement is the point of those states;
+/// - otherwise LOST and KILLED (killed by the agent, not by a user) are replaced;
+/// - FINISHED is replaced for a service only;
+/// - FAILED is replaced for a service, and for an ad-hoc job while its failures stay below
+///   `max_task_failures`.
+///
+/// A replacement of a run that [flapped](is_flap) waits in THROTTLED for
+/// [`flapping_delay_ms`]; any other replacement is PENDING at once.
+///
+/// One departure: Aurora does not replace a service that reaches FINISHED from PARTITIONED; we do,
+/// because a service that ends must come back however its agent reported the end.
+pub fn on_terminal(policy: &LifecyclePolicy, end: &TaskEnd) -> TerminalOutcome {
+    debug_assert!(end.final_state.is_terminal(), "{end:?}");
+    debug_assert!(
+        end.previous_state.can_transition_to(end.final_state),
+        "{end:?}"
+    );
+    let interruption = end.interruption.after(end.previous_state);
+    let failed_on_its_own = counts_as_failure(end.previous_state, end.final_state);
+    let failures = end
+        .prior_failures
+        .saturating_add(u32::from(failed_on_its_own));
+    let flapped = is_flap(policy, end);
+    let consecutive_flaps = if flapped {
+        end.prior_consecutive_flaps.saturating_add(1)
+    } else {
+        0
+    };
+
+    let replace = match (end.previous_state, end.final_state) {
+        _ if interruption == Interruption::UserKill => false,
+        (_, final_state) if !final_state.is_terminal() => false,
+        (TaskState::Restarting | TaskState::Preempting | TaskState::Draining, _) => true,
+        (
+            TaskState::Assigned | TaskState::Starting | TaskState::Running | TaskState::Partitioned,
+            final_state,
+        ) => match final_state {
+            TaskState::Lost | TaskState::Killed => true,
+            TaskState::Finished => end.is_service,
+            TaskState::Failed => end.is_service || within_failure_budget(end, failures),
+            _ => false,
+        },
+        // No other state reaches a terminal state; the debug assertion above catches the caller.
+        _ => false,
+    };
+
+    let reschedule = if !replace {
+        Reschedule::No
+    } else if flapped {
+        match flapping_delay_ms(policy, consecutive_flaps) {
+            0 => Reschedule::Now,
+            delay_ms => Reschedule::After { delay_ms },
+        }
+    } else {
+        Reschedule::Now
+    };
+    TerminalOutcome {
+        reschedule,
+        failures,
+        consecutive_flaps,
+    }
+}
+
+/// Whether an ad-hoc instance that has now failed `failures` times may run again.
+fn within_failure_budget(end: &TaskEnd, failures: u32) -> bool {
+    const UNLIMITED: i32 = -1;
+    end.max_task_failures == UNLIMITED || i64::from(failures) < i64::from(end.max_task_failures)
+}
+
+/// How long the replacement of a task that has flapped `consecutive_flaps` times in a row stays
+/// THROTTLED: 0 for no flap, then the initial delay doubling per flap, capped at the maximum.
+pub fn flapping_delay_ms(policy: &LifecyclePolicy, consecutive_flaps: u32) -> u64 {
+    match consecutive_flaps {
+        0 => 0,
+        flaps => truncated_binary_backoff_ms(
+            policy.initial_flapping_task_delay_ms,
+            policy.max_flapping_task_delay_ms,
+            flaps - 1,
+        ),
+    }
+}
+
+/// How long a PENDING task waits before its next placement attempt after `failed_attempts`
+/// attempts found no offer: 0 before any failure, then the initial penalty doubling per failure,
+/// capped at the maximum so that a task that cannot fit today is still tried every minute.
+pub fn schedule_penalty_ms(policy: &LifecyclePolicy, failed_attempts: u32) -> u64 {
+    match failed_attempts {
+        0 => 0,
+        attempts => truncated_binary_backoff_ms(
+            policy.initial_schedule_penalty_ms,
+            policy.max_schedule_penalty_ms,
+            attempts - 1,
+        ),
+    }
+}
+
+/// `initial_ms * 2^doublings`, capped at `max_ms`, saturating rather than overflowing.
+///
+/// Aurora's `TruncatedBinaryBackoff` adds up to 100% random jitter to each step; we leave it out,
+/// since core draws no randomness, and the shard may add jitter from its seeded source.
+fn truncated_binary_backoff_ms(initial_ms: u64, max_ms: u64, doublings: u32) -> u64 {
+    let factor = 1u64.checked_shl(doublings).unwrap_or(u64::MAX);
+    initial_ms.saturating_mul(factor).min(max_ms)
+}
+
+/// The states a task should pass through quickly, each waiting on an agent's answer; a task that
+/// stays in one longer than [`LifecyclePolicy::transient_task_state_timeout_ms`] is LOST.
+///
+/// Aurora's `TaskTimeout` leaves STARTING out (a sandbox may take long to fetch); Borealis's
+/// agent reports RUNNING as soon as the command is spawned, so a long STARTING means a stuck agent.
+/// PARTITIONED is not here: how long a partition is waited out is the job's partition policy.
+pub const TRANSIENT_STATES: [TaskState; 6] = [
+    TaskState::Assigned,
+    TaskState::Starting,
+    TaskState::Killing,
+    TaskState::Restarting,
+    TaskState::Preempting,
+    TaskState::Draining,
+];
+
+/// Whether `state` is one of the [`TRANSIENT_STATES`].
+pub fn is_transient(state: TaskState) -> bool {
+    TRANSIENT_STATES.contains(&state)
+}
+
+/// When a task that entered `state` at `entered_ms` times out, so the shard can arm one timer;
+/// `None` for a state that never times out.
+pub fn transient_deadline_ms(
+    policy: &LifecyclePolicy,
+    state: TaskState,
+    entered_ms: u64,
+) -> Option<u64> {
+    is_transient(state).then(|| entered_ms.saturating_add(policy.transient_task_state_timeout_ms))
+}
+
+/// Whether a task that entered `state` at `entered_ms` has, at `now_ms`, been there too long and
+/// must become LOST.
+///
+/// The deadline itself counts as timed out, as Aurora's timer fires at it. A `now_ms` before
+/// `entered_ms` (a clock that moved back across a leader change) is not a timeout.
+pub fn transient_timed_out(
+    policy: &LifecyclePolicy,
+    state: TaskState,
+    entered_ms: u64,
+    now_ms: u64,
+) -> bool {
+    transient_deadline_ms(policy, state, entered_ms)
+        .is_some_and(|deadline_ms| now_ms >= deadline_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use TaskState::*;
+
+    const MINUTE_MS: u64 = 60_000;
+
+    /// A run long enough not to flap under the default policy.
+    const STABLE_RUN_MS: u64 = 60 * MINUTE_MS;
+
+    /// An ad-hoc task that ran stably, with failures to spare; each test changes what it is about.
+    fn end(previous_state: TaskState, final_state: TaskState) -> TaskEnd {
+        TaskEnd {
+            previous_state,
+            final_state,
+            interruption: Interruption::None,
+            is_service: false,
+            max_task_failures: 3,
+            prior_failures: 0,
+            ran_for_ms: Some(STABLE_RUN_MS),
+            prior_consecutive_flaps: 0,
+        }
+    }
+
+    fn service(previous_state: TaskState, final_state: TaskState) -> TaskEnd {
+        TaskEnd {
+            is_service: true,
+            ..end(previous_state, final_state)
+        }
+    }
+
+    #[track_caller]
+    fn check(end: TaskEnd, expected: Reschedule) {
+        let outcome = on_terminal(&LifecyclePolicy::default(), &end);
+        assert_eq!(outcome.reschedule, expected, "{end:?}");
+    }
+
+    /// The rescheduling spec for stable runs with failures to spare, written by hand: one row
+    /// per previous state, columns FINISHED FAILED KILLED LOST, first for an ad-hoc job then for
+    /// a service. `R` is rescheduled now, `.` is not, `-` is an illegal edge.
+    const SPEC: &str = "
+        previous      adhoc: FIN FAIL KLED LOST   service: FIN FAIL KLED LOST
+        ASSIGNED             .   R    R    R               R   R    R    R
+        STARTING             .   R    R    R               R   R    R    R
+        RUNNING              .   R    R    R               R   R    R    R
+        PARTITIONED          .   R    -    R               R   R    -    R
+        KILLING              .   .    .    .               .   .    .    .
+        RESTARTING           R   R    R    R               R   R    R    R
+        PREEMPTING           R   R    R    R               R   R    R    R
+        DRAINING             R   R    R    R               R   R    R    R
+    ";
+
+    #[test]
+    fn every_terminal_edge_matches_the_spec() {
+        const FINALS: [TaskState; 4] = [Finished, Failed, Killed, Lost];
+        let mut covered = Vec::new();
+        let mut rows = SPEC.lines().map(str::trim).filter(|line| !line.is_empty());
+        assert!(rows.next().unwrap().starts_with("previous"));
+        for row in rows {
+            let mut cells = row.split_whitespace();
+            let previous = TaskState::parse(cells.next().unwrap()).unwrap();
+            let cells: Vec<&str> = cells.collect();
+            assert_eq!(cells.len(), 2 * FINALS.len(), "row {row}");
+            for (i, cell) in cells.into_iter().enumerate() {
+                let final_state = FINALS[i % FINALS.len()];
+                let is_service = i >= FINALS.len();
+                let legal = previous.can_transition_to(final_state);
+                let expected = match cell {
+                    "R" => Reschedule::Now,
+                    "." => Reschedule::No,
+                    "-" => {
+                        assert!(!legal, "{previous} -> {final_state} is legal; spec it");
+                        continue;
+                    }
+                    other => panic!("bad cell {other:?} in row {row}"),
+                };
+                assert!(legal, "{previous} -> {final_state} is illegal; mark it -");
+                let case = TaskEnd {
+                    is_service,
+                    ..end(previous, final_state)
+                };
+                check(case, expected);
+                covered.push((previous, final_state));
+            }
+        }
+        // Every legal edge into a terminal state has a row, once per job kind.
+        for previous in TaskState::ALL {
+            for next in previous.successors().filter(|next| next.is_terminal()) {
+                let times = covered.iter().filter(|&&e| e == (previous, next)).count();
+                assert_eq!(times, 2, "{previous} -> {next} is not in the spec");
+            }
+        }
+    }
+
+    #[test]
+    fn adhoc_finished_stays_finished() {
+        check(end(Running, Finished), Reschedule::No);
+    }
+
+    #[test]
+    fn service_finished_is_rescheduled() {
+        check(service(Running, Finished), Reschedule::Now);
+    }
+
+    #[test]
+    fn service_finished_out_of_a_partition_is_rescheduled_unlike_aurora() {
+        check(service(Partitioned, Finished), Reschedule::Now);
+    }
+
+    #[test]
+    fn adhoc_failure_is_retried_while_below_the_limit() {
+        for (prior_failures, expected) in [
+            (0, Reschedule::Now),
+            (1, Reschedule::Now),
+            (2, Reschedule::No),
+        ] {
+            let case = TaskEnd {
+                prior_failures,
+                ..end(Running, Failed)
+            };
+            check(case, expected);
+        }
+    }
+
+    #[test]
+    fn adhoc_failure_exhaustion_stays_failed_and_counts() {
+        let case = TaskEnd {
+            prior_failures: 2,
+            ..end(Running, Failed)
+        };
+        let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+        assert_eq!(outcome.reschedule, Reschedule::No);
+        assert_eq!(outcome.failures, 3);
+    }
+
+    #[test]
+    fn adhoc_failure_with_unlimited_retries_is_always_rescheduled() {
+        for prior_failures in [0, 1, 1_000_000, u32::MAX] {
+            let case = TaskEnd {
+                max_task_failures: -1,
+                prior_failures,
+                ..end(Running, Failed)
+            };
+            check(case, Reschedule::Now);
+        }
+    }
+
+    #[test]
+    fn failure_counter_saturates_instead_of_wrapping() {
+        let case = TaskEnd {
+            max_task_failures: -1,
+            prior_failures: u32::MAX,
+            ..end(Running, Failed)
+        };
+        assert_eq!(
+            on_terminal(&LifecyclePolicy::default(), &case).failures,
+            u32::MAX
+        );
+    }
+
+    #[test]
+    fn max_task_failures_zero_one_and_below_minus_one_all_mean_one_run() {
+        for max_task_failures in [0, 1, -2, i32::MIN] {
+            let case = TaskEnd {
+                max_task_failures,
+                ..end(Running, Failed)
+            };
+            check(case, Reschedule::No);
+        }
+        let two_runs = TaskEnd {
+            max_task_failures: 2,
+            ..end(Running, Failed)
+        };
+        check(two_runs, Reschedule::Now);
+    }
+
+    #[test]
+    fn service_ignores_the_failure_limit() {
+        let case = TaskEnd {
+            max_task_failures: 1,
+            prior_failures: 50,
+            ..service(Running, Failed)
+        };
+        check(case, Reschedule::Now);
+    }
+
+    #[test]
+    fn service_killed_by_user_stays_killed() {
+        check(service(Killing, Killed), Reschedule::No);
+        check(service(Killing, Lost), Reschedule::No);
+        check(service(Killing, Failed), Reschedule::No);
+    }
+
+    #[test]
+    fn user_kill_is_final_even_through_a_partition() {
+        for final_state in [Lost, Failed, Finished] {
+            let case = TaskEnd {
+                interruption: Interruption::UserKill,
+                ..service(Partitioned, final_state)
+            };
+            check(case, Reschedule::No);
+        }
+    }
+
+    #[test]
+    fn lost_is_rescheduled_even_for_adhoc() {
+        check(end(Running, Lost), Reschedule::Now);
+        check(end(Assigned, Lost), Reschedule::Now);
+        check(end(Partitioned, Lost), Reschedule::Now);
+    }
+
+    #[test]
+    fn killed_by_the_agent_is_rescheduled() {
+        check(end(Running, Killed), Reschedule::Now);
+    }
+
+    #[test]
+    fn killed_after_preempting_draining_or_restarting_is_rescheduled() {
+        for previous in [Preempting, Draining, Restarting] {
+            check(end(previous, Killed), Reschedule::Now);
+        }
+    }
+
+    #[test]
+    fn finished_while_draining_is_rescheduled_even_for_adhoc() {
+        check(end(Draining, Finished), Reschedule::Now);
+    }
+
+    #[test]
+    fn failure_while_restarting_ignores_and_spares_the_budget() {
+        let case = TaskEnd {
+            prior_failures: 10,
+            ..end(Restarting, Failed)
+        };
+        let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+        assert_eq!(outcome.reschedule, Reschedule::Now);
+        assert_eq!(outcome.failures, 10);
+    }
+
+    #[test]
+    fn only_own_failures_count() {
+        for previous in TaskState::ALL {
+            for final_state in TaskState::ALL {
+                let expected = final_state == Failed
+                    && matches!(previous, Assigned | Starting | Running | Partitioned);
+                assert_eq!(
+                    counts_as_failure(previous, final_state),
+                    expected,
+                    "{previous} -> {final_state}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flapping_task_is_throttled() {
+        let case = TaskEnd {
+            ran_for_ms: Some(10_000),
+            ..service(Running, Failed)
+        };
+        let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+        assert_eq!(outcome.reschedule, Reschedule::After { delay_ms: 30_000 });
+        assert_eq!(outcome.consecutive_flaps, 1);
+    }
+
+    #[test]
+    fn flapping_delay_doubles_per_consecutive_flap_up_to_the_cap() {
+        for (prior_consecutive_flaps, delay_ms) in [
+            (0, 30_000),
+            (1, 60_000),
+            (2, 120_000),
+            (3, 240_000),
+            (4, 300_000),
+            (5, 300_000),
+            (1_000, 300_000),
+            (u32::MAX, 300_000),
+        ] {
+            let case = TaskEnd {
+                ran_for_ms: Some(1),
+                prior_consecutive_flaps,
+                ..service(Running, Finished)
+            };
+            check(case, Reschedule::After { delay_ms });
+        }
+    }
+
+    #[test]
+    fn never_running_counts_as_a_flap() {
+        let case = TaskEnd {
+            ran_for_ms: None,
+            ..end(Starting, Lost)
+        };
+        check(case, Reschedule::After { delay_ms: 30_000 });
+    }
+
+    #[test]
+    fn run_of_exactly_the_threshold_is_not_a_flap() {
+        let threshold_ms = LifecyclePolicy::default().flapping_task_threshold_ms;
+        let at = TaskEnd {
+            ran_for_ms: Some(threshold_ms),
+            ..service(Running, Finished)
+        };
+        check(at, Reschedule::Now);
+        let just_under = TaskEnd {
+            ran_for_ms: Some(threshold_ms - 1),
+            ..at
+        };
+        check(just_under, Reschedule::After { delay_ms: 30_000 });
+    }
+
+    #[test]
+    fn interrupted_task_never_flaps() {
+        for previous in [Restarting, Preempting, Draining] {
+            let case = TaskEnd {
+                ran_for_ms: Some(1),
+                prior_consecutive_flaps: 7,
+                ..end(previous, Killed)
+            };
+            let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+            assert_eq!(outcome.reschedule, Reschedule::Now, "{previous}");
+            assert_eq!(outcome.consecutive_flaps, 0, "{previous}");
+        }
+    }
+
+    #[test]
+    fn operator_interruption_before_a_partition_is_not_a_flap() {
+        let case = TaskEnd {
+            interruption: Interruption::Operator,
+            ran_for_ms: Some(1),
+            ..end(Partitioned, Lost)
+        };
+        check(case, Reschedule::Now);
+    }
+
+    #[test]
+    fn stable_run_resets_the_flap_count() {
+        let case = TaskEnd {
+            prior_consecutive_flaps: 9,
+            ..service(Running, Failed)
+        };
+        let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+        assert_eq!(outcome.reschedule, Reschedule::Now);
+        assert_eq!(outcome.consecutive_flaps, 0);
+    }
+
+    #[test]
+    fn zero_flapping_delay_reschedules_now() {
+        let policy = LifecyclePolicy {
+            initial_flapping_task_delay_ms: 0,
+            ..LifecyclePolicy::default()
+        };
+        let case = TaskEnd {
+            ran_for_ms: Some(1),
+            ..service(Running, Failed)
+        };
+        assert_eq!(on_terminal(&policy, &case).reschedule, Reschedule::Now);
+    }
+
+    #[test]
+    fn flap_that_is_not_rescheduled_still_counts() {
+        let case = TaskEnd {
+            ran_for_ms: Some(1),
+            prior_consecutive_flaps: 2,
+            ..end(Running, Finished)
+        };
+        let outcome = on_terminal(&LifecyclePolicy::default(), &case);
+        assert_eq!(outcome.reschedule, Reschedule::No);
+        assert_eq!(outcome.consecutive_flaps, 3);
+    }
+
+    #[test]
+    fn replacement_starts_pending_or_throttled() {
+        assert_eq!(Reschedule::No.replacement_state(), None);
+        assert_eq!(Reschedule::Now.replacement_state(), Some(Pending));
+        assert_eq!(
+            Reschedule::After { delay_ms: 1 }.replacement_state(),
+            Some(Throttled)
+        );
+        for state in [Pending, Throttled] {
+            assert!(Init.can_transition_to(state));
+        }
+    }
+
+    #[test]
+    fn interruption_remembers_the_strongest_cause() {
+        use Interruption as I;
+        for (before, entered, after) in [
+            (I::None, Running, I::None),
+            (I::None, Restarting, I::Operator),
+            (I::None, Preempting, I::Operator),
+            (I::None, Draining, I::Operator),
+            (I::None, Killing, I::UserKill),
+            (I::Operator, Partitioned, I::Operator),
+            (I::Operator, Killing, I::UserKill),
+            (I::UserKill, Draining, I::UserKill),
+            (I::UserKill, Lost, I::UserKill),
+        ] {
+            assert_eq!(before.after(entered), after, "{before:?} + {entered}");
+        }
+    }
+
+    #[track_caller]
+    fn check_penalty(policy: &LifecyclePolicy, failed_attempts: u32, expected_ms: u64) {
+        assert_eq!(
+            schedule_penalty_ms(policy, failed_attempts),
+            expected_ms,
+            "after {failed_attempts} failed attempts"
+        );
+    }
+
+    #[test]
+    fn schedule_penalty_doubles_from_initial_to_max() {
+        let policy = LifecyclePolicy::default();
+        for (failed_attempts, expected_ms) in [
+            (0, 0),
+            (1, 1_000),
+            (2, 2_000),
+            (3, 4_000),
+            (6, 32_000),
+            (7, 60_000),
+            (64, 60_000),
+            (65, 60_000),
+            (u32::MAX, 60_000),
+        ] {
+            check_penalty(&policy, failed_attempts, expected_ms);
+        }
+    }
+
+    #[test]
+    fn schedule_penalty_initial_above_max_is_capped() {
+        let policy = LifecyclePolicy {
+            initial_schedule_penalty_ms: 5 * MINUTE_MS,
+            ..LifecyclePolicy::default()
+        };
+        check_penalty(&policy, 1, MINUTE_MS);
+    }
+
+    #[test]
+    fn schedule_penalty_zero_initial_stays_zero() {
+        let policy = LifecyclePolicy {
+            initial_schedule_penalty_ms: 0,
+            ..LifecyclePolicy::default()
+        };
+        check_penalty(&policy, 1, 0);
+        check_penalty(&policy, u32::MAX, 0);
+    }
+
+    #[test]
+    fn schedule_penalty_saturates_instead_of_overflowing() {
+        let policy = LifecyclePolicy {
+            initial_schedule_penalty_ms: u64::MAX / 2,
+            max_schedule_penalty_ms: u64::MAX,
+            ..LifecyclePolicy::default()
+        };
+        check_penalty(&policy, 3, u64::MAX);
+    }
+
+    #[track_caller]
+    fn check_timeout(state: TaskState, entered_ms: u64, now_ms: u64, expected: bool) {
+        assert_eq!(
+            transient_timed_out(&LifecyclePolicy::default(), state, entered_ms, now_ms),
+            expected,
+            "{state} entered at {entered_ms}, now {now_ms}"
+        );
+    }
+
+    #[test]
+    fn transient_states_time_out_at_the_deadline() {
+        let timeout_ms = LifecyclePolicy::default().transient_task_state_timeout_ms;
+        for state in TRANSIENT_STATES {
+            check_timeout(state, 1_000, 1_000, false);
+            check_timeout(state, 1_000, 1_000 + timeout_ms - 1, false);
+            check_timeout(state, 1_000, 1_000 + timeout_ms, true);
+            check_timeout(state, 1_000, u64::MAX, true);
+        }
+    }
+
+    #[test]
+    fn steady_states_never_time_out() {
+        for state in TaskState::ALL.into_iter().filter(|&s| !is_transient(s)) {
+            check_timeout(state, 0, u64::MAX, false);
+            assert_eq!(
+                transient_deadline_ms(&LifecyclePolicy::default(), state, 0),
+                None
+            );
+        }
+        for state in [Pending, Throttled, Running, Partitioned, Lost] {
+            assert!(!is_transient(state), "{state}");
+        }
+    }
+
+    #[test]
+    fn clock_moving_back_is_not_a_timeout() {
+        check_timeout(Assigned, 10 * MINUTE_MS, 0, false);
+    }
+
+    #[test]
+    fn deadline_near_the_end_of_time_saturates() {
+        let policy = LifecyclePolicy::default();
+        assert_eq!(
+            transient_deadline_ms(&policy, Killing, u64::MAX - 1),
+            Some(u64::MAX)
+        );
+        check_timeout(Killing, u64::MAX - 1, u64::MAX - 1, false);
+    }
+
+    /// The timeout's consequence must be a legal edge, or the shard could not apply it.
+    #[test]
+    fn every_transient_state_can_become_lost() {
+        for state in TRANSIENT_STATES {
+            assert!(state.is_active(), "{state}");
+            assert!(state.can_transition_to(Lost), "{state}");
+        }
+    }
+
+    fn any_policy() -> impl Strategy<Value = LifecyclePolicy> {
+        let ms = || prop_oneof![0..10 * MINUTE_MS, any::<u64>()];
+        (ms(), ms(), ms(), ms(), ms(), ms()).prop_map(|(a, b, c, d, e, f)| LifecyclePolicy {
+            initial_schedule_penalty_ms: a,
+            max_schedule_penalty_ms: b,
+            flapping_task_threshold_ms: c,
+            initial_flapping_task_delay_ms: d,
+            max_flapping_task_delay_ms: e,
+            transient_task_state_timeout_ms: f,
+        })
+    }
+
+    /// Any legal edge into a terminal state, with any history and counters.
+    fn any_end() -> impl Strategy<Value = TaskEnd> {
+        let edges: Vec<(TaskState, TaskState)> = TaskState::ALL
+            .into_iter()
+            .flat_map(|from| from.successors().map(move |to| (from, to)))
+            .filter(|(_, to)| to.is_terminal())
+            .collect();
+        let interruption = prop_oneof![
+            Just(Interruption::None),
+            Just(Interruption::Operator),
+            Just(Interruption::UserKill),
+        ];
+        (
+            prop::sample::select(edges),
+            interruption,
+            any::<bool>(),
+            prop_oneof![-1..5i32, any::<i32>()],
+            prop_oneof![0..5u32, any::<u32>()],
+            prop::option::of(prop_oneof![0..10 * MINUTE_MS, any::<u64>()]),
+            prop_oneof![0..8u32, any::<u32>()],
+        )
+            .prop_map(
+                |(
+                    (previous_state, final_state),
+                    interruption,
+                    is_service,
+                    max_task_failures,
+                    prior_failures,
+                    ran_for_ms,
+                    prior_consecutive_flaps,
+                )| TaskEnd {
+                    previous_state,
+                    final_state,
+                    interruption,
+                    is_service,
+                    max_task_failures,
+                    prior_failures,
+                    ran_for_ms,
+                    prior_consecutive_flaps,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn schedule_penalty_is_monotone_and_capped(
+            policy in any_policy(),
+            attempts in prop_oneof![0..80u32, any::<u32>()],
+        ) {
+            let penalty_ms = schedule_penalty_ms(&policy, attempts);
+            let next_ms = schedule_penalty_ms(&policy, attempts.saturating_add(1));
+            prop_assert!(penalty_ms <= next_ms);
+            prop_assert!(penalty_ms <= policy.max_schedule_penalty_ms);
+            if attempts >= 1 {
+                let floor_ms =
+                    policy.initial_schedule_penalty_ms.min(policy.max_schedule_penalty_ms);
+                prop_assert!(penalty_ms >= floor_ms);
+            }
+        }
+
+        #[test]
+        fn flapping_delay_is_monotone_and_capped(
+            policy in any_policy(),
+            flaps in prop_oneof![0..80u32, any::<u32>()],
+        ) {
+            let delay_ms = flapping_delay_ms(&policy, flaps);
+            prop_assert!(delay_ms <= flapping_delay_ms(&policy, flaps.saturating_add(1)));
+            prop_assert!(delay_ms <= policy.max_flapping_task_delay_ms);
+        }
+
+        #[test]
+        fn terminal_outcome_keeps_its_promises(policy in any_policy(), end in any_end()) {
+            let outcome = on_terminal(&policy, &end);
+            let interruption = end.interruption.after(end.previous_state);
+            if interruption == Interruption::UserKill {
+                prop_assert_eq!(outcome.reschedule, Reschedule::No);
+            }
+            if let Reschedule::After { delay_ms } = outcome.reschedule {
+                prop_assert!(delay_ms > 0);
+                prop_assert!(delay_ms <= policy.max_flapping_task_delay_ms);
+                prop_assert!(outcome.consecutive_flaps > 0);
+            }
+            if outcome.consecutive_flaps > 0 && outcome.reschedule != Reschedule::No {
+                let throttled = matches!(outcome.reschedule, Reschedule::After { .. });
+                let delay_ms = flapping_delay_ms(&policy, outcome.consecutive_flaps);
+                prop_assert_eq!(throttled, delay_ms > 0);
+            }
+            let counted = u32::from(counts_as_failure(end.previous_state, end.final_state));
+            prop_assert_eq!(outcome.failures, end.prior_failures.saturating_add(counted));
+            if end.is_service && interruption != Interruption::UserKill {
+                prop_assert_ne!(outcome.reschedule, Reschedule::No);
+            }
+            let uninterrupted = interruption == Interruption::None;
+            if !end.is_service && end.final_state == Finished && uninterrupted {
+                prop_assert_eq!(outcome.reschedule, Reschedule::No);
+            }
+        }
+
+        #[test]
+        fn once_timed_out_a_task_stays_timed_out(
+            policy in any_policy(),
+            state in prop::sample::select(TaskState::ALL.to_vec()),
+            entered_ms in any::<u64>(),
+            now_ms in any::<u64>(),
+            later_by_ms in any::<u64>(),
+        ) {
+            if transient_timed_out(&policy, state, entered_ms, now_ms) {
+                prop_assert!(is_transient(state));
+                let later_ms = now_ms.saturating_add(later_by_ms);
+                prop_assert!(transient_timed_out(&policy, state, entered_ms, later_ms));
+            }
+        }
+    }
+}
