@@ -17,7 +17,11 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_PORT: u16 = 6070;
 
 #[derive(Parser, Debug)]
-#[command(name = "borealis", version, about = "Borealis: a thread-per-core cluster scheduler in the lineage of Apache Aurora")]
+#[command(
+    name = "borealis",
+    version,
+    about = "Borealis: a thread-per-core cluster scheduler in the lineage of Apache Aurora"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,11 +42,12 @@ enum Command {
         command: client::JobCommand,
     },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 30s, 5min, 1h: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 30s, 5min, 1h: {e}"))
 }
 
 /// Scheduler flags. Names, meanings and defaults follow Aurora's where Aurora has the flag.
@@ -113,7 +118,10 @@ impl SchedulerArgs {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
         borealis_shards::SchedulerConfig {
-            listen: SocketAddr::new(self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)), self.port),
+            listen: SocketAddr::new(
+                self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                self.port,
+            ),
             shards: self
                 .shards
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -152,7 +160,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
         Command::Up(args) => {
             init_logging();
-            up::run(args)
+            up::run(*args)
         }
     }
 }

@@ -27,7 +27,9 @@ pub struct UpArgs {
 
 pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     // `up` is a local setup: listen on loopback unless told otherwise.
-    args.scheduler.ip.get_or_insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    args.scheduler
+        .ip
+        .get_or_insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let scheduler = borealis_shards::start(args.scheduler.to_config())?;
     let http = serve_http(args.scheduler.ip, args.scheduler.http_port)?;
     let addr = scheduler.addr;
@@ -44,9 +46,15 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         args.agent.work_dir = Some(args.scheduler.data_dir.join("agent"));
     }
     println!("Borealis is up.");
-    println!("  scheduler: {dial} (cluster {}, embedded storage)", args.scheduler.cluster_name);
+    println!(
+        "  scheduler: {dial} (cluster {}, embedded storage)",
+        args.scheduler.cluster_name
+    );
     println!("  http:      http://{http}/leaderhealth");
-    println!("  agent:     work dir {}", args.agent.work_dir.as_ref().expect("set").display());
+    println!(
+        "  agent:     work dir {}",
+        args.agent.work_dir.as_ref().expect("set").display()
+    );
     println!("Submit the sample job from another terminal:");
     println!("  borealis job create demo/devel/hello examples/hello.toml --scheduler {dial}");
     println!("  borealis job status demo/devel/hello --scheduler {dial}");
@@ -92,11 +100,17 @@ fn submit_and_wait(scheduler: &str, job_key: &str, file: &std::path::Path) -> an
             .filter(|t| t.state.is_some_and(|s| s.is_terminal()))
             .count();
         let instances = status.job.instances as usize;
-        let live = status.tasks.iter().any(|t| t.state.is_some_and(|s| !s.is_terminal()));
+        let live = status
+            .tasks
+            .iter()
+            .any(|t| t.state.is_some_and(|s| !s.is_terminal()));
         if ended >= instances && !live {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "job {job_key} did not finish within 120 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "job {job_key} did not finish within 120 s"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     crate::client::run_job_command(

@@ -21,7 +21,9 @@ pub struct JobKey {
 pub enum JobKeyError {
     #[error("job key {0:?} must have the form role/environment/name")]
     Shape(String),
-    #[error("job key {key:?}: {part} must be 1..={JOB_KEY_PART_LEN_MAX} characters of [A-Za-z0-9_.-]")]
+    #[error(
+        "job key {key:?}: {part} must be 1..={JOB_KEY_PART_LEN_MAX} characters of [A-Za-z0-9_.-]"
+    )]
     Part { key: String, part: &'static str },
 }
 
@@ -165,7 +167,10 @@ impl Resources {
     /// `self - other`; panics (a programmer error) if `other` does not fit.
     #[inline]
     pub fn minus(&self, other: &Resources) -> Resources {
-        assert!(self.contains(other), "resource underflow: {self:?} - {other:?}");
+        assert!(
+            self.contains(other),
+            "resource underflow: {self:?} - {other:?}"
+        );
         Resources {
             cpu_millis: self.cpu_millis - other.cpu_millis,
             ram_mib: self.ram_mib - other.ram_mib,

@@ -81,14 +81,18 @@ pub fn resources_from_wire(r: &wire::Resources) -> Resources {
 }
 
 fn parse_job_key(text: &str) -> Result<JobKey, WireError> {
-    text.parse().map_err(|e: borealis_core::JobKeyError| WireError::InvalidField {
-        field: "job_key",
-        reason: e.to_string(),
-    })
+    text.parse()
+        .map_err(|e: borealis_core::JobKeyError| WireError::InvalidField {
+            field: "job_key",
+            reason: e.to_string(),
+        })
 }
 
 /// Reads a wire task config into the core type (used when a job is created, not per task).
-pub fn task_config_from_wire(job: JobKey, c: wire::TaskConfig<'_>) -> Result<TaskConfig, WireError> {
+pub fn task_config_from_wire(
+    job: JobKey,
+    c: wire::TaskConfig<'_>,
+) -> Result<TaskConfig, WireError> {
     let mut constraints = Vec::new();
     for constraint in c.constraints().iter().flatten() {
         if let Some(v) = constraint.kind_as_value_constraint() {
@@ -113,7 +117,12 @@ pub fn task_config_from_wire(job: JobKey, c: wire::TaskConfig<'_>) -> Result<Tas
         job,
         command: c.command().to_string(),
         resources: resources_from_wire(c.resources()),
-        port_names: c.port_names().iter().flatten().map(str::to_string).collect(),
+        port_names: c
+            .port_names()
+            .iter()
+            .flatten()
+            .map(str::to_string)
+            .collect(),
         constraints,
         tier: tier_from_wire(c.tier())?,
         priority: c.priority(),
@@ -149,7 +158,13 @@ fn ports_from_wire(
 
 fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
     let mut state_counts = [0u32; TaskState::COUNT];
-    for (i, n) in j.state_counts().iter().flatten().enumerate().take(TaskState::COUNT) {
+    for (i, n) in j
+        .state_counts()
+        .iter()
+        .flatten()
+        .enumerate()
+        .take(TaskState::COUNT)
+    {
         state_counts[i] = n;
     }
     JobSummaryView {
@@ -211,7 +226,12 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
             })
         }
         P::KillTask => OwnedMessage::KillTask {
-            task_id: TaskId(message.payload_as_kill_task().expect("type checked").task_id()),
+            task_id: TaskId(
+                message
+                    .payload_as_kill_task()
+                    .expect("type checked")
+                    .task_id(),
+            ),
         },
         P::Reconcile => OwnedMessage::Reconcile {
             task_ids: message
@@ -224,7 +244,10 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .collect(),
         },
         P::Heartbeat => OwnedMessage::Heartbeat {
-            timestamp_ms: message.payload_as_heartbeat().expect("type checked").timestamp_ms(),
+            timestamp_ms: message
+                .payload_as_heartbeat()
+                .expect("type checked")
+                .timestamp_ms(),
         },
         P::CreateJob => {
             let c = message.payload_as_create_job().expect("type checked");
@@ -243,7 +266,12 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
             }
         }
         P::QueryJob => OwnedMessage::QueryJob {
-            job_key: parse_job_key(message.payload_as_query_job().expect("type checked").job_key())?,
+            job_key: parse_job_key(
+                message
+                    .payload_as_query_job()
+                    .expect("type checked")
+                    .job_key(),
+            )?,
         },
         P::ListJobs => OwnedMessage::ListJobs,
         P::JobStatus => {
@@ -440,8 +468,9 @@ impl Encoder {
     fn ports(
         &mut self,
         ports: &[(String, u16)],
-    ) -> WIPOffset<flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<wire::AssignedPort<'static>>>>
-    {
+    ) -> WIPOffset<
+        flatbuffers::Vector<'static, flatbuffers::ForwardsUOffset<wire::AssignedPort<'static>>>,
+    > {
         let mut offsets = Vec::with_capacity(ports.len());
         for (name, port) in ports {
             let name = self.fbb.create_string(name);
@@ -501,7 +530,12 @@ impl Encoder {
                 tasks: Some(tasks),
             },
         );
-        self.finish_message(0, None, wire::Payload::RegisterAgent, payload.as_union_value())
+        self.finish_message(
+            0,
+            None,
+            wire::Payload::RegisterAgent,
+            payload.as_union_value(),
+        )
     }
 
     pub fn task_status(&mut self, s: &TaskStatusReport) -> &[u8] {
@@ -520,7 +554,12 @@ impl Encoder {
                 agent_id: Some(agent_id),
             },
         );
-        self.finish_message(0, None, wire::Payload::AgentRegistered, payload.as_union_value())
+        self.finish_message(
+            0,
+            None,
+            wire::Payload::AgentRegistered,
+            payload.as_union_value(),
+        )
     }
 
     pub fn launch_task(
@@ -575,8 +614,7 @@ impl Encoder {
 
     pub fn heartbeat(&mut self, timestamp_ms: u64) -> &[u8] {
         self.begin();
-        let payload =
-            wire::Heartbeat::create(&mut self.fbb, &wire::HeartbeatArgs { timestamp_ms });
+        let payload = wire::Heartbeat::create(&mut self.fbb, &wire::HeartbeatArgs { timestamp_ms });
         self.finish_message(0, None, wire::Payload::Heartbeat, payload.as_union_value())
     }
 
@@ -593,7 +631,12 @@ impl Encoder {
                 config: Some(config_offset),
             },
         );
-        self.finish_message(request_id, Some(&key), wire::Payload::CreateJob, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            Some(&key),
+            wire::Payload::CreateJob,
+            payload.as_union_value(),
+        )
     }
 
     pub fn kill_job(&mut self, request_id: u64, job_key: &JobKey, instances: &[u32]) -> &[u8] {
@@ -608,7 +651,12 @@ impl Encoder {
                 instances: Some(instances),
             },
         );
-        self.finish_message(request_id, Some(&key), wire::Payload::KillJob, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            Some(&key),
+            wire::Payload::KillJob,
+            payload.as_union_value(),
+        )
     }
 
     pub fn query_job(&mut self, request_id: u64, job_key: &JobKey) -> &[u8] {
@@ -621,13 +669,23 @@ impl Encoder {
                 job_key: Some(job_key),
             },
         );
-        self.finish_message(request_id, Some(&key), wire::Payload::QueryJob, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            Some(&key),
+            wire::Payload::QueryJob,
+            payload.as_union_value(),
+        )
     }
 
     pub fn list_jobs(&mut self, request_id: u64) -> &[u8] {
         self.begin();
         let payload = wire::ListJobs::create(&mut self.fbb, &wire::ListJobsArgs {});
-        self.finish_message(request_id, None, wire::Payload::ListJobs, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::ListJobs,
+            payload.as_union_value(),
+        )
     }
 
     fn job_summary(&mut self, j: &JobSummaryView) -> WIPOffset<wire::JobSummary<'static>> {
@@ -678,7 +736,12 @@ impl Encoder {
                 tasks: Some(tasks),
             },
         );
-        self.finish_message(request_id, None, wire::Payload::JobStatus, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::JobStatus,
+            payload.as_union_value(),
+        )
     }
 
     pub fn job_list(&mut self, request_id: u64, jobs: &[JobSummaryView]) -> &[u8] {
@@ -686,13 +749,23 @@ impl Encoder {
         let summaries: Vec<_> = jobs.iter().map(|j| self.job_summary(j)).collect();
         let jobs = self.fbb.create_vector(&summaries);
         let payload = wire::JobList::create(&mut self.fbb, &wire::JobListArgs { jobs: Some(jobs) });
-        self.finish_message(request_id, None, wire::Payload::JobList, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::JobList,
+            payload.as_union_value(),
+        )
     }
 
     pub fn ack(&mut self, request_id: u64) -> &[u8] {
         self.begin();
         let payload = wire::Ack::create(&mut self.fbb, &wire::AckArgs {});
-        self.finish_message(request_id, None, wire::Payload::Ack, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::Ack,
+            payload.as_union_value(),
+        )
     }
 
     pub fn error(&mut self, request_id: u64, code: ErrorCode, message: &str) -> &[u8] {
@@ -713,7 +786,12 @@ impl Encoder {
                 message: Some(message),
             },
         );
-        self.finish_message(request_id, None, wire::Payload::Error, payload.as_union_value())
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::Error,
+            payload.as_union_value(),
+        )
     }
 }
 
@@ -761,7 +839,10 @@ mod tests {
         let mut enc = Encoder::new();
         let config = sample_config();
         let bytes = enc.create_job(7, 20, &config).to_vec();
-        assert_eq!(decode_message(&bytes).unwrap().route_key(), Some("www/prod/hello"));
+        assert_eq!(
+            decode_message(&bytes).unwrap().route_key(),
+            Some("www/prod/hello")
+        );
         assert_eq!(
             roundtrip(&bytes),
             (

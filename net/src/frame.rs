@@ -212,7 +212,12 @@ mod tests {
         for piece in bytes.chunks(chunk.max(1)) {
             decoder.extend(piece);
             while let Some(frame) = decoder.next_frame().unwrap() {
-                out.extend(split_messages(frame).unwrap().into_iter().map(|b| b.to_vec()));
+                out.extend(
+                    split_messages(frame)
+                        .unwrap()
+                        .into_iter()
+                        .map(|b| b.to_vec()),
+                );
             }
         }
         assert_eq!(decoder.buffered(), 0);

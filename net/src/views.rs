@@ -83,17 +83,37 @@ pub enum ErrorCode {
 pub enum OwnedMessage {
     RegisterAgent(AgentRegistration),
     TaskStatus(TaskStatusReport),
-    AgentRegistered { agent_id: String },
+    AgentRegistered {
+        agent_id: String,
+    },
     LaunchTask(LaunchView),
-    KillTask { task_id: TaskId },
-    Reconcile { task_ids: Vec<TaskId> },
-    Heartbeat { timestamp_ms: u64 },
-    CreateJob { job_key: JobKey, instances: u32, config: TaskConfig },
-    KillJob { job_key: JobKey, instances: Vec<u32> },
-    QueryJob { job_key: JobKey },
+    KillTask {
+        task_id: TaskId,
+    },
+    Reconcile {
+        task_ids: Vec<TaskId>,
+    },
+    Heartbeat {
+        timestamp_ms: u64,
+    },
+    CreateJob {
+        job_key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+    },
+    KillJob {
+        job_key: JobKey,
+        instances: Vec<u32>,
+    },
+    QueryJob {
+        job_key: JobKey,
+    },
     ListJobs,
     JobStatus(JobStatusView),
     JobList(Vec<JobSummaryView>),
     Ack,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }

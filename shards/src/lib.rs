@@ -11,8 +11,8 @@ mod policy;
 pub mod shard;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::sync::mpsc;
 use std::rc::Rc;
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +68,10 @@ impl Scheduler {
 
 /// Starts the shards and returns once every shard listens.
 pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
-    anyhow::ensure!(config.shards >= 1 && config.shards <= 256, "--shards must be 1..=256");
+    anyhow::ensure!(
+        config.shards >= 1 && config.shards <= 256,
+        "--shards must be 1..=256"
+    );
     anyhow::ensure!(
         config.io_memory_bytes >= 512 * 1024,
         "io memory per shard must be at least 512 KiB"

@@ -112,14 +112,23 @@ pub type PeerBatch = Vec<PeerMsg>;
 /// What a shard's loop receives.
 #[derive(Debug)]
 pub enum Inbound {
-    Peer { from: ShardId, batch: PeerBatch },
+    Peer {
+        from: ShardId,
+        batch: PeerBatch,
+    },
     ConnOpened {
         conn: ConnId,
         peer: std::net::SocketAddr,
         out: glommio::channels::local_channel::LocalSender<Vec<u8>>,
     },
     /// Verified messages of one or more frames from a connection.
-    ConnMessages { conn: ConnId, messages: Vec<Bytes> },
-    ConnClosed { conn: ConnId, reason: String },
+    ConnMessages {
+        conn: ConnId,
+        messages: Vec<Bytes>,
+    },
+    ConnClosed {
+        conn: ConnId,
+        reason: String,
+    },
     Tick,
 }

@@ -3,7 +3,6 @@
 
 use borealis_core::{TaskConfig, TaskState};
 
-
 /// The state a task in `current` moves to when its agent reports `reported`; `None` when the
 /// report changes nothing (stale or duplicate).
 pub fn next_state(current: TaskState, reported: TaskState) -> Option<TaskState> {
@@ -45,4 +44,3 @@ pub fn validate_config(config: &TaskConfig) -> Result<(), String> {
     }
     Ok(())
 }
-

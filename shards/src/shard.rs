@@ -373,7 +373,10 @@ impl Shard {
     // ------------------------------------------------------------------ agents (home side)
 
     fn register_agent(&mut self, conn: ConnId, r: wire::RegisterAgent<'_>) {
-        assert!(self.next_agent < (1 << AGENT_HOME_SHIFT), "agent numbers exhausted");
+        assert!(
+            self.next_agent < (1 << AGENT_HOME_SHIFT),
+            "agent numbers exhausted"
+        );
         let agent = AgentId(((self.id as u32) << AGENT_HOME_SHIFT) | self.next_agent);
         self.next_agent += 1;
         let attributes: borealis_core::Attributes = r
@@ -499,7 +502,12 @@ impl Shard {
         }
     }
 
-    fn assign_ports(&mut self, agent: AgentId, task_id: TaskId, names: &[String]) -> Option<Vec<(String, u16)>> {
+    fn assign_ports(
+        &mut self,
+        agent: AgentId,
+        task_id: TaskId,
+        names: &[String],
+    ) -> Option<Vec<(String, u16)>> {
         let a = self.home_agents.get_mut(&agent)?;
         if names.is_empty() {
             return Some(Vec::new());
@@ -523,12 +531,22 @@ impl Shard {
         Some(names.iter().cloned().zip(assigned).collect())
     }
 
-    fn home_launch(&mut self, from: ShardId, agent: AgentId, task_id: TaskId, instance: u32, config: &TaskConfig) {
+    fn home_launch(
+        &mut self,
+        from: ShardId,
+        agent: AgentId,
+        task_id: TaskId,
+        instance: u32,
+        config: &TaskConfig,
+    ) {
         let conn = self.home_agents.get(&agent).map(|a| a.conn);
         let ports = conn.and_then(|_| self.assign_ports(agent, task_id, &config.port_names));
         match (conn, ports) {
             (Some(conn), Some(ports)) => {
-                let bytes = self.encoder.launch_task(task_id, instance, config, &ports).to_vec();
+                let bytes = self
+                    .encoder
+                    .launch_task(task_id, instance, config, &ports)
+                    .to_vec();
                 self.write_conn(conn, &bytes);
                 if !ports.is_empty() {
                     self.send(from, PeerMsg::PortsAssigned { task_id, ports });
@@ -596,17 +614,19 @@ impl Shard {
             PeerMsg::Status { agent, bytes } => {
                 // SAFETY: verified by the reader of the agent's connection.
                 let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
-                let s = message.payload_as_task_status().expect("routed as TaskStatus");
+                let s = message
+                    .payload_as_task_status()
+                    .expect("routed as TaskStatus");
                 match state_from_wire(s.state()) {
                     Ok(state) => {
                         self.on_status(
-                        from,
-                        agent,
-                        TaskId(s.task_id()),
-                        state,
-                        s.exit_code(),
-                        s.message().unwrap_or_default(),
-                        s.sandbox().unwrap_or_default(),
+                            from,
+                            agent,
+                            TaskId(s.task_id()),
+                            state,
+                            s.exit_code(),
+                            s.message().unwrap_or_default(),
+                            s.sandbox().unwrap_or_default(),
                             false,
                         );
                     }
@@ -805,7 +825,10 @@ impl Shard {
                 self.kill_job(message.payload_as_kill_job().expect("type checked"))
             }
             wire::Payload::QueryJob => {
-                let key = message.payload_as_query_job().expect("type checked").job_key();
+                let key = message
+                    .payload_as_query_job()
+                    .expect("type checked")
+                    .job_key();
                 match key.parse::<JobKey>() {
                     Ok(key) => match self.job_index.get(&key) {
                         Some(&job) => {
@@ -834,7 +857,10 @@ impl Shard {
             .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
         let instances = c.instances();
         if instances == 0 {
-            return Err((ErrorCode::InvalidRequest, format!("job {key}: instances must be >= 1")));
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("job {key}: instances must be >= 1"),
+            ));
         }
         if instances > self.config.max_tasks_per_job {
             return Err((
@@ -850,11 +876,11 @@ impl Shard {
         policy::validate_config(&config)
             .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
         if let Some(&existing) = self.job_index.get(&key) {
-            let live = self.jobs[existing].current.iter().flatten().any(|t| {
-                self.tasks
-                    .get(t)
-                    .is_some_and(|t| !t.state.is_terminal())
-            });
+            let live = self.jobs[existing]
+                .current
+                .iter()
+                .flatten()
+                .any(|t| self.tasks.get(t).is_some_and(|t| !t.state.is_terminal()));
             if live {
                 return Err((ErrorCode::JobExists, format!("job {key} already exists")));
             }
@@ -1052,11 +1078,19 @@ impl Shard {
             return None;
         };
         if t.agent != Some(agent) {
-            let adoptable = adopting && t.agent.is_some() && !t.state.is_terminal() && !reported.is_terminal();
+            let adoptable =
+                adopting && t.agent.is_some() && !t.state.is_terminal() && !reported.is_terminal();
             if !adoptable {
                 if !reported.is_terminal() {
                     let key = self.jobs[t.job].key_text.clone();
-                    self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+                    self.send(
+                        agent_home(agent),
+                        PeerMsg::Kill {
+                            agent,
+                            task_id,
+                            job_key: key,
+                        },
+                    );
                 }
                 return None;
             }
@@ -1065,7 +1099,10 @@ impl Shard {
             if let Some(set) = self.tasks_by_agent.get_mut(&old) {
                 set.remove(&task_id);
             }
-            self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+            self.tasks_by_agent
+                .entry(agent)
+                .or_default()
+                .insert(task_id);
             t.holds = true;
             t.host = self.agent_names.get(&agent).cloned();
         }
@@ -1076,7 +1113,14 @@ impl Shard {
         if t.state.is_terminal() {
             if !reported.is_terminal() {
                 let key = self.jobs[t.job].key_text.clone();
-                self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+                self.send(
+                    agent_home(agent),
+                    PeerMsg::Kill {
+                        agent,
+                        task_id,
+                        job_key: key,
+                    },
+                );
             }
             return None;
         }
@@ -1122,10 +1166,20 @@ impl Shard {
         let job = t.job;
         let agent = t.agent;
         match next {
-            TaskState::Killing | TaskState::Preempting | TaskState::Draining | TaskState::Restarting => {
+            TaskState::Killing
+            | TaskState::Preempting
+            | TaskState::Draining
+            | TaskState::Restarting => {
                 if let Some(agent) = agent {
                     let key = self.jobs[job].key_text.clone();
-                    self.send(agent_home(agent), PeerMsg::Kill { agent, task_id, job_key: key });
+                    self.send(
+                        agent_home(agent),
+                        PeerMsg::Kill {
+                            agent,
+                            task_id,
+                            job_key: key,
+                        },
+                    );
                 } else {
                     // Nothing runs anywhere: the kill is immediate.
                     self.transition(task_id, TaskState::Killed, why);
@@ -1147,7 +1201,14 @@ impl Shard {
             if t.holds {
                 t.holds = false;
                 let resources = self.jobs[job].config.resources;
-                self.send(agent_home(agent), PeerMsg::Release { agent, task_id, resources });
+                self.send(
+                    agent_home(agent),
+                    PeerMsg::Release {
+                        agent,
+                        task_id,
+                        resources,
+                    },
+                );
             }
             if let Some(set) = self.tasks_by_agent.get_mut(&agent) {
                 set.remove(&task_id);
@@ -1291,7 +1352,10 @@ impl Shard {
         t.holds = true;
         t.message.clear();
         let (job, instance) = (t.job, t.instance);
-        self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+        self.tasks_by_agent
+            .entry(agent)
+            .or_default()
+            .insert(task_id);
         t.host = self.agent_names.get(&agent).cloned();
         let j = &mut self.jobs[job];
         if let Some(ids) = self.agent_attr_ids.get(&agent) {
@@ -1302,7 +1366,15 @@ impl Shard {
         if home == self.id {
             self.home_launch(self.id, agent, task_id, instance, &config);
         } else {
-            self.send(home, PeerMsg::Launch { agent, task_id, instance, config });
+            self.send(
+                home,
+                PeerMsg::Launch {
+                    agent,
+                    task_id,
+                    instance,
+                    config,
+                },
+            );
         }
     }
 

@@ -1,0 +1,1096 @@
+//! The job client: a blocking [`Client`] for the scheduler's client protocol, and the
+//! `borealis job create|status|kill|list` commands built on it.
+//!
+//! Protocol: one TCP connection; each request is one frame holding one message with a fresh
+//! `request_id`; the client reads frames until the message with that `request_id` arrives
+//! (`Ack`, `JobStatus`, `JobList` or `Error`) and skips anything else. One request is in
+//! flight at a time, which is all a command line needs.
+//!
+//! Errors are one-line `anyhow` errors that say what failed and where. A response of `Error`
+//! is a [`Refused`], which callers (tests, `borealis up`) can downcast to read its code.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use borealis_core::jobfile::{parse_job_file, JobSpec};
+use borealis_core::{JobKey, TaskId, TaskState};
+use borealis_net::codec::to_owned;
+use borealis_net::frame::split_messages;
+use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage};
+use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
+use serde::ser::{Serialize, Serializer};
+
+/// Where the scheduler listens for clients unless told otherwise.
+pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:6070";
+/// How long to wait for the TCP handshake: a scheduler that is up answers in microseconds, so
+/// a few seconds means it is down or unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one read or write may block. Requests are answered from memory; a scheduler that
+/// is silent this long is stuck, and a command line must not hang forever.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most instances one `kill --instances` may name: the list travels in one message, and a
+/// range this long is more likely a typo than an intent (kill the whole job instead).
+pub const INSTANCES_PER_KILL_MAX: usize = 100_000;
+/// Most messages for other requests skipped while waiting for a response. The scheduler sends
+/// none today; the bound keeps a confused peer from holding the client forever.
+const UNRELATED_MESSAGES_MAX: usize = 10_000;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The job commands of the `borealis` command line.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Create a job from a TOML job file.
+    Create {
+        /// The job's key: role/environment/name.
+        job_key: String,
+        /// The job file (see examples/hello.toml).
+        file: PathBuf,
+    },
+    /// Show a job's tasks: instance, task id, state, host, exit code, sandbox.
+    Status {
+        /// The job's key: role/environment/name.
+        job_key: String,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a job's tasks: all of them, or the instances named.
+    Kill {
+        /// The job's key: role/environment/name.
+        job_key: String,
+        /// Instances to kill, as numbers and inclusive ranges: "0-3,7".
+        #[arg(long)]
+        instances: Option<String>,
+    },
+    /// List the scheduler's jobs with their task counts by state.
+    List {
+        /// Print a JSON array instead of one line per job.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one job command against the scheduler at `scheduler` (`host:port`), printing its
+/// result to stdout. Local mistakes (a bad job key, job file or instance list) are reported
+/// before anything is sent.
+pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
+    let output = match cmd {
+        JobCommand::Create { job_key, file } => {
+            let spec = load_job_file(parse_job_key(&job_key)?, &file)?;
+            Client::connect(scheduler)?.create_job(&spec)?;
+            format!(
+                "created job {} with {}\n",
+                spec.config.job,
+                count_noun(spec.instances as usize, "instance")
+            )
+        }
+        JobCommand::Status { job_key, json } => {
+            let job = parse_job_key(&job_key)?;
+            let status = Client::connect(scheduler)?.job_status(&job)?;
+            if json {
+                status_json(&status) + "\n"
+            } else {
+                status_text(&status)
+            }
+        }
+        JobCommand::Kill { job_key, instances } => {
+            let job = parse_job_key(&job_key)?;
+            let instances = match instances {
+                Some(text) => parse_instance_ranges(&text)?,
+                None => Vec::new(),
+            };
+            Client::connect(scheduler)?.kill_job(&job, &instances)?;
+            if instances.is_empty() {
+                format!("killing all instances of {job}\n")
+            } else {
+                format!(
+                    "killing {} of {job}\n",
+                    count_noun(instances.len(), "instance")
+                )
+            }
+        }
+        JobCommand::List { json } => {
+            let jobs = Client::connect(scheduler)?.list_jobs()?;
+            if json {
+                list_json(&jobs) + "\n"
+            } else {
+                list_text(&jobs)
+            }
+        }
+    };
+    let mut stdout = io::stdout().lock();
+    stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
+}
+
+/// Parses a job key, with an error that names it.
+pub fn parse_job_key(text: &str) -> anyhow::Result<JobKey> {
+    text.parse::<JobKey>().map_err(|e| anyhow!("{e}"))
+}
+
+/// Reads and validates a job file. Errors name the file: `examples/bad.toml: resources.cpu:
+/// must be > 0 (got -1)`.
+pub fn load_job_file(job: JobKey, path: &Path) -> anyhow::Result<JobSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read job file {}: {}", path.display(), io_reason(&e)))?;
+    parse_job_file(job, &text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Parses an instance list such as `"0-3,7"`: comma-separated numbers and inclusive ranges.
+/// Returns the instances sorted, each once.
+pub fn parse_instance_ranges(text: &str) -> anyhow::Result<Vec<u32>> {
+    let invalid = |why: String| anyhow!("invalid instances {text:?}: {why}");
+    let number = |part: &str| {
+        part.trim()
+            .parse::<u32>()
+            .map_err(|_| invalid(format!("{:?} is not an instance number", part.trim())))
+    };
+    if text.trim().is_empty() {
+        return Err(invalid("no instances given".into()));
+    }
+    let mut instances = Vec::new();
+    for part in text.split(',') {
+        let (first, last) = match part.split_once('-') {
+            Some((first, last)) => (number(first)?, number(last)?),
+            None => {
+                let n = number(part)?;
+                (n, n)
+            }
+        };
+        if first > last {
+            return Err(invalid(format!(
+                "range {:?} ends before it starts",
+                part.trim()
+            )));
+        }
+        let len = (last - first) as usize + 1;
+        if instances.len() + len > INSTANCES_PER_KILL_MAX {
+            return Err(invalid(format!(
+                "names more than {INSTANCES_PER_KILL_MAX} instances"
+            )));
+        }
+        instances.extend(first..=last);
+    }
+    instances.sort_unstable();
+    instances.dedup();
+    Ok(instances)
+}
+
+/// The scheduler answered a request with an `Error`. `Display`: `scheduler refused: <message>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    // Read by callers that downcast to tell, say, `JobExists` from `Overloaded`; the binary
+    // itself only prints the message.
+    #[allow(dead_code)]
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "scheduler refused: {}", self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// A blocking connection to the scheduler's client port.
+pub struct Client {
+    addr: String,
+    stream: TcpStream,
+    encoder: Encoder,
+    writer: FrameWriter,
+    decoder: FrameDecoder,
+    read_buf: Vec<u8>,
+    next_request_id: u64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("next_request_id", &self.next_request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `addr` (`host:port`), trying each address it resolves to for
+    /// [`CONNECT_TIMEOUT`]. Error: `cannot reach scheduler at <addr>: <reason>`.
+    pub fn connect(addr: &str) -> anyhow::Result<Client> {
+        let unreachable = |reason: &str| anyhow!("cannot reach scheduler at {addr}: {reason}");
+        let candidates: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| unreachable(&io_reason(&e)))?
+            .collect();
+        let mut last_error = None;
+        let mut connected = None;
+        for candidate in &candidates {
+            match TcpStream::connect_timeout(candidate, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let Some(stream) = connected else {
+            return Err(match last_error {
+                Some(e) => unreachable(&io_reason(&e)),
+                None => unreachable("the address resolves to nothing"),
+            });
+        };
+        let configure = || -> io::Result<()> {
+            stream.set_read_timeout(Some(IO_TIMEOUT))?;
+            stream.set_write_timeout(Some(IO_TIMEOUT))?;
+            // One small request, then wait for its answer: Nagle would only add latency.
+            stream.set_nodelay(true)
+        };
+        configure().map_err(|e| unreachable(&io_reason(&e)))?;
+        Ok(Client {
+            addr: addr.to_string(),
+            stream,
+            encoder: Encoder::new(),
+            writer: FrameWriter::new(),
+            decoder: FrameDecoder::new(),
+            read_buf: vec![0; READ_CHUNK_BYTES],
+            next_request_id: 1,
+        })
+    }
+
+    /// Sends one request and returns the response that carries its request id, whatever it
+    /// is (an `Error` response is `Ok`: see the convenience methods for typed results).
+    ///
+    /// `build` gets the encoder and the request id to put in the message and returns the
+    /// message's bytes, e.g. `|enc, id| enc.list_jobs(id).to_vec()`.
+    pub fn request(
+        &mut self,
+        build: impl FnOnce(&mut Encoder, u64) -> Vec<u8>,
+    ) -> anyhow::Result<OwnedMessage> {
+        // Ids are never 0: 0 marks a one-way message.
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let message = build(&mut self.encoder, request_id);
+        self.writer.push(&message);
+        let written = self.stream.write_all(self.writer.finish());
+        self.writer.clear();
+        written.map_err(|e| self.io_error(&e))?;
+        self.read_response(request_id)
+    }
+
+    fn read_response(&mut self, request_id: u64) -> anyhow::Result<OwnedMessage> {
+        let mut skipped = 0;
+        loop {
+            while let Some(frame) = self
+                .decoder
+                .next_frame()
+                .map_err(|e| self.bad_response(e))?
+            {
+                for bytes in split_messages(frame).map_err(|e| self.bad_response(e))? {
+                    let message = decode_message(&bytes).map_err(|e| self.bad_response(e))?;
+                    if message.request_id() != request_id {
+                        skipped += 1;
+                        if skipped > UNRELATED_MESSAGES_MAX {
+                            bail!(
+                                "scheduler at {} sent {UNRELATED_MESSAGES_MAX} messages but no \
+                                 response to request {request_id}",
+                                self.addr
+                            );
+                        }
+                        continue;
+                    }
+                    let (_, owned) = to_owned(message).map_err(|e| self.bad_response(e))?;
+                    return Ok(owned);
+                }
+            }
+            let read = loop {
+                match self.stream.read(&mut self.read_buf) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            match read {
+                Ok(0) => bail!(
+                    "scheduler at {} closed the connection before responding",
+                    self.addr
+                ),
+                Ok(n) => self.decoder.extend(&self.read_buf[..n]),
+                Err(e) => return Err(self.io_error(&e)),
+            }
+        }
+    }
+
+    fn io_error(&self, e: &io::Error) -> anyhow::Error {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => anyhow!(
+                "scheduler at {} did not respond within {}s",
+                self.addr,
+                IO_TIMEOUT.as_secs()
+            ),
+            _ => anyhow!(
+                "lost connection to scheduler at {}: {}",
+                self.addr,
+                io_reason(e)
+            ),
+        }
+    }
+
+    fn bad_response(&self, e: impl fmt::Display) -> anyhow::Error {
+        anyhow!("bad response from scheduler at {}: {e}", self.addr)
+    }
+
+    /// Creates the job `spec.config.job` with `spec.instances` instances.
+    pub fn create_job(&mut self, spec: &JobSpec) -> anyhow::Result<()> {
+        let response =
+            self.request(|enc, id| enc.create_job(id, spec.instances, &spec.config).to_vec())?;
+        expect_ack(response, "CreateJob")
+    }
+
+    /// The job's summary and every task it has.
+    pub fn job_status(&mut self, job: &JobKey) -> anyhow::Result<JobStatusView> {
+        match self.request(|enc, id| enc.query_job(id, job).to_vec())? {
+            OwnedMessage::JobStatus(status) => Ok(status),
+            other => Err(unexpected(other, "QueryJob")),
+        }
+    }
+
+    /// Kills the given instances of a job; all of them when `instances` is empty.
+    pub fn kill_job(&mut self, job: &JobKey, instances: &[u32]) -> anyhow::Result<()> {
+        let response = self.request(|enc, id| enc.kill_job(id, job, instances).to_vec())?;
+        expect_ack(response, "KillJob")
+    }
+
+    /// Every job the scheduler knows.
+    pub fn list_jobs(&mut self) -> anyhow::Result<Vec<JobSummaryView>> {
+        match self.request(|enc, id| enc.list_jobs(id).to_vec())? {
+            OwnedMessage::JobList(jobs) => Ok(jobs),
+            other => Err(unexpected(other, "ListJobs")),
+        }
+    }
+}
+
+fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
+    match response {
+        OwnedMessage::Ack => Ok(()),
+        other => Err(unexpected(other, request)),
+    }
+}
+
+/// An `Error` response as a [`Refused`]; anything else as a protocol error.
+fn unexpected(response: OwnedMessage, request: &str) -> anyhow::Error {
+    match response {
+        OwnedMessage::Error { code, message } => anyhow::Error::new(Refused { code, message }),
+        other => anyhow!(
+            "scheduler answered {request} with an unexpected {} message",
+            message_kind(&other)
+        ),
+    }
+}
+
+fn message_kind(message: &OwnedMessage) -> &'static str {
+    match message {
+        OwnedMessage::RegisterAgent(_) => "RegisterAgent",
+        OwnedMessage::TaskStatus(_) => "TaskStatus",
+        OwnedMessage::AgentRegistered { .. } => "AgentRegistered",
+        OwnedMessage::LaunchTask(_) => "LaunchTask",
+        OwnedMessage::KillTask { .. } => "KillTask",
+        OwnedMessage::Reconcile { .. } => "Reconcile",
+        OwnedMessage::Heartbeat { .. } => "Heartbeat",
+        OwnedMessage::CreateJob { .. } => "CreateJob",
+        OwnedMessage::KillJob { .. } => "KillJob",
+        OwnedMessage::QueryJob { .. } => "QueryJob",
+        OwnedMessage::ListJobs => "ListJobs",
+        OwnedMessage::JobStatus(_) => "JobStatus",
+        OwnedMessage::JobList(_) => "JobList",
+        OwnedMessage::Ack => "Ack",
+        OwnedMessage::Error { .. } => "Error",
+    }
+}
+
+/// An io error's text without Rust's ` (os error N)` suffix: `Connection refused`.
+fn io_reason(e: &io::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" (os error ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    }
+}
+
+fn count_noun(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+fn state_name(state: Option<TaskState>) -> &'static str {
+    state.map_or("UNKNOWN", TaskState::as_str)
+}
+
+// ---------------------------------------------------------------- JSON output
+
+/// A job's task counts as a JSON object of state name to count, in state order, listing only
+/// states that have tasks.
+struct StateCountsJson<'a>(&'a [u32; TaskState::COUNT]);
+
+impl Serialize for StateCountsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            TaskState::ALL
+                .iter()
+                .zip(self.0)
+                .filter(|(_, count)| **count > 0)
+                .map(|(state, count)| (state.as_str(), count)),
+        )
+    }
+}
+
+/// Named ports as a JSON object of name to port number.
+struct PortsJson<'a>(&'a [(String, u16)]);
+
+impl Serialize for PortsJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, port)| (name, port)))
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JobSummaryJson<'a> {
+    job_key: &'a str,
+    instances: u32,
+    is_service: bool,
+    state_counts: StateCountsJson<'a>,
+}
+
+impl<'a> JobSummaryJson<'a> {
+    fn new(job: &'a JobSummaryView) -> Self {
+        JobSummaryJson {
+            job_key: &job.job_key,
+            instances: job.instances,
+            is_service: job.is_service,
+            state_counts: StateCountsJson(&job.state_counts),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct TaskJson<'a> {
+    task_id: String,
+    instance: u32,
+    state: &'static str,
+    agent_id: &'a str,
+    hostname: &'a str,
+    failure_count: u32,
+    exit_code: i32,
+    message: &'a str,
+    ports: PortsJson<'a>,
+    sandbox: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct JobStatusJson<'a> {
+    #[serde(flatten)]
+    job: JobSummaryJson<'a>,
+    tasks: Vec<TaskJson<'a>>,
+}
+
+/// `status --json`: one line, `{"job_key", "instances", "is_service", "state_counts": {STATE:
+/// n}, "tasks": [{"task_id": "<16 hex digits>", "instance", "state", "agent_id", "hostname",
+/// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox"}]}`, tasks in
+/// instance order.
+pub fn status_json(status: &JobStatusView) -> String {
+    let mut tasks: Vec<_> = status.tasks.iter().collect();
+    tasks.sort_by_key(|t| (t.instance, t.task_id));
+    let json = JobStatusJson {
+        job: JobSummaryJson::new(&status.job),
+        tasks: tasks
+            .into_iter()
+            .map(|t| TaskJson {
+                task_id: TaskId(t.task_id).to_string(),
+                instance: t.instance,
+                state: state_name(t.state),
+                agent_id: &t.agent_id,
+                hostname: &t.hostname,
+                failure_count: t.failure_count,
+                exit_code: t.exit_code,
+                message: &t.message,
+                ports: PortsJson(&t.ports),
+                sandbox: &t.sandbox,
+            })
+            .collect(),
+    };
+    serde_json::to_string(&json).expect("plain data always serializes")
+}
+
+/// `list --json`: one line, an array of `{"job_key", "instances", "is_service",
+/// "state_counts"}` in job key order.
+pub fn list_json(jobs: &[JobSummaryView]) -> String {
+    let mut jobs: Vec<_> = jobs.iter().collect();
+    jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+    let json: Vec<_> = jobs.into_iter().map(JobSummaryJson::new).collect();
+    serde_json::to_string(&json).expect("plain data always serializes")
+}
+
+// ---------------------------------------------------------------- human output
+
+fn counts_text(counts: &[u32; TaskState::COUNT]) -> String {
+    let parts: Vec<String> = TaskState::ALL
+        .iter()
+        .zip(counts)
+        .filter(|(_, count)| **count > 0)
+        .map(|(state, count)| format!("{} {count}", state.as_str()))
+        .collect();
+    if parts.is_empty() {
+        "no tasks".to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn kind_text(is_service: bool) -> &'static str {
+    if is_service {
+        "service"
+    } else {
+        "ad-hoc"
+    }
+}
+
+/// Rows as left-aligned columns two spaces apart; the last column is not padded.
+fn table_text(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|row| row.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut text = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// `status`: a header with the job key and its task counts by state, then one row per task.
+pub fn status_text(status: &JobStatusView) -> String {
+    let job = &status.job;
+    let mut text = format!(
+        "{} ({}, {}): {}\n",
+        job.job_key,
+        kind_text(job.is_service),
+        count_noun(job.instances as usize, "instance"),
+        counts_text(&job.state_counts)
+    );
+    let mut tasks: Vec<_> = status.tasks.iter().collect();
+    tasks.sort_by_key(|t| (t.instance, t.task_id));
+    let mut rows = vec![["INSTANCE", "TASK ID", "STATE", "HOST", "EXIT", "SANDBOX"]
+        .map(String::from)
+        .to_vec()];
+    for t in tasks {
+        let host = if t.hostname.is_empty() {
+            &t.agent_id
+        } else {
+            &t.hostname
+        };
+        let exit_code = if t.exit_code == -1 {
+            "-".to_string()
+        } else {
+            t.exit_code.to_string()
+        };
+        rows.push(vec![
+            t.instance.to_string(),
+            TaskId(t.task_id).to_string(),
+            state_name(t.state).to_string(),
+            or_dash(host),
+            exit_code,
+            or_dash(&t.sandbox),
+        ]);
+    }
+    text.push_str(&table_text(&rows));
+    text
+}
+
+/// `list`: one line per job, in job key order: key, instances, kind, task counts by state.
+pub fn list_text(jobs: &[JobSummaryView]) -> String {
+    if jobs.is_empty() {
+        return "no jobs\n".to_string();
+    }
+    let mut jobs: Vec<_> = jobs.iter().collect();
+    jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+    let rows: Vec<Vec<String>> = jobs
+        .into_iter()
+        .map(|job| {
+            vec![
+                job.job_key.clone(),
+                count_noun(job.instances as usize, "instance"),
+                kind_text(job.is_service).to_string(),
+                counts_text(&job.state_counts),
+            ]
+        })
+        .collect();
+    table_text(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use borealis_net::views::TaskInfoView;
+    use borealis_net::FrameDecoder;
+    use serde_json::json;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn counts(pairs: &[(TaskState, u32)]) -> [u32; TaskState::COUNT] {
+        let mut counts = [0; TaskState::COUNT];
+        for (state, n) in pairs {
+            counts[*state as usize] = *n;
+        }
+        counts
+    }
+
+    fn sample_status() -> JobStatusView {
+        JobStatusView {
+            job: JobSummaryView {
+                job_key: "r/e/n".into(),
+                instances: 2,
+                is_service: false,
+                state_counts: counts(&[(TaskState::Running, 1), (TaskState::Finished, 1)]),
+            },
+            // Out of instance order on purpose: output is sorted by instance.
+            tasks: vec![
+                TaskInfoView {
+                    task_id: 0x1234,
+                    instance: 1,
+                    state: Some(TaskState::Finished),
+                    agent_id: "a2".into(),
+                    hostname: "".into(),
+                    failure_count: 1,
+                    exit_code: 0,
+                    message: "exited 0".into(),
+                    ports: vec![],
+                    sandbox: "/var/sb/2".into(),
+                },
+                TaskInfoView {
+                    task_id: 0xdead_beef,
+                    instance: 0,
+                    state: Some(TaskState::Running),
+                    agent_id: "a1".into(),
+                    hostname: "h1".into(),
+                    failure_count: 0,
+                    exit_code: -1,
+                    message: "".into(),
+                    ports: vec![("http".into(), 31_000), ("admin".into(), 31_001)],
+                    sandbox: "/path".into(),
+                },
+            ],
+        }
+    }
+
+    /// Checks `parse_instance_ranges(input)` against the instances or the error's text.
+    fn check_ranges(input: &str, expected: Result<&[u32], &str>) {
+        let got = parse_instance_ranges(input).map_err(|e| e.to_string());
+        match expected {
+            Ok(instances) => assert_eq!(got.as_deref(), Ok(instances), "input {input:?}"),
+            Err(error) => assert_eq!(got, Err(error.to_string()), "input {input:?}"),
+        }
+    }
+
+    #[test]
+    fn instance_ranges() {
+        let table: &[(&str, Result<&[u32], &str>)] = &[
+            ("7", Ok(&[7])),
+            ("0-3,7", Ok(&[0, 1, 2, 3, 7])),
+            (" 5 , 1 - 2 ", Ok(&[1, 2, 5])),
+            ("2-2", Ok(&[2])),
+            ("3,1-3,0", Ok(&[0, 1, 2, 3])),
+            ("", Err(r#"invalid instances "": no instances given"#)),
+            (
+                "0-3,,7",
+                Err(r#"invalid instances "0-3,,7": "" is not an instance number"#),
+            ),
+            (
+                "a",
+                Err(r#"invalid instances "a": "a" is not an instance number"#),
+            ),
+            (
+                "-1",
+                Err(r#"invalid instances "-1": "" is not an instance number"#),
+            ),
+            (
+                "1-2-3",
+                Err(r#"invalid instances "1-2-3": "2-3" is not an instance number"#),
+            ),
+            (
+                "3-0",
+                Err(r#"invalid instances "3-0": range "3-0" ends before it starts"#),
+            ),
+            (
+                "4294967296",
+                Err(r#"invalid instances "4294967296": "4294967296" is not an instance number"#),
+            ),
+            (
+                "0-4294967295",
+                Err(r#"invalid instances "0-4294967295": names more than 100000 instances"#),
+            ),
+            (
+                "0-99999,100000",
+                Err(r#"invalid instances "0-99999,100000": names more than 100000 instances"#),
+            ),
+        ];
+        for (input, expected) in table {
+            check_ranges(input, *expected);
+        }
+        assert_eq!(
+            parse_instance_ranges("0-99999").unwrap().len(),
+            INSTANCES_PER_KILL_MAX
+        );
+    }
+
+    #[test]
+    fn status_json_has_the_documented_shape() {
+        let got: serde_json::Value = serde_json::from_str(&status_json(&sample_status())).unwrap();
+        let expected = json!({
+            "job_key": "r/e/n",
+            "instances": 2,
+            "is_service": false,
+            "state_counts": {"RUNNING": 1, "FINISHED": 1},
+            "tasks": [
+                {
+                    "task_id": "00000000deadbeef",
+                    "instance": 0,
+                    "state": "RUNNING",
+                    "agent_id": "a1",
+                    "hostname": "h1",
+                    "failure_count": 0,
+                    "exit_code": -1,
+                    "message": "",
+                    "ports": {"http": 31000, "admin": 31001},
+                    "sandbox": "/path"
+                },
+                {
+                    "task_id": "0000000000001234",
+                    "instance": 1,
+                    "state": "FINISHED",
+                    "agent_id": "a2",
+                    "hostname": "",
+                    "failure_count": 1,
+                    "exit_code": 0,
+                    "message": "exited 0",
+                    "ports": {},
+                    "sandbox": "/var/sb/2"
+                }
+            ]
+        });
+        assert_eq!(got, expected);
+        // One line, fields in the documented order, states in state order.
+        let text = status_json(&sample_status());
+        assert!(!text.contains('\n'));
+        assert!(text.starts_with(
+            r#"{"job_key":"r/e/n","instances":2,"is_service":false,"state_counts":{"RUNNING":1,"FINISHED":1},"tasks":[{"task_id":"00000000deadbeef","#
+        ), "{text}");
+    }
+
+    #[test]
+    fn status_json_of_unknown_state_and_empty_job() {
+        let mut status = sample_status();
+        status.tasks.truncate(1);
+        status.tasks[0].state = None;
+        let got: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(got["tasks"][0]["state"], "UNKNOWN");
+
+        status.tasks.clear();
+        status.job.state_counts = [0; TaskState::COUNT];
+        let got: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(got["state_counts"], json!({}));
+        assert_eq!(got["tasks"], json!([]));
+    }
+
+    #[test]
+    fn list_json_has_the_documented_shape() {
+        let jobs = vec![
+            JobSummaryView {
+                job_key: "www/prod/web".into(),
+                instances: 3,
+                is_service: true,
+                state_counts: counts(&[(TaskState::Running, 3)]),
+            },
+            JobSummaryView {
+                job_key: "www/devel/hello".into(),
+                instances: 5,
+                is_service: false,
+                state_counts: counts(&[(TaskState::Pending, 1), (TaskState::Finished, 4)]),
+            },
+        ];
+        let got: serde_json::Value = serde_json::from_str(&list_json(&jobs)).unwrap();
+        assert_eq!(
+            got,
+            json!([
+                {"job_key": "www/devel/hello", "instances": 5, "is_service": false,
+                 "state_counts": {"PENDING": 1, "FINISHED": 4}},
+                {"job_key": "www/prod/web", "instances": 3, "is_service": true,
+                 "state_counts": {"RUNNING": 3}},
+            ])
+        );
+        assert_eq!(list_json(&[]), "[]");
+        assert_eq!(
+            list_text(&jobs),
+            "www/devel/hello  5 instances  ad-hoc   PENDING 1, FINISHED 4\n\
+             www/prod/web     3 instances  service  RUNNING 3\n"
+        );
+        assert_eq!(list_text(&[]), "no jobs\n");
+    }
+
+    #[test]
+    fn status_text_is_a_header_and_a_table() {
+        assert_eq!(
+            status_text(&sample_status()),
+            "r/e/n (ad-hoc, 2 instances): RUNNING 1, FINISHED 1\n\
+             INSTANCE  TASK ID           STATE     HOST  EXIT  SANDBOX\n\
+             0         00000000deadbeef  RUNNING   h1    -     /path\n\
+             1         0000000000001234  FINISHED  a2    0     /var/sb/2\n"
+        );
+    }
+
+    /// A port on 127.0.0.1 that nobody listens on (bound, then released).
+    fn closed_port() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        addr
+    }
+
+    #[test]
+    fn unreachable_scheduler_is_one_clear_line() {
+        let addr = closed_port();
+        let error = Client::connect(&addr).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("cannot reach scheduler at {addr}: Connection refused")
+        );
+        let error = run_job_command(&addr, JobCommand::List { json: false }).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("cannot reach scheduler at {addr}: Connection refused")
+        );
+        let error = Client::connect("no-port-here").unwrap_err().to_string();
+        assert!(
+            error.starts_with("cannot reach scheduler at no-port-here: "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn local_mistakes_are_reported_before_connecting() {
+        // Nobody listens at `addr`: reaching it would report "cannot reach scheduler".
+        let addr = closed_port();
+        let dir = std::env::temp_dir().join(format!("borealis-client-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(
+            &bad,
+            "instances = 1\ncommand = \"true\"\n[resources]\ncpu = -1\nram = \"1MiB\"\ndisk = \"1MiB\"\n",
+        )
+        .unwrap();
+        let cases = [
+            (
+                JobCommand::Create {
+                    job_key: "www/prod/hello".into(),
+                    file: bad.clone(),
+                },
+                format!("{}: resources.cpu: must be > 0 (got -1)", bad.display()),
+            ),
+            (
+                JobCommand::Create {
+                    job_key: "www/prod/hello".into(),
+                    file: dir.join("missing.toml"),
+                },
+                format!(
+                    "cannot read job file {}: No such file or directory",
+                    dir.join("missing.toml").display()
+                ),
+            ),
+            (
+                JobCommand::Status {
+                    job_key: "www/hello".into(),
+                    json: false,
+                },
+                r#"job key "www/hello" must have the form role/environment/name"#.to_string(),
+            ),
+            (
+                JobCommand::Kill {
+                    job_key: "www/prod/hello".into(),
+                    instances: Some("3-1".into()),
+                },
+                r#"invalid instances "3-1": range "3-1" ends before it starts"#.to_string(),
+            ),
+        ];
+        for (cmd, expected) in cases {
+            let error = run_job_command(&addr, cmd).unwrap_err();
+            assert_eq!(format!("{error:#}"), expected);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scheduler stand-in on 127.0.0.1:0 that answers one request: `respond` gets the
+    /// request and its id and returns the frames' bytes to send. Returns the address and a
+    /// handle that yields the request it saw.
+    fn fake_scheduler(
+        respond: impl FnOnce(&OwnedMessage, u64) -> Vec<u8> + Send + 'static,
+    ) -> (String, thread::JoinHandle<OwnedMessage>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut decoder = FrameDecoder::new();
+            let mut buf = [0u8; 4096];
+            let frame = loop {
+                if let Some(frame) = decoder.next_frame().unwrap() {
+                    break frame;
+                }
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "client closed before sending a request");
+                decoder.extend(&buf[..n]);
+            };
+            let messages = split_messages(frame).unwrap();
+            assert_eq!(messages.len(), 1, "one request per frame");
+            let (request_id, request) = to_owned(decode_message(&messages[0]).unwrap()).unwrap();
+            assert_ne!(request_id, 0, "a request carries a request id");
+            stream.write_all(&respond(&request, request_id)).unwrap();
+            request
+        });
+        (addr, handle)
+    }
+
+    fn frame_of(messages: &[Vec<u8>]) -> Vec<u8> {
+        let mut writer = FrameWriter::new();
+        for m in messages {
+            writer.push(m);
+        }
+        writer.take()
+    }
+
+    #[test]
+    fn server_error_is_refused_end_to_end() {
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new()
+                .error(id, ErrorCode::UnknownJob, "unknown job www/prod/nope")
+                .to_vec()])
+        });
+        let error = run_job_command(
+            &addr,
+            JobCommand::Status {
+                job_key: "www/prod/nope".into(),
+                json: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "scheduler refused: unknown job www/prod/nope"
+        );
+        assert_eq!(
+            error.downcast_ref::<Refused>().map(|r| r.code),
+            Some(ErrorCode::UnknownJob)
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            OwnedMessage::QueryJob {
+                job_key: "www/prod/nope".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn response_is_matched_by_request_id() {
+        // The response comes after an unrelated message, split over two frames.
+        let (addr, server) = fake_scheduler(|_, id| {
+            let mut enc = Encoder::new();
+            let mut bytes = frame_of(&[enc.heartbeat(5).to_vec(), enc.ack(id + 100).to_vec()]);
+            bytes.extend(frame_of(&[enc.job_status(id, &sample_status()).to_vec()]));
+            bytes
+        });
+        let mut client = Client::connect(&addr).unwrap();
+        let status = client.job_status(&"r/e/n".parse().unwrap()).unwrap();
+        assert_eq!(status, sample_status());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn create_and_kill_send_what_was_asked() {
+        let spec = borealis_core::jobfile::parse_job_file(
+            "www/prod/hello".parse().unwrap(),
+            include_str!("../../examples/hello.toml"),
+        )
+        .unwrap();
+        let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        Client::connect(&addr).unwrap().create_job(&spec).unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            OwnedMessage::CreateJob {
+                job_key: spec.config.job.clone(),
+                instances: 5,
+                config: spec.config.clone()
+            }
+        );
+
+        let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        let job = "www/prod/hello".parse().unwrap();
+        Client::connect(&addr)
+            .unwrap()
+            .kill_job(&job, &[0, 1, 7])
+            .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            OwnedMessage::KillJob {
+                job_key: job,
+                instances: vec![0, 1, 7]
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_response_and_early_close_are_errors() {
+        let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        let error = Client::connect(&addr).unwrap().list_jobs().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "scheduler answered ListJobs with an unexpected Ack message"
+        );
+        server.join().unwrap();
+
+        let (addr, server) = fake_scheduler(|_, _| Vec::new());
+        let error = Client::connect(&addr).unwrap().list_jobs().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("scheduler at {addr} closed the connection before responding")
+        );
+        server.join().unwrap();
+    }
+}
