@@ -1,1 +1,166 @@
+//! The Borealis agent: the Mesos agent and Thermos executor of the Aurora lineage in one
+//! process.
+//!
+//! It connects to the scheduler, registers its resources and attributes, runs the tasks the
+//! scheduler launches as real processes (`sh -c <command>`, one process group each, in a
+//! sandbox directory), kills them on request (SIGTERM, `finalization_wait_secs`, SIGKILL) and
+//! reports their states (STARTING, RUNNING, then FINISHED, FAILED, KILLED or LOST).
+//!
+//! Design:
+//! - One task (future) owns all agent state; no locks. Children are spawned from the thread
+//!   that polls [`run_until`] (the runtime's own thread under [`run`]), because
+//!   `PR_SET_PDEATHSIG` fires when the spawning *thread* exits: tasks die with the agent.
+//! - Each child has a small watcher task that waits for it, carries out the kill escalation
+//!   and reports the exit on a bounded channel.
+//! - Status updates are queued and flushed as one frame batch per event-loop turn.
+//! - The connection is re-established forever with capped exponential backoff; on every
+//!   (re)connect the agent re-registers with the statuses of every task the scheduler has not
+//!   yet been told the end of.
 
+mod agent;
+mod config;
+mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+pub use config::{parse_port_ranges, parse_size_mib};
+
+/// Command-line arguments of `borealis agent`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Scheduler address(es), HOST:PORT, comma-separated; tried in turn.
+    #[arg(long, default_value = "127.0.0.1:6070", value_delimiter = ',')]
+    pub scheduler: Vec<String>,
+    /// CPUs offered to the scheduler (fractions allowed) [default: this machine's cores].
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// RAM offered, e.g. "4GiB", "512MiB" (a bare number is MiB) [default: MemTotal].
+    #[arg(long)]
+    pub ram: Option<String>,
+    /// Disk offered, e.g. "100GiB" [default: free space of the work dir's filesystem].
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Agent attribute for constraints (repeatable); host=<hostname> is added unless given.
+    #[arg(long = "attribute", value_name = "KEY=VALUE")]
+    pub attributes: Vec<String>,
+    /// Stable identity of this agent [default: the hostname].
+    #[arg(long)]
+    pub agent_id: Option<String>,
+    /// Hostname reported to the scheduler [default: this machine's hostname].
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Port range(s) the scheduler may assign to tasks, inclusive: "31000-31999[,A-B...]".
+    #[arg(long, default_value = "31000-31999")]
+    pub ports: String,
+    /// Directory holding the task sandboxes [default: ./borealis-agent-<agent_id>].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+}
+
+/// Runs the agent on its own single-threaded tokio runtime until SIGINT or SIGTERM.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the agent's tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        run_until(args, shutdown).await
+    })
+}
+
+/// Runs the agent until `shutdown` completes, then kills its tasks and returns.
+///
+/// Task processes are spawned from the thread that polls this future; poll it from a thread
+/// that lives as long as the agent (the thread of a runtime's `block_on`, or a current-thread
+/// runtime), since the children are SIGKILLed when that thread exits.
+pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let config = config::Config::resolve(args)?;
+    tracing::info!(
+        agent_id = %config.agent_id,
+        hostname = %config.hostname,
+        work_dir = %config.work_dir.display(),
+        cpu_millis = config.resources.cpu_millis,
+        ram_mib = config.resources.ram_mib,
+        disk_mib = config.resources.disk_mib,
+        ports = config.resources.ports,
+        schedulers = ?config.scheduler,
+        "agent starting"
+    );
+    agent::Agent::new(config).run(shutdown).await
+}
+
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn run_until_future_is_send() {
+        let args = AgentArgs {
+            scheduler: vec!["127.0.0.1:1".into()],
+            cpus: Some(1.0),
+            ram: Some("1GiB".into()),
+            disk: Some("1GiB".into()),
+            attributes: vec![],
+            agent_id: None,
+            hostname: None,
+            ports: "31000-31001".into(),
+            work_dir: None,
+        };
+        let future = run_until(args, std::future::ready(()));
+        assert_send(&future);
+        assert!(
+            std::mem::size_of_val(&future) < 16 * 1024,
+            "{}",
+            std::mem::size_of_val(&future)
+        );
+    }
+
+    #[test]
+    fn clap_parses_the_documented_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: AgentArgs,
+        }
+        let cli = Cli::parse_from([
+            "agent",
+            "--scheduler",
+            "a:1,b:2",
+            "--cpus",
+            "2.5",
+            "--ram",
+            "4GiB",
+            "--attribute",
+            "rack=r1",
+            "--attribute",
+            "zone=z",
+            "--ports",
+            "1000-1009",
+        ]);
+        assert_eq!(cli.agent.scheduler, vec!["a:1", "b:2"]);
+        assert_eq!(cli.agent.cpus, Some(2.5));
+        assert_eq!(cli.agent.attributes, vec!["rack=r1", "zone=z"]);
+        let defaults = Cli::parse_from(["agent"]);
+        assert_eq!(defaults.agent.scheduler, vec!["127.0.0.1:6070"]);
+        assert_eq!(defaults.agent.ports, "31000-31999");
+    }
+}

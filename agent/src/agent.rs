@@ -1,0 +1,697 @@
+//! The agent's event loop: the scheduler connection (register, reconnect with backoff), the
+//! task table, launches, kills, reconciliation and batched status updates.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use borealis_core::{TaskId, TaskState};
+use borealis_net::codec::to_owned;
+use borealis_net::frame::split_messages;
+use borealis_net::views::{AgentRegistration, LaunchView, OwnedMessage, TaskStatusReport};
+use borealis_net::{decode_message, wire, Encoder, FrameDecoder, FrameWriter, WireError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::process::{self, Exit};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A batch not written within this long means the scheduler stopped reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Terminal tasks kept (after their end was sent) to answer reconciliation.
+const TERMINAL_HISTORY_MAX: usize = 10_000;
+/// Most task processes alive at once; launches beyond it fail.
+const RUNNING_TASKS_MAX: usize = 100_000;
+/// Queued status updates that force a flush in the middle of a turn.
+const OUTBOX_FLUSH_AT: usize = 4096;
+/// Exit reports waiting for the event loop (watchers wait when it is full).
+const EXIT_QUEUE: usize = 1024;
+const READ_CHUNK: usize = 64 * 1024;
+/// How long shutdown waits for killed tasks to be reaped.
+const SHUTDOWN_REAP_WAIT: Duration = Duration::from_secs(2);
+
+const UNKNOWN_TASK: &str = "unknown task";
+/// Bytes of task statuses carried inside `RegisterAgent` itself (a message must fit a frame).
+const REGISTER_TASKS_BYTES: usize = 4 << 20;
+/// Longest job key and message put in a status (input may carry anything up to a frame).
+const JOB_KEY_BYTES_MAX: usize = 1024;
+const MESSAGE_BYTES_MAX: usize = 4096;
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+fn bound_status(status: &mut TaskStatusReport) {
+    if status.job_key.len() > JOB_KEY_BYTES_MAX {
+        status.job_key = bounded(&status.job_key, JOB_KEY_BYTES_MAX);
+    }
+    if status.message.len() > MESSAGE_BYTES_MAX {
+        status.message = bounded(&status.message, MESSAGE_BYTES_MAX);
+    }
+}
+
+/// Rough encoded size of a status, for budgeting.
+fn status_size_estimate(status: &TaskStatusReport) -> usize {
+    96 + status.job_key.len() + status.message.len() + status.sandbox.len()
+}
+
+/// How a connection ended.
+enum SessionEnd {
+    Shutdown,
+    /// Lost or dropped; the reason was logged.
+    Disconnected,
+}
+
+struct Task {
+    status: TaskStatusReport,
+    /// While the process runs: its process group.
+    pgid: Option<i32>,
+    /// While the process runs and no kill was requested: the watcher's kill trigger.
+    kill: Option<oneshot::Sender<Duration>>,
+    finalization_wait: Duration,
+    /// The terminal status was written to a scheduler connection.
+    delivered: bool,
+}
+
+pub(crate) struct Agent {
+    config: Config,
+    tasks: HashMap<TaskId, Task>,
+    running: usize,
+    /// Delivered terminal tasks, oldest first; evicted beyond [`TERMINAL_HISTORY_MAX`].
+    history: VecDeque<TaskId>,
+    /// Status updates to send at the end of this turn.
+    outbox: Vec<TaskStatusReport>,
+    exits_tx: mpsc::Sender<Exit>,
+    exits_rx: mpsc::Receiver<Exit>,
+    encoder: Encoder,
+    writer: FrameWriter,
+    backoff: Duration,
+    /// Index (mod the address count) of the next scheduler address to try.
+    next_address: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
+    TaskStatusReport {
+        task_id,
+        job_key: job_key.to_string(),
+        instance: 0,
+        state: TaskState::Lost,
+        exit_code: -1,
+        message: UNKNOWN_TASK.to_string(),
+        timestamp_ms: now_ms(),
+        sandbox: String::new(),
+    }
+}
+
+impl Agent {
+    pub fn new(config: Config) -> Agent {
+        let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
+        Agent {
+            config,
+            tasks: HashMap::new(),
+            running: 0,
+            history: VecDeque::new(),
+            outbox: Vec::new(),
+            exits_tx,
+            exits_rx,
+            encoder: Encoder::new(),
+            writer: FrameWriter::new(),
+            backoff: BACKOFF_MIN,
+            next_address: 0,
+        }
+    }
+
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let Some((stream, address)) = self.connect(&mut shutdown).await else {
+                break;
+            };
+            match self.session(stream, &address, &mut shutdown).await {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Disconnected => {
+                    if !self.pause(&mut shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Sleeps the current backoff (handling task exits meanwhile) and doubles it. False when
+    /// shutdown came first.
+    async fn pause<F: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut F>) -> bool {
+        let delay = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        let mut sleep = pin!(tokio::time::sleep(delay));
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut *shutdown => return false,
+                Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
+                _ = &mut sleep => return true,
+            }
+        }
+    }
+
+    /// Tries the scheduler addresses in turn, with backoff after each failed round, until one
+    /// accepts. None on shutdown.
+    async fn connect<F: Future<Output = ()>>(
+        &mut self,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Option<(TcpStream, String)> {
+        let count = self.config.scheduler.len();
+        let mut tried = 0;
+        loop {
+            let index = self.next_address % count;
+            let address = self.config.scheduler[index].clone();
+            let mut attempt = pin!(tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                TcpStream::connect(address.clone())
+            ));
+            let result = loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut *shutdown => return None,
+                    Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
+                    result = &mut attempt => break result,
+                }
+            };
+            match result {
+                Ok(Ok(stream)) => return Some((stream, address)),
+                Ok(Err(e)) => {
+                    tracing::warn!(scheduler = %address, error = %e, "cannot connect to the scheduler")
+                }
+                Err(_) => {
+                    tracing::warn!(scheduler = %address, "connecting to the scheduler timed out")
+                }
+            }
+            self.next_address = (index + 1) % count;
+            tried += 1;
+            if tried % count == 0 {
+                tracing::info!(delay = ?self.backoff, "retrying the scheduler(s) after a pause");
+                if !self.pause(shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One connection: register, then serve messages until it breaks or shutdown.
+    async fn session<F: Future<Output = ()>>(
+        &mut self,
+        stream: TcpStream,
+        address: &str,
+        shutdown: &mut Pin<&mut F>,
+    ) -> SessionEnd {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let (mut reader, mut writer) = stream.into_split();
+        tracing::info!(scheduler = %address, "connected to the scheduler; registering");
+        if let Err(e) = self.register(&mut writer).await {
+            tracing::warn!(scheduler = %address, error = %e, "cannot register with the scheduler");
+            return SessionEnd::Disconnected;
+        }
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + HEARTBEAT_INTERVAL,
+            HEARTBEAT_INTERVAL,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut *shutdown => return SessionEnd::Shutdown,
+                // Ready once per interval, so it cannot starve the reads; placed first so a
+                // busy connection cannot starve it.
+                _ = heartbeat.tick() => {
+                    self.writer.push(self.encoder.heartbeat(now_ms()));
+                }
+                Some(exit) = self.exits_rx.recv() => {
+                    self.on_exit(exit);
+                    while let Ok(exit) = self.exits_rx.try_recv() {
+                        self.on_exit(exit);
+                    }
+                }
+                read = reader.read(&mut buf) => {
+                    match read {
+                        Ok(0) => {
+                            tracing::warn!(scheduler = %address, "the scheduler closed the connection");
+                            return SessionEnd::Disconnected;
+                        }
+                        Ok(n) => {
+                            decoder.extend(&buf[..n]);
+                            if let Err(e) = self.drain_frames(&mut decoder, &mut writer).await {
+                                match e {
+                                    SessionError::Protocol(what) => tracing::error!(
+                                        scheduler = %address, error = %what,
+                                        "bad input from the scheduler; reconnecting"),
+                                    SessionError::Io(e) => tracing::warn!(
+                                        scheduler = %address, error = %e,
+                                        "lost the scheduler connection"),
+                                }
+                                return SessionEnd::Disconnected;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(scheduler = %address, error = %e, "lost the scheduler connection");
+                            return SessionEnd::Disconnected;
+                        }
+                    }
+                }
+            }
+            if let Err(e) = self.flush(&mut writer).await {
+                tracing::warn!(scheduler = %address, error = %e, "lost the scheduler connection");
+                return SessionEnd::Disconnected;
+            }
+        }
+    }
+
+    /// Sends `RegisterAgent` with every task whose end the scheduler has not been sent.
+    async fn register(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        // The registration supersedes whatever was queued for an earlier connection.
+        self.outbox.clear();
+        self.writer.clear();
+        let mut tasks: Vec<TaskStatusReport> = self
+            .tasks
+            .values()
+            .filter(|t| !t.delivered)
+            .map(|t| t.status.clone())
+            .collect();
+        tasks.sort_by_key(|t| t.task_id);
+        // A message must fit a frame: statuses beyond a budget follow as TaskStatus messages.
+        let mut budget = REGISTER_TASKS_BYTES;
+        let inline = tasks
+            .iter()
+            .position(|t| {
+                budget = budget.saturating_sub(status_size_estimate(t));
+                budget == 0
+            })
+            .unwrap_or(tasks.len());
+        let overflow = tasks.split_off(inline);
+        let registration = AgentRegistration {
+            agent_id: self.config.agent_id.clone(),
+            hostname: self.config.hostname.clone(),
+            resources: self.config.resources,
+            port_ranges: self.config.port_ranges.clone(),
+            attributes: self.config.attributes.clone(),
+            tasks,
+        };
+        self.writer.push(self.encoder.register_agent(&registration));
+        for status in &overflow {
+            self.writer.push(self.encoder.task_status(status));
+        }
+        write_all(writer, self.writer.finish()).await?;
+        self.writer.clear();
+        self.mark_delivered(&registration.tasks);
+        self.mark_delivered(&overflow);
+        tracing::debug!(
+            tasks = registration.tasks.len() + overflow.len(),
+            "registration sent"
+        );
+        Ok(())
+    }
+
+    async fn drain_frames(
+        &mut self,
+        decoder: &mut FrameDecoder,
+        writer: &mut OwnedWriteHalf,
+    ) -> Result<(), SessionError> {
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(SessionError::Protocol(format!("bad frame: {e}"))),
+            };
+            let messages = split_messages(frame)
+                .map_err(|e| SessionError::Protocol(format!("bad frame: {e}")))?;
+            for (index, bytes) in messages.iter().enumerate() {
+                let message = decode_message(bytes).map_err(|e| {
+                    SessionError::Protocol(format!("message {index} of a frame: {e}"))
+                })?;
+                let reconcile = self.handle(message).map_err(|e| {
+                    SessionError::Protocol(format!("message {index} of a frame: {e}"))
+                })?;
+                if let Some(task_ids) = reconcile {
+                    self.reconcile(task_ids, writer)
+                        .await
+                        .map_err(SessionError::Io)?;
+                }
+                if self.outbox.len() >= OUTBOX_FLUSH_AT {
+                    self.flush(writer).await.map_err(SessionError::Io)?;
+                }
+            }
+        }
+    }
+
+    /// Handles one message; a reconciliation request is returned for the caller to answer
+    /// (in bounded batches).
+    fn handle(&mut self, message: wire::Message<'_>) -> Result<Option<Vec<TaskId>>, WireError> {
+        let mut launch_hint = None;
+        match message.payload_type() {
+            // Read in place: the owned view drops the job key, which routes the LOST answer.
+            wire::Payload::KillTask => {
+                let kill = message.payload_as_kill_task().expect("type checked");
+                self.kill(TaskId(kill.task_id()), kill.job_key().unwrap_or_default());
+                return Ok(None);
+            }
+            wire::Payload::LaunchTask => {
+                let launch = message.payload_as_launch_task().expect("type checked");
+                launch_hint = Some((
+                    TaskId(launch.task_id()),
+                    launch.job_key(),
+                    launch.instance(),
+                ));
+            }
+            _ => {}
+        }
+        let owned = match (to_owned(message), launch_hint) {
+            (Ok((_, owned)), _) => owned,
+            (Err(e), Some((task_id, job_key, instance))) => {
+                // Well-formed but unusable (bad job key, unknown tier...): fail the task rather
+                // than the connection, or the scheduler would resend it forever.
+                let job_key = bounded(job_key, JOB_KEY_BYTES_MAX);
+                tracing::error!(task = %task_id, job = %job_key, error = %bounded(&e.to_string(), MESSAGE_BYTES_MAX), "invalid launch");
+                self.reject_launch(task_id, &job_key, instance, format!("invalid launch: {e}"));
+                return Ok(None);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        match owned {
+            OwnedMessage::AgentRegistered { agent_id } => {
+                tracing::info!(%agent_id, "registered with the scheduler");
+                if agent_id != self.config.agent_id {
+                    tracing::warn!(ours = %self.config.agent_id, theirs = %agent_id,
+                        "the scheduler acknowledged a different agent id");
+                }
+                self.backoff = BACKOFF_MIN;
+            }
+            OwnedMessage::LaunchTask(launch) => self.launch(launch),
+            OwnedMessage::Reconcile { task_ids } => return Ok(Some(task_ids)),
+            OwnedMessage::Heartbeat { .. } => {}
+            OwnedMessage::Error { code, message } => {
+                tracing::error!(?code, %message, "the scheduler reported an error");
+            }
+            other => {
+                let text = format!("{other:?}");
+                tracing::warn!(message = %bounded(&text, 200), "ignoring a message not meant for an agent");
+            }
+        }
+        Ok(None)
+    }
+
+    fn report(&mut self, mut status: TaskStatusReport) {
+        bound_status(&mut status);
+        tracing::debug!(task = %status.task_id, job = %status.job_key, state = %status.state,
+            exit_code = status.exit_code, message = %status.message, "status");
+        self.outbox.push(status);
+    }
+
+    fn reject_launch(&mut self, task_id: TaskId, job_key: &str, instance: u32, message: String) {
+        if let Some(task) = self.tasks.get(&task_id) {
+            let status = task.status.clone();
+            self.report(status);
+            return;
+        }
+        let status = TaskStatusReport {
+            task_id,
+            job_key: job_key.to_string(),
+            instance,
+            state: TaskState::Failed,
+            exit_code: -1,
+            message,
+            timestamp_ms: now_ms(),
+            sandbox: String::new(),
+        };
+        self.insert_ended(status.clone());
+        self.report(status);
+    }
+
+    /// Keeps a task that never ran (so reconciliation knows it) until its end is delivered.
+    fn insert_ended(&mut self, mut status: TaskStatusReport) {
+        bound_status(&mut status);
+        self.tasks.insert(
+            status.task_id,
+            Task {
+                status,
+                pgid: None,
+                kill: None,
+                finalization_wait: Duration::ZERO,
+                delivered: false,
+            },
+        );
+    }
+
+    fn launch(&mut self, launch: LaunchView) {
+        if let Some(task) = self.tasks.get(&launch.task_id) {
+            tracing::debug!(task = %launch.task_id, "launch of a known task: resending its status");
+            let status = task.status.clone();
+            self.report(status);
+            return;
+        }
+        let job_key = launch.job_key.to_string();
+        if self.running >= RUNNING_TASKS_MAX {
+            self.reject_launch(
+                launch.task_id,
+                &job_key,
+                launch.instance,
+                format!("the agent already runs {RUNNING_TASKS_MAX} tasks"),
+            );
+            return;
+        }
+        let mut status = TaskStatusReport {
+            task_id: launch.task_id,
+            job_key,
+            instance: launch.instance,
+            state: TaskState::Starting,
+            exit_code: -1,
+            message: String::new(),
+            timestamp_ms: now_ms(),
+            sandbox: String::new(),
+        };
+        self.report(status.clone());
+        match process::start(&self.config.work_dir, &launch) {
+            Ok(started) => {
+                tracing::info!(task = %launch.task_id, job = %status.job_key, instance = launch.instance,
+                    pid = started.pgid, sandbox = %started.sandbox.display(), "task running");
+                status.state = TaskState::Running;
+                status.timestamp_ms = now_ms();
+                status.sandbox = started.sandbox.to_string_lossy().into_owned();
+                let (kill_tx, kill_rx) = oneshot::channel();
+                tokio::spawn(process::watch(
+                    launch.task_id,
+                    started.child,
+                    started.pgid,
+                    kill_rx,
+                    self.exits_tx.clone(),
+                ));
+                self.running += 1;
+                self.tasks.insert(
+                    launch.task_id,
+                    Task {
+                        status: status.clone(),
+                        pgid: Some(started.pgid),
+                        kill: Some(kill_tx),
+                        finalization_wait: Duration::from_secs(u64::from(
+                            launch.config.finalization_wait_secs,
+                        )),
+                        delivered: false,
+                    },
+                );
+                self.report(status);
+            }
+            Err(reason) => {
+                tracing::warn!(task = %launch.task_id, job = %status.job_key, %reason, "task failed to start");
+                status.state = TaskState::Failed;
+                status.timestamp_ms = now_ms();
+                status.message = reason;
+                self.insert_ended(status.clone());
+                self.report(status);
+            }
+        }
+    }
+
+    fn kill(&mut self, task_id: TaskId, job_key: &str) {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            tracing::info!(task = %task_id, "kill of an unknown task: reporting it LOST");
+            self.report(lost_unknown(task_id, job_key));
+            return;
+        };
+        if task.status.state.is_terminal() {
+            let status = task.status.clone();
+            self.report(status);
+            return;
+        }
+        match task.kill.take() {
+            Some(trigger) => {
+                tracing::info!(task = %task_id, wait = ?task.finalization_wait, "killing task");
+                // A closed watcher means the exit is already on its way.
+                let _ = trigger.send(task.finalization_wait);
+            }
+            None => tracing::debug!(task = %task_id, "task already being killed"),
+        }
+    }
+
+    /// Answers a reconciliation: the named tasks (unknown ones LOST), or every task when none
+    /// is named; flushed in bounded batches.
+    async fn reconcile(
+        &mut self,
+        mut task_ids: Vec<TaskId>,
+        writer: &mut OwnedWriteHalf,
+    ) -> std::io::Result<()> {
+        if task_ids.is_empty() {
+            task_ids = self.tasks.keys().copied().collect();
+            task_ids.sort_unstable();
+        }
+        for chunk in task_ids.chunks(OUTBOX_FLUSH_AT) {
+            for &task_id in chunk {
+                let status = match self.tasks.get(&task_id) {
+                    Some(task) => task.status.clone(),
+                    None => lost_unknown(task_id, ""),
+                };
+                self.report(status);
+            }
+            if self.outbox.len() >= OUTBOX_FLUSH_AT {
+                self.flush(writer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a process exit; returns the new status.
+    fn record_exit(&mut self, exit: Exit) -> Option<TaskStatusReport> {
+        let Some(task) = self.tasks.get_mut(&exit.task_id) else {
+            tracing::error!(task = %exit.task_id, "exit of a task the agent does not know");
+            return None;
+        };
+        let (state, exit_code, message) = process::outcome(&exit.status, exit.killed);
+        tracing::info!(task = %exit.task_id, job = %task.status.job_key, %state, exit_code, %message, "task ended");
+        if task.pgid.take().is_some() {
+            self.running -= 1;
+        }
+        task.kill = None;
+        task.status.state = state;
+        task.status.exit_code = exit_code;
+        task.status.message = message;
+        task.status.timestamp_ms = now_ms();
+        Some(task.status.clone())
+    }
+
+    fn on_exit(&mut self, exit: Exit) {
+        if let Some(status) = self.record_exit(exit) {
+            self.report(status);
+        }
+    }
+
+    /// While disconnected the status stays in the task table; the next registration carries it.
+    fn on_exit_offline(&mut self, exit: Exit) {
+        self.record_exit(exit);
+    }
+
+    /// Writes the queued status updates (and anything else batched) as one write.
+    async fn flush(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        if self.outbox.is_empty() && self.writer.is_empty() {
+            return Ok(());
+        }
+        for status in &self.outbox {
+            self.writer.push(self.encoder.task_status(status));
+        }
+        let result = write_all(writer, self.writer.finish()).await;
+        self.writer.clear();
+        let sent = std::mem::take(&mut self.outbox);
+        result?;
+        self.mark_delivered(&sent);
+        // Keep the allocation for the next turn.
+        self.outbox = sent;
+        self.outbox.clear();
+        Ok(())
+    }
+
+    fn mark_delivered(&mut self, sent: &[TaskStatusReport]) {
+        for status in sent.iter().filter(|s| s.state.is_terminal()) {
+            if let Some(task) = self.tasks.get_mut(&status.task_id) {
+                if task.status.state.is_terminal() && !task.delivered {
+                    task.delivered = true;
+                    self.history.push_back(status.task_id);
+                }
+            }
+        }
+        while self.history.len() > TERMINAL_HISTORY_MAX {
+            if let Some(old) = self.history.pop_front() {
+                self.tasks.remove(&old);
+            }
+        }
+    }
+
+    /// Kills every running task's process group and waits (briefly) for them to be reaped.
+    async fn shutdown(mut self) {
+        let groups: Vec<i32> = self.tasks.values().filter_map(|t| t.pgid).collect();
+        tracing::info!(tasks = groups.len(), "agent stopping; killing its tasks");
+        for pgid in groups {
+            process::signal_group(pgid, libc::SIGKILL);
+        }
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_REAP_WAIT;
+        while self.running > 0 {
+            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
+                Ok(Some(exit)) => self.on_exit_offline(exit),
+                _ => {
+                    tracing::warn!(tasks = self.running, "tasks not reaped at shutdown");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+enum SessionError {
+    /// The scheduler sent something undecodable.
+    Protocol(String),
+    Io(std::io::Error),
+}
+
+async fn write_all(writer: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("write of {} bytes to the scheduler timed out", bytes.len()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_cuts_at_char_boundaries() {
+        assert_eq!(bounded("abc", 3), "abc");
+        assert_eq!(bounded("abcd", 3), "abc...");
+        assert_eq!(bounded("aé", 2), "a...");
+    }
+}

@@ -1,0 +1,750 @@
+//! The agent against an in-test fake scheduler speaking the real frames over loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use borealis_agent::{run_until, AgentArgs};
+use borealis_core::{Resources, TaskConfig, TaskId, TaskState, Tier};
+use borealis_net::codec::to_owned;
+use borealis_net::frame::split_messages;
+use borealis_net::views::{AgentRegistration, OwnedMessage, TaskStatusReport};
+use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+const STEP: Duration = Duration::from_secs(15);
+
+/// One accepted agent connection.
+struct Conn {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    /// Received and not yet consumed by an expectation.
+    seen: Vec<OwnedMessage>,
+    encoder: Encoder,
+    writer: FrameWriter,
+}
+
+impl Conn {
+    async fn accept(listener: &TcpListener) -> Conn {
+        let (stream, _) = timeout(STEP, listener.accept())
+            .await
+            .expect("the agent did not connect in time")
+            .unwrap();
+        Conn {
+            stream,
+            decoder: FrameDecoder::new(),
+            seen: Vec::new(),
+            encoder: Encoder::new(),
+            writer: FrameWriter::new(),
+        }
+    }
+
+    /// Reads one more batch of messages into `seen`. False when the agent closed.
+    async fn read_more(&mut self) -> bool {
+        let mut buf = vec![0u8; 65536];
+        let n = self.stream.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return false;
+        }
+        self.decoder.extend(&buf[..n]);
+        while let Some(frame) = self.decoder.next_frame().unwrap() {
+            for bytes in split_messages(frame).unwrap() {
+                let (_, message) = to_owned(decode_message(&bytes).unwrap()).unwrap();
+                self.seen.push(message);
+            }
+        }
+        true
+    }
+
+    /// Consumes the first message (in arrival order) that `pick` accepts, waiting at most
+    /// `within`.
+    async fn expect_within<T>(
+        &mut self,
+        what: &str,
+        within: Duration,
+        mut pick: impl FnMut(&OwnedMessage) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(i) = self.seen.iter().position(|m| pick(m).is_some()) {
+                let message = self.seen.remove(i);
+                return pick(&message).unwrap();
+            }
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
+                Ok(true) => {}
+                Ok(false) => panic!("the agent closed the connection while we waited for {what}"),
+                Err(_) => panic!("timed out waiting for {what}; seen {:#?}", self.seen),
+            }
+        }
+    }
+
+    async fn expect<T>(&mut self, what: &str, pick: impl FnMut(&OwnedMessage) -> Option<T>) -> T {
+        self.expect_within(what, STEP, pick).await
+    }
+
+    async fn registration(&mut self) -> AgentRegistration {
+        let registration = self
+            .expect("RegisterAgent", |m| match m {
+                OwnedMessage::RegisterAgent(r) => Some(r.clone()),
+                _ => None,
+            })
+            .await;
+        let bytes = self
+            .encoder
+            .agent_registered(&registration.agent_id)
+            .to_vec();
+        self.send(&bytes).await;
+        registration
+    }
+
+    async fn status(&mut self, task: u64, state: TaskState) -> TaskStatusReport {
+        self.status_within(task, state, STEP).await
+    }
+
+    async fn status_within(
+        &mut self,
+        task: u64,
+        state: TaskState,
+        within: Duration,
+    ) -> TaskStatusReport {
+        self.expect_within(&format!("task {task:x} {state}"), within, |m| match m {
+            OwnedMessage::TaskStatus(s) if s.task_id == TaskId(task) && s.state == state => {
+                Some(s.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    async fn send(&mut self, message: &[u8]) {
+        self.writer.push(message);
+        self.stream.write_all(self.writer.finish()).await.unwrap();
+        self.writer.clear();
+    }
+
+    async fn launch(
+        &mut self,
+        task: u64,
+        instance: u32,
+        command: &str,
+        wait: u32,
+        ports: &[(&str, u16)],
+    ) {
+        let config = task_config(command, wait);
+        let ports: Vec<(String, u16)> = ports.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+        let bytes = self
+            .encoder
+            .launch_task(TaskId(task), instance, &config, &ports)
+            .to_vec();
+        self.send(&bytes).await;
+    }
+
+    async fn kill(&mut self, task: u64) {
+        let bytes = self
+            .encoder
+            .kill_task(TaskId(task), "www/prod/hello")
+            .to_vec();
+        self.send(&bytes).await;
+    }
+
+    async fn reconcile(&mut self, tasks: &[u64]) {
+        let ids: Vec<TaskId> = tasks.iter().copied().map(TaskId).collect();
+        let bytes = self.encoder.reconcile(&ids).to_vec();
+        self.send(&bytes).await;
+    }
+
+    /// Waits for the agent to close this connection.
+    async fn closed(mut self) {
+        timeout(STEP, async { while self.read_more().await {} })
+            .await
+            .expect("the agent did not drop the connection");
+    }
+}
+
+fn task_config(command: &str, finalization_wait_secs: u32) -> TaskConfig {
+    TaskConfig {
+        job: "www/prod/hello".parse().unwrap(),
+        command: command.to_string(),
+        resources: Resources {
+            cpu_millis: 100,
+            ram_mib: 16,
+            disk_mib: 16,
+            ports: 1,
+        },
+        port_names: vec!["http".into()],
+        constraints: vec![],
+        tier: Tier::Preferred,
+        priority: 0,
+        production: false,
+        is_service: false,
+        max_task_failures: 1,
+        finalization_wait_secs,
+    }
+}
+
+struct Harness {
+    listener: TcpListener,
+    work_dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    agent: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Harness::start_with(|_| {}).await
+    }
+
+    async fn start_with(adjust: impl FnOnce(&mut AgentArgs)) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let work_dir = tempfile::tempdir().unwrap();
+        let mut harness = Harness {
+            listener,
+            work_dir,
+            stop: None,
+            agent: None,
+        };
+        let mut args = harness.args();
+        adjust(&mut args);
+        harness.spawn_agent(args);
+        harness
+    }
+
+    fn args(&self) -> AgentArgs {
+        AgentArgs {
+            scheduler: vec![self.listener.local_addr().unwrap().to_string()],
+            cpus: Some(2.5),
+            ram: Some("3GiB".into()),
+            disk: Some("10GiB".into()),
+            attributes: vec!["rack=r1".into(), "zone=z1".into()],
+            agent_id: Some("agent-1".into()),
+            hostname: Some("testhost".into()),
+            ports: "31000-31009".into(),
+            work_dir: Some(self.work_dir.path().join("work")),
+        }
+    }
+
+    fn spawn_agent(&mut self, args: AgentArgs) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.agent = Some(tokio::spawn(run_until(args, async move {
+            let _ = stopped.await;
+        })));
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        timeout(STEP, self.agent.take().unwrap())
+            .await
+            .expect("the agent did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.as_ref().display()))
+}
+
+/// Waits (polling) until `path` exists.
+async fn wait_for_file(path: &Path) {
+    timeout(STEP, async {
+        while !path.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} never appeared", path.display()));
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test]
+async fn registers_runs_tasks_and_reports_their_ends() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    assert_eq!(registration.agent_id, "agent-1");
+    assert_eq!(registration.hostname, "testhost");
+    assert_eq!(
+        registration.resources,
+        Resources {
+            cpu_millis: 2500,
+            ram_mib: 3072,
+            disk_mib: 10240,
+            ports: 10
+        }
+    );
+    assert_eq!(registration.port_ranges, vec![(31000, 31009)]);
+    assert_eq!(
+        registration.attributes,
+        vec![
+            ("host".to_string(), "testhost".to_string()),
+            ("rack".to_string(), "r1".to_string()),
+            ("zone".to_string(), "z1".to_string()),
+        ]
+    );
+    assert!(registration.tasks.is_empty());
+
+    // A failing task: STARTING, RUNNING (with its sandbox), FAILED with the exit code.
+    conn.launch(0xa1, 2, "echo hi; echo err >&2; exit 3", 1, &[])
+        .await;
+    let starting = conn.status(0xa1, TaskState::Starting).await;
+    assert_eq!(starting.job_key, "www/prod/hello");
+    assert_eq!(starting.instance, 2);
+    let running = conn.status(0xa1, TaskState::Running).await;
+    let sandbox = PathBuf::from(&running.sandbox);
+    let work = harness.work_dir.path().join("work").canonicalize().unwrap();
+    assert_eq!(
+        sandbox,
+        work.join("sandboxes/www.prod.hello/2/00000000000000a1")
+    );
+    let failed = conn.status(0xa1, TaskState::Failed).await;
+    assert_eq!(failed.exit_code, 3);
+    assert_eq!(failed.message, "exited with status 3");
+    assert_eq!(failed.sandbox, running.sandbox);
+    assert_eq!(read(sandbox.join("stdout")), "hi\n");
+    assert_eq!(read(sandbox.join("stderr")), "err\n");
+
+    // A succeeding task.
+    conn.launch(0xa2, 0, "exit 0", 1, &[]).await;
+    conn.status(0xa2, TaskState::Starting).await;
+    conn.status(0xa2, TaskState::Running).await;
+    let finished = conn.status(0xa2, TaskState::Finished).await;
+    assert_eq!(finished.exit_code, 0);
+
+    // The environment, the process group.
+    conn.launch(
+        0xa3,
+        7,
+        "echo \"$BOREALIS_TASK_ID|$BOREALIS_INSTANCE_ID|$BOREALIS_JOB_KEY|$BOREALIS_PORT_HTTP|$BOREALIS_PORT_ADMIN_UI|$BOREALIS_PORTS|$BOREALIS_SANDBOX|$(pwd)\" > env.txt; \
+         echo \"$$ $(cut -d' ' -f5 /proc/$$/stat)\" > pgrp.txt",
+        1,
+        &[("http", 31001), ("admin-ui", 31002)],
+    )
+    .await;
+    conn.status(0xa3, TaskState::Starting).await;
+    let running = conn.status(0xa3, TaskState::Running).await;
+    conn.status(0xa3, TaskState::Finished).await;
+    let sandbox = PathBuf::from(&running.sandbox);
+    let env = read(sandbox.join("env.txt"));
+    let s = sandbox.display();
+    assert_eq!(
+        env.trim_end(),
+        format!("00000000000000a3|7|www/prod/hello|31001|31002|http=31001,admin-ui=31002|{s}|{s}")
+    );
+    let pgrp = read(sandbox.join("pgrp.txt"));
+    let (pid, group) = pgrp.trim().split_once(' ').unwrap();
+    assert_eq!(pid, group, "the task leads its own process group");
+
+    // Launching a known task is idempotent: its status is resent.
+    conn.launch(0xa2, 0, "exit 0", 1, &[]).await;
+    conn.status(0xa2, TaskState::Finished).await;
+
+    // Killing a task that ended resends its end; killing an unknown task reports it LOST.
+    conn.kill(0xa1).await;
+    conn.status(0xa1, TaskState::Failed).await;
+    conn.kill(0xdead).await;
+    let lost = conn.status(0xdead, TaskState::Lost).await;
+    assert_eq!(lost.message, "unknown task");
+    assert_eq!(lost.job_key, "www/prod/hello");
+
+    // Reconciliation: named tasks, unknown ones LOST, everything when empty.
+    conn.reconcile(&[0xa1, 0xbeef]).await;
+    conn.status(0xa1, TaskState::Failed).await;
+    let lost = conn.status(0xbeef, TaskState::Lost).await;
+    assert_eq!(lost.message, "unknown task");
+    conn.reconcile(&[]).await;
+    conn.status(0xa1, TaskState::Failed).await;
+    conn.status(0xa2, TaskState::Finished).await;
+    conn.status(0xa3, TaskState::Finished).await;
+
+    // Every status so far came back; nothing else but heartbeats is pending.
+    assert!(
+        conn.seen
+            .iter()
+            .all(|m| matches!(m, OwnedMessage::Heartbeat { .. })),
+        "{:#?}",
+        conn.seen
+    );
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn kill_terms_then_kills_after_the_finalization_wait() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    conn.launch(0xb1, 0, "sleep 30", 1, &[]).await;
+    conn.status(0xb1, TaskState::Running).await;
+    let started = Instant::now();
+    conn.kill(0xb1).await;
+    let killed = conn
+        .status_within(0xb1, TaskState::Killed, Duration::from_secs(5))
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(killed.exit_code, -1);
+    assert_eq!(killed.message, "killed by signal 15");
+
+    // Ignores SIGTERM (and so does its sleep): SIGKILLed after the finalization wait, along
+    // with a background child in its group.
+    conn.launch(
+        0xb2,
+        1,
+        "trap '' TERM; sleep 30 & echo $! > bg.pid; touch ready; wait",
+        1,
+        &[],
+    )
+    .await;
+    let running = conn.status(0xb2, TaskState::Running).await;
+    let sandbox = PathBuf::from(&running.sandbox);
+    wait_for_file(&sandbox.join("ready")).await;
+    let background: i32 = read(sandbox.join("bg.pid")).trim().parse().unwrap();
+    assert!(pid_alive(background));
+    let started = Instant::now();
+    conn.kill(0xb2).await;
+    // A second kill while the first is in progress changes nothing.
+    conn.kill(0xb2).await;
+    let killed = conn
+        .status_within(0xb2, TaskState::Killed, Duration::from_secs(6))
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "SIGKILL came after only {took:?}"
+    );
+    assert_eq!(killed.exit_code, -1);
+    assert_eq!(killed.message, "killed by signal 9");
+    timeout(STEP, async {
+        while pid_alive(background) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the background process outlived the kill");
+    // Only one KILLED per task.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while timeout(Duration::from_millis(50), conn.read_more())
+        .await
+        .is_ok()
+    {}
+    assert!(!conn
+        .seen
+        .iter()
+        .any(|m| matches!(m, OwnedMessage::TaskStatus(s) if s.state == TaskState::Killed)));
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn reconnects_and_reregisters_with_running_and_ended_tasks() {
+    let mut harness = Harness::start().await;
+    let address = harness.listener.local_addr().unwrap();
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    conn.launch(0xc1, 0, "echo $$ > pid; exec sleep 30", 30, &[])
+        .await;
+    let c1 = conn.status(0xc1, TaskState::Running).await;
+    conn.launch(
+        0xc2,
+        1,
+        "while [ ! -e go ]; do sleep 0.05; done; exit 4",
+        30,
+        &[],
+    )
+    .await;
+    let c2 = conn.status(0xc2, TaskState::Running).await;
+
+    // Plain drop: the agent reconnects and lists its running tasks.
+    drop(conn);
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    let states: Vec<(TaskId, TaskState)> = registration
+        .tasks
+        .iter()
+        .map(|t| (t.task_id, t.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            (TaskId(0xc1), TaskState::Running),
+            (TaskId(0xc2), TaskState::Running)
+        ]
+    );
+    assert_eq!(registration.tasks[0].sandbox, c1.sandbox);
+
+    // Scheduler away entirely (connections refused) while a task ends: the next registration
+    // carries its end.
+    drop(conn);
+    drop(std::mem::replace(
+        &mut harness.listener,
+        // Placeholder; rebound on the same address below.
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    ));
+    std::fs::write(Path::new(&c2.sandbox).join("go"), "").unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    harness.listener = TcpListener::bind(address).await.unwrap();
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    let mut tasks = registration.tasks.clone();
+    tasks.sort_by_key(|t| t.task_id);
+    assert_eq!(tasks.len(), 2, "{tasks:#?}");
+    assert_eq!(tasks[0].state, TaskState::Running);
+    assert_eq!(tasks[1].task_id, TaskId(0xc2));
+    assert_eq!(tasks[1].state, TaskState::Failed);
+    assert_eq!(tasks[1].exit_code, 4);
+
+    // The end was sent: the next registration lists only the running task, and the ended one
+    // is still known to reconciliation.
+    drop(conn);
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    let ids: Vec<TaskId> = registration.tasks.iter().map(|t| t.task_id).collect();
+    assert_eq!(ids, vec![TaskId(0xc1)]);
+    conn.reconcile(&[0xc2]).await;
+    let c2_end = conn.status(0xc2, TaskState::Failed).await;
+    assert_eq!(c2_end.exit_code, 4);
+
+    // Heartbeats every 5 s.
+    conn.expect_within("a heartbeat", Duration::from_secs(8), |m| match m {
+        OwnedMessage::Heartbeat { timestamp_ms } if *timestamp_ms > 0 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // Stopping the agent kills its tasks.
+    let pid: i32 = read(Path::new(&c1.sandbox).join("pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid_alive(pid));
+    harness.stop().await;
+    timeout(STEP, async {
+        while pid_alive(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task outlived the agent");
+}
+
+#[tokio::test]
+async fn bad_input_makes_the_agent_reconnect() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(0xd1, 0, "sleep 30", 1, &[]).await;
+    conn.status(0xd1, TaskState::Running).await;
+
+    // A well-framed message that is not a flatbuffer.
+    conn.stream
+        .write_all(&[8, 0, 0, 0, 4, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef])
+        .await
+        .unwrap();
+    conn.closed().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    assert_eq!(registration.tasks.len(), 1);
+    assert_eq!(registration.tasks[0].state, TaskState::Running);
+
+    // A message overrunning its frame.
+    conn.stream
+        .write_all(&[6, 0, 0, 0, 100, 0, 0, 0, 1, 2])
+        .await
+        .unwrap();
+    conn.closed().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    // A frame over the size limit.
+    conn.stream
+        .write_all(&u32::MAX.to_le_bytes())
+        .await
+        .unwrap();
+    conn.closed().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    // Still serving: the task can be killed.
+    conn.kill(0xd1).await;
+    conn.status(0xd1, TaskState::Killed).await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_that_cannot_be_created_fails_the_task() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    // The agent created its work dir; make `sandboxes` a file.
+    std::fs::write(harness.work_dir.path().join("work/sandboxes"), "").unwrap();
+    conn.launch(0xe1, 0, "exit 0", 1, &[]).await;
+    conn.status(0xe1, TaskState::Starting).await;
+    let failed = conn.status(0xe1, TaskState::Failed).await;
+    assert!(
+        failed.message.starts_with("cannot create sandbox"),
+        "{}",
+        failed.message
+    );
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn tries_scheduler_addresses_in_turn() {
+    // The first address refuses connections; the agent moves on to the second.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_address = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let harness = Harness::start_with(|args| args.scheduler.insert(0, dead_address)).await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    assert_eq!(conn.registration().await.agent_id, "agent-1");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_launch_fails_the_task_not_the_connection() {
+    use borealis_net::wire;
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    // Well-formed flatbuffer, invalid job key.
+    let mut encoder = Encoder::new();
+    let bytes = {
+        let fbb = encoder.builder();
+        fbb.reset();
+        let job_key = fbb.create_string("not a job key");
+        let command = fbb.create_string("exit 0");
+        let resources = wire::Resources::new(100, 16, 16, 0);
+        let config = wire::TaskConfig::create(
+            fbb,
+            &wire::TaskConfigArgs {
+                command: Some(command),
+                resources: Some(&resources),
+                ..Default::default()
+            },
+        );
+        let launch = wire::LaunchTask::create(
+            fbb,
+            &wire::LaunchTaskArgs {
+                task_id: 0xf1,
+                job_key: Some(job_key),
+                instance: 4,
+                config: Some(config),
+                ports: None,
+            },
+        );
+        encoder
+            .finish_message(0, None, wire::Payload::LaunchTask, launch.as_union_value())
+            .to_vec()
+    };
+    conn.send(&bytes).await;
+    let failed = conn.status(0xf1, TaskState::Failed).await;
+    assert!(
+        failed.message.starts_with("invalid launch"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(failed.job_key, "not a job key");
+    assert_eq!(failed.instance, 4);
+    // The same connection still serves.
+    conn.launch(0xf2, 0, "exit 0", 1, &[]).await;
+    conn.status(0xf2, TaskState::Finished).await;
+    harness.stop().await;
+}
+
+/// Not a test by itself: when `BOREALIS_TEST_AGENT_SCHEDULER` is set, this is the body of an
+/// agent *process* started by the tests below (the test binary re-executed), run with
+/// [`borealis_agent::run`] until a signal.
+#[test]
+fn agent_process_helper() {
+    let Ok(scheduler) = std::env::var("BOREALIS_TEST_AGENT_SCHEDULER") else {
+        return;
+    };
+    let work_dir = std::env::var("BOREALIS_TEST_AGENT_WORK_DIR").unwrap();
+    borealis_agent::run(AgentArgs {
+        scheduler: vec![scheduler],
+        cpus: Some(1.0),
+        ram: Some("1GiB".into()),
+        disk: Some("1GiB".into()),
+        attributes: vec![],
+        agent_id: Some("agent-process".into()),
+        hostname: Some("testhost".into()),
+        ports: "31000-31009".into(),
+        work_dir: Some(work_dir.into()),
+    })
+    .unwrap();
+}
+
+/// True while the process exists and is not a zombie.
+fn process_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+            !matches!(state, Some(Some('Z')) | Some(Some('X')))
+        }
+        Err(_) => false,
+    }
+}
+
+/// Starts an agent process, has it run `sleep`, then sends the agent `signal`; the task must
+/// die too. Returns the agent's exit status.
+async fn task_dies_with_agent_process(signal: libc::c_int) -> std::process::ExitStatus {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let work_dir = tempfile::tempdir().unwrap();
+    let mut agent = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "agent_process_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            "BOREALIS_TEST_AGENT_SCHEDULER",
+            listener.local_addr().unwrap().to_string(),
+        )
+        .env("BOREALIS_TEST_AGENT_WORK_DIR", work_dir.path())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut conn = Conn::accept(&listener).await;
+    conn.registration().await;
+    conn.launch(0x91, 0, "echo $$ > pid; exec sleep 30", 30, &[])
+        .await;
+    let running = conn.status(0x91, TaskState::Running).await;
+    let pid_file = Path::new(&running.sandbox).join("pid");
+    wait_for_file(&pid_file).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid: i32 = read(&pid_file).trim().parse().unwrap();
+    assert!(process_running(pid));
+    // SAFETY: plain system call on our own child.
+    unsafe { libc::kill(agent.id().unwrap() as i32, signal) };
+    let status = timeout(STEP, agent.wait()).await.unwrap().unwrap();
+    timeout(STEP, async {
+        while process_running(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the task outlived its agent process");
+    status
+}
+
+#[tokio::test]
+async fn tasks_die_when_the_agent_process_is_killed() {
+    let status = task_dies_with_agent_process(libc::SIGKILL).await;
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn the_agent_process_stops_cleanly_on_sigterm() {
+    let status = task_dies_with_agent_process(libc::SIGTERM).await;
+    assert!(status.success(), "{status}");
+}
