@@ -26,7 +26,7 @@ pub fn decode_message(bytes: &[u8]) -> Result<wire::Message<'_>, WireError> {
         ignore_missing_null_terminator: false,
     };
     let message = flatbuffers::root_with_opts::<wire::Message>(&opts, bytes)
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+        .map_err(|e| WireError::Malformed(one_line(&e.to_string())))?;
     if message.payload_type().0 > wire::Payload::ENUM_MAX {
         return Err(WireError::UnknownType(message.payload_type().0));
     }
@@ -34,6 +34,11 @@ pub fn decode_message(bytes: &[u8]) -> Result<wire::Message<'_>, WireError> {
         return Err(WireError::UnknownType(0));
     }
     Ok(message)
+}
+
+/// The verifier's messages span several lines; logs and errors want one.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 pub fn state_to_wire(state: TaskState) -> wire::TaskState {

@@ -76,24 +76,38 @@ async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSend
         // The shard dropped this connection (or the peer stopped reading): tell the peer.
         let _ = write_half.close().await;
     });
-    let reason = read_frames(conn, &mut read_half, &inbound).await;
+    let reason = match read_frames(conn, &mut read_half, &inbound).await {
+        Ended::Closed(reason) => reason,
+        Ended::Protocol(reason) => {
+            tracing::error!(%peer, "disconnecting peer: {reason}");
+            reason
+        }
+    };
     writer.cancel().await;
     let _ = inbound.send(Inbound::ConnClosed { conn, reason }).await;
 }
 
-/// Reads until the peer closes or misbehaves; returns why the connection ended.
+/// Why a connection's reader stopped.
+enum Ended {
+    /// The peer closed, the socket failed, or the scheduler is stopping.
+    Closed(String),
+    /// The peer broke the protocol (a bad frame or message): logged as an error.
+    Protocol(String),
+}
+
+/// Reads until the peer closes or misbehaves.
 async fn read_frames(
     conn: ConnId,
     stream: &mut futures_lite::io::ReadHalf<TcpStream>,
     inbound: &LocalSender<Inbound>,
-) -> String {
+) -> Ended {
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     loop {
         let n = match stream.read(&mut chunk).await {
-            Ok(0) => return "peer closed the connection".into(),
+            Ok(0) => return Ended::Closed("peer closed the connection".into()),
             Ok(n) => n,
-            Err(e) => return format!("read error: {e}"),
+            Err(e) => return Ended::Closed(format!("read error: {e}")),
         };
         decoder.extend(&chunk[..n]);
         let mut messages = Vec::new();
@@ -103,15 +117,15 @@ async fn read_frames(
                     Ok(parts) => {
                         for part in parts {
                             if let Err(e) = decode_message(&part) {
-                                return format!("bad message: {e}");
+                                return Ended::Protocol(format!("bad message: {e}"));
                             }
                             messages.push(part);
                         }
                     }
-                    Err(e) => return format!("bad frame: {e}"),
+                    Err(e) => return Ended::Protocol(format!("bad frame: {e}")),
                 },
                 Ok(None) => break,
-                Err(e) => return format!("bad frame: {e}"),
+                Err(e) => return Ended::Protocol(format!("bad frame: {e}")),
             }
         }
         if !messages.is_empty()
@@ -120,7 +134,7 @@ async fn read_frames(
                 .await
                 .is_err()
         {
-            return "scheduler shutting down".into();
+            return Ended::Closed("scheduler shutting down".into());
         }
     }
 }

@@ -6,6 +6,7 @@
 //! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
 pub mod conn;
+pub mod metrics;
 pub mod msg;
 mod policy;
 pub mod shard;
@@ -22,6 +23,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::local_channel;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 
+use crate::metrics::Metrics;
 use crate::msg::{Inbound, PeerBatch};
 use crate::shard::Shard;
 
@@ -53,6 +55,8 @@ pub struct SchedulerConfig {
 /// A running scheduler.
 pub struct Scheduler {
     pub addr: SocketAddr,
+    /// Every shard's metrics, for the control plane to scrape.
+    pub metrics: Arc<Metrics>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -84,6 +88,9 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
     drop(probe);
 
     let config = Arc::new(config);
+    let metrics = Metrics::new(config.shards, &config.cluster_name);
+    // The embedded scheduler is always the leader.
+    metrics.leader.set(1);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<PeerBatch, _>::full(config.shards, PEER_QUEUE_MAX);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
@@ -97,11 +104,12 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let config = config.clone();
+        let metrics = metrics.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(50))
-            .spawn(move || async move { run_shard(id, config, addr, mesh, ready).await })
+            .spawn(move || async move { run_shard(id, config, metrics, addr, mesh, ready).await })
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         handles.push(handle);
     }
@@ -112,12 +120,17 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
             .map_err(|_| anyhow!("a shard exited while starting"))??;
     }
     tracing::info!(%addr, shards = config.shards, cluster = %config.cluster_name, "scheduler listening");
-    Ok(Scheduler { addr, handles })
+    Ok(Scheduler {
+        addr,
+        metrics,
+        handles,
+    })
 }
 
 async fn run_shard(
     id: usize,
     config: Arc<SchedulerConfig>,
+    metrics: Arc<Metrics>,
     addr: SocketAddr,
     mesh: MeshBuilder<PeerBatch, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -165,7 +178,8 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
     drop(ready);
 
-    let mut shard = Shard::new(id, shard_count, config);
+    let mut shard = Shard::new(id, shard_count, config, metrics.clone());
+    let shard_metrics = &metrics.shards[id];
     loop {
         // Begin: wait for input unless work is already pending.
         if !shard.has_pending() {
@@ -174,6 +188,7 @@ async fn run_shard(
                 None => break,
             }
         }
+        let round_start = std::time::Instant::now();
         // Handle: drain a bounded batch.
         for _ in 0..shard::ROUND_INBOUND_MAX {
             match futures_lite::future::poll_once(in_rx.recv()).await {
@@ -200,6 +215,11 @@ async fn run_shard(
                 }
             }
         }
+        shard.publish_metrics(in_tx.len());
+        shard_metrics.rounds_total.inc();
+        shard_metrics
+            .round_duration
+            .observe_nanos(round_start.elapsed().as_nanos() as u64);
         glommio::yield_if_needed().await;
     }
 }

@@ -20,6 +20,7 @@ use borealis_net::{wire, Encoder, FrameWriter};
 use bytes::Bytes;
 use glommio::channels::local_channel::LocalSender;
 
+use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
 use crate::msg::*;
 use crate::policy;
 use crate::SchedulerConfig;
@@ -28,6 +29,8 @@ use crate::SchedulerConfig;
 pub const ROUND_INBOUND_MAX: usize = 256;
 /// Placements attempted per round; the rest wait for the next round.
 pub const ROUND_PLACEMENTS_MAX: usize = 16_384;
+/// Tasks of one job placed as one batch.
+const PLACEMENT_BATCH_MAX: usize = 4096;
 /// Offers lent per `Borrow`.
 const LEND_OFFERS_MAX: usize = 64;
 /// How often blocked pending tasks are retried when nothing else changed.
@@ -74,8 +77,8 @@ struct Task {
     holds: bool,
     failure_count: u32,
     consecutive_flaps: u32,
-    entered_ms: u64,
-    running_since_ms: Option<u64>,
+    entered_us: u64,
+    running_since_us: Option<u64>,
     exit_code: i32,
     message: String,
     ports: Vec<(String, u16)>,
@@ -154,16 +157,30 @@ pub struct Shard {
     last_sweep: Instant,
 
     conns: HashMap<ConnId, Conn>,
+    metrics: Arc<Metrics>,
+    /// Tasks per state (the `borealis_tasks` gauge).
+    state_counts: [u64; TaskState::COUNT],
+    /// Home agents whose offers are lent out.
+    lent_out: usize,
+    /// Scratch for `schedule` (kept to avoid allocating each round).
+    run_tasks: Vec<TaskId>,
+    run_agents: Vec<AgentId>,
     gathers: HashMap<(ConnId, u64), Gather>,
     outbox: Vec<PeerBatch>,
 }
 
-fn now_ms(started: Instant) -> u64 {
-    started.elapsed().as_millis() as u64
+/// Microseconds since the shard started: the shard's clock for task timing.
+fn now_us(started: Instant) -> u64 {
+    started.elapsed().as_micros() as u64
 }
 
 impl Shard {
-    pub fn new(id: ShardId, shard_count: usize, config: Arc<SchedulerConfig>) -> Shard {
+    pub fn new(
+        id: ShardId,
+        shard_count: usize,
+        config: Arc<SchedulerConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Shard {
         Shard {
             id,
             shard_count,
@@ -191,6 +208,11 @@ impl Shard {
             last_sweep: Instant::now(),
             next_lender: (id + 1) % shard_count.max(1),
             conns: HashMap::new(),
+            metrics,
+            state_counts: [0; TaskState::COUNT],
+            lent_out: 0,
+            run_tasks: Vec::new(),
+            run_agents: Vec::new(),
             gathers: HashMap::new(),
             outbox: (0..shard_count).map(|_| Vec::new()).collect(),
         }
@@ -239,6 +261,9 @@ impl Shard {
                 );
             }
             Inbound::ConnMessages { conn, messages } => {
+                self.metrics()
+                    .messages_received_total
+                    .add(messages.len() as u64);
                 for bytes in messages {
                     if !self.conns.contains_key(&conn) {
                         break;
@@ -272,6 +297,7 @@ impl Shard {
     }
 
     fn protocol_error(&mut self, conn: ConnId, what: &str) {
+        self.metrics().protocol_errors_total.inc();
         if let Some(c) = self.conns.get(&conn) {
             tracing::error!(shard = self.id, peer = %c.peer, "protocol error, disconnecting: {what}");
         }
@@ -494,8 +520,12 @@ impl Shard {
             return;
         };
         tracing::warn!(shard = self.id, agent = %a.name, host = %a.hostname, "agent lost: {reason}");
-        if matches!(a.offer, OfferWhere::Home) {
-            self.index.remove_agent(agent);
+        match a.offer {
+            OfferWhere::Home => {
+                self.index.remove_agent(agent);
+            }
+            OfferWhere::Lent => self.lent_out -= 1,
+            OfferWhere::Adopting { .. } => {}
         }
         for shard in 0..self.shard_count {
             self.send(shard, PeerMsg::AgentLost { agent });
@@ -715,6 +745,7 @@ impl Shard {
                     self.borrowed.insert(o.agent);
                 }
                 self.placed_since_lend = 0;
+                self.metrics().offers_borrowed_total.add(got as u64);
                 if got > 0 {
                     self.retry_blocked();
                 } else {
@@ -728,6 +759,7 @@ impl Shard {
                     let free = free.plus(&a.released_while_lent);
                     a.released_while_lent = Resources::ZERO;
                     a.offer = OfferWhere::Home;
+                    self.lent_out -= 1;
                     let (attributes, total) = (a.attributes.clone(), a.total);
                     self.upsert_offer(agent, &attributes, total, free);
                     self.retry_blocked();
@@ -765,6 +797,7 @@ impl Shard {
             self.index.remove_agent(agent);
             let a = self.home_agents.get_mut(&agent).expect("listed");
             a.offer = OfferWhere::Lent;
+            self.lent_out += 1;
             offers.push(LentOffer {
                 agent,
                 agent_name: a.name.clone(),
@@ -922,6 +955,7 @@ impl Shard {
         for id in ids {
             if let Some(t) = self.tasks.remove(&id) {
                 debug_assert!(t.state.is_terminal());
+                self.state_counts[t.state as usize] -= 1;
             }
         }
         self.job_index.remove(&removed_key);
@@ -940,7 +974,7 @@ impl Shard {
 
     fn new_task(&mut self, job: JobIdx, instance: u32, failure_count: u32, flaps: u32) -> TaskId {
         let id = self.ids.next_id();
-        let now = now_ms(self.started);
+        let now = now_us(self.started);
         self.tasks.insert(
             id,
             Task {
@@ -953,8 +987,8 @@ impl Shard {
                 holds: false,
                 failure_count,
                 consecutive_flaps: flaps,
-                entered_ms: now,
-                running_since_ms: None,
+                entered_us: now,
+                running_since_us: None,
                 exit_code: -1,
                 message: String::new(),
                 ports: Vec::new(),
@@ -963,7 +997,41 @@ impl Shard {
             },
         );
         self.jobs[job].current[instance as usize] = Some(id);
+        self.count_state(None, TaskState::Pending);
         id
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.metrics.shards[self.id]
+    }
+
+    /// Keeps the per-state task counts (a gauge) and the transition counter.
+    fn count_state(&mut self, from: Option<TaskState>, to: TaskState) {
+        if let Some(from) = from {
+            debug_assert!(self.state_counts[from as usize] > 0);
+            self.state_counts[from as usize] -= 1;
+        }
+        self.state_counts[to as usize] += 1;
+        self.metrics().transitions_total[to as usize].inc();
+    }
+
+    /// Publishes the gauges a scrape reads (end of each round: a few plain stores).
+    pub fn publish_metrics(&self, inbound_queue_depth: usize) {
+        let m = self.metrics();
+        for (gauge, count) in m.tasks_by_state.iter().zip(self.state_counts) {
+            gauge.set(count);
+        }
+        m.pending_by_reason[0].set(self.pending.len() as u64);
+        m.pending_by_reason[1].set(self.blocked.len() as u64);
+        m.pending_by_reason[2].set(self.throttled.len() as u64);
+        m.offers_held.set(self.index.agent_count() as u64);
+        m.offers_lent_out.set(self.lent_out as u64);
+        m.agents_connected.set(self.home_agents.len() as u64);
+        m.connections.set(self.conns.len() as u64);
+        m.jobs.set(self.jobs.len() as u64);
+        m.inbound_queue_depth.set(inbound_queue_depth as u64);
+        m.peer_outbox_depth
+            .set(self.outbox.iter().map(Vec::len).sum::<usize>() as u64);
     }
 
     fn kill_job(&mut self, k: wire::KillJob<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
@@ -1146,7 +1214,7 @@ impl Shard {
     /// Moves a task to `next` (when legal) and applies the consequences: resources, kills,
     /// rescheduling.
     fn transition(&mut self, task_id: TaskId, next: TaskState, why: &str) {
-        let now = now_ms(self.started);
+        let now = now_us(self.started);
         let Some(t) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -1156,15 +1224,16 @@ impl Shard {
             return;
         }
         t.state = next;
-        t.entered_ms = now;
+        t.entered_us = now;
         if t.message.is_empty() || !next.is_terminal() {
             t.message = why.to_string();
         }
         if next == TaskState::Running {
-            t.running_since_ms = Some(now);
+            t.running_since_us = Some(now);
         }
         let job = t.job;
         let agent = t.agent;
+        self.count_state(Some(prev), next);
         match next {
             TaskState::Killing
             | TaskState::Preempting
@@ -1240,7 +1309,7 @@ impl Shard {
                 is_service: config.is_service,
                 max_task_failures: config.max_task_failures,
                 prior_failures: t.failure_count,
-                ran_for_ms: t.running_since_ms.map(|since| now.saturating_sub(since)),
+                ran_for_ms: t.running_since_us.map(|since| now.saturating_sub(since) / 1000),
                 prior_consecutive_flaps: t.consecutive_flaps,
             },
         );
@@ -1261,7 +1330,9 @@ impl Shard {
         }
         while j.history.len() > self.config.history_max_per_job {
             let old = j.history.pop_front().expect("non-empty");
-            self.tasks.remove(&old);
+            if let Some(old) = self.tasks.remove(&old) {
+                self.state_counts[old.state as usize] -= 1;
+            }
         }
         if let Some((delay_ms, flaps)) = decision {
             let id = self.new_task(job, instance, failure_count, flaps);
@@ -1271,7 +1342,8 @@ impl Shard {
                 let t = self.tasks.get_mut(&id).expect("new");
                 t.state = TaskState::Throttled;
                 t.message = format!("throttled for {} ms (flapping)", delay_ms);
-                self.throttled.insert((now + delay_ms, id), ());
+                self.throttled.insert((now + delay_ms * 1000, id), ());
+                self.count_state(Some(TaskState::Pending), TaskState::Throttled);
             }
         }
     }
@@ -1289,35 +1361,61 @@ impl Shard {
         let mut placed = 0;
         let mut attempts = 0;
         let mut failed_jobs: HashSet<JobIdx> = HashSet::new();
+        let mut run = std::mem::take(&mut self.run_tasks);
+        let mut agents = std::mem::take(&mut self.run_agents);
         while attempts < ROUND_PLACEMENTS_MAX {
-            let Some(task_id) = self.pending.pop_front() else {
+            // Take the run of pending tasks of one job at the front of the queue: placing
+            // them as one batch lets the index skip agents the job's limits already exclude.
+            run.clear();
+            let mut job = None;
+            while run.len() < PLACEMENT_BATCH_MAX {
+                let Some(&task_id) = self.pending.front() else {
+                    break;
+                };
+                let Some(t) = self.tasks.get(&task_id) else {
+                    self.pending.pop_front();
+                    continue;
+                };
+                if t.state != TaskState::Pending {
+                    self.pending.pop_front();
+                    continue;
+                }
+                if job.is_some_and(|j| j != t.job) {
+                    break;
+                }
+                job = Some(t.job);
+                run.push(task_id);
+                self.pending.pop_front();
+            }
+            let Some(job) = job else {
                 break;
             };
-            attempts += 1;
-            let Some(t) = self.tasks.get(&task_id) else {
-                continue;
-            };
-            if t.state != TaskState::Pending {
-                continue;
-            }
-            let job = t.job;
+            attempts += run.len();
             if failed_jobs.contains(&job) {
-                self.blocked.push(task_id);
+                self.blocked.extend_from_slice(&run);
                 continue;
             }
-            let j = &self.jobs[job];
-            match self.index.place(&j.compiled, &j.spread) {
-                Some(agent) => {
-                    placed += 1;
-                    self.assign(task_id, agent);
-                }
-                None => {
-                    failed_jobs.insert(job);
-                    self.blocked.push(task_id);
-                }
+            agents.clear();
+            let j = &mut self.jobs[job];
+            let n = self
+                .index
+                .place_batch(&j.compiled, &mut j.spread, run.len(), &mut agents);
+            debug_assert_eq!(n, agents.len());
+            for (task_id, agent) in run.iter().zip(agents.iter()) {
+                self.assign(*task_id, *agent);
+            }
+            placed += n;
+            if n < run.len() {
+                failed_jobs.insert(job);
+                self.blocked.extend_from_slice(&run[n..]);
             }
         }
+        self.run_tasks = run;
+        self.run_agents = agents;
         self.placed_since_lend += placed;
+        let m = self.metrics();
+        m.attempt(AttemptResult::Placed, placed as u64);
+        m.attempt(AttemptResult::NoFit, (attempts - placed) as u64);
         if !self.borrowed.is_empty() && placed == 0 && self.placed_since_lend == 0 {
             // Borrowed offers did not help (constraints, not capacity): do not spin on them.
             self.next_borrow_at = Instant::now() + BORROW_BACKOFF;
@@ -1342,26 +1440,26 @@ impl Shard {
         placed
     }
 
+    /// Applies a placement the index made (it already consumed the resources and counted
+    /// the agent in the job's spread): ASSIGNED, then the launch goes to the agent's home.
     fn assign(&mut self, task_id: TaskId, agent: AgentId) {
-        let now = now_ms(self.started);
+        let now = now_us(self.started);
         let t = self.tasks.get_mut(&task_id).expect("pending task");
         debug_assert!(t.state.can_transition_to(TaskState::Assigned));
         t.state = TaskState::Assigned;
-        t.entered_ms = now;
+        let waited_us = now.saturating_sub(t.entered_us);
+        t.entered_us = now;
         t.agent = Some(agent);
         t.holds = true;
         t.message.clear();
-        let (job, instance) = (t.job, t.instance);
-        self.tasks_by_agent
-            .entry(agent)
-            .or_default()
-            .insert(task_id);
         t.host = self.agent_names.get(&agent).cloned();
-        let j = &mut self.jobs[job];
-        if let Some(ids) = self.agent_attr_ids.get(&agent) {
-            j.spread.add_attributes(ids);
-        }
-        let config = j.config.clone();
+        let (job, instance) = (t.job, t.instance);
+        self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+        self.count_state(Some(TaskState::Pending), TaskState::Assigned);
+        self.metrics()
+            .placement_latency
+            .observe_nanos(waited_us * 1000);
+        let config = self.jobs[job].config.clone();
         let home = agent_home(agent);
         if home == self.id {
             self.home_launch(self.id, agent, task_id, instance, &config);
@@ -1381,7 +1479,7 @@ impl Shard {
     // ------------------------------------------------------------------ timers
 
     fn tick(&mut self) {
-        let now = now_ms(self.started);
+        let now = now_us(self.started);
         // Throttled tasks whose penalty expired become PENDING.
         let due: Vec<(u64, TaskId)> = self
             .throttled
@@ -1394,9 +1492,10 @@ impl Shard {
             if let Some(t) = self.tasks.get_mut(&id) {
                 if t.state == TaskState::Throttled {
                     t.state = TaskState::Pending;
-                    t.entered_ms = now;
+                    t.entered_us = now;
                     t.message.clear();
                     self.pending.push_back(id);
+                    self.count_state(Some(TaskState::Throttled), TaskState::Pending);
                 }
             }
         }
@@ -1425,7 +1524,7 @@ impl Shard {
                         | TaskState::Preempting
                         | TaskState::Draining
                         | TaskState::Restarting
-                ) && now.saturating_sub(t.entered_ms) > timeout
+                ) && now.saturating_sub(t.entered_us) / 1000 > timeout
             })
             .map(|t| t.id)
             .collect();
