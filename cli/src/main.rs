@@ -4,6 +4,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
+mod http;
 mod up;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -150,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             init_logging();
             let scheduler = borealis_shards::start(args.to_config())?;
-            up::serve_http(args.ip, args.http_port)?;
+            http::serve(args.ip, args.http_port, scheduler.metrics.clone())?;
             scheduler.wait()
         }
         Command::Agent(args) => {

@@ -1,8 +1,7 @@
 //! `borealis up`: a scheduler on its embedded default and one local agent in one process,
 //! plus the scheduler's small HTTP endpoint.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,7 +30,11 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         .ip
         .get_or_insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let scheduler = borealis_shards::start(args.scheduler.to_config())?;
-    let http = serve_http(args.scheduler.ip, args.scheduler.http_port)?;
+    let http = crate::http::serve(
+        args.scheduler.ip,
+        args.scheduler.http_port,
+        scheduler.metrics.clone(),
+    )?;
     let addr = scheduler.addr;
     let dial = SocketAddr::new(
         if addr.ip().is_unspecified() {
@@ -122,36 +125,4 @@ fn submit_and_wait(scheduler: &str, job_key: &str, file: &std::path::Path) -> an
     )?;
     println!("The sample job finished. Borealis keeps running; press Ctrl-C to stop.");
     Ok(())
-}
-
-/// Serves the scheduler's HTTP endpoint on its own thread, apart from the shards:
-/// `/leaderhealth` (200: an embedded scheduler always leads) and `/health`.
-pub fn serve_http(ip: Option<IpAddr>, port: u16) -> anyhow::Result<SocketAddr> {
-    let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let listener = TcpListener::bind((ip, port))
-        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {ip}:{port}: {e}"))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "http listening");
-    std::thread::Builder::new().name("http".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut reader = BufReader::new(&stream);
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("");
-            let (status, body) = match path {
-                "/leaderhealth" | "/health" => ("200 OK", "OK\n"),
-                _ => ("404 Not Found", "not found\n"),
-            };
-            let mut out = &stream;
-            let _ = write!(
-                out,
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    })?;
-    Ok(addr)
 }

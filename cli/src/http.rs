@@ -1,0 +1,68 @@
+//! The scheduler's HTTP control plane, on its own thread and tokio runtime, apart from the
+//! shards: `/metrics` (Prometheus text exposition 0.0.4, aggregated from the shards' blocks at
+//! scrape time), `/leaderhealth` (Aurora's semantics) and `/health`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use borealis_shards::metrics::Metrics;
+
+/// Binds the HTTP port (errors are reported here, synchronously) and serves it on a thread.
+pub fn serve(ip: Option<IpAddr>, port: u16, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+    let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let listener = std::net::TcpListener::bind((ip, port))
+        .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {ip}:{port}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("control-http".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("http listener: {e}");
+                        return;
+                    }
+                };
+                let app = Router::new()
+                    .route("/metrics", get(metrics_text))
+                    .route("/leaderhealth", get(leader_health))
+                    .route("/health", get(|| async { "OK\n" }))
+                    .with_state(metrics);
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!("http server stopped: {e}");
+                }
+            })
+        })?;
+    tracing::info!(%addr, "http listening");
+    Ok(addr)
+}
+
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render_text(),
+    )
+}
+
+/// 200 on the leader; 503 when another scheduler leads; 502 when no leader is known. An
+/// embedded scheduler always leads.
+async fn leader_health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.leader.get() == 1 {
+        (StatusCode::OK, "leader\n")
+    } else {
+        (StatusCode::BAD_GATEWAY, "no leader\n")
+    }
+}
