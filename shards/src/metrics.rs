@@ -50,8 +50,8 @@ impl LocalGauge {
 
 /// Upper bounds (seconds) of the latency histograms: 50 µs .. 60 s.
 pub const LATENCY_BUCKETS_SECONDS: [f64; 18] = [
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 const BUCKETS: usize = LATENCY_BUCKETS_SECONDS.len();
 
@@ -203,7 +203,11 @@ impl Metrics {
                 .iter()
                 .enumerate()
                 .map(|(i, reason)| {
-                    let total: u64 = self.shards.iter().map(|s| s.pending_by_reason[i].get()).sum();
+                    let total: u64 = self
+                        .shards
+                        .iter()
+                        .map(|s| s.pending_by_reason[i].get())
+                        .sum();
                     (vec![("reason", reason.to_string())], total as f64)
                 })
                 .collect(),
@@ -224,13 +228,14 @@ impl Metrics {
                 })
                 .collect(),
         ));
-        let per_shard = |pick: &dyn Fn(&ShardMetrics) -> u64| -> Vec<(Vec<(&'static str, String)>, f64)> {
-            self.shards
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (vec![shard_label(i)], pick(s) as f64))
-                .collect()
-        };
+        let per_shard =
+            |pick: &dyn Fn(&ShardMetrics) -> u64| -> Vec<(Vec<(&'static str, String)>, f64)> {
+                self.shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (vec![shard_label(i)], pick(s) as f64))
+                    .collect()
+            };
         families.push(gauge_family(
             "borealis_offers_held",
             "Offers in each shard's placement index (its own and borrowed).",
@@ -351,7 +356,11 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
-fn gauge_family(name: &str, help: &str, values: Vec<(Vec<(&'static str, String)>, f64)>) -> MetricFamily {
+fn gauge_family(
+    name: &str,
+    help: &str,
+    values: Vec<(Vec<(&'static str, String)>, f64)>,
+) -> MetricFamily {
     let metrics = values
         .into_iter()
         .map(|(pairs, v)| {
@@ -366,7 +375,11 @@ fn gauge_family(name: &str, help: &str, values: Vec<(Vec<(&'static str, String)>
     family(name, help, MetricType::GAUGE, metrics)
 }
 
-fn counter_family(name: &str, help: &str, values: Vec<(Vec<(&'static str, String)>, f64)>) -> MetricFamily {
+fn counter_family(
+    name: &str,
+    help: &str,
+    values: Vec<(Vec<(&'static str, String)>, f64)>,
+) -> MetricFamily {
     let metrics = values
         .into_iter()
         .map(|(pairs, v)| {
@@ -392,14 +405,34 @@ mod tests {
         metrics.shards[1].tasks_by_state[TaskState::Running as usize].set(4);
         metrics.shards[0].attempt(AttemptResult::Placed, 5);
         metrics.shards[1].placement_latency.observe_nanos(2_000_000);
-        metrics.shards[0].placement_latency.observe_nanos(90_000_000_000);
+        metrics.shards[0]
+            .placement_latency
+            .observe_nanos(90_000_000_000);
         let text = metrics.render_text();
-        assert!(text.contains("borealis_tasks{state=\"RUNNING\"} 7"), "{text}");
-        assert!(text.contains("borealis_schedule_attempts_total{result=\"placed\"} 5"), "{text}");
-        assert!(text.contains("borealis_placement_latency_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
-        assert!(text.contains("borealis_placement_latency_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
-        assert!(text.contains("borealis_placement_latency_seconds_count 2"), "{text}");
-        assert!(text.contains("# TYPE borealis_task_transitions_total counter"), "{text}");
+        assert!(
+            text.contains("borealis_tasks{state=\"RUNNING\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("borealis_schedule_attempts_total{result=\"placed\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("borealis_placement_latency_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("borealis_placement_latency_seconds_bucket{le=\"+Inf\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("borealis_placement_latency_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE borealis_task_transitions_total counter"),
+            "{text}"
+        );
         assert!(text.contains("borealis_build_info{"), "{text}");
     }
 

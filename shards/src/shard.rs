@@ -1309,7 +1309,9 @@ impl Shard {
                 is_service: config.is_service,
                 max_task_failures: config.max_task_failures,
                 prior_failures: t.failure_count,
-                ran_for_ms: t.running_since_us.map(|since| now.saturating_sub(since) / 1000),
+                ran_for_ms: t
+                    .running_since_us
+                    .map(|since| now.saturating_sub(since) / 1000),
                 prior_consecutive_flaps: t.consecutive_flaps,
             },
         );
@@ -1454,7 +1456,10 @@ impl Shard {
         t.message.clear();
         t.host = self.agent_names.get(&agent).cloned();
         let (job, instance) = (t.job, t.instance);
-        self.tasks_by_agent.entry(agent).or_default().insert(task_id);
+        self.tasks_by_agent
+            .entry(agent)
+            .or_default()
+            .insert(task_id);
         self.count_state(Some(TaskState::Pending), TaskState::Assigned);
         self.metrics()
             .placement_latency

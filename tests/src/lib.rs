@@ -10,8 +10,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +25,10 @@ pub const WAIT_MAX: Duration = Duration::from_secs(60);
 pub const POLL: Duration = Duration::from_millis(100);
 /// The longest one `borealis job ...` command may take (the client's own I/O timeout is 30 s).
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(45);
+/// The longest one [`http_get`] may take to connect, or to send or receive any one piece.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest response [`http_get`] reads.
+const HTTP_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// How long to wait for a scheduler to accept connections or an agent to register.
 const STARTUP_MAX: Duration = Duration::from_secs(30);
 /// How much of each log file a failing test reads, and how many lines of it it prints.
@@ -212,6 +216,33 @@ impl Proc {
             .stderr(create(&stderr))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", borealis_bin().display()));
+        Proc {
+            name: name.to_string(),
+            child,
+            stdout,
+            stderr,
+            exit: None,
+        }
+    }
+
+    /// Starts another program (e.g. a Prometheus server) as a child like [`Proc::spawn`]'s,
+    /// with its output in `<log_dir>/<name>.stdout|.stderr`: SIGKILLed on drop, its logs'
+    /// tails printed if the test fails.
+    pub fn spawn_program(name: &str, program: &Path, args: &[String], log_dir: &Path) -> Proc {
+        let stdout = log_dir.join(format!("{name}.stdout"));
+        let stderr = log_dir.join(format!("{name}.stderr"));
+        let create = |path: &Path| {
+            File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+        };
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(log_dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(create(&stdout))
+            .stderr(create(&stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} {args:?}: {e}", program.display()));
         Proc {
             name: name.to_string(),
             child,
@@ -466,6 +497,150 @@ pub fn read_pid_file(sandbox: &str, file: &str) -> i32 {
     )
 }
 
+/// The first executable file named `program` in a directory of `$PATH`.
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Percent-encodes `text` for a URL's query component (RFC 3986: all but unreserved bytes).
+pub fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// An HTTP response: status code, headers (names lower-cased) and body (chunked transfer
+/// coding removed).
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The first header with this (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `GET http://<addr><path>` over a plain `TcpStream` (HTTP/1.1, `Connection: close`), each
+/// step bounded by [`HTTP_TIMEOUT`]. `Err` describes why no complete response came back.
+pub fn http_get(addr: &str, path: &str) -> Result<HttpResponse, String> {
+    let socket: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, HTTP_TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .and_then(|()| stream.set_write_timeout(Some(HTTP_TIMEOUT)))
+        .map_err(|e| format!("socket timeouts: {e}"))?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("send GET {path} to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .take(HTTP_MAX_BYTES)
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read the response to GET {path} from {addr}: {e}"))?;
+    parse_http_response(&raw).map_err(|e| {
+        format!(
+            "GET {path} from {addr}: {e}; response: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(2048)])
+        )
+    })
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<HttpResponse, String> {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = std::str::from_utf8(&raw[..head_end]).map_err(|e| format!("headers: {e}"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let rest = &raw[head_end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        decode_chunked(rest)?
+    } else if let Some((_, length)) = headers.iter().find(|(n, _)| n == "content-length") {
+        let length: usize = length
+            .parse()
+            .map_err(|e| format!("content-length {length:?}: {e}"))?;
+        if rest.len() < length {
+            return Err(format!("body cut short: {} of {length} bytes", rest.len()));
+        }
+        rest[..length].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunked body cut short (no chunk size line)")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|e| e.to_string())?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .map_err(|e| format!("chunk size {size_text:?}: {e}"))?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if rest.len() < size + 2 {
+            return Err("chunked body cut short".into());
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
 /// An agent to start: its identity, what it offers, its attributes.
 #[derive(Clone, Debug)]
 pub struct AgentSpec {
@@ -554,6 +729,31 @@ impl Cluster {
     /// The scheduler's address, `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The scheduler's HTTP address (`--http-port 0`: a port it picked itself, free by
+    /// construction), from its log line `http listening addr=IP:PORT`; waits (bounded) for it.
+    pub fn http_addr(&mut self) -> String {
+        let scheduler = &mut self.scheduler;
+        wait_until(
+            "the scheduler's \"http listening\" log line",
+            STARTUP_MAX,
+            POLL,
+            || {
+                if let Some(status) = scheduler.exit_status() {
+                    panic!("the scheduler exited: {status}");
+                }
+                scheduler.stderr_text().lines().find_map(|line| {
+                    if !line.contains("http listening") {
+                        return None;
+                    }
+                    let (_, rest) = line.split_once("addr=")?;
+                    let addr = rest.split([' ', ',', '}']).next()?;
+                    let addr: std::net::SocketAddr = addr.parse().ok()?;
+                    Some(format!("127.0.0.1:{}", addr.port()))
+                })
+            },
+        )
     }
 
     /// Starts an agent and waits until the scheduler logs its registration.
