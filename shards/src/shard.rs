@@ -5,7 +5,7 @@
 //! offers it owns (up to [`ROUND_PLACEMENTS_MAX`]), then flush: one write per connection and
 //! one message batch per peer. State is owned by the loop and never shared.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use borealis_net::views::{
 };
 use borealis_net::{wire, Encoder, FrameWriter};
 use bytes::Bytes;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use glommio::channels::local_channel::LocalSender;
 
 use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
@@ -190,30 +191,30 @@ impl Shard {
             encoder: Encoder::new(),
             next_agent: 1,
             jobs: Vec::new(),
-            job_index: HashMap::new(),
-            tasks: HashMap::new(),
-            tasks_by_agent: HashMap::new(),
+            job_index: HashMap::default(),
+            tasks: HashMap::default(),
+            tasks_by_agent: HashMap::default(),
             pending: VecDeque::new(),
             blocked: Vec::new(),
             throttled: BTreeMap::new(),
             last_blocked_retry: Instant::now(),
             index: PlacementIndex::new(),
-            agent_names: HashMap::new(),
-            agent_attr_ids: HashMap::new(),
-            home_agents: HashMap::new(),
-            borrowed: HashSet::new(),
+            agent_names: HashMap::default(),
+            agent_attr_ids: HashMap::default(),
+            home_agents: HashMap::default(),
+            borrowed: HashSet::default(),
             borrow_outstanding: false,
             next_borrow_at: Instant::now(),
             placed_since_lend: 0,
             last_sweep: Instant::now(),
             next_lender: (id + 1) % shard_count.max(1),
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             metrics,
             state_counts: [0; TaskState::COUNT],
             lent_out: 0,
             run_tasks: Vec::new(),
             run_agents: Vec::new(),
-            gathers: HashMap::new(),
+            gathers: HashMap::default(),
             outbox: (0..shard_count).map(|_| Vec::new()).collect(),
         }
     }
@@ -454,7 +455,7 @@ impl Shard {
                 attributes: Arc::new(attributes),
                 total,
                 port_ranges,
-                ports_in_use: HashMap::new(),
+                ports_in_use: HashMap::default(),
                 offer: OfferWhere::Adopting {
                     waiting: adopting,
                     used: Resources::ZERO,
@@ -573,11 +574,11 @@ impl Shard {
         let ports = conn.and_then(|_| self.assign_ports(agent, task_id, &config.port_names));
         match (conn, ports) {
             (Some(conn), Some(ports)) => {
-                let bytes = self
-                    .encoder
-                    .launch_task(task_id, instance, config, &ports)
-                    .to_vec();
-                self.write_conn(conn, &bytes);
+                // Encoded straight into the connection's frame (disjoint fields, no copy).
+                let bytes = self.encoder.launch_task(task_id, instance, config, &ports);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.writer.push(bytes);
+                }
                 if !ports.is_empty() {
                     self.send(from, PeerMsg::PortsAssigned { task_id, ports });
                 }
@@ -719,8 +720,10 @@ impl Shard {
                 job_key,
             } => {
                 if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
-                    let bytes = self.encoder.kill_task(task_id, &job_key).to_vec();
-                    self.write_conn(conn, &bytes);
+                    let bytes = self.encoder.kill_task(task_id, &job_key);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.writer.push(bytes);
+                    }
                 }
             }
             PeerMsg::Release {
@@ -1362,7 +1365,7 @@ impl Shard {
     pub fn schedule(&mut self) -> usize {
         let mut placed = 0;
         let mut attempts = 0;
-        let mut failed_jobs: HashSet<JobIdx> = HashSet::new();
+        let mut failed_jobs: HashSet<JobIdx> = HashSet::default();
         let mut run = std::mem::take(&mut self.run_tasks);
         let mut agents = std::mem::take(&mut self.run_agents);
         while attempts < ROUND_PLACEMENTS_MAX {
