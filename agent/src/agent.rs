@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::process::{self, Exit};
+use crate::process::{self, Exit, Lifeline};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -103,6 +103,8 @@ pub(crate) struct Agent {
     backoff: Duration,
     /// Index (mod the address count) of the next scheduler address to try.
     next_address: usize,
+    /// Ends when the agent does; every task's guard then kills the task's process group.
+    lifeline: Lifeline,
 }
 
 fn now_ms() -> u64 {
@@ -125,9 +127,10 @@ fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
 }
 
 impl Agent {
-    pub fn new(config: Config) -> Agent {
+    pub fn new(config: Config) -> std::io::Result<Agent> {
         let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
-        Agent {
+        let lifeline = Lifeline::new()?;
+        Ok(Agent {
             config,
             tasks: HashMap::new(),
             running: 0,
@@ -139,7 +142,8 @@ impl Agent {
             writer: FrameWriter::new(),
             backoff: BACKOFF_MIN,
             next_address: 0,
-        }
+            lifeline,
+        })
     }
 
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -495,7 +499,7 @@ impl Agent {
             sandbox: String::new(),
         };
         self.report(status.clone());
-        match process::start(&self.config.work_dir, &launch) {
+        match process::start(&self.config.work_dir, &launch, &self.lifeline) {
             Ok(started) => {
                 tracing::info!(task = %launch.task_id, job = %status.job_key, instance = launch.instance,
                     pid = started.pgid, sandbox = %started.sandbox.display(), "task running");
@@ -507,6 +511,7 @@ impl Agent {
                     launch.task_id,
                     started.child,
                     started.pgid,
+                    started.guard,
                     kill_rx,
                     self.exits_tx.clone(),
                 ));

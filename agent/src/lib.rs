@@ -10,6 +10,10 @@
 //! - One task (future) owns all agent state; no locks. Children are spawned from the thread
 //!   that polls [`run_until`] (the runtime's own thread under [`run`]), because
 //!   `PR_SET_PDEATHSIG` fires when the spawning *thread* exits: tasks die with the agent.
+//! - `PR_SET_PDEATHSIG` reaches only the task's shell, so each task's process group also
+//!   holds a guard (`sh` reading the agent's never-written "lifeline" pipe) that kills the
+//!   whole group when the agent process dies and the pipe ends: background children and
+//!   grandchildren die with the agent too (see `process.rs`).
 //! - Each child has a small watcher task that waits for it, carries out the kill escalation
 //!   and reports the exit on a bounded channel.
 //! - Status updates are queued and flushed as one frame batch per event-loop turn.
@@ -90,7 +94,10 @@ pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> a
         schedulers = ?config.scheduler,
         "agent starting"
     );
-    agent::Agent::new(config).run(shutdown).await
+    agent::Agent::new(config)
+        .context("cannot create the agent's lifeline pipe")?
+        .run(shutdown)
+        .await
 }
 
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {

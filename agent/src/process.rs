@@ -1,8 +1,45 @@
-//! Task processes: the sandbox, the spawn (own process group, parent-death signal), the
-//! watcher that waits for the exit and carries out the kill escalation.
+//! Task processes: the sandbox, the spawn (own process group, parent-death signal, guard),
+//! the watcher that waits for the exit and carries out the kill escalation.
+//!
+//! # Why every task has a guard process
+//!
+//! A task must not outlive its agent: once the agent is gone the scheduler reschedules the
+//! instance elsewhere, and a survivor would make it run twice. `PR_SET_PDEATHSIG` only reaches
+//! the process the agent forked (the task's `sh`); whatever that shell started (`cmd &`,
+//! pipelines, daemons of the user's command) is re-parented to init and lives on. So next to
+//! each task the agent starts a *guard*: `/bin/sh -c 'trap "" <signals>; read line; kill -KILL
+//! 0'`, placed in the task's process group, with the read end of the agent's [`Lifeline`] pipe
+//! as its stdin. Only the agent holds the pipe's write end (close-on-exec, never written), so
+//! the kernel closes it exactly when the agent process dies, however it dies (SIGKILL, crash,
+//! OOM kill, or a clean exit); the guard's `read` then sees end-of-file and its `kill -KILL 0`
+//! kills every process of the task's group, itself included. Any other end of `read` (an
+//! error) ends the same way, so the guard fails closed.
+//!
+//! Why this shape rather than a supervisor between the agent and the user's command (a
+//! wrapper shell as the group leader, or a second fork in `pre_exec`):
+//! - The task's process tree is untouched: the agent's child is still the user's `sh`, the
+//!   leader of its group (`$$` is the group id), with the same stdin, environment, `wait`
+//!   semantics and exit status (the agent reads "exited with N" / "killed by signal N"
+//!   straight from it; no relaying, re-raising or encoding of signals through a wrapper, no
+//!   dash-specific trap/`wait` behaviour on the user's path).
+//! - The kill escalation is unchanged: the guard ignores SIGTERM (and the other signals a
+//!   task's group may be sent), so SIGTERM reaches the user's processes, they get their whole
+//!   `finalization_wait_secs`, and the final group SIGKILL takes the guard with them.
+//! - Nothing runs between fork and exec but the usual system calls (no extra fork in
+//!   `pre_exec` of a multithreaded process); the guard is an exec'd `sh` of a few hundred KiB,
+//!   not a copy-on-write copy of the agent's memory.
+//! - It does not rely on `PR_SET_PDEATHSIG`'s per-*thread* semantics or on the fork/prctl race:
+//!   a pipe's end-of-file follows the agent *process*, whenever it dies.
+//! - While the guard lives it keeps the group id in use, so the agent's own killpg after it
+//!   reaped the shell does not hit a recycled group: the guard is reaped only after that.
+//!
+//! The shell itself keeps `PR_SET_PDEATHSIG` (SIGKILL), belt and braces. What the guard cannot
+//! cover: a process that leaves the group on purpose (`setsid`, `setpgid`), and a task that
+//! stops or SIGKILLs its own guard (`kill -STOP 0`); both need cgroups (or a PID namespace).
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -13,11 +50,47 @@ use borealis_net::views::LaunchView;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 
+/// The guard's script (see the module documentation). It ignores the signals a task's group
+/// is sent (the agent's SIGTERM, a user's `kill 0`), waits for its stdin, the lifeline, to
+/// end, then kills its whole process group: the task's.
+const GUARD_SCRIPT: &str =
+    "trap '' HUP INT QUIT TERM USR1 USR2 ALRM PIPE TSTP; read line; kill -KILL 0";
+/// `$0` of the guard, what `ps` shows after the script.
+const GUARD_NAME: &str = "borealis-task-guard";
+
+/// A pipe whose write end only the agent holds: when the agent process dies, the kernel closes
+/// it and every task's guard reads end-of-file. Dropping it has the same effect, so it must
+/// live as long as the agent's tasks should.
+pub(crate) struct Lifeline {
+    read: OwnedFd,
+    /// Never written; held so the pipe ends when the agent does.
+    _write: OwnedFd,
+}
+
+impl Lifeline {
+    pub fn new() -> io::Result<Lifeline> {
+        let mut fds = [-1; 2];
+        // SAFETY: plain system call filling `fds`. Both ends are close-on-exec: no task, guard
+        // or other child of the agent keeps the write end past its exec.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Lifeline {
+            read,
+            _write: write,
+        })
+    }
+}
+
 /// A started task process.
 pub(crate) struct Started {
     pub child: Child,
     /// The child's pid, which is also its process group id.
     pub pgid: i32,
+    /// The task's guard, in the same process group.
+    pub guard: Child,
     pub sandbox: PathBuf,
 }
 
@@ -47,9 +120,14 @@ pub(crate) fn port_env_name(name: &str) -> String {
     format!("BOREALIS_PORT_{name}")
 }
 
-/// Creates the sandbox and spawns `sh -c <command>` in it. Must run on the agent's long-lived
-/// thread: the child gets SIGKILL when the thread that forked it exits.
-pub(crate) fn start(work_dir: &Path, launch: &LaunchView) -> Result<Started, String> {
+/// Creates the sandbox, spawns `sh -c <command>` in it, then the task's guard in its process
+/// group. Must run on the agent's long-lived thread: the child gets SIGKILL when the thread
+/// that forked it exits.
+pub(crate) fn start(
+    work_dir: &Path,
+    launch: &LaunchView,
+    lifeline: &Lifeline,
+) -> Result<Started, String> {
     let sandbox = sandbox_path(work_dir, launch);
     std::fs::create_dir_all(&sandbox)
         .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
@@ -111,11 +189,43 @@ pub(crate) fn start(work_dir: &Path, launch: &LaunchView) -> Result<Started, Str
         Some(pid) => pid as i32,
         None => return Err("the process exited before its pid was read".to_string()),
     };
+    // The shell has not been reaped (only its watcher, not started yet, waits for it), so its
+    // group exists for the guard to join even if the command already ended.
+    let guard = match start_guard(pgid, lifeline) {
+        Ok(guard) => guard,
+        Err(e) => {
+            // Without a guard the task could outlive the agent: do not run it.
+            signal_group(pgid, libc::SIGKILL);
+            let mut child = child;
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            return Err(format!("cannot start the task's guard: {e}"));
+        }
+    };
     Ok(Started {
         child,
         pgid,
+        guard,
         sandbox,
     })
+}
+
+/// Spawns the guard of the process group `pgid` (see the module documentation).
+fn start_guard(pgid: i32, lifeline: &Lifeline) -> io::Result<Child> {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(GUARD_SCRIPT)
+        .arg(GUARD_NAME)
+        .env_clear()
+        .current_dir("/")
+        .stdin(Stdio::from(lifeline.read.try_clone()?))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false)
+        .process_group(pgid);
+    command.spawn()
 }
 
 /// Sends `signal` to every process of the group; a group that is gone already is fine.
@@ -143,11 +253,13 @@ pub(crate) struct Exit {
 
 /// Waits for the task's process. When a kill request arrives (carrying the finalization
 /// wait), SIGTERMs the group, waits at most that long, then SIGKILLs it. Once the process is
-/// gone, SIGKILLs whatever is left of its group (background children) and reports the exit.
+/// gone, SIGKILLs whatever is left of its group (background children, the guard), reaps the
+/// guard and reports the exit.
 pub(crate) async fn watch(
     task_id: TaskId,
     mut child: Child,
     pgid: i32,
+    mut guard: Child,
     kill: oneshot::Receiver<Duration>,
     exits: mpsc::Sender<Exit>,
 ) {
@@ -168,7 +280,14 @@ pub(crate) async fn watch(
             }
         }
     };
+    // The guard is still in the group (it ignores everything but SIGKILL), so the group id
+    // cannot have been reused yet.
     signal_group(pgid, libc::SIGKILL);
+    // Unreaped, so its pid is still ours; SIGKILL also covers a guard a user stopped.
+    let _ = guard.start_kill();
+    if let Err(e) = guard.wait().await {
+        tracing::warn!(task = %task_id, pgid, error = %e, "cannot reap the task's guard");
+    }
     let _ = exits
         .send(Exit {
             task_id,

@@ -442,6 +442,108 @@ async fn kill_terms_then_kills_after_the_finalization_wait() {
     harness.stop().await;
 }
 
+/// A process of a group: what the checks need of its `/proc/<pid>/stat` and `cmdline`.
+#[derive(Debug)]
+struct Member {
+    state: char,
+    ppid: i32,
+    cmdline: String,
+}
+
+/// The processes (zombies included) in process group `pgid`.
+fn group_members(pgid: i32) -> Vec<Member> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if entry.file_name().to_string_lossy().parse::<i32>().is_err() {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid pgrp ...
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split(' ').collect();
+        if fields.get(2).and_then(|g| g.parse().ok()) == Some(pgid) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            members.push(Member {
+                state: fields[0].chars().next().unwrap_or('?'),
+                ppid: fields[1].parse().unwrap_or(0),
+                cmdline: String::from_utf8_lossy(&cmdline).replace('\0', " "),
+            });
+        }
+    }
+    members
+}
+
+/// Once a task's end is reported: no child of the agent (this process) is left in its group,
+/// so the shell and its guard were reaped, and the rest of the group dies (orphans killed by
+/// the group SIGKILL stay zombies until init reaps them; they do not count).
+async fn group_is_gone(pgid: i32) {
+    let ours = std::process::id() as i32;
+    let members = group_members(pgid);
+    assert!(
+        !members.iter().any(|m| m.ppid == ours),
+        "group {pgid} still holds children of the agent: {members:?}"
+    );
+    timeout(Duration::from_secs(5), async {
+        while group_members(pgid).iter().any(|m| m.state != 'Z') {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("group {pgid} lives on: {:?}", group_members(pgid)));
+}
+
+#[tokio::test]
+async fn a_task_group_has_a_guard_until_the_task_ends() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    // Ends by itself: by the time its end is reported, nothing of its group is left (the
+    // guard was killed and reaped).
+    conn.launch(0x81, 0, "echo $$ > pid; sleep 30 & exit 0", 1, &[])
+        .await;
+    let running = conn.status(0x81, TaskState::Running).await;
+    conn.status(0x81, TaskState::Finished).await;
+    let pgid: i32 = read(Path::new(&running.sandbox).join("pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    group_is_gone(pgid).await;
+
+    // Killed: while it runs its group holds the guard, which ignores the SIGTERM of a kill
+    // (and of a user's `kill 0`) and goes with the final SIGKILL.
+    conn.launch(
+        0x82,
+        0,
+        "trap 'echo term > got' TERM; kill -TERM 0; echo $$ > pid; exec sleep 30",
+        1,
+        &[],
+    )
+    .await;
+    let running = conn.status(0x82, TaskState::Running).await;
+    let pid_file = Path::new(&running.sandbox).join("pid");
+    wait_for_file(&pid_file).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pgid: i32 = read(&pid_file).trim().parse().unwrap();
+    assert_eq!(read(Path::new(&running.sandbox).join("got")), "term\n");
+    let members = group_members(pgid);
+    assert!(
+        members
+            .iter()
+            .any(|m| m.state != 'Z' && m.cmdline.contains("borealis-task-guard")),
+        "{members:?}"
+    );
+    conn.kill(0x82).await;
+    let killed = conn.status(0x82, TaskState::Killed).await;
+    assert_eq!(killed.message, "killed by signal 15");
+    group_is_gone(pgid).await;
+    harness.stop().await;
+}
+
 #[tokio::test]
 async fn reconnects_and_reregisters_with_running_and_ended_tasks() {
     let mut harness = Harness::start().await;
@@ -693,9 +795,15 @@ fn process_running(pid: i32) -> bool {
     }
 }
 
-/// Starts an agent process, has it run `sleep`, then sends the agent `signal`; the task must
-/// die too. Returns the agent's exit status.
-async fn task_dies_with_agent_process(signal: libc::c_int) -> std::process::ExitStatus {
+/// Starts an agent process, has it run `command` (which writes `pid` and the pid files named
+/// in `pid_files` in its sandbox), then sends the agent `signal`; the task and every process
+/// named in a pid file must die within `within`. Returns the agent's exit status.
+async fn task_dies_with_agent_process(
+    signal: libc::c_int,
+    command: &str,
+    pid_files: &[&str],
+    within: Duration,
+) -> std::process::ExitStatus {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let work_dir = tempfile::tempdir().unwrap();
     let mut agent = tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -716,35 +824,73 @@ async fn task_dies_with_agent_process(signal: libc::c_int) -> std::process::Exit
         .unwrap();
     let mut conn = Conn::accept(&listener).await;
     conn.registration().await;
-    conn.launch(0x91, 0, "echo $$ > pid; exec sleep 30", 30, &[])
-        .await;
+    conn.launch(0x91, 0, command, 30, &[]).await;
     let running = conn.status(0x91, TaskState::Running).await;
-    let pid_file = Path::new(&running.sandbox).join("pid");
-    wait_for_file(&pid_file).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let pid: i32 = read(&pid_file).trim().parse().unwrap();
-    assert!(process_running(pid));
+    let sandbox = PathBuf::from(&running.sandbox);
+    let mut pids = Vec::new();
+    for name in std::iter::once(&"pid").chain(pid_files) {
+        let pid_file = sandbox.join(name);
+        wait_for_file(&pid_file).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let pid: i32 = read(&pid_file).trim().parse().unwrap();
+        assert!(process_running(pid), "{name}: {pid} is not running");
+        pids.push((name, KillOnDrop(pid)));
+    }
     // SAFETY: plain system call on our own child.
     unsafe { libc::kill(agent.id().unwrap() as i32, signal) };
     let status = timeout(STEP, agent.wait()).await.unwrap().unwrap();
-    timeout(STEP, async {
-        while process_running(pid) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the task outlived its agent process");
+    for (name, pid) in &pids {
+        timeout(within, async {
+            while process_running(pid.0) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: {} outlived its agent process by {within:?}", pid.0));
+    }
     status
+}
+
+/// SIGKILLs a process a failed test left behind (a no-op once it is gone).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if process_running(self.0) {
+            // SAFETY: plain system call.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
 }
 
 #[tokio::test]
 async fn tasks_die_when_the_agent_process_is_killed() {
-    let status = task_dies_with_agent_process(libc::SIGKILL).await;
+    let status =
+        task_dies_with_agent_process(libc::SIGKILL, "echo $$ > pid; exec sleep 30", &[], STEP)
+            .await;
     assert!(!status.success());
 }
 
 #[tokio::test]
 async fn the_agent_process_stops_cleanly_on_sigterm() {
-    let status = task_dies_with_agent_process(libc::SIGTERM).await;
+    let status =
+        task_dies_with_agent_process(libc::SIGTERM, "echo $$ > pid; exec sleep 30", &[], STEP)
+            .await;
     assert!(status.success(), "{status}");
+}
+
+#[tokio::test]
+async fn the_whole_task_process_tree_dies_when_the_agent_process_is_killed() {
+    // Only the shell is the agent's child: its background child, and a grandchild started by
+    // a subshell that ignores SIGTERM and SIGHUP, must die too, within a few seconds.
+    let status = task_dies_with_agent_process(
+        libc::SIGKILL,
+        "sleep 30 & echo $! > child; \
+         ( trap '' TERM HUP; sleep 30 & echo $! > grandchild; wait ) & \
+         echo $$ > pid; wait",
+        &["child", "grandchild"],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!status.success());
 }
