@@ -225,8 +225,35 @@ fn start_guard(pgid: i32, lifeline: &Lifeline) -> io::Result<Child> {
         .stderr(Stdio::null())
         .kill_on_drop(false)
         .process_group(pgid);
+    // Ignore the group's signals from the moment of the fork, not only once the script's
+    // `trap` has run: a task that signals its group (`kill -TERM 0`) right as it starts would
+    // otherwise kill its guard first. Ignored dispositions survive exec.
+    // SAFETY: only `signal`, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in GUARD_IGNORED_SIGNALS {
+                if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     command.spawn()
 }
+
+/// The signals the guard ignores (the same as its script's `trap`).
+const GUARD_IGNORED_SIGNALS: [libc::c_int; 9] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGPIPE,
+    libc::SIGTSTP,
+];
 
 /// Sends `signal` to every process of the group; a group that is gone already is fine.
 pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {

@@ -18,8 +18,8 @@ use borealis_net::views::{
 };
 use borealis_net::{wire, Encoder, FrameWriter};
 use bytes::Bytes;
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use glommio::channels::local_channel::LocalSender;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
 use crate::msg::*;
