@@ -78,8 +78,12 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         .spawn(move || borealis_agent::run(agent))?
         .join()
         .map_err(|_| anyhow::anyhow!("the agent thread panicked"))?;
+    // The agent returns when SIGINT or SIGTERM arrives (it installed the handlers): the whole
+    // process stops then; the shards end with it.
     result?;
-    scheduler.wait()
+    drop(scheduler);
+    println!("Borealis stopped.");
+    Ok(())
 }
 
 /// Creates the job, waits (bounded) until every instance has ended, prints the status.
