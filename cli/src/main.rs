@@ -81,6 +81,12 @@ pub struct SchedulerArgs {
     /// Maximum number of terminated tasks to retain in a job history.
     #[arg(long, default_value_t = 100)]
     pub history_max_per_job_threshold: usize,
+    /// Time after which the scheduler will prune terminated task history.
+    #[arg(long, default_value = "2days", value_parser = parse_duration)]
+    pub history_prune_threshold: Duration,
+    /// Minimum guaranteed time for task history retention before any pruning is attempted.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub history_min_retention_threshold: Duration,
     /// The amount of time after which to treat a task stuck in a transient state as LOST.
     #[arg(long, default_value = "5min", value_parser = parse_duration)]
     pub transient_task_state_timeout: Duration,
@@ -130,6 +136,8 @@ impl SchedulerArgs {
             cluster_name: self.cluster_name.clone(),
             max_tasks_per_job: self.max_tasks_per_job,
             history_max_per_job: self.history_max_per_job_threshold,
+            history_prune_threshold_ms: ms(self.history_prune_threshold),
+            history_min_retention_ms: ms(self.history_min_retention_threshold),
             lifecycle,
             epoch,
             io_memory_bytes: self.io_memory_kib * 1024,
@@ -146,10 +154,30 @@ fn init_logging() {
         .try_init();
 }
 
+/// Raises the open-file limit to its hard maximum: a scheduler holds a socket per agent.
+fn raise_open_file_limit() {
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = limit.rlim_max;
+            limit.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!("cannot raise the open-file limit to {wanted}");
+            }
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Scheduler(args) => {
             init_logging();
+            raise_open_file_limit();
             let scheduler = borealis_shards::start(args.to_config())?;
             http::serve(args.ip, args.http_port, scheduler.metrics.clone())?;
             scheduler.wait()
@@ -161,6 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
         Command::Up(args) => {
             init_logging();
+            raise_open_file_limit();
             up::run(*args)
         }
     }

@@ -40,9 +40,10 @@ impl Default for FrameWriter {
 }
 
 impl FrameWriter {
+    /// Allocates nothing until the first message: an idle connection costs no buffer.
     pub fn new() -> FrameWriter {
         FrameWriter {
-            buf: Vec::with_capacity(64 * 1024),
+            buf: Vec::new(),
             frame_start: 0,
             messages: 0,
         }
@@ -114,7 +115,7 @@ impl FrameWriter {
     /// Closes the open frame and hands the bytes over (for an owned write buffer).
     pub fn take(&mut self) -> Vec<u8> {
         self.close_frame();
-        std::mem::replace(&mut self.buf, Vec::with_capacity(64 * 1024))
+        std::mem::take(&mut self.buf)
     }
 
     pub fn clear(&mut self) {
@@ -129,12 +130,40 @@ impl FrameWriter {
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
     buf: BytesMut,
+    /// Length of the buffered data while a `spare` slice is out.
+    filled: usize,
 }
 
 impl FrameDecoder {
     pub fn new() -> FrameDecoder {
         FrameDecoder {
-            buf: BytesMut::with_capacity(64 * 1024),
+            buf: BytesMut::new(),
+            filled: 0,
+        }
+    }
+
+    /// A zeroed slice of at least `min` bytes to read socket data into; call
+    /// [`FrameDecoder::commit`] with the count read. Reading straight into the decoder saves a
+    /// per-connection read buffer and a copy.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        self.filled = self.buf.len();
+        self.buf.resize(self.filled + min, 0);
+        &mut self.buf[self.filled..]
+    }
+
+    /// Keeps the first `n` bytes of the last [`FrameDecoder::spare`] slice.
+    pub fn commit(&mut self, n: usize) {
+        assert!(
+            self.filled + n <= self.buf.len(),
+            "commit past the spare slice"
+        );
+        self.buf.truncate(self.filled + n);
+    }
+
+    /// Releases the buffer's memory when it holds nothing (an idle connection keeps none).
+    pub fn shrink_if_empty(&mut self, keep_bytes: usize) {
+        if self.buf.is_empty() && self.buf.capacity() > keep_bytes {
+            self.buf = BytesMut::new();
         }
     }
 

@@ -13,10 +13,14 @@ use glommio::net::{TcpListener, TcpStream};
 
 use crate::msg::{ConnId, Inbound};
 
-/// Outbound batches queued per connection before the shard stops writing to it.
-pub const CONN_OUT_QUEUE_MAX: usize = 1024;
-/// Socket read size.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Outbound batches queued per connection; while it is full the shard keeps accumulating
+/// into the connection's frame writer (up to `shard::CONN_PENDING_BYTES_MAX`).
+pub const CONN_OUT_QUEUE_MAX: usize = 16;
+/// Socket read sizes: small for idle connections, growing while reads fill the buffer.
+const READ_BYTES_MIN: usize = 4 * 1024;
+const READ_BYTES_MAX: usize = 256 * 1024;
+/// Most bytes one write coalesces from queued batches.
+const WRITE_COALESCE_BYTES_MAX: usize = 4 << 20;
 
 pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>>) {
     let mut next_conn: ConnId = 1;
@@ -59,17 +63,15 @@ async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSend
     }
     // Writer: drains outbound batches, coalescing whatever is queued into one write.
     let writer = glommio::spawn_local(async move {
-        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
-        while let Some(first) = out_rx.recv().await {
-            buf.clear();
-            buf.extend_from_slice(&first);
-            while let Some(Some(more)) = futures_lite::future::poll_once(out_rx.recv()).await {
-                buf.extend_from_slice(&more);
-                if buf.len() > 4 << 20 {
-                    break;
+        while let Some(mut batch) = out_rx.recv().await {
+            // Coalesce whatever else is queued into the first batch: one write.
+            while batch.len() < WRITE_COALESCE_BYTES_MAX {
+                match futures_lite::future::poll_once(out_rx.recv()).await {
+                    Some(Some(more)) => batch.extend_from_slice(&more),
+                    _ => break,
                 }
             }
-            if write_half.write_all(&buf).await.is_err() {
+            if write_half.write_all(&batch).await.is_err() {
                 break;
             }
         }
@@ -102,14 +104,22 @@ async fn read_frames(
     inbound: &LocalSender<Inbound>,
 ) -> Ended {
     let mut decoder = FrameDecoder::new();
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut read_bytes = READ_BYTES_MIN;
     loop {
-        let n = match stream.read(&mut chunk).await {
+        let n = match stream.read(decoder.spare(read_bytes)).await {
             Ok(0) => return Ended::Closed("peer closed the connection".into()),
             Ok(n) => n,
             Err(e) => return Ended::Closed(format!("read error: {e}")),
         };
-        decoder.extend(&chunk[..n]);
+        decoder.commit(n);
+        // Busy connections read big, idle ones small.
+        read_bytes = if n == read_bytes {
+            (read_bytes * 2).min(READ_BYTES_MAX)
+        } else if n < read_bytes / 4 {
+            (read_bytes / 2).max(READ_BYTES_MIN)
+        } else {
+            read_bytes
+        };
         let mut messages = Vec::new();
         loop {
             match decoder.next_frame() {
@@ -128,6 +138,7 @@ async fn read_frames(
                 Err(e) => return Ended::Protocol(format!("bad frame: {e}")),
             }
         }
+        decoder.shrink_if_empty(2 * READ_BYTES_MIN);
         if !messages.is_empty()
             && inbound
                 .send(Inbound::ConnMessages { conn, messages })

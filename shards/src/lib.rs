@@ -45,6 +45,11 @@ pub struct SchedulerConfig {
     pub cluster_name: String,
     pub max_tasks_per_job: u32,
     pub history_max_per_job: usize,
+    /// Terminal tasks older than this are pruned (Aurora: `history_prune_threshold`).
+    pub history_prune_threshold_ms: u64,
+    /// Per-job pruning spares terminal tasks younger than this
+    /// (Aurora: `history_min_retention_threshold`).
+    pub history_min_retention_ms: u64,
     pub lifecycle: borealis_core::lifecycle::LifecyclePolicy,
     /// Mixed into task ids so ids of different scheduler runs never collide.
     pub epoch: u32,

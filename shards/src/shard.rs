@@ -30,12 +30,16 @@ use crate::SchedulerConfig;
 pub const ROUND_INBOUND_MAX: usize = 256;
 /// Placements attempted per round; the rest wait for the next round.
 pub const ROUND_PLACEMENTS_MAX: usize = 16_384;
+/// Blocked tasks put back into the queue per round after offers changed.
+const BLOCKED_RETRY_MAX: usize = 4096;
 /// Tasks of one job placed as one batch.
 const PLACEMENT_BATCH_MAX: usize = 4096;
 /// Offers lent per `Borrow`.
 const LEND_OFFERS_MAX: usize = 64;
 /// How often blocked pending tasks are retried when nothing else changed.
 const BLOCKED_RETRY: Duration = Duration::from_millis(500);
+/// Output a connection may have pending before it is dropped as not reading.
+const CONN_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Agents that send nothing (not even a heartbeat) for this long are disconnected.
 const AGENT_SILENCE_MAX: Duration = Duration::from_secs(30);
 /// How often tasks stuck in transient states and silent agents are looked for.
@@ -46,6 +50,60 @@ const BORROW_BACKOFF: Duration = Duration::from_millis(200);
 const _: () = assert!(ROUND_INBOUND_MAX <= crate::INBOUND_QUEUE_MAX);
 
 type JobIdx = usize;
+
+/// Jobs in stable slots: a task keeps its job's index for life, and removing a job touches no
+/// other job or task.
+#[derive(Default)]
+struct JobSlab {
+    slots: Vec<Option<Job>>,
+    vacant: Vec<JobIdx>,
+    len: usize,
+}
+
+impl JobSlab {
+    fn insert(&mut self, job: Job) -> JobIdx {
+        self.len += 1;
+        match self.vacant.pop() {
+            Some(idx) => {
+                debug_assert!(self.slots[idx].is_none());
+                self.slots[idx] = Some(job);
+                idx
+            }
+            None => {
+                self.slots.push(Some(job));
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, idx: JobIdx) -> Job {
+        let job = self.slots[idx].take().expect("removing a live job");
+        self.vacant.push(idx);
+        self.len -= 1;
+        job
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Job> {
+        self.slots.iter().flatten()
+    }
+}
+
+impl std::ops::Index<JobIdx> for JobSlab {
+    type Output = Job;
+    fn index(&self, idx: JobIdx) -> &Job {
+        self.slots[idx].as_ref().expect("live job")
+    }
+}
+
+impl std::ops::IndexMut<JobIdx> for JobSlab {
+    fn index_mut(&mut self, idx: JobIdx) -> &mut Job {
+        self.slots[idx].as_mut().expect("live job")
+    }
+}
 
 /// An agent's name (its `agent_id`) and hostname.
 #[derive(Debug)]
@@ -133,12 +191,17 @@ pub struct Shard {
     ids: TaskIdGen,
     next_agent: u32,
 
-    jobs: Vec<Job>,
+    jobs: JobSlab,
     job_index: HashMap<JobKey, JobIdx>,
     tasks: HashMap<TaskId, Task>,
     tasks_by_agent: HashMap<AgentId, HashSet<TaskId>>,
     pending: VecDeque<TaskId>,
-    blocked: Vec<TaskId>,
+    /// Pending tasks that fit no offer this shard held when last tried, oldest first.
+    blocked: VecDeque<TaskId>,
+    /// Offers changed (new agent, release, return, loan): blocked tasks deserve a retry.
+    offers_changed: bool,
+    /// Terminal tasks in the order they ended, for pruning by age.
+    ended: VecDeque<(u64, TaskId)>,
     throttled: BTreeMap<(u64, TaskId), ()>,
     last_blocked_retry: Instant,
 
@@ -190,12 +253,14 @@ impl Shard {
             started: Instant::now(),
             encoder: Encoder::new(),
             next_agent: 1,
-            jobs: Vec::new(),
+            jobs: JobSlab::default(),
             job_index: HashMap::default(),
             tasks: HashMap::default(),
             tasks_by_agent: HashMap::default(),
             pending: VecDeque::new(),
-            blocked: Vec::new(),
+            blocked: VecDeque::new(),
+            offers_changed: false,
+            ended: VecDeque::new(),
             throttled: BTreeMap::new(),
             last_blocked_retry: Instant::now(),
             index: PlacementIndex::new(),
@@ -925,9 +990,8 @@ impl Shard {
         }
         let compiled = self.index.compile(&config);
         let spread = JobSpread::new(&compiled);
-        let job = self.jobs.len();
         let key_text: Arc<str> = key.to_string().into();
-        self.jobs.push(Job {
+        let job = self.jobs.insert(Job {
             key: key.clone(),
             key_text,
             config: Arc::new(config),
@@ -945,7 +1009,7 @@ impl Shard {
         Ok(Vec::new())
     }
 
-    /// Forgets a job whose tasks have all ended (the slot is reused by swap-remove).
+    /// Forgets a job whose tasks have all ended.
     fn drop_job(&mut self, job: JobIdx) {
         let removed_key = self.jobs[job].key.clone();
         let ids: Vec<TaskId> = self.jobs[job]
@@ -962,17 +1026,7 @@ impl Shard {
             }
         }
         self.job_index.remove(&removed_key);
-        let last = self.jobs.len() - 1;
-        self.jobs.swap_remove(job);
-        if job != last {
-            let moved_key = self.jobs[job].key.clone();
-            self.job_index.insert(moved_key, job);
-            for t in self.tasks.values_mut() {
-                if t.job == last {
-                    t.job = job;
-                }
-            }
-        }
+        self.jobs.remove(job);
     }
 
     fn new_task(&mut self, job: JobIdx, instance: u32, failure_count: u32, flaps: u32) -> TaskId {
@@ -1333,12 +1387,8 @@ impl Shard {
         if j.current[instance as usize] == Some(task_id) {
             j.current[instance as usize] = None;
         }
-        while j.history.len() > self.config.history_max_per_job {
-            let old = j.history.pop_front().expect("non-empty");
-            if let Some(old) = self.tasks.remove(&old) {
-                self.state_counts[old.state as usize] -= 1;
-            }
-        }
+        self.ended.push_back((now, task_id));
+        self.prune_history_over_max(job, now);
         if let Some((delay_ms, flaps)) = decision {
             let id = self.new_task(job, instance, failure_count, flaps);
             if delay_ms == 0 {
@@ -1353,12 +1403,63 @@ impl Shard {
         }
     }
 
+    /// Aurora's `history_max_per_job_threshold`: a job keeps at most that many terminal tasks,
+    /// except those younger than `history_min_retention_threshold`.
+    fn prune_history_over_max(&mut self, job: JobIdx, now: u64) {
+        let min_retention_us = self.config.history_min_retention_ms * 1000;
+        while self.jobs[job].history.len() > self.config.history_max_per_job {
+            let oldest = *self.jobs[job].history.front().expect("non-empty");
+            let ended_us = self.tasks.get(&oldest).map_or(0, |t| t.entered_us);
+            if ended_us + min_retention_us > now {
+                break;
+            }
+            self.jobs[job].history.pop_front();
+            self.forget_task(oldest);
+        }
+    }
+
+    fn forget_task(&mut self, task_id: TaskId) {
+        if let Some(t) = self.tasks.remove(&task_id) {
+            debug_assert!(
+                t.state.is_terminal(),
+                "forgetting live task {task_id} in {}",
+                t.state
+            );
+            self.state_counts[t.state as usize] -= 1;
+        }
+    }
+
+    /// Aurora's `history_prune_threshold`: terminal tasks older than it are forgotten, and a
+    /// job with no task left (live or ended) goes with them.
+    fn prune_expired_history(&mut self, now: u64) {
+        let threshold_us = self.config.history_prune_threshold_ms * 1000;
+        while let Some(&(ended_us, task_id)) = self.ended.front() {
+            if ended_us + threshold_us > now {
+                break;
+            }
+            self.ended.pop_front();
+            let Some(job) = self.tasks.get(&task_id).map(|t| t.job) else {
+                continue; // pruned already (over the per-job maximum, or its job replaced)
+            };
+            // A job's history is in end order, so an expiring task is at its front.
+            if self.jobs[job].history.front() != Some(&task_id) {
+                continue;
+            }
+            self.jobs[job].history.pop_front();
+            self.forget_task(task_id);
+            let j = &self.jobs[job];
+            if j.history.is_empty() && j.current.iter().all(Option::is_none) {
+                tracing::debug!(job = %j.key, "every task of the job ended and was pruned");
+                self.drop_job(job);
+            }
+        }
+    }
+
     // ------------------------------------------------------------------ placement
 
+    /// Notes that offers changed; `schedule` then retries a bounded number of blocked tasks.
     fn retry_blocked(&mut self) {
-        if !self.blocked.is_empty() {
-            self.pending.extend(self.blocked.drain(..));
-        }
+        self.offers_changed = true;
     }
 
     /// Places pending tasks against the offers this shard owns. Returns how many were placed.
@@ -1366,6 +1467,13 @@ impl Shard {
         let mut placed = 0;
         let mut attempts = 0;
         let mut failed_jobs: HashSet<JobIdx> = HashSet::default();
+        if std::mem::take(&mut self.offers_changed) {
+            // Blocked tasks are the oldest: they go first, a bounded number per round.
+            let n = self.blocked.len().min(BLOCKED_RETRY_MAX);
+            for id in self.blocked.drain(..n).rev() {
+                self.pending.push_front(id);
+            }
+        }
         let mut run = std::mem::take(&mut self.run_tasks);
         let mut agents = std::mem::take(&mut self.run_agents);
         while attempts < ROUND_PLACEMENTS_MAX {
@@ -1397,7 +1505,7 @@ impl Shard {
             };
             attempts += run.len();
             if failed_jobs.contains(&job) {
-                self.blocked.extend_from_slice(&run);
+                self.blocked.extend(run.iter().copied());
                 continue;
             }
             agents.clear();
@@ -1412,7 +1520,7 @@ impl Shard {
             placed += n;
             if n < run.len() {
                 failed_jobs.insert(job);
-                self.blocked.extend_from_slice(&run[n..]);
+                self.blocked.extend(run[n..].iter().copied());
             }
         }
         self.run_tasks = run;
@@ -1431,7 +1539,7 @@ impl Shard {
             && !self.borrow_outstanding
             && Instant::now() >= self.next_borrow_at
         {
-            if let Some(t) = self.blocked.first().and_then(|id| self.tasks.get(id)) {
+            if let Some(t) = self.blocked.front().and_then(|id| self.tasks.get(id)) {
                 let demand = self.jobs[t.job].config.resources;
                 self.borrow_outstanding = true;
                 let lender = if self.next_lender == self.id {
@@ -1514,6 +1622,7 @@ impl Shard {
         if self.last_sweep.elapsed() >= SWEEP_INTERVAL {
             self.last_sweep = Instant::now();
             self.check_transient_timeouts(now);
+            self.prune_expired_history(now);
             self.check_silent_agents();
         }
     }
@@ -1568,13 +1677,20 @@ impl Shard {
             if c.writer.is_empty() {
                 continue;
             }
+            if c.out.is_full() {
+                // The writer is behind: keep accumulating here, within a bound.
+                if c.writer.len_bytes() > CONN_PENDING_BYTES_MAX {
+                    dead.push(*id);
+                }
+                continue;
+            }
             let bytes = c.writer.take();
             if c.out.try_send(bytes).is_err() {
                 dead.push(*id);
             }
         }
         for conn in dead {
-            self.protocol_error(conn, "peer is not reading (outbound queue full)");
+            self.protocol_error(conn, "peer is not reading (too much output pending)");
         }
     }
 
