@@ -189,9 +189,14 @@ async fn run_shard(
         // Begin: wait for input unless work is already pending.
         if !shard.has_pending() {
             match in_rx.recv().await {
-                Some(item) => shard.handle(item),
+                Some(item) => {
+                    shard.begin_round();
+                    shard.handle(item)
+                }
                 None => break,
             }
+        } else {
+            shard.begin_round();
         }
         let round_start = std::time::Instant::now();
         // Handle: drain a bounded batch.

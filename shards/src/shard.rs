@@ -222,6 +222,8 @@ pub struct Shard {
 
     conns: HashMap<ConnId, Conn>,
     metrics: Arc<Metrics>,
+    /// The clock at the start of the current round (see `begin_round`).
+    now_us: u64,
     /// Tasks per state (the `borealis_tasks` gauge).
     state_counts: [u64; TaskState::COUNT],
     /// Home agents whose offers are lent out.
@@ -236,6 +238,13 @@ pub struct Shard {
 /// Microseconds since the shard started: the shard's clock for task timing.
 fn now_us(started: Instant) -> u64 {
     started.elapsed().as_micros() as u64
+}
+
+impl Shard {
+    /// Reads the clock once per round: every event of a round carries the round's time.
+    pub fn begin_round(&mut self) {
+        self.now_us = now_us(self.started);
+    }
 }
 
 impl Shard {
@@ -275,6 +284,7 @@ impl Shard {
             next_lender: (id + 1) % shard_count.max(1),
             conns: HashMap::default(),
             metrics,
+            now_us: 0,
             state_counts: [0; TaskState::COUNT],
             lent_out: 0,
             run_tasks: Vec::new(),
@@ -1031,7 +1041,7 @@ impl Shard {
 
     fn new_task(&mut self, job: JobIdx, instance: u32, failure_count: u32, flaps: u32) -> TaskId {
         let id = self.ids.next_id();
-        let now = now_us(self.started);
+        let now = self.now_us;
         self.tasks.insert(
             id,
             Task {
@@ -1251,7 +1261,8 @@ impl Shard {
         }
         if reported.is_terminal() {
             t.exit_code = exit_code;
-            t.message = message.to_string();
+            t.message.clear();
+            t.message.push_str(message);
         }
         let resources = self.jobs[t.job].config.resources;
         let ports: Vec<u16> = t.ports.iter().map(|(_, p)| *p).collect();
@@ -1271,7 +1282,7 @@ impl Shard {
     /// Moves a task to `next` (when legal) and applies the consequences: resources, kills,
     /// rescheduling.
     fn transition(&mut self, task_id: TaskId, next: TaskState, why: &str) {
-        let now = now_us(self.started);
+        let now = self.now_us;
         let Some(t) = self.tasks.get_mut(&task_id) else {
             return;
         };
@@ -1282,8 +1293,10 @@ impl Shard {
         }
         t.state = next;
         t.entered_us = now;
-        if t.message.is_empty() || !next.is_terminal() {
-            t.message = why.to_string();
+        if (t.message.is_empty() || !next.is_terminal()) && t.message != why {
+            // Reuses the string's buffer: no allocation per transition.
+            t.message.clear();
+            t.message.push_str(why);
         }
         if next == TaskState::Running {
             t.running_since_us = Some(now);
@@ -1556,7 +1569,7 @@ impl Shard {
     /// Applies a placement the index made (it already consumed the resources and counted
     /// the agent in the job's spread): ASSIGNED, then the launch goes to the agent's home.
     fn assign(&mut self, task_id: TaskId, agent: AgentId) {
-        let now = now_us(self.started);
+        let now = self.now_us;
         let t = self.tasks.get_mut(&task_id).expect("pending task");
         debug_assert!(t.state.can_transition_to(TaskState::Assigned));
         t.state = TaskState::Assigned;
@@ -1595,7 +1608,7 @@ impl Shard {
     // ------------------------------------------------------------------ timers
 
     fn tick(&mut self) {
-        let now = now_us(self.started);
+        let now = self.now_us;
         // Throttled tasks whose penalty expired become PENDING.
         let due: Vec<(u64, TaskId)> = self
             .throttled
