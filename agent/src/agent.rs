@@ -1,7 +1,31 @@
 //! The agent's event loop: the scheduler connection (register, reconnect with backoff), the
 //! task table, launches, kills, reconciliation and batched status updates.
+//!
+//! # Status acknowledgements
+//!
+//! A task's terminal status (FINISHED, FAILED, KILLED, LOST) counts as delivered only once the
+//! scheduler acknowledges it with a `StatusAck` naming that task *and that terminal state*,
+//! which it sends after recording the status durably. Writing a status to the socket proves
+//! nothing: the scheduler may crash before its write-ahead log has it. Until then the task is
+//! *unacknowledged* and stays in the task table, and every registration (each (re)connect)
+//! carries its terminal status again, like every running task's. That is the only resend:
+//! on one connection the scheduler reads the statuses in order, so it either acknowledges
+//! them or the connection breaks and the next registration repeats them. A scheduler must
+//! therefore acknowledge every terminal status it has processed (also one it chose to ignore),
+//! or the agent keeps re-reporting it until the bound below drops it.
+//!
+//! - STARTING and RUNNING need no acknowledgement: a live task is re-reported in every
+//!   registration anyway. An ack for them, for a state the task is not (or not yet) in, or for
+//!   a task the agent does not know is ignored: an early RUNNING ack cannot cancel a later end.
+//! - Acknowledged terminal tasks move to the bounded history ([`TERMINAL_HISTORY_MAX`]) that
+//!   answers reconciliation, oldest evicted first.
+//! - At most [`UNACKED_TERMINAL_MAX`] terminal statuses wait for their ack. Beyond that the
+//!   oldest (by when the task ended) is given up with a warning: it is no longer re-reported
+//!   at registration and moves to the history, where reconciliation still finds it until it is
+//!   evicted. This bounds the memory of an agent whose scheduler never acknowledges (an older
+//!   scheduler without a write-ahead log).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,8 +49,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A batch not written within this long means the scheduler stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-/// Terminal tasks kept (after their end was sent) to answer reconciliation.
+/// Acknowledged terminal tasks kept to answer reconciliation.
 const TERMINAL_HISTORY_MAX: usize = 10_000;
+/// Terminal statuses waiting for the scheduler's acknowledgement; beyond it the oldest is given
+/// up (see the module documentation).
+const UNACKED_TERMINAL_MAX: usize = 100_000;
 /// Most task processes alive at once; launches beyond it fail.
 const RUNNING_TASKS_MAX: usize = 100_000;
 /// Queued status updates that force a flush in the middle of a turn.
@@ -84,16 +111,34 @@ struct Task {
     /// While the process runs and no kill was requested: the watcher's kill trigger.
     kill: Option<oneshot::Sender<Duration>>,
     finalization_wait: Duration,
-    /// The terminal status was written to a scheduler connection.
-    delivered: bool,
+    /// While the terminal status waits for the scheduler's acknowledgement: its key in
+    /// [`Agent::unacked`]. None while the task runs, and once acknowledged (or given up).
+    unacked: Option<u64>,
+}
+
+impl Task {
+    /// Whether a registration must carry this task's status: it runs, or its end is not
+    /// acknowledged yet.
+    fn needs_report(&self) -> bool {
+        !self.status.state.is_terminal() || self.unacked.is_some()
+    }
 }
 
 pub(crate) struct Agent {
     config: Config,
     tasks: HashMap<TaskId, Task>,
     running: usize,
-    /// Delivered terminal tasks, oldest first; evicted beyond [`TERMINAL_HISTORY_MAX`].
+    /// Terminal tasks whose end the scheduler has not acknowledged, by the order they ended
+    /// (key: a sequence number, also kept in [`Task::unacked`]).
+    unacked: BTreeMap<u64, TaskId>,
+    next_unacked_key: u64,
+    /// Unacknowledged ends given up so far (for the warning).
+    unacked_dropped: u64,
+    /// Acknowledged (or given up) terminal tasks, oldest first; evicted beyond `history_max`.
     history: VecDeque<TaskId>,
+    /// [`UNACKED_TERMINAL_MAX`] and [`TERMINAL_HISTORY_MAX`], lowered by unit tests.
+    unacked_max: usize,
+    history_max: usize,
     /// Status updates to send at the end of this turn.
     outbox: Vec<TaskStatusReport>,
     exits_tx: mpsc::Sender<Exit>,
@@ -134,7 +179,12 @@ impl Agent {
             config,
             tasks: HashMap::new(),
             running: 0,
+            unacked: BTreeMap::new(),
+            next_unacked_key: 0,
+            unacked_dropped: 0,
             history: VecDeque::new(),
+            unacked_max: UNACKED_TERMINAL_MAX,
+            history_max: TERMINAL_HISTORY_MAX,
             outbox: Vec::new(),
             exits_tx,
             exits_rx,
@@ -296,7 +346,8 @@ impl Agent {
         }
     }
 
-    /// Sends `RegisterAgent` with every task whose end the scheduler has not been sent.
+    /// Sends `RegisterAgent` with every running task and every terminal one whose end the
+    /// scheduler has not acknowledged.
     async fn register(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
         // The registration supersedes whatever was queued for an earlier connection.
         self.outbox.clear();
@@ -304,7 +355,7 @@ impl Agent {
         let mut tasks: Vec<TaskStatusReport> = self
             .tasks
             .values()
-            .filter(|t| !t.delivered)
+            .filter(|t| t.needs_report())
             .map(|t| t.status.clone())
             .collect();
         tasks.sort_by_key(|t| t.task_id);
@@ -332,8 +383,6 @@ impl Agent {
         }
         write_all(writer, self.writer.finish()).await?;
         self.writer.clear();
-        self.mark_delivered(&registration.tasks);
-        self.mark_delivered(&overflow);
         tracing::debug!(
             tasks = registration.tasks.len() + overflow.len(),
             "registration sent"
@@ -417,6 +466,7 @@ impl Agent {
             }
             OwnedMessage::LaunchTask(launch) => self.launch(launch),
             OwnedMessage::Reconcile { task_ids } => return Ok(Some(task_ids)),
+            OwnedMessage::StatusAck(acks) => self.on_status_ack(&acks),
             OwnedMessage::Heartbeat { .. } => {}
             OwnedMessage::Error { code, message } => {
                 tracing::error!(?code, %message, "the scheduler reported an error");
@@ -456,19 +506,21 @@ impl Agent {
         self.report(status);
     }
 
-    /// Keeps a task that never ran (so reconciliation knows it) until its end is delivered.
+    /// Keeps a task that never ran (so reconciliation knows it) until its end is acknowledged.
     fn insert_ended(&mut self, mut status: TaskStatusReport) {
         bound_status(&mut status);
+        let task_id = status.task_id;
         self.tasks.insert(
-            status.task_id,
+            task_id,
             Task {
                 status,
                 pgid: None,
                 kill: None,
                 finalization_wait: Duration::ZERO,
-                delivered: false,
+                unacked: None,
             },
         );
+        self.await_ack(task_id);
     }
 
     fn launch(&mut self, launch: LaunchView) {
@@ -525,7 +577,7 @@ impl Agent {
                         finalization_wait: Duration::from_secs(u64::from(
                             launch.config.finalization_wait_secs,
                         )),
-                        delivered: false,
+                        unacked: None,
                     },
                 );
                 self.report(status);
@@ -604,7 +656,9 @@ impl Agent {
         task.status.exit_code = exit_code;
         task.status.message = message;
         task.status.timestamp_ms = now_ms();
-        Some(task.status.clone())
+        let status = task.status.clone();
+        self.await_ack(exit.task_id);
+        Some(status)
     }
 
     fn on_exit(&mut self, exit: Exit) {
@@ -628,25 +682,80 @@ impl Agent {
         }
         let result = write_all(writer, self.writer.finish()).await;
         self.writer.clear();
-        let sent = std::mem::take(&mut self.outbox);
-        result?;
-        self.mark_delivered(&sent);
-        // Keep the allocation for the next turn.
-        self.outbox = sent;
+        // Written is not delivered: terminal statuses stay unacknowledged until a StatusAck.
         self.outbox.clear();
-        Ok(())
+        result
     }
 
-    fn mark_delivered(&mut self, sent: &[TaskStatusReport]) {
-        for status in sent.iter().filter(|s| s.state.is_terminal()) {
-            if let Some(task) = self.tasks.get_mut(&status.task_id) {
-                if task.status.state.is_terminal() && !task.delivered {
-                    task.delivered = true;
-                    self.history.push_back(status.task_id);
-                }
-            }
+    /// The task just ended: its terminal status waits for the scheduler's acknowledgement.
+    /// Beyond [`Agent::unacked_max`] waiting ends, gives up the oldest.
+    fn await_ack(&mut self, task_id: TaskId) {
+        let key = self.next_unacked_key;
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        debug_assert!(task.status.state.is_terminal());
+        if task.unacked.is_some() {
+            return;
         }
-        while self.history.len() > TERMINAL_HISTORY_MAX {
+        self.next_unacked_key += 1;
+        task.unacked = Some(key);
+        self.unacked.insert(key, task_id);
+        while self.unacked.len() > self.unacked_max {
+            let Some((key, old)) = self.unacked.pop_first() else {
+                break;
+            };
+            let Some(task) = self.tasks.get_mut(&old) else {
+                continue;
+            };
+            if task.unacked != Some(key) {
+                continue;
+            }
+            task.unacked = None;
+            self.unacked_dropped += 1;
+            tracing::warn!(task = %old, job = %task.status.job_key, state = %task.status.state,
+                limit = self.unacked_max, given_up = self.unacked_dropped,
+                "too many task ends wait for the scheduler's acknowledgement: \
+                 no longer re-reporting the oldest");
+            self.retire(old);
+        }
+    }
+
+    /// Applies the scheduler's acknowledgements: a terminal task acknowledged in its terminal
+    /// state moves to the history. Anything else (a non-terminal state, another state than the
+    /// task's, an unknown task, a repeat) changes nothing.
+    fn on_status_ack(&mut self, acks: &[(TaskId, TaskState)]) {
+        let mut acked = 0usize;
+        for &(task_id, state) in acks {
+            let Some(task) = self.tasks.get_mut(&task_id) else {
+                tracing::debug!(task = %task_id, %state, "acknowledgement for an unknown task");
+                continue;
+            };
+            if !state.is_terminal() || task.status.state != state {
+                tracing::debug!(task = %task_id, acked = %state, state = %task.status.state,
+                    "acknowledgement of a state that needs none or the task is not in");
+                continue;
+            }
+            let Some(key) = task.unacked.take() else {
+                continue; // acknowledged before
+            };
+            self.unacked.remove(&key);
+            self.retire(task_id);
+            acked += 1;
+        }
+        tracing::debug!(
+            acks = acks.len(),
+            acked,
+            waiting = self.unacked.len(),
+            "status acknowledgements"
+        );
+    }
+
+    /// Moves a terminal task whose end needs no more reports to the history, evicting the
+    /// oldest beyond [`Agent::history_max`].
+    fn retire(&mut self, task_id: TaskId) {
+        self.history.push_back(task_id);
+        while self.history.len() > self.history_max {
             if let Some(old) = self.history.pop_front() {
                 self.tasks.remove(&old);
             }
@@ -692,6 +801,101 @@ async fn write_all(writer: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn agent() -> Agent {
+        Agent::new(Config {
+            scheduler: vec!["127.0.0.1:1".into()],
+            agent_id: "a".into(),
+            hostname: "h".into(),
+            resources: borealis_core::Resources {
+                cpu_millis: 1000,
+                ram_mib: 64,
+                disk_mib: 64,
+                ports: 0,
+            },
+            port_ranges: vec![],
+            attributes: vec![],
+            work_dir: "/nonexistent".into(),
+        })
+        .unwrap()
+    }
+
+    fn ended(agent: &mut Agent, task: u64, state: TaskState) {
+        agent.insert_ended(TaskStatusReport {
+            task_id: TaskId(task),
+            job_key: "r/e/n".into(),
+            instance: 0,
+            state,
+            exit_code: -1,
+            message: String::new(),
+            timestamp_ms: 0,
+            sandbox: String::new(),
+        });
+    }
+
+    /// The tasks a registration would carry, sorted.
+    fn reported(agent: &Agent) -> Vec<u64> {
+        let mut ids: Vec<u64> = agent
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.needs_report())
+            .map(|(id, _)| id.0)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn ends_are_reported_until_acknowledged_in_their_state() {
+        let mut agent = agent();
+        ended(&mut agent, 1, TaskState::Failed);
+        ended(&mut agent, 2, TaskState::Finished);
+        assert_eq!(reported(&agent), vec![1, 2]);
+        // Wrong state, non-terminal state, unknown task: nothing changes.
+        agent.on_status_ack(&[
+            (TaskId(1), TaskState::Finished),
+            (TaskId(2), TaskState::Running),
+            (TaskId(99), TaskState::Failed),
+        ]);
+        assert_eq!(reported(&agent), vec![1, 2]);
+        assert_eq!(agent.unacked.len(), 2);
+        assert!(!agent.tasks.contains_key(&TaskId(99)));
+        agent.on_status_ack(&[(TaskId(1), TaskState::Failed)]);
+        assert_eq!(reported(&agent), vec![2]);
+        assert_eq!(agent.history, [TaskId(1)]);
+        // A repeated ack is a no-op; the acknowledged task still answers reconciliation.
+        agent.on_status_ack(&[(TaskId(1), TaskState::Failed)]);
+        assert_eq!(agent.history, [TaskId(1)]);
+        assert_eq!(agent.tasks[&TaskId(1)].status.state, TaskState::Failed);
+        assert_eq!(
+            agent.unacked.values().copied().collect::<Vec<_>>(),
+            [TaskId(2)]
+        );
+    }
+
+    #[test]
+    fn waiting_ends_and_the_history_are_bounded() {
+        let mut agent = agent();
+        agent.unacked_max = 3;
+        agent.history_max = 2;
+        for task in 1..=5 {
+            ended(&mut agent, task, TaskState::Finished);
+        }
+        // The two oldest were given up: no longer reported, still in the history.
+        assert_eq!(reported(&agent), vec![3, 4, 5]);
+        assert_eq!(agent.unacked_dropped, 2);
+        assert_eq!(agent.history, [TaskId(1), TaskId(2)]);
+        // Acks push the history along, forgetting the oldest tasks entirely.
+        agent.on_status_ack(&[(TaskId(4), TaskState::Finished)]);
+        assert_eq!(agent.history, [TaskId(2), TaskId(4)]);
+        assert!(!agent.tasks.contains_key(&TaskId(1)));
+        assert_eq!(reported(&agent), vec![3, 5]);
+        // An acknowledged end frees a place: the next end gives nothing up.
+        ended(&mut agent, 6, TaskState::Lost);
+        assert_eq!(reported(&agent), vec![3, 5, 6]);
+        assert_eq!(agent.unacked_dropped, 2);
+        assert_eq!(agent.tasks.len(), 5);
+    }
 
     #[test]
     fn bounded_cuts_at_char_boundaries() {

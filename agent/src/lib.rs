@@ -18,8 +18,9 @@
 //!   and reports the exit on a bounded channel.
 //! - Status updates are queued and flushed as one frame batch per event-loop turn.
 //! - The connection is re-established forever with capped exponential backoff; on every
-//!   (re)connect the agent re-registers with the statuses of every task the scheduler has not
-//!   yet been told the end of.
+//!   (re)connect the agent re-registers with the statuses of every running task and of every
+//!   ended task whose end the scheduler has not acknowledged (`StatusAck`, sent once the
+//!   scheduler recorded it durably; see `agent.rs` for the rules and bounds).
 
 mod agent;
 mod config;

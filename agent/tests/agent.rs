@@ -156,6 +156,20 @@ impl Conn {
         self.send(&bytes).await;
     }
 
+    async fn status_ack(&mut self, acks: &[(u64, TaskState)]) {
+        let acks: Vec<(TaskId, TaskState)> = acks.iter().map(|&(t, s)| (TaskId(t), s)).collect();
+        let bytes = self.encoder.status_ack(&acks).to_vec();
+        self.send(&bytes).await;
+    }
+
+    /// Returns once the agent has handled everything sent before: it answers messages in
+    /// order, so the answer to a reconciliation of a task it cannot know marks the point.
+    async fn sync(&mut self) {
+        const MARK: u64 = 0x5e7c_0000_0000_0000;
+        self.reconcile(&[MARK]).await;
+        self.status(MARK, TaskState::Lost).await;
+    }
+
     /// Waits for the agent to close this connection.
     async fn closed(mut self) {
         timeout(STEP, async { while self.read_more().await {} })
@@ -603,12 +617,19 @@ async fn reconnects_and_reregisters_with_running_and_ended_tasks() {
     assert_eq!(tasks[1].state, TaskState::Failed);
     assert_eq!(tasks[1].exit_code, 4);
 
-    // The end was sent: the next registration lists only the running task, and the ended one
-    // is still known to reconciliation.
+    // Sent but not acknowledged: the next registration carries the end again.
     drop(conn);
     let mut conn = Conn::accept(&harness.listener).await;
-    let registration = conn.registration().await;
-    let ids: Vec<TaskId> = registration.tasks.iter().map(|t| t.task_id).collect();
+    let ids = task_ids(&conn.registration().await);
+    assert_eq!(ids, vec![TaskId(0xc1), TaskId(0xc2)]);
+
+    // Acknowledged: the next registration lists only the running task, and the ended one is
+    // still known to reconciliation.
+    conn.status_ack(&[(0xc2, TaskState::Failed)]).await;
+    conn.sync().await;
+    drop(conn);
+    let mut conn = Conn::accept(&harness.listener).await;
+    let ids = task_ids(&conn.registration().await);
     assert_eq!(ids, vec![TaskId(0xc1)]);
     conn.reconcile(&[0xc2]).await;
     let c2_end = conn.status(0xc2, TaskState::Failed).await;
@@ -635,6 +656,144 @@ async fn reconnects_and_reregisters_with_running_and_ended_tasks() {
     })
     .await
     .expect("the task outlived the agent");
+}
+
+/// The ids of a registration's tasks, sorted.
+fn task_ids(registration: &AgentRegistration) -> Vec<TaskId> {
+    let mut ids: Vec<TaskId> = registration.tasks.iter().map(|t| t.task_id).collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// The (id, state) of a registration's tasks, sorted.
+fn task_states(registration: &AgentRegistration) -> Vec<(u64, TaskState)> {
+    let mut states: Vec<(u64, TaskState)> = registration
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.0, t.state))
+        .collect();
+    states.sort_unstable_by_key(|&(id, _)| id);
+    states
+}
+
+/// Drops the connection (the agent notices and reconnects) and returns the next one, with the
+/// registration it opened with.
+async fn reconnect(harness: &Harness, conn: Conn) -> (Conn, AgentRegistration) {
+    drop(conn);
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    (conn, registration)
+}
+
+#[tokio::test]
+async fn an_ended_task_is_reregistered_until_the_scheduler_acknowledges_it() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(0x71, 0, "exit 0", 1, &[]).await;
+    let finished = conn.status(0x71, TaskState::Finished).await;
+
+    // Written to the socket is not delivered: every registration carries the end again.
+    for _ in 0..2 {
+        let (next, registration) = reconnect(&harness, conn).await;
+        conn = next;
+        assert_eq!(registration.tasks, vec![finished.clone()]);
+    }
+
+    // An ack for another state than the task's acknowledges nothing.
+    conn.status_ack(&[(0x71, TaskState::Failed), (0x71, TaskState::Running)])
+        .await;
+    conn.sync().await;
+    let (mut conn, registration) = reconnect(&harness, conn).await;
+    assert_eq!(
+        task_states(&registration),
+        vec![(0x71, TaskState::Finished)]
+    );
+
+    // Acknowledged in its terminal state: never re-reported again, still reconcilable.
+    conn.status_ack(&[(0x71, TaskState::Finished)]).await;
+    conn.sync().await;
+    for _ in 0..2 {
+        let (next, registration) = reconnect(&harness, conn).await;
+        conn = next;
+        assert!(registration.tasks.is_empty(), "{:#?}", registration.tasks);
+    }
+    conn.reconcile(&[0x71]).await;
+    assert_eq!(conn.status(0x71, TaskState::Finished).await, finished);
+    // A repeated ack is harmless.
+    conn.status_ack(&[(0x71, TaskState::Finished)]).await;
+    conn.sync().await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_for_running_does_not_drop_a_later_end() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(
+        0x72,
+        0,
+        "while [ ! -e go ]; do sleep 0.05; done; exit 5",
+        1,
+        &[],
+    )
+    .await;
+    let running = conn.status(0x72, TaskState::Running).await;
+
+    // Acks for RUNNING, and for an end that has not happened, while it runs.
+    conn.status_ack(&[(0x72, TaskState::Running), (0x72, TaskState::Failed)])
+        .await;
+    conn.sync().await;
+    let (mut conn, registration) = reconnect(&harness, conn).await;
+    assert_eq!(task_states(&registration), vec![(0x72, TaskState::Running)]);
+
+    // Its end is reported, then re-reported at registration until acknowledged.
+    std::fs::write(Path::new(&running.sandbox).join("go"), "").unwrap();
+    let failed = conn.status(0x72, TaskState::Failed).await;
+    assert_eq!(failed.exit_code, 5);
+    conn.status_ack(&[(0x72, TaskState::Running)]).await;
+    conn.sync().await;
+    let (mut conn, registration) = reconnect(&harness, conn).await;
+    assert_eq!(registration.tasks, vec![failed]);
+
+    conn.status_ack(&[(0x72, TaskState::Failed)]).await;
+    conn.sync().await;
+    let (_conn, registration) = reconnect(&harness, conn).await;
+    assert!(registration.tasks.is_empty(), "{:#?}", registration.tasks);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn an_ack_for_an_unknown_task_is_harmless() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(0x73, 0, "exit 0", 1, &[]).await;
+    conn.status(0x73, TaskState::Finished).await;
+    conn.launch(0x74, 0, "exit 0", 1, &[]).await;
+    conn.status(0x74, TaskState::Finished).await;
+
+    // Unknown tasks (alone, then mixed with a known one), and an empty ack.
+    conn.status_ack(&[(0xdead, TaskState::Finished), (0xbeef, TaskState::Running)])
+        .await;
+    conn.status_ack(&[]).await;
+    conn.status_ack(&[(0xdead, TaskState::Lost), (0x73, TaskState::Finished)])
+        .await;
+    conn.sync().await;
+    // The same connection still serves, and knows nothing of the unknown tasks.
+    conn.launch(0x75, 0, "exit 0", 1, &[]).await;
+    conn.status(0x75, TaskState::Finished).await;
+    conn.reconcile(&[0xdead]).await;
+    conn.status(0xdead, TaskState::Lost).await;
+
+    // Only the known, acknowledged task stopped being re-reported.
+    let (_conn, registration) = reconnect(&harness, conn).await;
+    assert_eq!(
+        task_states(&registration),
+        vec![(0x74, TaskState::Finished), (0x75, TaskState::Finished)]
+    );
+    harness.stop().await;
 }
 
 #[tokio::test]
@@ -670,6 +829,30 @@ async fn bad_input_makes_the_agent_reconnect() {
         .write_all(&u32::MAX.to_le_bytes())
         .await
         .unwrap();
+    conn.closed().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    // A StatusAck whose vectors differ in length.
+    let bytes = {
+        use borealis_net::wire;
+        let mut encoder = Encoder::new();
+        let fbb = encoder.builder();
+        fbb.reset();
+        let task_ids = fbb.create_vector(&[0xd1u64, 0xd2]);
+        let states = fbb.create_vector(&[wire::TaskState::Running]);
+        let ack = wire::StatusAck::create(
+            fbb,
+            &wire::StatusAckArgs {
+                task_ids: Some(task_ids),
+                states: Some(states),
+            },
+        );
+        encoder
+            .finish_message(0, None, wire::Payload::StatusAck, ack.as_union_value())
+            .to_vec()
+    };
+    conn.send(&bytes).await;
     conn.closed().await;
     let mut conn = Conn::accept(&harness.listener).await;
     conn.registration().await;

@@ -397,6 +397,7 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
     match message {
         OwnedMessage::RegisterAgent(_) => "RegisterAgent",
         OwnedMessage::TaskStatus(_) => "TaskStatus",
+        OwnedMessage::StatusAck(_) => "StatusAck",
         OwnedMessage::AgentRegistered { .. } => "AgentRegistered",
         OwnedMessage::LaunchTask(_) => "LaunchTask",
         OwnedMessage::KillTask { .. } => "KillTask",

@@ -3,6 +3,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod admin;
 mod client;
 mod http;
 mod up;
@@ -44,6 +45,11 @@ enum Command {
     },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
     Up(Box<up::UpArgs>),
+    /// Operator commands that work on a scheduler's data directory.
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -63,9 +69,25 @@ pub struct SchedulerArgs {
     /// The port to start an HTTP server on (0 picks a free port).
     #[arg(long, default_value_t = 0)]
     pub http_port: u16,
-    /// Directory for durable state. Note: this release keeps state in memory; see README.
+    /// Directory for durable state: a write-ahead log and snapshots per shard.
     #[arg(long, default_value = "borealis-data")]
     pub data_dir: PathBuf,
+    /// Directory to store backups under (default: DATA_DIR/backups).
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
+    /// Minimum interval on which to write a storage backup.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub backup_interval: Duration,
+    /// Maximum number of backups to retain before deleting the oldest backups.
+    #[arg(long, default_value_t = 48)]
+    pub max_saved_backups: usize,
+    /// How often each shard snapshots its state and truncates its log (also after 256 MiB).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub dlog_snapshot_interval: Duration,
+    /// After a restart, how long tasks restored on an agent wait for the agent to report them
+    /// before they are LOST and replaced.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconciliation_grace: Duration,
     /// Name to identify the cluster being served.
     #[arg(long, default_value = "local")]
     pub cluster_name: String,
@@ -141,6 +163,15 @@ impl SchedulerArgs {
             lifecycle,
             epoch,
             io_memory_bytes: self.io_memory_kib * 1024,
+            data_dir: Some(self.data_dir.clone()),
+            backup_dir: self
+                .backup_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("backups")),
+            backup_interval_ms: ms(self.backup_interval),
+            max_saved_backups: self.max_saved_backups,
+            snapshot_interval_ms: ms(self.dlog_snapshot_interval),
+            reconciliation_grace_ms: ms(self.reconciliation_grace),
         }
     }
 }
@@ -187,6 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             borealis_agent::run(args)
         }
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
+        Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
             init_logging();
             raise_open_file_limit();

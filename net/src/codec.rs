@@ -254,6 +254,22 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .expect("type checked")
                 .timestamp_ms(),
         },
+        P::StatusAck => {
+            let a = message.payload_as_status_ack().expect("type checked");
+            let task_ids = a.task_ids().unwrap_or_default();
+            let states = a.states().unwrap_or_default();
+            if task_ids.len() != states.len() {
+                return Err(WireError::InvalidField {
+                    field: "states",
+                    reason: format!("{} task ids but {} states", task_ids.len(), states.len()),
+                });
+            }
+            let mut acks = Vec::with_capacity(task_ids.len());
+            for (task_id, state) in task_ids.iter().zip(states.iter()) {
+                acks.push((TaskId(task_id), state_from_wire(state)?));
+            }
+            OwnedMessage::StatusAck(acks)
+        }
         P::CreateJob => {
             let c = message.payload_as_create_job().expect("type checked");
             let job_key = parse_job_key(c.job_key())?;
@@ -623,6 +639,23 @@ impl Encoder {
         self.finish_message(0, None, wire::Payload::Heartbeat, payload.as_union_value())
     }
 
+    /// Acknowledges that the scheduler durably recorded each task in the paired state.
+    pub fn status_ack(&mut self, acks: &[(TaskId, TaskState)]) -> &[u8] {
+        self.begin();
+        let ids: Vec<u64> = acks.iter().map(|(t, _)| t.0).collect();
+        let states: Vec<wire::TaskState> = acks.iter().map(|(_, s)| state_to_wire(*s)).collect();
+        let task_ids = self.fbb.create_vector(&ids);
+        let states = self.fbb.create_vector(&states);
+        let payload = wire::StatusAck::create(
+            &mut self.fbb,
+            &wire::StatusAckArgs {
+                task_ids: Some(task_ids),
+                states: Some(states),
+            },
+        );
+        self.finish_message(0, None, wire::Payload::StatusAck, payload.as_union_value())
+    }
+
     pub fn create_job(&mut self, request_id: u64, instances: u32, config: &TaskConfig) -> &[u8] {
         self.begin();
         let key = config.job.to_string();
@@ -912,6 +945,75 @@ mod tests {
             roundtrip(enc.register_agent(&reg)).1,
             OwnedMessage::RegisterAgent(reg)
         );
+    }
+
+    #[test]
+    fn status_ack_roundtrips() {
+        let mut enc = Encoder::new();
+        let acks = vec![
+            (TaskId(1), TaskState::Finished),
+            (TaskId(u64::MAX), TaskState::Running),
+            (TaskId(7), TaskState::Lost),
+        ];
+        let bytes = enc.status_ack(&acks).to_vec();
+        let message = decode_message(&bytes).unwrap();
+        assert_eq!(message.payload_type(), wire::Payload::StatusAck);
+        assert_eq!(message.route_key(), None);
+        assert_eq!(roundtrip(&bytes), (0, OwnedMessage::StatusAck(acks)));
+        assert_eq!(
+            roundtrip(enc.status_ack(&[])).1,
+            OwnedMessage::StatusAck(vec![])
+        );
+        // Vectors left out read as empty.
+        let bytes = {
+            let fbb = enc.builder();
+            fbb.reset();
+            let payload = wire::StatusAck::create(fbb, &wire::StatusAckArgs::default());
+            enc.finish_message(0, None, wire::Payload::StatusAck, payload.as_union_value())
+                .to_vec()
+        };
+        assert_eq!(roundtrip(&bytes).1, OwnedMessage::StatusAck(vec![]));
+    }
+
+    /// A StatusAck built by hand from raw vectors.
+    fn raw_status_ack(enc: &mut Encoder, task_ids: &[u64], states: &[u8]) -> Vec<u8> {
+        let fbb = enc.builder();
+        fbb.reset();
+        let task_ids = fbb.create_vector(task_ids);
+        let states: Vec<wire::TaskState> = states.iter().map(|&s| wire::TaskState(s)).collect();
+        let states = fbb.create_vector(&states);
+        let payload = wire::StatusAck::create(
+            fbb,
+            &wire::StatusAckArgs {
+                task_ids: Some(task_ids),
+                states: Some(states),
+            },
+        );
+        enc.finish_message(0, None, wire::Payload::StatusAck, payload.as_union_value())
+            .to_vec()
+    }
+
+    #[test]
+    fn status_ack_with_mismatched_vectors_is_invalid() {
+        let mut enc = Encoder::new();
+        let finished = TaskState::Finished as u8;
+        for (ids, states) in [
+            (&[1u64, 2][..], &[finished][..]),
+            (&[1u64][..], &[finished, finished][..]),
+            (&[][..], &[finished][..]),
+        ] {
+            let bytes = raw_status_ack(&mut enc, ids, states);
+            match to_owned(decode_message(&bytes).unwrap()) {
+                Err(WireError::InvalidField { field, .. }) => assert_eq!(field, "states"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An unknown state is invalid too, not a silent skip.
+        let bytes = raw_status_ack(&mut enc, &[1], &[200]);
+        assert!(matches!(
+            to_owned(decode_message(&bytes).unwrap()),
+            Err(WireError::InvalidField { field: "state", .. })
+        ));
     }
 
     #[test]

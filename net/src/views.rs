@@ -96,6 +96,8 @@ pub enum OwnedMessage {
     Heartbeat {
         timestamp_ms: u64,
     },
+    /// The scheduler durably recorded each task in the paired state (scheduler -> agent).
+    StatusAck(Vec<(TaskId, TaskState)>),
     CreateJob {
         job_key: JobKey,
         instances: u32,

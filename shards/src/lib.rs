@@ -53,8 +53,40 @@ pub struct SchedulerConfig {
     pub lifecycle: borealis_core::lifecycle::LifecyclePolicy,
     /// Mixed into task ids so ids of different scheduler runs never collide.
     pub epoch: u32,
+    /// Durable state (write-ahead log and snapshots per shard); None keeps state in memory.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Where backups go (Aurora: `backup_dir`).
+    pub backup_dir: std::path::PathBuf,
+    /// Aurora: `backup_interval`.
+    pub backup_interval_ms: u64,
+    /// Aurora: `max_saved_backups`.
+    pub max_saved_backups: usize,
+    /// Aurora: `dlog_snapshot_interval`.
+    pub snapshot_interval_ms: u64,
+    /// After a restart, how long tasks restored on an agent wait for it to report them before
+    /// they are LOST and replaced.
+    pub reconciliation_grace_ms: u64,
     /// io_uring buffer memory per shard (DESIGN.md: set it explicitly; >= 512 KiB).
     pub io_memory_bytes: usize,
+}
+
+/// Takes the data directory's lock (created if missing): one scheduler per data dir, and
+/// offline tools (backup restore) refuse to touch a directory a scheduler holds.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: plain system call on an open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!("data dir {} is in use by another scheduler", dir.display());
+    }
+    Ok(file)
 }
 
 /// A running scheduler.
@@ -62,6 +94,8 @@ pub struct Scheduler {
     pub addr: SocketAddr,
     /// Every shard's metrics, for the control plane to scrape.
     pub metrics: Arc<Metrics>,
+    /// Held for the scheduler's life (see `lock_data_dir`).
+    _data_dir_lock: Option<std::fs::File>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
@@ -75,6 +109,25 @@ impl Scheduler {
     }
 }
 
+/// A concrete address for the shards to bind: port 0 becomes a free port; a port where a
+/// server already accepts connections is refused.
+fn resolve_listen_addr(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if listen.port() == 0 {
+        let probe =
+            StdListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        return Ok(probe.local_addr()?);
+    }
+    let dial = if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
+    };
+    if std::net::TcpStream::connect_timeout(&dial, Duration::from_millis(200)).is_ok() {
+        anyhow::bail!("cannot listen on {listen}: another server is already listening there");
+    }
+    Ok(listen)
+}
+
 /// Starts the shards and returns once every shard listens.
 pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
     anyhow::ensure!(
@@ -85,13 +138,35 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
         config.io_memory_bytes >= 512 * 1024,
         "io memory per shard must be at least 512 KiB"
     );
-    // Claim the port without SO_REUSEPORT first: a second scheduler on the same port fails
-    // here instead of silently sharing the port with the first.
-    let probe = StdListener::bind(config.listen)
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = probe.local_addr()?;
-    drop(probe);
+    // The shards' listeners share the port through SO_REUSEPORT, which would also let a second
+    // scheduler share it silently: refuse to start when something already answers there.
+    let addr = resolve_listen_addr(config.listen)?;
 
+    // Recover before any shard starts: every shard's log, merged and re-partitioned for the
+    // current shard count (which may differ from the last run's).
+    let mut durable: Vec<Option<(borealis_store::image::StateImage, borealis_store::wal::Wal)>> =
+        (0..config.shards).map(|_| None).collect();
+    let data_dir_lock = config.data_dir.as_deref().map(lock_data_dir).transpose()?;
+    if let Some(dir) = &config.data_dir {
+        let started = std::time::Instant::now();
+        let (images, _recoveries) = borealis_store::recover_all(dir, config.shards)
+            .with_context(|| format!("cannot recover the data dir {}", dir.display()))?;
+        let tasks: usize = images.iter().map(|i| i.tasks.len()).sum();
+        let jobs: usize = images.iter().map(|i| i.jobs.len()).sum();
+        for (shard, image) in images.into_iter().enumerate() {
+            let wal =
+                borealis_store::wal::Wal::create_fresh(&dir.join(format!("shard-{shard}")), &image)
+                    .with_context(|| format!("cannot write shard {shard}'s store"))?;
+            durable[shard] = Some((image, wal));
+        }
+        tracing::info!(
+            jobs,
+            tasks,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            dir = %dir.display(),
+            "recovered durable state"
+        );
+    }
     let config = Arc::new(config);
     let metrics = Metrics::new(config.shards, &config.cluster_name);
     // The embedded scheduler is always the leader.
@@ -100,7 +175,7 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
     let mesh = MeshBuilder::<PeerBatch, _>::full(config.shards, PEER_QUEUE_MAX);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let mut handles = Vec::new();
-    for id in 0..config.shards {
+    for (id, restored) in durable.into_iter().enumerate() {
         let placement = if config.pin_shards {
             Placement::Fixed(id % cores)
         } else {
@@ -114,7 +189,9 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(50))
-            .spawn(move || async move { run_shard(id, config, metrics, addr, mesh, ready).await })
+            .spawn(move || async move {
+                run_shard(id, config, metrics, restored, addr, mesh, ready).await
+            })
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         handles.push(handle);
     }
@@ -128,6 +205,7 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
     Ok(Scheduler {
         addr,
         metrics,
+        _data_dir_lock: data_dir_lock,
         handles,
     })
 }
@@ -136,6 +214,7 @@ async fn run_shard(
     id: usize,
     config: Arc<SchedulerConfig>,
     metrics: Arc<Metrics>,
+    restored: Option<(borealis_store::image::StateImage, borealis_store::wal::Wal)>,
     addr: SocketAddr,
     mesh: MeshBuilder<PeerBatch, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -184,6 +263,9 @@ async fn run_shard(
     drop(ready);
 
     let mut shard = Shard::new(id, shard_count, config, metrics.clone());
+    if let Some((image, wal)) = restored {
+        shard.restore(image, wal);
+    }
     let shard_metrics = &metrics.shards[id];
     loop {
         // Begin: wait for input unless work is already pending.
@@ -209,6 +291,8 @@ async fn run_shard(
         // End: place, give back borrowed offers, flush.
         shard.schedule();
         shard.return_borrowed();
+        // Durable before anything of this round leaves: acks, launches, peer messages.
+        shard.commit_log();
         shard.flush_connections();
         for peer in 0..shard_count {
             if peer == id {

@@ -64,6 +64,10 @@ pub enum PeerMsg {
     Adopt {
         agent: AgentId,
         report: TaskStatusReport,
+        /// Who the agent is, so the owner can show it and count it in limit constraints.
+        agent_name: Arc<str>,
+        hostname: Arc<str>,
+        attributes: Arc<Attributes>,
     },
     /// The owner's answer to `Adopt`: the resources and ports the task holds when adopted.
     AdoptReply {
@@ -82,6 +86,12 @@ pub enum PeerMsg {
     PortsAssigned {
         task_id: TaskId,
         ports: Vec<(String, u16)>,
+    },
+    /// A terminal status the job's owner made durable: acknowledge it to the agent.
+    StatusAck {
+        agent: AgentId,
+        task_id: TaskId,
+        state: borealis_core::TaskState,
     },
     /// The agent is gone: the task was not launched.
     LaunchFailed { task_id: TaskId },

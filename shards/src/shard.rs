@@ -25,11 +25,15 @@ use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
 use crate::msg::*;
 use crate::policy;
 use crate::SchedulerConfig;
+use borealis_store::image::{JobImage, LogRecord, StateImage, TaskImage};
+use borealis_store::wal::Wal;
 
 /// Inbound items handled per round before placing and flushing.
 pub const ROUND_INBOUND_MAX: usize = 256;
 /// Placements attempted per round; the rest wait for the next round.
 pub const ROUND_PLACEMENTS_MAX: usize = 16_384;
+/// Log bytes after which a shard writes a snapshot (bounding replay time at restart).
+const SNAPSHOT_LOG_BYTES: u64 = 256 << 20;
 /// Blocked tasks put back into the queue per round after offers changed.
 const BLOCKED_RETRY_MAX: usize = 4096;
 /// Tasks of one job placed as one batch.
@@ -144,6 +148,8 @@ struct Task {
     sandbox: String,
     /// Killed by a user: never rescheduled.
     killed_by_user: bool,
+    /// Restored from the log with an agent that has not reported it since the restart.
+    awaiting_adoption: bool,
 }
 
 /// An agent whose connection this shard holds.
@@ -224,6 +230,15 @@ pub struct Shard {
     metrics: Arc<Metrics>,
     /// The clock at the start of the current round (see `begin_round`).
     now_us: u64,
+    /// The shard's write-ahead log (None: state is kept in memory only).
+    wal: Option<Wal>,
+    /// Restored tasks not reported by any agent by then are LOST.
+    reconcile_deadline_us: u64,
+    last_snapshot: Instant,
+    last_backup: Instant,
+    /// Terminal statuses to acknowledge on each agent connection this shard holds, sent
+    /// after the round's commit made them durable.
+    pending_acks: HashMap<ConnId, Vec<(TaskId, TaskState)>>,
     /// Tasks per state (the `borealis_tasks` gauge).
     state_counts: [u64; TaskState::COUNT],
     /// Home agents whose offers are lent out.
@@ -244,6 +259,213 @@ impl Shard {
     /// Reads the clock once per round: every event of a round carries the round's time.
     pub fn begin_round(&mut self) {
         self.now_us = now_us(self.started);
+    }
+
+    /// Rebuilds the shard's jobs and tasks from its recovered image and takes its log.
+    /// Tasks that were on an agent wait (up to the reconciliation grace) for the agent to
+    /// report them; PENDING and THROTTLED tasks are queued again.
+    pub fn restore(&mut self, image: StateImage, wal: Wal) {
+        self.begin_round();
+        let now = self.now_us;
+        self.reconcile_deadline_us = now + self.config.reconciliation_grace_ms * 1000;
+        let mut restored = 0usize;
+        for (key, ji) in image.jobs {
+            let JobImage {
+                config,
+                instances,
+                current,
+                history,
+                ..
+            } = ji;
+            let compiled = self.index.compile(&config);
+            let spread = JobSpread::new(&compiled);
+            let key_text: Arc<str> = key.to_string().into();
+            let mut slots = current;
+            slots.resize(instances as usize, None);
+            let job = self.jobs.insert(Job {
+                key: key.clone(),
+                key_text,
+                config: Arc::new(config),
+                compiled,
+                spread,
+                current: slots,
+                history: history.into_iter().collect(),
+            });
+            self.job_index.insert(key, job);
+        }
+        for (id, ti) in image.tasks {
+            let Some(&job) = self.job_index.get(&ti.job) else {
+                tracing::warn!(task = %id, job = %ti.job, "restored task of an unknown job: dropped");
+                continue;
+            };
+            let mut state = ti.state;
+            if state == TaskState::Throttled {
+                // Its penalty was in the past life: it may run now.
+                state = TaskState::Pending;
+            }
+            let awaiting = state.is_active();
+            let host = match (ti.agent_name, ti.hostname) {
+                (Some(name), hostname) => Some(Arc::new(AgentNames {
+                    hostname: hostname.unwrap_or_else(|| name.clone()).into(),
+                    name: name.into(),
+                })),
+                _ => None,
+            };
+            self.tasks.insert(
+                id,
+                Task {
+                    id,
+                    job,
+                    instance: ti.instance,
+                    state,
+                    agent: None,
+                    host,
+                    holds: false,
+                    failure_count: ti.failure_count,
+                    consecutive_flaps: ti.consecutive_flaps,
+                    entered_us: now,
+                    running_since_us: (state == TaskState::Running).then_some(now),
+                    exit_code: ti.exit_code,
+                    message: ti.message,
+                    ports: ti.ports,
+                    sandbox: ti.sandbox,
+                    killed_by_user: ti.killed_by_user,
+                    awaiting_adoption: awaiting,
+                },
+            );
+            self.state_counts[state as usize] += 1;
+            if state == TaskState::Pending {
+                self.pending.push_back(id);
+            } else if state.is_terminal() {
+                self.ended.push_back((now, id));
+            }
+            restored += 1;
+        }
+        tracing::info!(
+            shard = self.id,
+            jobs = self.jobs.len(),
+            tasks = restored,
+            "state restored from the log"
+        );
+        self.wal = Some(wal);
+    }
+
+    /// The shard's whole state as a log image (for snapshots and backups).
+    pub fn to_image(&self) -> StateImage {
+        let mut image = StateImage::default();
+        for job in self.jobs.iter() {
+            image.jobs.insert(
+                job.key.clone(),
+                JobImage {
+                    key: job.key.clone(),
+                    config: (*job.config).clone(),
+                    instances: job.current.len() as u32,
+                    current: job.current.clone(),
+                    history: job.history.iter().copied().collect(),
+                },
+            );
+        }
+        for id in self.tasks.keys() {
+            if let Some(t) = self.task_image(*id) {
+                image.tasks.insert(*id, t);
+            }
+        }
+        image
+    }
+
+    /// Group commit: makes every record of this round durable with one write and one fsync,
+    /// before the round's acknowledgements and launches leave. A failed commit is fatal:
+    /// acknowledging what is not durable would break the contract.
+    pub fn commit_log(&mut self) {
+        let Some(wal) = &mut self.wal else {
+            return;
+        };
+        if let Err(e) = wal.commit() {
+            tracing::error!(shard = self.id, "cannot write the log, stopping: {e}");
+            std::process::exit(70);
+        }
+    }
+
+    /// Snapshots (bounding the log and the replay at restart) and backups, on their intervals.
+    fn maybe_snapshot_and_backup(&mut self) {
+        if self.wal.is_none() {
+            return;
+        }
+        let log_bytes = self.wal.as_ref().map_or(0, Wal::bytes_since_snapshot);
+        let snapshot_due = log_bytes >= SNAPSHOT_LOG_BYTES
+            || (log_bytes > 0
+                && self.last_snapshot.elapsed().as_millis() as u64
+                    >= self.config.snapshot_interval_ms);
+        let backup_due =
+            self.last_backup.elapsed().as_millis() as u64 >= self.config.backup_interval_ms;
+        if !snapshot_due && !backup_due {
+            return;
+        }
+        let image = self.to_image();
+        if snapshot_due {
+            self.last_snapshot = Instant::now();
+            let wal = self.wal.as_mut().expect("checked");
+            if let Err(e) = wal.snapshot(&image) {
+                tracing::error!(shard = self.id, "cannot write a snapshot, stopping: {e}");
+                std::process::exit(70);
+            }
+        }
+        if backup_due {
+            self.last_backup = Instant::now();
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let name = borealis_store::backup::backup_name(unix_ms, self.config.backup_interval_ms);
+            match borealis_store::backup::write_backup(
+                &self.config.backup_dir,
+                &name,
+                self.id,
+                &image,
+            ) {
+                Ok(()) => tracing::info!(shard = self.id, backup = %name, "backup written"),
+                Err(e) => tracing::error!(shard = self.id, backup = %name, "backup failed: {e}"),
+            }
+            if self.id == 0 {
+                if let Err(e) = borealis_store::backup::prune_backups(
+                    &self.config.backup_dir,
+                    self.config.max_saved_backups,
+                ) {
+                    tracing::warn!("cannot prune old backups: {e}");
+                }
+            }
+        }
+    }
+
+    /// After a restart, tasks no agent reported within the grace are LOST (and replaced).
+    fn expire_unadopted(&mut self, now: u64) {
+        if self.reconcile_deadline_us == 0 || now < self.reconcile_deadline_us {
+            return;
+        }
+        self.reconcile_deadline_us = 0;
+        let mut lost: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.awaiting_adoption)
+            .map(|t| t.id)
+            .collect();
+        lost.sort();
+        if !lost.is_empty() {
+            tracing::warn!(
+                shard = self.id,
+                tasks = lost.len(),
+                "tasks not reported by any agent since the restart are LOST"
+            );
+        }
+        for id in lost {
+            if let Some(t) = self.tasks.get_mut(&id) {
+                t.awaiting_adoption = false;
+            }
+            self.transition(
+                id,
+                TaskState::Lost,
+                "not reported by its agent after a scheduler restart",
+            );
+        }
     }
 }
 
@@ -285,6 +507,11 @@ impl Shard {
             conns: HashMap::default(),
             metrics,
             now_us: 0,
+            wal: None,
+            reconcile_deadline_us: 0,
+            last_snapshot: Instant::now(),
+            last_backup: Instant::now(),
+            pending_acks: HashMap::default(),
             state_counts: [0; TaskState::COUNT],
             lent_out: 0,
             run_tasks: Vec::new(),
@@ -553,7 +780,15 @@ impl Shard {
         self.write_conn(conn, &ack);
         for report in reports {
             let owner = self.owner_of(&report.job_key);
-            self.send(owner, PeerMsg::Adopt { agent, report });
+            let a = &self.home_agents[&agent];
+            let msg = PeerMsg::Adopt {
+                agent,
+                report,
+                agent_name: a.name.clone(),
+                hostname: a.hostname.clone(),
+                attributes: a.attributes.clone(),
+            };
+            self.send(owner, msg);
         }
         self.maybe_offer_adopted(agent);
     }
@@ -739,7 +974,24 @@ impl Shard {
                     Err(e) => tracing::warn!("ignoring status: {e}"),
                 }
             }
-            PeerMsg::Adopt { agent, report } => {
+            PeerMsg::Adopt {
+                agent,
+                report,
+                agent_name,
+                hostname,
+                attributes,
+            } => {
+                self.agent_names.insert(
+                    agent,
+                    Arc::new(AgentNames {
+                        name: agent_name,
+                        hostname,
+                    }),
+                );
+                if !self.agent_attr_ids.contains_key(&agent) {
+                    let ids = self.index.intern_attributes(&attributes);
+                    self.agent_attr_ids.insert(agent, ids);
+                }
                 let adopted = self.on_status(
                     from,
                     agent,
@@ -784,6 +1036,19 @@ impl Shard {
             PeerMsg::PortsAssigned { task_id, ports } => {
                 if let Some(t) = self.tasks.get_mut(&task_id) {
                     t.ports = ports;
+                    self.log_task(task_id);
+                }
+            }
+            PeerMsg::StatusAck {
+                agent,
+                task_id,
+                state,
+            } => {
+                if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
+                    self.pending_acks
+                        .entry(conn)
+                        .or_default()
+                        .push((task_id, state));
                 }
             }
             PeerMsg::LaunchFailed { task_id } => {
@@ -1011,6 +1276,11 @@ impl Shard {
             history: VecDeque::new(),
         });
         self.job_index.insert(key.clone(), job);
+        self.log(&LogRecord::JobCreated {
+            key: key.clone(),
+            instances,
+            config: (*self.jobs[job].config).clone(),
+        });
         for instance in 0..instances {
             let id = self.new_task(job, instance, 0, 0);
             self.pending.push_back(id);
@@ -1037,6 +1307,7 @@ impl Shard {
         }
         self.job_index.remove(&removed_key);
         self.jobs.remove(job);
+        self.log(&LogRecord::JobRemoved { key: removed_key });
     }
 
     fn new_task(&mut self, job: JobIdx, instance: u32, failure_count: u32, flaps: u32) -> TaskId {
@@ -1061,11 +1332,48 @@ impl Shard {
                 ports: Vec::new(),
                 sandbox: String::new(),
                 killed_by_user: false,
+                awaiting_adoption: false,
             },
         );
         self.jobs[job].current[instance as usize] = Some(id);
         self.count_state(None, TaskState::Pending);
+        self.log_task(id);
         id
+    }
+
+    fn log(&mut self, record: &LogRecord) {
+        if let Some(wal) = &mut self.wal {
+            wal.append(record);
+        }
+    }
+
+    fn task_image(&self, id: TaskId) -> Option<TaskImage> {
+        let t = self.tasks.get(&id)?;
+        Some(TaskImage {
+            id,
+            job: self.jobs[t.job].key.clone(),
+            instance: t.instance,
+            state: t.state,
+            agent_name: t.host.as_ref().map(|h| h.name.to_string()),
+            hostname: t.host.as_ref().map(|h| h.hostname.to_string()),
+            failure_count: t.failure_count,
+            consecutive_flaps: t.consecutive_flaps,
+            exit_code: t.exit_code,
+            message: t.message.clone(),
+            ports: t.ports.clone(),
+            sandbox: t.sandbox.clone(),
+            killed_by_user: t.killed_by_user,
+        })
+    }
+
+    /// Logs every field of a task (new or changed).
+    fn log_task(&mut self, id: TaskId) {
+        if self.wal.is_none() {
+            return;
+        }
+        if let Some(image) = self.task_image(id) {
+            self.log(&LogRecord::TaskUpserted(image));
+        }
     }
 
     fn metrics(&self) -> &ShardMetrics {
@@ -1197,6 +1505,36 @@ impl Shard {
         sandbox: &str,
         adopting: bool,
     ) -> Option<(Resources, Vec<u16>)> {
+        let adopted = self.apply_status(
+            from, agent, task_id, reported, exit_code, message, sandbox, adopting,
+        );
+        if reported.is_terminal() {
+            // Acknowledged whatever became of it: the agent stops re-reporting it. The ack
+            // leaves only after this round's commit.
+            self.send(
+                agent_home(agent),
+                PeerMsg::StatusAck {
+                    agent,
+                    task_id,
+                    state: reported,
+                },
+            );
+        }
+        adopted
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_status(
+        &mut self,
+        from: ShardId,
+        agent: AgentId,
+        task_id: TaskId,
+        reported: TaskState,
+        exit_code: i32,
+        message: &str,
+        sandbox: &str,
+        adopting: bool,
+    ) -> Option<(Resources, Vec<u16>)> {
         let Some(t) = self.tasks.get_mut(&task_id) else {
             if !reported.is_terminal() {
                 tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
@@ -1213,8 +1551,8 @@ impl Shard {
             return None;
         };
         if t.agent != Some(agent) {
-            let adoptable =
-                adopting && t.agent.is_some() && !t.state.is_terminal() && !reported.is_terminal();
+            let placed = t.agent.is_some() || t.awaiting_adoption;
+            let adoptable = adopting && placed && !t.state.is_terminal() && !reported.is_terminal();
             if !adoptable {
                 if !reported.is_terminal() {
                     let key = self.jobs[t.job].key_text.clone();
@@ -1229,17 +1567,28 @@ impl Shard {
                 }
                 return None;
             }
-            // The agent reconnected under a new number: move the task to it.
-            let old = t.agent.replace(agent).expect("checked");
-            if let Some(set) = self.tasks_by_agent.get_mut(&old) {
-                set.remove(&task_id);
+            // The agent reconnected under a new number (or the scheduler restarted): move the
+            // task to it.
+            // The job's spread counts the task where it now is.
+            if let Some(old) = t.agent.replace(agent) {
+                if let Some(set) = self.tasks_by_agent.get_mut(&old) {
+                    set.remove(&task_id);
+                }
+                if let Some(ids) = self.agent_attr_ids.get(&old) {
+                    self.jobs[t.job].spread.remove_attributes(ids);
+                }
             }
+            if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                self.jobs[t.job].spread.add_attributes(ids);
+            }
+            t.awaiting_adoption = false;
             self.tasks_by_agent
                 .entry(agent)
                 .or_default()
                 .insert(task_id);
             t.holds = true;
             t.host = self.agent_names.get(&agent).cloned();
+            self.log_task(task_id);
         }
         let t = self.tasks.get_mut(&task_id).expect("present");
         if !sandbox.is_empty() && t.sandbox.is_empty() {
@@ -1304,6 +1653,7 @@ impl Shard {
         let job = t.job;
         let agent = t.agent;
         self.count_state(Some(prev), next);
+        self.log_task(task_id);
         match next {
             TaskState::Killing
             | TaskState::Preempting
@@ -1392,7 +1742,10 @@ impl Shard {
             Reschedule::After { delay_ms } => Some((delay_ms, outcome.consecutive_flaps)),
         };
         if let Some(t) = self.tasks.get_mut(&task_id) {
-            t.failure_count = failure_count;
+            if t.failure_count != failure_count {
+                t.failure_count = failure_count;
+                self.log_task(task_id);
+            }
         }
         // Retire into history.
         let j = &mut self.jobs[job];
@@ -1401,6 +1754,7 @@ impl Shard {
             j.current[instance as usize] = None;
         }
         self.ended.push_back((now, task_id));
+        self.log(&LogRecord::TaskEnded { id: task_id });
         self.prune_history_over_max(job, now);
         if let Some((delay_ms, flaps)) = decision {
             let id = self.new_task(job, instance, failure_count, flaps);
@@ -1412,6 +1766,7 @@ impl Shard {
                 t.message = format!("throttled for {} ms (flapping)", delay_ms);
                 self.throttled.insert((now + delay_ms * 1000, id), ());
                 self.count_state(Some(TaskState::Pending), TaskState::Throttled);
+                self.log_task(id);
             }
         }
     }
@@ -1432,6 +1787,7 @@ impl Shard {
     }
 
     fn forget_task(&mut self, task_id: TaskId) {
+        self.log(&LogRecord::TaskForgotten { id: task_id });
         if let Some(t) = self.tasks.remove(&task_id) {
             debug_assert!(
                 t.state.is_terminal(),
@@ -1585,6 +1941,7 @@ impl Shard {
             .or_default()
             .insert(task_id);
         self.count_state(Some(TaskState::Pending), TaskState::Assigned);
+        self.log_task(task_id);
         self.metrics()
             .placement_latency
             .observe_nanos(waited_us * 1000);
@@ -1625,6 +1982,7 @@ impl Shard {
                     t.message.clear();
                     self.pending.push_back(id);
                     self.count_state(Some(TaskState::Throttled), TaskState::Pending);
+                    self.log_task(id);
                 }
             }
         }
@@ -1636,6 +1994,8 @@ impl Shard {
             self.last_sweep = Instant::now();
             self.check_transient_timeouts(now);
             self.prune_expired_history(now);
+            self.expire_unadopted(now);
+            self.maybe_snapshot_and_backup();
             self.check_silent_agents();
         }
     }
@@ -1685,6 +2045,15 @@ impl Shard {
 
     /// Writes each connection's batched frames (one queued write per connection per round).
     pub fn flush_connections(&mut self) {
+        if !self.pending_acks.is_empty() {
+            let mut acks = std::mem::take(&mut self.pending_acks);
+            for (conn, list) in acks.drain() {
+                let bytes = self.encoder.status_ack(&list);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.writer.push(bytes);
+                }
+            }
+        }
         let mut dead = Vec::new();
         for (id, c) in self.conns.iter_mut() {
             if c.writer.is_empty() {

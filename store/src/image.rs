@@ -1,0 +1,365 @@
+//! The durable state image of a shard and the log records that change it. Pure: no IO.
+//!
+//! The image is what a snapshot holds and what recovery rebuilds; the records are what the log
+//! holds between snapshots. [`StateImage::apply`] is the only way a record changes an image, so
+//! the in-memory model used by the tests and the replay done at recovery cannot drift apart.
+//!
+//! Rules (checked by `apply`, stated by [`StateImage::check_invariants`]):
+//! - every task belongs to an existing job and has `instance < job.instances`;
+//! - `job.current[i]`, when set, is a task of that job with instance `i`;
+//! - `job.history` holds terminal tasks of that job, each once, never one that is also current;
+//! - a non-terminal task is its instance's current task.
+//!
+//! A terminal task may be current (upserted terminal, `TaskEnded` not logged yet), in history,
+//! or in neither (created terminal and not ended yet).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use borealis_core::{route_hash_str, JobKey, TaskConfig, TaskId, TaskState};
+use serde::{Deserialize, Serialize};
+
+/// Most instances a job may have in the image. Bounds the `current` vector a single record can
+/// make us allocate, so a corrupt-but-checksummed or hostile record cannot exhaust memory.
+pub const INSTANCES_MAX: u32 = 1 << 20;
+
+/// Every durable field of one task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskImage {
+    pub id: TaskId,
+    pub job: JobKey,
+    pub instance: u32,
+    pub state: TaskState,
+    pub agent_name: Option<String>,
+    pub hostname: Option<String>,
+    pub failure_count: u32,
+    pub consecutive_flaps: u32,
+    pub exit_code: i32,
+    pub message: String,
+    pub ports: Vec<(String, u16)>,
+    pub sandbox: String,
+    pub killed_by_user: bool,
+}
+
+/// A job: its configuration and which of its tasks are current and which have ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobImage {
+    pub key: JobKey,
+    pub config: TaskConfig,
+    pub instances: u32,
+    /// The current task of each instance (`instances` entries).
+    pub current: Vec<Option<TaskId>>,
+    /// Ended tasks, oldest first.
+    pub history: Vec<TaskId>,
+}
+
+/// A shard's whole durable state. Ordered maps so that encoding, comparison and iteration are
+/// deterministic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateImage {
+    pub jobs: BTreeMap<JobKey, JobImage>,
+    pub tasks: BTreeMap<TaskId, TaskImage>,
+}
+
+/// One change to a [`StateImage`], as written to the log.
+///
+/// The variant order is part of the on-disk format (postcard encodes the variant index):
+/// append new variants at the end, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogRecord {
+    /// Creates a job; replaces an existing job of that key, whose tasks are dropped.
+    JobCreated {
+        key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+    },
+    /// The job and all its tasks are forgotten.
+    JobRemoved { key: JobKey },
+    /// A new task, or every field of a changed one. When the task is not terminal it becomes
+    /// its instance's current task.
+    TaskUpserted(TaskImage),
+    /// Moves the (terminal) task from its instance's current slot, if it is there, to the end
+    /// of its job's history.
+    TaskEnded { id: TaskId },
+    /// Removes the task from its job (history, or current) and from the tasks.
+    TaskForgotten { id: TaskId },
+}
+
+impl fmt::Display for LogRecord {
+    /// A short description for errors: the variant and what it names, never the whole payload.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LogRecord::JobCreated { key, instances, .. } => {
+                write!(f, "JobCreated({key}, {instances} instances)")
+            }
+            LogRecord::JobRemoved { key } => write!(f, "JobRemoved({key})"),
+            LogRecord::TaskUpserted(t) => write!(
+                f,
+                "TaskUpserted(task {} of {} instance {} in {})",
+                t.id,
+                t.job,
+                t.instance,
+                t.state.as_str()
+            ),
+            LogRecord::TaskEnded { id } => write!(f, "TaskEnded(task {id})"),
+            LogRecord::TaskForgotten { id } => write!(f, "TaskForgotten(task {id})"),
+        }
+    }
+}
+
+/// A record that does not fit the image it is applied to. The image is left unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot apply {record}: {reason}")]
+pub struct ApplyError {
+    /// The record, described (see `LogRecord`'s `Display`).
+    pub record: String,
+    /// What was inconsistent.
+    pub reason: String,
+}
+
+impl StateImage {
+    /// Applies one record. Checks everything before changing anything, so on error the image
+    /// is as it was; never panics, whatever the record.
+    pub fn apply(&mut self, record: &LogRecord) -> Result<(), ApplyError> {
+        let fail = |reason: String| ApplyError {
+            record: record.to_string(),
+            reason,
+        };
+        match record {
+            LogRecord::JobCreated {
+                key,
+                instances,
+                config,
+            } => {
+                if *instances > INSTANCES_MAX {
+                    return Err(fail(format!(
+                        "{instances} instances is over the limit of {INSTANCES_MAX}"
+                    )));
+                }
+                if config.job != *key {
+                    return Err(fail(format!(
+                        "the config belongs to job {}, not {key}",
+                        config.job
+                    )));
+                }
+                if self.jobs.contains_key(key) {
+                    self.drop_tasks_of(key);
+                }
+                self.jobs.insert(
+                    key.clone(),
+                    JobImage {
+                        key: key.clone(),
+                        config: config.clone(),
+                        instances: *instances,
+                        current: vec![None; *instances as usize],
+                        history: Vec::new(),
+                    },
+                );
+            }
+            LogRecord::JobRemoved { key } => {
+                if !self.jobs.contains_key(key) {
+                    return Err(fail(format!("job {key} does not exist")));
+                }
+                self.drop_tasks_of(key);
+                self.jobs.remove(key);
+            }
+            LogRecord::TaskUpserted(task) => {
+                let Some(job) = self.jobs.get(&task.job) else {
+                    return Err(fail(format!("job {} does not exist", task.job)));
+                };
+                let Some(slot) = job.current.get(task.instance as usize) else {
+                    return Err(fail(format!(
+                        "instance {} is out of range: job {} has {} instances",
+                        task.instance, task.job, job.instances
+                    )));
+                };
+                if let Some(old) = self.tasks.get(&task.id) {
+                    if old.job != task.job || old.instance != task.instance {
+                        return Err(fail(format!(
+                            "task {} already exists as instance {} of {}",
+                            task.id, old.instance, old.job
+                        )));
+                    }
+                }
+                if !task.state.is_terminal() {
+                    if let Some(other) = slot.filter(|other| *other != task.id) {
+                        return Err(fail(format!(
+                            "instance {} already has a current task {other} (end it first)",
+                            task.instance
+                        )));
+                    }
+                    // A task in history has ended; it cannot come back to life.
+                    if self.tasks.contains_key(&task.id) && job.history.contains(&task.id) {
+                        return Err(fail(format!(
+                            "task {} has ended and cannot become {}",
+                            task.id,
+                            task.state.as_str()
+                        )));
+                    }
+                }
+                let terminal = task.state.is_terminal();
+                let job = self.jobs.get_mut(&task.job).expect("checked above");
+                if !terminal {
+                    job.current[task.instance as usize] = Some(task.id);
+                }
+                self.tasks.insert(task.id, task.clone());
+            }
+            LogRecord::TaskEnded { id } => {
+                let Some(task) = self.tasks.get(id) else {
+                    return Err(fail(format!("task {id} does not exist")));
+                };
+                if !task.state.is_terminal() {
+                    return Err(fail(format!(
+                        "task {id} is {}, not terminal",
+                        task.state.as_str()
+                    )));
+                }
+                let Some(job) = self.jobs.get_mut(&task.job) else {
+                    return Err(fail(format!("its job {} does not exist", task.job)));
+                };
+                if job.history.contains(id) {
+                    return Err(fail(format!("task {id} has already ended")));
+                }
+                if let Some(slot) = job.current.get_mut(task.instance as usize) {
+                    if *slot == Some(*id) {
+                        *slot = None;
+                    }
+                }
+                job.history.push(*id);
+            }
+            LogRecord::TaskForgotten { id } => {
+                let Some(task) = self.tasks.get(id) else {
+                    return Err(fail(format!("task {id} does not exist")));
+                };
+                if let Some(job) = self.jobs.get_mut(&task.job) {
+                    job.history.retain(|h| h != id);
+                    if let Some(slot) = job.current.get_mut(task.instance as usize) {
+                        if *slot == Some(*id) {
+                            *slot = None;
+                        }
+                    }
+                }
+                self.tasks.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every task of job `key` from `tasks` (its job entry is left to the caller).
+    ///
+    /// Scans all tasks rather than only the job's current and history: a task created terminal
+    /// and not yet ended is in neither, and must not outlive its job. Jobs are created and
+    /// removed rarely compared with task transitions, so the scan is the simpler, safe choice.
+    fn drop_tasks_of(&mut self, key: &JobKey) {
+        self.tasks.retain(|_, t| t.job != *key);
+    }
+
+    /// Splits the image by the scheduler's routing: job `k` goes to shard
+    /// `route_hash_str(k.to_string()) % shards`, and each task goes with its job.
+    ///
+    /// Panics when `shards` is 0 (a caller's bug: there is nowhere to put the state).
+    pub fn partition(self, shards: usize) -> Vec<StateImage> {
+        assert!(shards > 0, "partition into 0 shards");
+        let mut parts: Vec<StateImage> = (0..shards).map(|_| StateImage::default()).collect();
+        for (key, job) in self.jobs {
+            parts[shard_of(&key, shards)].jobs.insert(key, job);
+        }
+        for (id, task) in self.tasks {
+            parts[shard_of(&task.job, shards)].tasks.insert(id, task);
+        }
+        parts
+    }
+
+    /// Unites images. Parts from one `partition` are disjoint; where two parts hold the same
+    /// job or task, the later part wins (see `crate::recover_all` for the checked merge).
+    pub fn merge(parts: Vec<StateImage>) -> StateImage {
+        let mut merged = StateImage::default();
+        for part in parts {
+            merged.jobs.extend(part.jobs);
+            merged.tasks.extend(part.tasks);
+        }
+        merged
+    }
+
+    /// Checks the rules in this module's documentation; the error lists what is wrong.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut problems = Vec::new();
+        for (key, job) in &self.jobs {
+            if job.key != *key {
+                problems.push(format!("job under {key} has key {}", job.key));
+            }
+            if job.current.len() != job.instances as usize {
+                problems.push(format!(
+                    "job {key} has {} instances but {} current slots",
+                    job.instances,
+                    job.current.len()
+                ));
+            }
+            for (instance, id) in job.current.iter().enumerate() {
+                let Some(id) = id else { continue };
+                match self.tasks.get(id) {
+                    None => problems.push(format!("job {key} instance {instance}: no task {id}")),
+                    Some(t) if t.job != *key || t.instance as usize != instance => {
+                        problems.push(format!(
+                            "job {key} instance {instance}: task {id} is instance {} of {}",
+                            t.instance, t.job
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut seen = BTreeSet::new();
+            for id in &job.history {
+                if !seen.insert(*id) {
+                    problems.push(format!("job {key}: task {id} is in history twice"));
+                }
+                match self.tasks.get(id) {
+                    None => problems.push(format!("job {key} history: no task {id}")),
+                    Some(t) if t.job != *key => {
+                        problems.push(format!("job {key} history: task {id} is of {}", t.job))
+                    }
+                    Some(t) if !t.state.is_terminal() => problems.push(format!(
+                        "job {key} history: task {id} is {}",
+                        t.state.as_str()
+                    )),
+                    Some(t) if job.current.get(t.instance as usize) == Some(&Some(*id)) => {
+                        problems.push(format!("job {key}: task {id} is current and in history"))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (id, task) in &self.tasks {
+            if task.id != *id {
+                problems.push(format!("task under {id} has id {}", task.id));
+            }
+            let Some(job) = self.jobs.get(&task.job) else {
+                problems.push(format!("task {id}: its job {} does not exist", task.job));
+                continue;
+            };
+            if task.instance >= job.instances {
+                problems.push(format!(
+                    "task {id}: instance {} of a job with {} instances",
+                    task.instance, job.instances
+                ));
+            } else if !task.state.is_terminal()
+                && job.current.get(task.instance as usize) != Some(&Some(*id))
+            {
+                problems.push(format!(
+                    "task {id} is {} but not the current task of its instance",
+                    task.state.as_str()
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+}
+
+/// The shard that owns job `key` among `shards`: the scheduler's routing.
+pub fn shard_of(key: &JobKey, shards: usize) -> usize {
+    (route_hash_str(&key.to_string()) % shards as u64) as usize
+}

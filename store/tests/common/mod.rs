@@ -1,0 +1,240 @@
+//! Shared test helpers: valid record sequences (as proptest strategies), and small builders.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
+use borealis_store::image::{LogRecord, StateImage, TaskImage};
+use proptest::prelude::*;
+
+pub fn key(i: usize) -> JobKey {
+    JobKey::new(&format!("role{}", i % 3), "prod", &format!("job{i}")).expect("valid key")
+}
+
+pub fn config(key: &JobKey) -> TaskConfig {
+    TaskConfig {
+        job: key.clone(),
+        command: format!("run {key}"),
+        resources: Resources {
+            cpu_millis: 500,
+            ram_mib: 128,
+            disk_mib: 64,
+            ports: 1,
+        },
+        port_names: vec!["http".into()],
+        constraints: Vec::new(),
+        tier: Tier::Preferred,
+        priority: 0,
+        production: true,
+        is_service: true,
+        max_task_failures: 3,
+        finalization_wait_secs: 5,
+    }
+}
+
+pub fn job_created(key: &JobKey, instances: u32) -> LogRecord {
+    LogRecord::JobCreated {
+        key: key.clone(),
+        instances,
+        config: config(key),
+    }
+}
+
+pub fn task(id: u64, job: &JobKey, instance: u32, state: TaskState) -> TaskImage {
+    TaskImage {
+        id: TaskId(id),
+        job: job.clone(),
+        instance,
+        state,
+        agent_name: None,
+        hostname: None,
+        failure_count: 0,
+        consecutive_flaps: 0,
+        exit_code: -1,
+        message: String::new(),
+        ports: Vec::new(),
+        sandbox: String::new(),
+        killed_by_user: false,
+    }
+}
+
+/// Applies records to an empty image, panicking on the first that does not apply.
+pub fn image_of(records: &[LogRecord]) -> StateImage {
+    let mut image = StateImage::default();
+    for record in records {
+        image
+            .apply(record)
+            .unwrap_or_else(|e| panic!("generated record does not apply: {e}"));
+    }
+    image
+}
+
+/// An abstract step; [`interpret`] turns steps into records valid for the image so far.
+#[derive(Clone, Debug)]
+pub enum Step {
+    CreateJob { job: u8, instances: u8 },
+    RemoveJob { job: u8 },
+    NewTask { job: u8, instance: u8, state: u8 },
+    Update { pick: u16, state: u8, text: u8 },
+    End { pick: u16 },
+    Forget { pick: u16 },
+}
+
+const JOBS: u8 = 5;
+
+pub fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..JOBS, 1u8..5).prop_map(|(job, instances)| Step::CreateJob { job, instances }),
+        1 => (0..JOBS).prop_map(|job| Step::RemoveJob { job }),
+        12 => (0..JOBS, 0u8..5, any::<u8>())
+            .prop_map(|(job, instance, state)| Step::NewTask { job, instance, state }),
+        12 => (any::<u16>(), any::<u8>(), any::<u8>())
+            .prop_map(|(pick, state, text)| Step::Update { pick, state, text }),
+        9 => any::<u16>().prop_map(|pick| Step::End { pick }),
+        6 => any::<u16>().prop_map(|pick| Step::Forget { pick }),
+    ]
+}
+
+/// A sequence of valid records, up to about `steps` long.
+pub fn records(steps: usize) -> impl Strategy<Value = Vec<LogRecord>> {
+    proptest::collection::vec(step(), 0..steps).prop_map(|steps| interpret(&steps))
+}
+
+/// Turns steps into records that apply in order (steps that fit nothing are skipped).
+pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
+    let mut image = StateImage::default();
+    let mut out = Vec::new();
+    let mut next_id = 1u64;
+    let emit = |image: &mut StateImage, record: LogRecord, out: &mut Vec<LogRecord>| {
+        image
+            .apply(&record)
+            .unwrap_or_else(|e| panic!("interpret made an invalid record: {e}"));
+        out.push(record);
+    };
+    for step in steps {
+        match *step {
+            Step::CreateJob { job, instances } => {
+                emit(
+                    &mut image,
+                    job_created(&key(job.into()), instances.into()),
+                    &mut out,
+                );
+            }
+            Step::RemoveJob { job } => {
+                let key = key(job.into());
+                if image.jobs.contains_key(&key) {
+                    emit(&mut image, LogRecord::JobRemoved { key }, &mut out);
+                }
+            }
+            Step::NewTask {
+                job,
+                instance,
+                state,
+            } => {
+                let key = key(job.into());
+                if !image.jobs.contains_key(&key) {
+                    emit(&mut image, job_created(&key, 3), &mut out);
+                }
+                let j = &image.jobs[&key];
+                let instance = u32::from(instance) % j.instances;
+                let state = TaskState::ALL[usize::from(state) % TaskState::COUNT];
+                if !state.is_terminal() && j.current[instance as usize].is_some() {
+                    continue; // the instance is busy: end its task first
+                }
+                let mut t = task(next_id, &key, instance, state);
+                t.message = format!("new in {}", state.as_str());
+                next_id += 1;
+                emit(&mut image, LogRecord::TaskUpserted(t), &mut out);
+            }
+            Step::Update { pick, state, text } => {
+                let Some(t) = nth_task(&image, pick) else {
+                    continue;
+                };
+                let mut t = t.clone();
+                let state = TaskState::ALL[usize::from(state) % TaskState::COUNT];
+                let ended = image.jobs[&t.job].history.contains(&t.id);
+                let slot = image.jobs[&t.job].current[t.instance as usize];
+                if !state.is_terminal() && (ended || slot.is_some_and(|c| c != t.id)) {
+                    continue;
+                }
+                t.state = state;
+                t.failure_count += 1;
+                t.message = format!("update {text}");
+                t.agent_name = Some(format!("agent{}", text % 4));
+                t.hostname = Some(format!("host{}", text % 4));
+                t.ports = vec![("http".into(), 31_000 + u16::from(text))];
+                t.sandbox = format!("/sandbox/{}", t.id);
+                t.exit_code = i32::from(text) - 100;
+                t.killed_by_user = text % 2 == 0;
+                emit(&mut image, LogRecord::TaskUpserted(t), &mut out);
+            }
+            Step::End { pick } => {
+                let Some(t) = nth_task(&image, pick) else {
+                    continue;
+                };
+                let id = t.id;
+                if image.jobs[&t.job].history.contains(&id) {
+                    continue;
+                }
+                if !t.state.is_terminal() {
+                    let mut t = t.clone();
+                    t.state = TaskState::Finished;
+                    t.exit_code = 0;
+                    emit(&mut image, LogRecord::TaskUpserted(t), &mut out);
+                }
+                emit(&mut image, LogRecord::TaskEnded { id }, &mut out);
+            }
+            Step::Forget { pick } => {
+                // Mostly the oldest ended task, as history pruning does; sometimes any task.
+                let oldest = image.jobs.values().find_map(|j| j.history.first().copied());
+                let id = match (oldest, nth_task(&image, pick)) {
+                    (Some(id), _) if pick % 4 != 0 => id,
+                    (_, Some(t)) => t.id,
+                    (_, None) => continue,
+                };
+                emit(&mut image, LogRecord::TaskForgotten { id }, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn nth_task(image: &StateImage, pick: u16) -> Option<&TaskImage> {
+    if image.tasks.is_empty() {
+        return None;
+    }
+    image
+        .tasks
+        .values()
+        .nth(usize::from(pick) % image.tasks.len())
+}
+
+/// Every file under `dir` (relative path and contents), sorted: for "nothing changed" checks.
+pub fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            out.push((rel(root, &path) + "/", Vec::new()));
+            walk(root, &path, out);
+        } else {
+            out.push((rel(root, &path), std::fs::read(&path).expect("read")));
+        }
+    }
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .expect("under root")
+        .display()
+        .to_string()
+}

@@ -1,0 +1,370 @@
+//! The state image: what each record does, what it refuses, partition and merge.
+
+mod common;
+
+use borealis_core::{TaskId, TaskState};
+use borealis_store::image::{shard_of, LogRecord, StateImage, INSTANCES_MAX};
+use common::{config, image_of, interpret, job_created, key, records, step, task};
+use proptest::prelude::*;
+
+/// Applies `setup`, then checks that `record` is refused with a reason containing `reason`,
+/// and that the refusal left the image unchanged.
+fn check_refused(name: &str, setup: &[LogRecord], record: LogRecord, reason: &str) {
+    let mut image = image_of(setup);
+    let before = image.clone();
+    let err = image
+        .apply(&record)
+        .expect_err(&format!("{name}: {record} should be refused"));
+    assert!(
+        err.reason.contains(reason) && err.record == record.to_string(),
+        "{name}: got {err}, expected a reason containing {reason:?}"
+    );
+    assert_eq!(image, before, "{name}: a refused record changed the image");
+}
+
+#[test]
+fn inconsistent_records_are_refused_and_change_nothing() {
+    let a = key(0);
+    let b = key(1);
+    let job_a = job_created(&a, 2);
+    let pending =
+        |id, instance| LogRecord::TaskUpserted(task(id, &a, instance, TaskState::Pending));
+    let failed = |id, instance| LogRecord::TaskUpserted(task(id, &a, instance, TaskState::Failed));
+    let cases: Vec<(&str, Vec<LogRecord>, LogRecord, &str)> = vec![
+        (
+            "remove unknown job",
+            vec![],
+            LogRecord::JobRemoved { key: a.clone() },
+            "does not exist",
+        ),
+        (
+            "task of unknown job",
+            vec![],
+            pending(1, 0),
+            "does not exist",
+        ),
+        (
+            "instance out of range",
+            vec![job_a.clone()],
+            pending(1, 2),
+            "out of range",
+        ),
+        (
+            "task moves to another instance",
+            vec![job_a.clone(), pending(1, 0)],
+            LogRecord::TaskUpserted(task(1, &a, 1, TaskState::Pending)),
+            "already exists as instance 0",
+        ),
+        (
+            "task moves to another job",
+            vec![job_a.clone(), job_created(&b, 2), pending(1, 0)],
+            LogRecord::TaskUpserted(task(1, &b, 0, TaskState::Pending)),
+            "already exists",
+        ),
+        (
+            "second live task on an instance",
+            vec![job_a.clone(), pending(1, 0)],
+            pending(2, 0),
+            "already has a current task",
+        ),
+        (
+            "ended task comes back",
+            vec![
+                job_a.clone(),
+                failed(1, 0),
+                LogRecord::TaskEnded { id: TaskId(1) },
+            ],
+            pending(1, 0),
+            "has ended",
+        ),
+        (
+            "end unknown task",
+            vec![job_a.clone()],
+            LogRecord::TaskEnded { id: TaskId(9) },
+            "does not exist",
+        ),
+        (
+            "end live task",
+            vec![job_a.clone(), pending(1, 0)],
+            LogRecord::TaskEnded { id: TaskId(1) },
+            "not terminal",
+        ),
+        (
+            "end twice",
+            vec![
+                job_a.clone(),
+                failed(1, 0),
+                LogRecord::TaskEnded { id: TaskId(1) },
+            ],
+            LogRecord::TaskEnded { id: TaskId(1) },
+            "already ended",
+        ),
+        (
+            "forget unknown task",
+            vec![job_a.clone()],
+            LogRecord::TaskForgotten { id: TaskId(3) },
+            "does not exist",
+        ),
+        (
+            "config of another job",
+            vec![],
+            LogRecord::JobCreated {
+                key: a.clone(),
+                instances: 1,
+                config: config(&b),
+            },
+            "belongs to job",
+        ),
+        (
+            "instances over the limit",
+            vec![],
+            LogRecord::JobCreated {
+                key: a.clone(),
+                instances: INSTANCES_MAX + 1,
+                config: config(&a),
+            },
+            "over the limit",
+        ),
+        (
+            "huge instances never allocate",
+            vec![],
+            LogRecord::JobCreated {
+                key: a.clone(),
+                instances: u32::MAX,
+                config: config(&a),
+            },
+            "over the limit",
+        ),
+    ];
+    for (name, setup, record, reason) in cases {
+        check_refused(name, &setup, record, reason);
+    }
+}
+
+#[test]
+fn lifecycle_of_a_task_through_the_records() {
+    let a = key(0);
+    let mut image = image_of(&[
+        job_created(&a, 2),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Pending)),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+    ]);
+    assert_eq!(image.jobs[&a].current, vec![Some(TaskId(1)), None]);
+    // A terminal upsert leaves the task current until TaskEnded moves it into history.
+    image
+        .apply(&LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Failed)))
+        .unwrap();
+    assert_eq!(image.jobs[&a].current[0], Some(TaskId(1)));
+    image
+        .apply(&LogRecord::TaskEnded { id: TaskId(1) })
+        .unwrap();
+    assert_eq!(image.jobs[&a].current[0], None);
+    assert_eq!(image.jobs[&a].history, vec![TaskId(1)]);
+    // The replacement takes the slot; the ended task can still be updated while terminal.
+    image
+        .apply(&LogRecord::TaskUpserted(task(2, &a, 0, TaskState::Pending)))
+        .unwrap();
+    image
+        .apply(&LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Lost)))
+        .unwrap();
+    assert_eq!(image.jobs[&a].current[0], Some(TaskId(2)));
+    image.check_invariants().unwrap();
+    image
+        .apply(&LogRecord::TaskForgotten { id: TaskId(1) })
+        .unwrap();
+    assert!(image.jobs[&a].history.is_empty() && !image.tasks.contains_key(&TaskId(1)));
+    // Forgetting a current task clears its slot too.
+    image
+        .apply(&LogRecord::TaskForgotten { id: TaskId(2) })
+        .unwrap();
+    assert_eq!(image.jobs[&a].current, vec![None, None]);
+    image.check_invariants().unwrap();
+}
+
+#[test]
+fn replacing_or_removing_a_job_drops_all_its_tasks() {
+    let a = key(0);
+    let b = key(1);
+    let setup = vec![
+        job_created(&a, 2),
+        job_created(&b, 1),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+        // Created terminal and not ended yet: in neither current nor history.
+        LogRecord::TaskUpserted(task(2, &a, 1, TaskState::Failed)),
+        LogRecord::TaskUpserted(task(3, &b, 0, TaskState::Running)),
+    ];
+    let mut replaced = image_of(&setup);
+    replaced.apply(&job_created(&a, 3)).unwrap();
+    assert_eq!(
+        replaced.tasks.keys().copied().collect::<Vec<_>>(),
+        vec![TaskId(3)]
+    );
+    assert_eq!(replaced.jobs[&a].current, vec![None; 3]);
+    replaced.check_invariants().unwrap();
+
+    let mut removed = image_of(&setup);
+    removed
+        .apply(&LogRecord::JobRemoved { key: a.clone() })
+        .unwrap();
+    assert!(!removed.jobs.contains_key(&a));
+    assert_eq!(
+        removed.tasks.keys().copied().collect::<Vec<_>>(),
+        vec![TaskId(3)]
+    );
+    removed.check_invariants().unwrap();
+}
+
+#[test]
+fn check_invariants_names_what_is_wrong() {
+    let a = key(0);
+    let good = image_of(&[
+        job_created(&a, 1),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+    ]);
+    good.check_invariants().unwrap();
+    type Damage = Box<dyn Fn(&mut StateImage)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "orphan task",
+            Box::new(|i| {
+                i.jobs.clear();
+            }),
+            "does not exist",
+        ),
+        (
+            "dangling current",
+            Box::new(|i| {
+                i.tasks.clear();
+            }),
+            "no task",
+        ),
+        (
+            "live task not current",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| j.current[0] = None);
+            }),
+            "not the current task",
+        ),
+        (
+            "short current",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| j.current.clear());
+            }),
+            "current slots",
+        ),
+        (
+            "live task in history",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| j.history.push(TaskId(1)));
+            }),
+            "is RUNNING",
+        ),
+    ];
+    for (name, damage, expected) in cases {
+        let mut image = good.clone();
+        damage(&mut image);
+        let err = image.check_invariants().expect_err(name);
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every generated sequence keeps the image's invariants at every step.
+    #[test]
+    fn valid_sequences_keep_the_invariants(steps in proptest::collection::vec(step(), 0..80)) {
+        let records = interpret(&steps);
+        let mut image = StateImage::default();
+        for record in &records {
+            image.apply(record).unwrap();
+            if let Err(e) = image.check_invariants() {
+                return Err(TestCaseError::fail(format!("after {record}: {e}")));
+            }
+        }
+    }
+
+    /// Whatever the record, `apply` returns; when it refuses, the image is unchanged.
+    #[test]
+    fn apply_never_panics_and_refusals_change_nothing(
+        setup in records(40),
+        job in 0usize..6,
+        instance in prop_oneof![0u32..6, Just(u32::MAX)],
+        id in 0u64..40,
+        state in 0usize..TaskState::COUNT,
+        kind in 0u8..5,
+    ) {
+        let mut image = image_of(&setup);
+        let key = key(job);
+        let record = match kind {
+            0 => LogRecord::JobCreated { key: key.clone(), instances: instance, config: config(&key) },
+            1 => LogRecord::JobRemoved { key },
+            2 => LogRecord::TaskUpserted(task(id, &key, instance, TaskState::ALL[state])),
+            3 => LogRecord::TaskEnded { id: TaskId(id) },
+            _ => LogRecord::TaskForgotten { id: TaskId(id) },
+        };
+        let before = image.clone();
+        match image.apply(&record) {
+            Ok(()) => prop_assert!(image.check_invariants().is_ok(), "{record} broke: {:?}", image.check_invariants()),
+            Err(_) => prop_assert_eq!(image, before),
+        }
+    }
+
+    /// partition then merge is the identity, and each part holds only what routes to it.
+    #[test]
+    fn partition_then_merge_is_the_original(records in records(80), shards in 1usize..8) {
+        let image = image_of(&records);
+        let parts = image.clone().partition(shards);
+        prop_assert_eq!(parts.len(), shards);
+        for (i, part) in parts.iter().enumerate() {
+            prop_assert!(part.jobs.keys().all(|k| shard_of(k, shards) == i));
+            prop_assert!(part.tasks.values().all(|t| shard_of(&t.job, shards) == i));
+            prop_assert!(part.check_invariants().is_ok());
+        }
+        prop_assert_eq!(StateImage::merge(parts), image);
+    }
+}
+
+#[test]
+fn shard_of_is_the_schedulers_routing() {
+    for i in 0..20 {
+        let k = key(i);
+        assert_eq!(shard_of(&k, 7) as u64, k.route_hash() % 7);
+    }
+}
+
+/// Guards the property tests against a vacuous generator: sequences are long, use every
+/// record kind, and reach tasks in history, terminal-but-current and replaced jobs.
+#[test]
+fn the_generator_produces_rich_sequences() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 5], 0, 0);
+    for _ in 0..200 {
+        let records = records(60).new_tree(&mut runner).unwrap().current();
+        total += records.len();
+        for r in &records {
+            kinds[match r {
+                LogRecord::JobCreated { .. } => 0,
+                LogRecord::JobRemoved { .. } => 1,
+                LogRecord::TaskUpserted(_) => 2,
+                LogRecord::TaskEnded { .. } => 3,
+                LogRecord::TaskForgotten { .. } => 4,
+            }] += 1;
+        }
+        let image = image_of(&records);
+        ended += image.jobs.values().map(|j| j.history.len()).sum::<usize>();
+        terminal_current += image
+            .jobs
+            .values()
+            .flat_map(|j| j.current.iter().flatten())
+            .filter(|id| image.tasks[id].state.is_terminal())
+            .count();
+    }
+    assert!(total / 200 >= 25, "average length {}", total / 200);
+    assert!(kinds.iter().all(|&k| k >= 50), "record kinds {kinds:?}");
+    assert!(
+        ended >= 100 && terminal_current >= 20,
+        "ended {ended}, terminal current {terminal_current}"
+    );
+}

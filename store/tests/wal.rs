@@ -1,0 +1,584 @@
+//! The log: group commit, reopening, torn tails, bit flips, snapshot fallback, corruption.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use borealis_core::{TaskId, TaskState};
+use borealis_store::files::{segment_name, snapshot_name};
+use borealis_store::image::{LogRecord, StateImage};
+use borealis_store::wal::{Wal, RECORD_BYTES_MAX};
+use borealis_store::StoreError;
+use common::{image_of, job_created, key, records, task};
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+fn open(dir: &Path) -> (Wal, borealis_store::wal::Recovery) {
+    Wal::open(dir).unwrap_or_else(|e| panic!("open {}: {e}", dir.display()))
+}
+
+/// The segments of a shard dir, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segs: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with("log-"))
+        .collect();
+    segs.sort();
+    segs
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+fn flip_bit(path: &Path, bit: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[(bit / 8) as usize] ^= 1 << (bit % 8);
+    fs::write(path, bytes).unwrap();
+}
+
+/// Writes `records`, committing each one alone; returns each record's byte range in the
+/// (single, last) segment.
+fn write_one_by_one(wal: &mut Wal, records: &[LogRecord]) -> Vec<(u64, u64)> {
+    let mut start = fs::metadata(wal.segment_path()).unwrap().len();
+    records
+        .iter()
+        .map(|r| {
+            wal.append(r);
+            let end = start + wal.commit().unwrap();
+            let range = (start, end);
+            start = end;
+            range
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// (a) Whatever the records, commit points and snapshots, reopening gives exactly the
+    /// image of the records committed (records appended after the last commit are not).
+    #[test]
+    fn reopen_gives_the_committed_image(
+        records in records(60),
+        commits in proptest::collection::vec(any::<bool>(), 60),
+        snapshots in proptest::collection::vec(0u8..10, 60),
+        final_commit in any::<bool>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        let (mut wal, recovery) = open(&dir);
+        prop_assert_eq!(recovery.image, StateImage::default());
+        let mut image = StateImage::default();
+        let mut durable = StateImage::default();
+        for (i, record) in records.iter().enumerate() {
+            wal.append(record);
+            image.apply(record).unwrap();
+            if snapshots[i % snapshots.len()] == 0 {
+                wal.snapshot(&image).unwrap();
+                durable = image.clone();
+            } else if commits[i % commits.len()] {
+                wal.commit().unwrap();
+                durable = image.clone();
+            }
+        }
+        if final_commit {
+            wal.commit().unwrap();
+            durable = image.clone();
+        }
+        drop(wal);
+        let (mut wal, recovery) = open(&dir);
+        prop_assert!(recovery.cut.is_none());
+        prop_assert_eq!(&recovery.image, &durable);
+        // At most two snapshots are kept.
+        prop_assert!(names(&dir).iter().filter(|n| n.starts_with("snapshot-")).count() <= 2);
+        // The reopened log appends after what it recovered.
+        let extra = job_created(&key(99), 1);
+        wal.append(&extra);
+        wal.commit().unwrap();
+        drop(wal);
+        let mut expected = durable;
+        expected.apply(&extra).unwrap();
+        prop_assert_eq!(open(&dir).1.image, expected);
+    }
+
+    /// (b) Truncating the last segment at any byte recovers the records wholly before the
+    /// cut, never an error, and the log goes on from there.
+    #[test]
+    fn torn_tail_at_any_offset(
+        records in records(30),
+        snapshot_after in any::<Index>(),
+        cut in any::<Index>(),
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        let (mut wal, _) = open(&dir);
+        // Part of the records go before a snapshot, so the last segment is not the first.
+        let split = snapshot_after.index(records.len() + 1);
+        let before = image_of(&records[..split]);
+        for r in &records[..split] {
+            wal.append(r);
+        }
+        wal.snapshot(&before).unwrap();
+        let ranges = write_one_by_one(&mut wal, &records[split..]);
+        let segment = wal.segment_path();
+        drop(wal);
+        let len = fs::metadata(&segment).unwrap().len();
+        let at = cut.index(len as usize + 1) as u64;
+        OpenOptions::new().write(true).open(&segment).unwrap().set_len(at).unwrap();
+
+        let whole = ranges.iter().take_while(|(_, end)| *end <= at).count();
+        let mut expected = before;
+        for r in &records[split..split + whole] {
+            expected.apply(r).unwrap();
+        }
+        let (mut wal, recovery) = open(&dir);
+        prop_assert_eq!(&recovery.image, &expected);
+        let boundary = at == 0 || ranges.iter().any(|(_, end)| *end == at);
+        prop_assert_eq!(recovery.cut.is_some(), !boundary, "cut: {:?}", recovery.cut);
+        prop_assert_eq!(recovery.records_replayed, whole as u64);
+        let extra = job_created(&key(99), 1);
+        wal.append(&extra);
+        wal.commit().unwrap();
+        drop(wal);
+        expected.apply(&extra).unwrap();
+        let reopened = open(&dir).1;
+        prop_assert!(reopened.cut.is_none());
+        prop_assert_eq!(reopened.image, expected);
+    }
+
+    /// (c) Flipping any single bit of the last record cuts exactly that record.
+    #[test]
+    fn bit_flip_in_the_tail_record_cuts_it(records in records(30), bit in any::<Index>()) {
+        prop_assume!(!records.is_empty());
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        let (mut wal, _) = open(&dir);
+        let ranges = write_one_by_one(&mut wal, &records);
+        let segment = wal.segment_path();
+        drop(wal);
+        let (start, end) = *ranges.last().unwrap();
+        flip_bit(&segment, start * 8 + bit.index(((end - start) * 8) as usize) as u64);
+        let recovery = open(&dir).1;
+        prop_assert_eq!(recovery.image, image_of(&records[..records.len() - 1]));
+        prop_assert!(recovery.cut.is_some());
+        prop_assert_eq!(fs::metadata(&segment).unwrap().len(), start);
+    }
+}
+
+/// Each way a tail can be damaged, and the reason recovery gives for cutting it. These are the
+/// rare branches of the frame decoder, named one by one.
+#[test]
+fn tail_damage_is_cut_with_its_reason() {
+    let a = key(0);
+    let good = vec![
+        job_created(&a, 1),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Pending)),
+    ];
+    let frame = |payload: &[u8], crc: u32| {
+        let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(&crc.to_le_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    type Damage = Box<dyn Fn(&mut Vec<u8>, u64)>;
+    let set_u32 = |at: u64, v: u32| -> Damage {
+        Box::new(move |b: &mut Vec<u8>, start: u64| {
+            let i = (start + at) as usize;
+            b[i..i + 4].copy_from_slice(&v.to_le_bytes());
+        })
+    };
+    let valid_payload = postcard::to_stdvec(&LogRecord::TaskEnded { id: TaskId(7) }).unwrap();
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "short header",
+            Box::new(|b, start| b.truncate(start as usize + 5)),
+            "short header",
+        ),
+        (
+            "short payload",
+            Box::new(|b, _| {
+                b.pop();
+            }),
+            "short record",
+        ),
+        (
+            "length over the limit",
+            set_u32(0, RECORD_BYTES_MAX as u32 + 1),
+            "over the limit",
+        ),
+        (
+            "length grown past the end",
+            set_u32(0, 1000),
+            "short record",
+        ),
+        (
+            "length shrunk",
+            Box::new(|b, start| {
+                let i = start as usize;
+                let len = u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+                b[i..i + 4].copy_from_slice(&(len - 1).to_le_bytes());
+            }),
+            "checksum mismatch",
+        ),
+        (
+            "crc flipped",
+            Box::new(|b, start| b[start as usize + 4] ^= 0x80),
+            "checksum mismatch",
+        ),
+        (
+            "payload flipped",
+            Box::new(|b, _| *b.last_mut().unwrap() ^= 1),
+            "checksum mismatch",
+        ),
+        (
+            "zeroed tail (preallocated space)",
+            Box::new(|b, _| b.extend_from_slice(&[0; 16])),
+            "undecodable record",
+        ),
+        (
+            "garbage with a valid checksum",
+            Box::new(move |b, _| b.extend(frame(&[0xff; 9], crc32c::crc32c(&[0xff; 9])))),
+            "undecodable record",
+        ),
+        (
+            "valid record plus trailing bytes",
+            Box::new({
+                let mut p = valid_payload.clone();
+                p.push(0);
+                move |b, _| b.extend(frame(&p, crc32c::crc32c(&p)))
+            }),
+            "trailing bytes",
+        ),
+    ];
+    for (name, damage, reason) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        let (mut wal, _) = open(&dir);
+        let ranges = write_one_by_one(&mut wal, &good);
+        let segment = wal.segment_path();
+        drop(wal);
+        let mut bytes = fs::read(&segment).unwrap();
+        let (start, _) = ranges[1];
+        damage(&mut bytes, start);
+        fs::write(&segment, &bytes).unwrap();
+        let recovery = Wal::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}")).1;
+        let cut = recovery
+            .cut
+            .unwrap_or_else(|| panic!("{name}: nothing cut"));
+        assert!(
+            cut.contains(reason) && cut.contains("log-"),
+            "{name}: {cut}"
+        );
+        // Appended garbage is cut at the end of the last good record, damage to it at its start.
+        let kept = if fs::metadata(&segment).unwrap().len() == ranges[1].1 {
+            2
+        } else {
+            1
+        };
+        assert_eq!(recovery.image, image_of(&good[..kept]), "{name}");
+    }
+}
+
+#[test]
+fn commit_is_one_write_per_round_and_nothing_pending_is_no_io() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let (mut wal, _) = open(&dir);
+    assert_eq!(wal.commit().unwrap(), 0);
+    let a = key(0);
+    wal.append(&job_created(&a, 3));
+    for i in 0..3 {
+        wal.append(&LogRecord::TaskUpserted(task(
+            i + 1,
+            &a,
+            i as u32,
+            TaskState::Pending,
+        )));
+    }
+    let pending = wal.pending_bytes() as u64;
+    assert_eq!(wal.commit().unwrap(), pending);
+    assert_eq!(fs::metadata(wal.segment_path()).unwrap().len(), pending);
+    assert_eq!(wal.bytes_since_snapshot(), pending);
+    assert_eq!(wal.commit().unwrap(), 0);
+    wal.snapshot(&open_image(&dir)).unwrap();
+    assert_eq!(wal.bytes_since_snapshot(), 0);
+}
+
+fn open_image(dir: &Path) -> StateImage {
+    // A second reader of the same dir, only to get the committed image for the snapshot.
+    let mut image = StateImage::default();
+    for seg in segments(dir) {
+        let bytes = fs::read(seg).unwrap();
+        let mut at = 0;
+        while at < bytes.len() {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            let record: LogRecord = postcard::from_bytes(&bytes[at + 8..at + 8 + len]).unwrap();
+            image.apply(&record).unwrap();
+            at += 8 + len;
+        }
+    }
+    image
+}
+
+#[test]
+fn an_oversized_record_fails_the_commit_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let (mut wal, _) = open(&dir);
+    let a = key(0);
+    wal.append(&job_created(&a, 1));
+    let mut t = task(1, &a, 0, TaskState::Pending);
+    t.message = "x".repeat(RECORD_BYTES_MAX + 1);
+    wal.append(&LogRecord::TaskUpserted(t));
+    let err = wal.commit().unwrap_err();
+    assert!(matches!(err, StoreError::RecordTooLarge { .. }), "{err}");
+    // Poisoned: nothing more is written, and what was pending in that round is not either.
+    wal.append(&job_created(&key(1), 1));
+    assert!(matches!(wal.commit(), Err(StoreError::Poisoned(_))));
+    assert_eq!(fs::metadata(wal.segment_path()).unwrap().len(), 0);
+}
+
+/// Builds a dir with two snapshots and records before, between and after them; returns the
+/// final image.
+fn two_snapshots(dir: &Path) -> StateImage {
+    let a = key(0);
+    let b = key(1);
+    let (mut wal, _) = open(dir);
+    let mut image = StateImage::default();
+    let log = |wal: &mut Wal, image: &mut StateImage, r: LogRecord| {
+        image.apply(&r).unwrap();
+        wal.append(&r);
+        wal.commit().unwrap();
+    };
+    log(&mut wal, &mut image, job_created(&a, 2));
+    log(
+        &mut wal,
+        &mut image,
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Pending)),
+    );
+    wal.snapshot(&image).unwrap(); // snapshot-2, log-2
+    log(
+        &mut wal,
+        &mut image,
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+    );
+    log(&mut wal, &mut image, job_created(&b, 1));
+    wal.snapshot(&image).unwrap(); // snapshot-3, log-3
+    log(
+        &mut wal,
+        &mut image,
+        LogRecord::TaskUpserted(task(2, &b, 0, TaskState::Pending)),
+    );
+    image
+}
+
+#[test]
+fn snapshot_keeps_the_previous_one_and_the_segments_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let image = two_snapshots(&dir);
+    assert_eq!(
+        names(&dir),
+        vec![
+            segment_name(2),
+            segment_name(3),
+            snapshot_name(2),
+            snapshot_name(3)
+        ]
+    );
+    let recovery = open(&dir).1;
+    assert_eq!(recovery.image, image);
+    assert_eq!(recovery.snapshot, Some(dir.join(snapshot_name(3))));
+    assert_eq!(recovery.records_replayed, 1);
+}
+
+/// Each way the newest snapshot can be unusable: recovery falls back to the previous one,
+/// replays the segments after it, and reaches the present.
+#[test]
+fn unusable_newest_snapshot_falls_back_to_the_previous_one() {
+    type Damage = fn(&Path);
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "payload byte flipped",
+            |p| flip_bit(p, 8 * 30),
+            "checksum mismatch",
+        ),
+        (
+            "truncated",
+            |p| {
+                let len = fs::metadata(p).unwrap().len();
+                OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(len - 1)
+                    .unwrap();
+            },
+            "length mismatch",
+        ),
+        ("empty", |p| fs::write(p, b"").unwrap(), "short header"),
+        ("bad magic", |p| flip_bit(p, 0), "bad magic"),
+        (
+            "unknown version",
+            |p| flip_bit(p, 8 * 9),
+            "unsupported version",
+        ),
+        (
+            "length field flipped",
+            |p| flip_bit(p, 8 * 12),
+            "length mismatch",
+        ),
+    ];
+    for (name, damage, reason) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        let image = two_snapshots(&dir);
+        damage(&dir.join(snapshot_name(3)));
+        let recovery = Wal::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}")).1;
+        assert_eq!(recovery.image, image, "{name}");
+        assert_eq!(
+            recovery.snapshot,
+            Some(dir.join(snapshot_name(2))),
+            "{name}"
+        );
+        assert_eq!(recovery.records_replayed, 3, "{name}");
+        let skipped = recovery.skipped_snapshots.join(" ");
+        assert!(
+            skipped.contains(&snapshot_name(3)) && skipped.contains(reason),
+            "{name}: {skipped}"
+        );
+        // The bad file is set aside, so the next snapshot's retention keeps the good one.
+        assert!(
+            dir.join(format!("{}.corrupt", snapshot_name(3))).exists(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn corrupt_non_last_segment_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    two_snapshots(&dir);
+    // Fall back to snapshot-2, so that log-2 is replayed and is not the last segment.
+    fs::write(dir.join(snapshot_name(3)), b"junk").unwrap();
+    flip_bit(&dir.join(segment_name(2)), 8 * 10);
+    let err = Wal::open(&dir).unwrap_err();
+    match &err {
+        StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => {
+            assert_eq!(file, &dir.join(segment_name(2)));
+            assert_eq!(*offset, 0);
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert!(err.to_string().contains(&segment_name(2)), "{err}");
+}
+
+#[test]
+fn missing_segment_or_snapshot_is_unrecoverable_not_silently_empty() {
+    // A segment missing between the snapshot and the last one.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    two_snapshots(&dir);
+    fs::write(dir.join(snapshot_name(3)), b"junk").unwrap();
+    fs::remove_file(dir.join(segment_name(2))).unwrap();
+    let err = Wal::open(&dir).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unrecoverable { .. })
+            && err.to_string().contains(&segment_name(2)),
+        "{err}"
+    );
+
+    // Every snapshot unusable and the log no longer starting at segment 1.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    two_snapshots(&dir);
+    fs::write(dir.join(snapshot_name(2)), b"junk").unwrap();
+    fs::write(dir.join(snapshot_name(3)), b"junk").unwrap();
+    let err = Wal::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("no usable snapshot"), "{err}");
+
+    // A fresh dir's log, with its only snapshot unusable, replays from segment 1.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let (mut wal, _) = open(&dir);
+    let records = vec![job_created(&key(0), 1), job_created(&key(1), 1)];
+    wal.append(&records[0]);
+    wal.snapshot(&image_of(&records[..1])).unwrap();
+    wal.append(&records[1]);
+    wal.commit().unwrap();
+    drop(wal);
+    fs::write(dir.join(snapshot_name(2)), b"junk").unwrap();
+    assert_eq!(open(&dir).1.image, image_of(&records));
+}
+
+#[test]
+fn a_checksummed_record_that_does_not_apply_is_an_error_not_a_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let (mut wal, _) = open(&dir);
+    wal.append(&job_created(&key(0), 1));
+    wal.append(&LogRecord::TaskEnded { id: TaskId(42) });
+    wal.commit().unwrap();
+    drop(wal);
+    let err = Wal::open(&dir).unwrap_err();
+    match &err {
+        StoreError::Apply {
+            file,
+            offset,
+            source,
+        } => {
+            assert_eq!(file, &dir.join(segment_name(1)));
+            assert!(*offset > 0);
+            assert!(source.reason.contains("does not exist"), "{source}");
+        }
+        other => panic!("expected Apply, got {other}"),
+    }
+}
+
+#[test]
+fn create_fresh_replaces_everything_in_the_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    two_snapshots(&dir);
+    let image = image_of(&[job_created(&key(5), 2)]);
+    let mut wal = Wal::create_fresh(&dir, &image).unwrap();
+    assert_eq!(names(&dir), vec![segment_name(4), snapshot_name(4)]);
+    wal.append(&LogRecord::JobRemoved { key: key(5) });
+    wal.commit().unwrap();
+    drop(wal);
+    assert_eq!(open(&dir).1.image, StateImage::default());
+    // In an empty dir the first snapshot is numbered 2, never 1.
+    let empty = tmp.path().join("shard-1");
+    Wal::create_fresh(&empty, &image).unwrap();
+    assert_eq!(names(&empty), vec![segment_name(2), snapshot_name(2)]);
+    assert_eq!(open(&empty).1.image, image);
+}
+
+#[test]
+fn leftover_temp_files_are_ignored_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let image = two_snapshots(&dir);
+    fs::write(
+        dir.join(format!("{}.tmp", snapshot_name(4))),
+        b"half a snapshot",
+    )
+    .unwrap();
+    let recovery = open(&dir).1;
+    assert_eq!(recovery.image, image);
+    assert!(!dir.join(format!("{}.tmp", snapshot_name(4))).exists());
+}
