@@ -38,4 +38,29 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   $sudo_cmd apt-get install -y -qq --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold prometheus >/dev/null
 fi
+# etcd (Debian `etcd-server`: /usr/bin/etcd) runs control/tests (leadership and the desired-state
+# store against a real etcd); protoc (Debian `protobuf-compiler`) builds the `etcd-client` crate,
+# and needs the well-known .proto files (google/protobuf/*.proto) of `libprotobuf-dev`, which
+# protobuf-compiler only recommends.
+# The etcd package would start an etcd service on :2379: the tests start their own etcd on free
+# loopback ports with temporary data dirs and need none, so, as for prometheus, a temporary
+# policy-rc.d forbids starting services during the install unless the machine already has one.
+if [ ! -x /usr/bin/etcd ] || ! command -v protoc >/dev/null 2>&1 \
+  || [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
+  echo "setup: installing etcd-server, protobuf-compiler and libprotobuf-dev from Debian's packages" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# written by borealis scripts/setup.sh for one install\nexit 101\n' \
+      | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod 755 "$policy"
+    trap '$sudo_cmd rm -f "$policy"' EXIT
+  fi
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    etcd-server protobuf-compiler libprotobuf-dev >/dev/null
+fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is required (rustup.rs)" >&2; exit 1; }

@@ -1,0 +1,510 @@
+//! Leadership and the desired-state store against a real etcd (Debian's `etcd-server`, started
+//! per test on free loopback ports). Missing etcd fails the tests: run scripts/setup.sh.
+
+mod support;
+
+use std::time::Duration;
+
+use borealis_control::etcd_client::{GetOptions, Txn, TxnOp};
+use borealis_control::{DesiredStore, Leadership, StoreError, MAX_TXN_OPS};
+use support::*;
+
+/// Slack on top of a TTL for scheduling, RPC timeouts and a loaded 2-core machine.
+const MARGIN: Duration = Duration::from_secs(3);
+const ELECT_WITHIN: Duration = Duration::from_secs(15);
+const TTL: i64 = 2;
+
+fn ttl() -> Duration {
+    Duration::from_secs(TTL as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_candidates_one_leader_others_follow_it() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/three";
+    let cands: Vec<Candidate> = (0..3)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.0.{i}:8081"), 5)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "one leader, two followers naming it",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    // Stays settled (no flapping) for a while.
+    let leader = settled(&all).unwrap();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(settled(&all), Some(leader), "{}", describe(&all));
+    }
+    let codes: Vec<u16> = all.iter().map(|c| c.view.http_status()).collect();
+    assert_eq!(codes.iter().filter(|&&c| c == 200).count(), 1);
+    assert_eq!(codes.iter().filter(|&&c| c == 503).count(), 2);
+
+    // A graceful shutdown resigns and revokes: a successor well before the TTL (5 s) runs out.
+    let mut cands = cands;
+    let old = cands.remove(leader);
+    let old_fence = fence(&old);
+    let old_view = old.view.clone();
+    old.shutdown().await;
+    assert_eq!(*old_view.get(), Leadership::Unknown);
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    let took = wait_until(
+        ELECT_WITHIN,
+        "a successor after a graceful shutdown",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    assert!(
+        took < Duration::from_secs(4),
+        "graceful handover took {took:?}"
+    );
+    assert!(fence(rest[settled(&rest).unwrap()]) > old_fence);
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_with_revoked_lease_is_replaced_within_ttl() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/failover";
+    let mut cands: Vec<Candidate> = (0..3)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.1.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let leader = settled(&all).unwrap();
+    let old = cands.remove(leader);
+    let old_fence = fence(&old);
+    let lease = lease_of(&etcd, prefix, old_fence).await;
+    let old_view = old.view.clone();
+    old.abort().await;
+    // A dropped election task does not leave `Leader` behind.
+    assert_eq!(*old_view.get(), Leadership::Unknown);
+    etcd.client()
+        .await
+        .lease_revoke(lease)
+        .await
+        .expect("revoke");
+
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    let took = wait_until(
+        ttl() + MARGIN,
+        "a new single leader after the old one was killed",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    let new_fence = fence(rest[settled(&rest).unwrap()]);
+    assert!(new_fence > old_fence, "{new_fence} > {old_fence}");
+    tracing::info!(?took, "failover after revoke");
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_leader_is_replaced_when_its_lease_expires() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/expiry";
+    let mut cands: Vec<Candidate> = (0..2)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.2.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let old = cands.remove(settled(&all).unwrap());
+    let old_fence = fence(&old);
+    old.abort().await; // no resign, no revoke: only the lease's expiry frees the election
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ttl() + MARGIN,
+        "the survivor leads once the dead leader's lease expired",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    assert!(fence(rest[0]) > old_fence);
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_fenced_to_the_current_leader() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/fence";
+    let mut cands: Vec<Candidate> = (0..3)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.3.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let store = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .expect("store");
+    let a = cands.remove(settled(&all).unwrap());
+    let fence_a = fence(&a);
+    store
+        .put_batch(fence_a, vec![("role/env/a".into(), Some(b"A1".to_vec()))])
+        .await
+        .expect("the leader writes");
+
+    // A candidate that has not won holds an election key too: its revision is not a fence.
+    let mut raw = etcd.client().await;
+    let keys = raw
+        .get(
+            format!("{prefix}/election/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let waiting = keys
+        .kvs()
+        .iter()
+        .map(|kv| kv.create_revision())
+        .max()
+        .unwrap();
+    assert!(waiting > fence_a);
+    let err = store
+        .put_batch(waiting, vec![("role/env/w".into(), Some(b"W".to_vec()))])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { committed: 0, .. }),
+        "{err}"
+    );
+    let err = store
+        .put_batch(0, vec![("role/env/w".into(), Some(b"W".to_vec()))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+
+    // Depose A (killed, lease revoked); B takes over.
+    let lease = lease_of(&etcd, prefix, fence_a).await;
+    a.abort().await;
+    raw.lease_revoke(lease).await.unwrap();
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ttl() + MARGIN,
+        "new leader",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    let fence_b = fence(rest[settled(&rest).unwrap()]);
+
+    // A late write from the deposed leader (same store, cached fence key) is refused…
+    let err = store
+        .put_batch(
+            fence_a,
+            vec![
+                ("role/env/a".into(), Some(b"A2".to_vec())),
+                ("role/env/late".into(), Some(b"L".to_vec())),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { fence_revision, committed: 0 } if fence_revision == fence_a),
+        "{err}"
+    );
+    // …and so is one through a fresh store (no cached key).
+    let fresh = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .unwrap();
+    let err = fresh
+        .put_batch(fence_a, vec![("role/env/late".into(), Some(b"L".to_vec()))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // The new leader's write lands.
+    store
+        .put_batch(
+            fence_b,
+            vec![
+                ("role/env/a".into(), None),
+                ("role/env/b".into(), Some(b"B1".to_vec())),
+            ],
+        )
+        .await
+        .expect("the new leader writes");
+    assert_eq!(
+        store.load_all().await.unwrap(),
+        vec![("role/env/b".to_string(), b"B1".to_vec())]
+    );
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_batches_are_split_into_txns_of_at_most_128_ops() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/batch";
+    let leader = Candidate::spawn(config(&etcd, prefix, "10.0.4.1:8081", TTL));
+    wait_until(
+        ELECT_WITHIN,
+        "leader",
+        || leader.view.is_leader(),
+        || format!("{:?}", leader.status()),
+    )
+    .await;
+    let fence = fence(&leader);
+    let mut raw = etcd.client().await;
+
+    // This etcd refuses a txn of 129 operations: the limit the store splits at is real.
+    let too_many: Vec<TxnOp> = (0..=MAX_TXN_OPS)
+        .map(|i| TxnOp::put(format!("{prefix}/scratch/{i}"), "x", None))
+        .collect();
+    assert!(raw.txn(Txn::new().and_then(too_many)).await.is_err());
+
+    let store = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .unwrap();
+    let ops: Vec<(String, Option<Vec<u8>>)> = (0..300)
+        .map(|i| {
+            (
+                format!("role/env/job{i:04}"),
+                Some(format!("cfg{i}").into_bytes()),
+            )
+        })
+        .collect();
+    store.put_batch(fence, ops).await.expect("300 ops land");
+
+    let loaded = store.load_all().await.unwrap(); // 300 keys: more than one page
+    assert_eq!(loaded.len(), 300);
+    for (i, (k, v)) in loaded.iter().enumerate() {
+        assert_eq!(k, &format!("role/env/job{i:04}"));
+        assert_eq!(v, &format!("cfg{i}").into_bytes());
+    }
+    // One revision per txn: 128 + 128 + 44.
+    let resp = raw
+        .get(
+            format!("{prefix}/jobs/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let mut per_rev = std::collections::BTreeMap::<i64, usize>::new();
+    for kv in resp.kvs() {
+        *per_rev.entry(kv.mod_revision()).or_default() += 1;
+    }
+    assert_eq!(
+        per_rev.values().copied().collect::<Vec<_>>(),
+        vec![128, 128, 44]
+    );
+
+    // Deletes are batched the same way; the last operation of a repeated key wins.
+    let mut ops: Vec<(String, Option<Vec<u8>>)> = (0..300)
+        .map(|i| (format!("role/env/job{i:04}"), None))
+        .collect();
+    ops.push(("role/env/job0007".into(), Some(b"kept".to_vec())));
+    store.put_batch(fence, ops).await.expect("deletes land");
+    assert_eq!(
+        store.load_all().await.unwrap(),
+        vec![("role/env/job0007".to_string(), b"kept".to_vec())]
+    );
+    leader.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_steps_down_when_etcd_stops_and_leads_again_after_restart() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    let prefix = "/borealis/outage";
+    let cands: Vec<Candidate> = (0..2)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.5.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let leader = settled(&all).unwrap();
+    let old_fence = fence(all[leader]);
+
+    etcd.pause(); // kill -STOP
+    let took = wait_until(
+        ttl() + MARGIN,
+        "the leader publishes Unknown once etcd stopped answering",
+        || all[leader].status() == Leadership::Unknown,
+        || describe(&all),
+    )
+    .await;
+    tracing::info!(?took, "leader stepped down after etcd stopped");
+    wait_until(
+        ttl() + MARGIN,
+        "everyone Unknown while etcd is stopped",
+        || all.iter().all(|c| c.status() == Leadership::Unknown),
+        || describe(&all),
+    )
+    .await;
+    // Nobody claims leadership while etcd is away.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            all.iter().all(|c| c.view.http_status() == 502),
+            "{}",
+            describe(&all)
+        );
+    }
+
+    etcd.kill();
+    etcd.restart().await; // same ports, same data dir
+    wait_until(
+        ELECT_WITHIN,
+        "a single leader again after etcd restarted",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let new_fence = fence(all[settled(&all).unwrap()]);
+    assert!(
+        new_fence > old_fence,
+        "a new term: {new_fence} > {old_fence}"
+    );
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_leading_makes_the_leader_resign_and_another_take_over() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/maxlead";
+    let max_leading = Duration::from_secs(3);
+    let cands: Vec<Candidate> = (0..2)
+        .map(|i| {
+            let mut cfg = config(&etcd, prefix, &format!("10.0.6.{i}:8081"), TTL);
+            cfg.max_leading = max_leading;
+            Candidate::spawn(cfg)
+        })
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let first = settled(&all).unwrap();
+    let first_fence = fence(all[first]);
+    let other = 1 - first;
+    let took = wait_until(
+        max_leading + MARGIN,
+        "the other candidate leads after max_leading",
+        || settled(&all) == Some(other),
+        || describe(&all),
+    )
+    .await;
+    tracing::info!(?took, "handover after max_leading");
+    assert!(fence(all[other]) > first_fence);
+    assert_eq!(
+        all[first].status(),
+        Leadership::Follower {
+            leader: all[other].advertise.clone()
+        }
+    );
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_leader_resigns_after_max_leading_and_starts_a_new_term() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let mut cfg = config(&etcd, "/borealis/lone", "10.0.7.1:8081", TTL);
+    cfg.max_leading = Duration::from_secs(2);
+    let c = Candidate::spawn(cfg);
+    wait_until(
+        ELECT_WITHIN,
+        "leader",
+        || c.view.is_leader(),
+        || format!("{:?}", c.status()),
+    )
+    .await;
+    let first = fence(&c);
+    wait_until(
+        Duration::from_secs(2) + MARGIN,
+        "a new term",
+        || c.view.fence_revision().is_some_and(|f| f > first),
+        || format!("{:?}", c.status()),
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_etcd_stall_pauses_the_leader_and_keeps_its_term() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/stall";
+    let ttl = 8; // keep-alive every 2 s, 2 s timeout: a stall is seen well before the lease ends
+    let cands: Vec<Candidate> = (0..2)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.8.{i}:8081"), ttl)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let leader = settled(&all).unwrap();
+    let term = fence(all[leader]);
+
+    etcd.pause();
+    wait_until(
+        Duration::from_secs(6),
+        "the leader stops claiming leadership while etcd stalls",
+        || all[leader].status() == Leadership::Unknown,
+        || describe(&all),
+    )
+    .await;
+    etcd.resume();
+    // The lease never expired: the same process leads again, in the same term (same fence).
+    wait_until(
+        Duration::from_secs(8),
+        "the same leader, same term, after the stall",
+        || settled(&all) == Some(leader),
+        || describe(&all),
+    )
+    .await;
+    assert_eq!(fence(all[leader]), term);
+    for c in cands {
+        c.shutdown().await;
+    }
+}
