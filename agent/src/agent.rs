@@ -468,7 +468,7 @@ impl Agent {
             OwnedMessage::Reconcile { task_ids } => return Ok(Some(task_ids)),
             OwnedMessage::StatusAck(acks) => self.on_status_ack(&acks),
             OwnedMessage::Heartbeat { .. } => {}
-            OwnedMessage::Error { code, message } => {
+            OwnedMessage::Error { code, message, .. } => {
                 tracing::error!(?code, %message, "the scheduler reported an error");
             }
             other => {

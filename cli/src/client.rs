@@ -385,7 +385,7 @@ fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
 /// An `Error` response as a [`Refused`]; anything else as a protocol error.
 fn unexpected(response: OwnedMessage, request: &str) -> anyhow::Error {
     match response {
-        OwnedMessage::Error { code, message } => anyhow::Error::new(Refused { code, message }),
+        OwnedMessage::Error { code, message, .. } => anyhow::Error::new(Refused { code, message }),
         other => anyhow!(
             "scheduler answered {request} with an unexpected {} message",
             message_kind(&other)

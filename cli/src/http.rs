@@ -10,10 +10,16 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use borealis_control::LeaderView;
 use borealis_shards::metrics::Metrics;
 
 /// Binds the HTTP port (errors are reported here, synchronously) and serves it on a thread.
-pub fn serve(ip: Option<IpAddr>, port: u16, metrics: Arc<Metrics>) -> anyhow::Result<SocketAddr> {
+pub fn serve(
+    ip: Option<IpAddr>,
+    port: u16,
+    metrics: Arc<Metrics>,
+    leadership: Option<LeaderView>,
+) -> anyhow::Result<SocketAddr> {
     let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let listener = std::net::TcpListener::bind((ip, port))
         .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {ip}:{port}: {e}"))?;
@@ -37,7 +43,10 @@ pub fn serve(ip: Option<IpAddr>, port: u16, metrics: Arc<Metrics>) -> anyhow::Re
                     .route("/metrics", get(metrics_text))
                     .route("/leaderhealth", get(leader_health))
                     .route("/health", get(|| async { "OK\n" }))
-                    .with_state(metrics);
+                    .with_state(HttpState {
+                        metrics,
+                        leadership,
+                    });
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("http server stopped: {e}");
                 }
@@ -47,22 +56,36 @@ pub fn serve(ip: Option<IpAddr>, port: u16, metrics: Arc<Metrics>) -> anyhow::Re
     Ok(addr)
 }
 
-async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+#[derive(Clone)]
+struct HttpState {
+    metrics: Arc<Metrics>,
+    /// With etcd: who leads. Without: this (embedded) scheduler always does.
+    leadership: Option<LeaderView>,
+}
+
+async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        metrics.render_text(),
+        state.metrics.render_text(),
     )
 }
 
 /// 200 on the leader; 503 when another scheduler leads; 502 when no leader is known. An
 /// embedded scheduler always leads.
-async fn leader_health(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.leader.get() == 1 {
-        (StatusCode::OK, "leader\n")
-    } else {
-        (StatusCode::BAD_GATEWAY, "no leader\n")
+async fn leader_health(State(state): State<HttpState>) -> impl IntoResponse {
+    let code = match &state.leadership {
+        None => 200,
+        Some(view) => view.http_status(),
+    };
+    match code {
+        200 => (StatusCode::OK, "leader\n"),
+        503 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a leader exists elsewhere\n",
+        ),
+        _ => (StatusCode::BAD_GATEWAY, "no leader is known\n"),
     }
 }

@@ -5,6 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod client;
+mod ha;
 mod http;
 mod up;
 
@@ -32,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the scheduler.
-    Scheduler(SchedulerArgs),
+    Scheduler(Box<SchedulerArgs>),
     /// Run an agent that offers this machine's resources and runs tasks.
     Agent(borealis_agent::AgentArgs),
     /// Create, inspect and kill jobs.
@@ -127,12 +128,73 @@ pub struct SchedulerArgs {
     /// Maximum delay between attempts to schedule a flapping task.
     #[arg(long, default_value = "5min", value_parser = parse_duration)]
     pub max_flapping_task_delay: Duration,
+    /// etcd endpoints (comma-separated URLs): high availability. Schedulers campaign for
+    /// leadership; desired state lives in etcd; the embedded log is not used.
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of this scheduler cluster in etcd (default: /borealis/CLUSTER_NAME).
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// TTL of the etcd lease behind leadership: a dead leader is replaced after about this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub etcd_lease_ttl: Duration,
+    /// After leading for this duration, the scheduler steps down and campaigns again.
+    #[arg(long, default_value = "1day", value_parser = parse_duration)]
+    pub max_leading_duration: Duration,
+    /// The client address other schedulers name as the leader (default: --ip:--port).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// io_uring memory per shard, in KiB (at least 512).
     #[arg(long, default_value_t = 1024)]
     pub io_memory_kib: usize,
 }
 
 impl SchedulerArgs {
+    /// The HA settings, when `--etcd-endpoints` is given.
+    pub fn ha_config(&self) -> Option<ha::HaConfig> {
+        if self.etcd_endpoints.is_empty() {
+            return None;
+        }
+        let advertise = self.advertise.clone().unwrap_or_else(|| {
+            let ip = self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+            let ip = if ip.is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                ip
+            };
+            SocketAddr::new(ip, self.port).to_string()
+        });
+        let mut election = borealis_control::ElectionConfig::new(
+            self.etcd_endpoints.clone(),
+            self.etcd_prefix
+                .clone()
+                .unwrap_or_else(|| format!("/borealis/{}", self.cluster_name)),
+            advertise,
+        );
+        election.lease_ttl_secs = self.etcd_lease_ttl.as_secs().max(2) as i64;
+        election.max_leading = self.max_leading_duration;
+        Some(ha::HaConfig {
+            election,
+            shards: self.to_config().shards,
+        })
+    }
+
+    /// Starts the scheduler (and, with etcd, its control thread) and its HTTP endpoint.
+    pub fn start(&self) -> anyhow::Result<(borealis_shards::Scheduler, SocketAddr)> {
+        let config = self.to_config();
+        let metrics = borealis_shards::metrics::Metrics::new(config.shards, &config.cluster_name);
+        let (links, view) = match self.ha_config() {
+            Some(ha_config) => {
+                let (links, view) = ha::start(ha_config, metrics.clone())?;
+                (Some(links), Some(view))
+            }
+            None => (None, None),
+        };
+        let scheduler = borealis_shards::start_with_metrics(config, links, metrics)?;
+        let http = http::serve(self.ip, self.http_port, scheduler.metrics.clone(), view)?;
+        Ok((scheduler, http))
+    }
+
     pub fn to_config(&self) -> borealis_shards::SchedulerConfig {
         let ms = |d: Duration| d.as_millis() as u64;
         let lifecycle = borealis_core::lifecycle::LifecyclePolicy {
@@ -163,7 +225,11 @@ impl SchedulerArgs {
             lifecycle,
             epoch,
             io_memory_bytes: self.io_memory_kib * 1024,
-            data_dir: Some(self.data_dir.clone()),
+            // Under etcd the desired state lives there and task state comes back from agents.
+            data_dir: self
+                .etcd_endpoints
+                .is_empty()
+                .then(|| self.data_dir.clone()),
             backup_dir: self
                 .backup_dir
                 .clone()
@@ -209,8 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Scheduler(args) => {
             init_logging();
             raise_open_file_limit();
-            let scheduler = borealis_shards::start(args.to_config())?;
-            http::serve(args.ip, args.http_port, scheduler.metrics.clone())?;
+            let (scheduler, _http) = args.start()?;
             scheduler.wait()
         }
         Command::Agent(args) => {

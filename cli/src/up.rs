@@ -29,12 +29,7 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     args.scheduler
         .ip
         .get_or_insert(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let scheduler = borealis_shards::start(args.scheduler.to_config())?;
-    let http = crate::http::serve(
-        args.scheduler.ip,
-        args.scheduler.http_port,
-        scheduler.metrics.clone(),
-    )?;
+    let (scheduler, http) = args.scheduler.start()?;
     let addr = scheduler.addr;
     let dial = SocketAddr::new(
         if addr.ip().is_unspecified() {

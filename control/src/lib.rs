@@ -6,6 +6,21 @@
 //!
 //! - [`run_election`] campaigns and publishes [`Leadership`] into a [`LeaderView`].
 //! - [`DesiredStore`] writes fenced batches (≤ 128 operations a txn) and loads everything.
+//!
+//! # Integration
+//! - Start `run_election` on the control runtime with a shutdown future; hand clones of the
+//!   `LeaderView` to the shards and the HTTP thread (`/leaderhealth` = `http_status()`).
+//! - Act as leader (place, launch, kill, accept mutations) only while `Leader`. `Follower`:
+//!   refuse mutations and point clients at `leader`. `Unknown`: pause the same way, but keep
+//!   state and connections — it may turn back into `Leader` with the *same* fence (a short
+//!   etcd stall while the lease stayed alive), and then the shard simply resumes.
+//! - `fence_revision` names a leadership term (the create revision of the leader's election
+//!   key; etcd revisions only grow, so a later term has a larger fence). A `Leader` with a
+//!   fence different from the last one seen is a new term: `load_all`, then reconcile with
+//!   agents as after a failover. Everything the previous leader committed is in that read;
+//!   nothing it sends afterwards can commit.
+//! - Pass the current fence to every `put_batch`. `StoreError::Fenced` means the term is over:
+//!   stop acting as leader at once (the view follows within a keep-alive period).
 
 mod election;
 mod store;

@@ -109,7 +109,7 @@ async fn killed_leader_with_revoked_lease_is_replaced_within_ttl() {
     .await;
     let new_fence = fence(rest[settled(&rest).unwrap()]);
     assert!(new_fence > old_fence, "{new_fence} > {old_fence}");
-    tracing::info!(?took, "failover after revoke");
+    eprintln!("failover after revoke: {took:?}");
     for c in cands {
         c.shutdown().await;
     }
@@ -360,7 +360,7 @@ async fn leader_steps_down_when_etcd_stops_and_leads_again_after_restart() {
         || describe(&all),
     )
     .await;
-    tracing::info!(?took, "leader stepped down after etcd stopped");
+    eprintln!("leader stepped down after etcd stopped: {took:?}");
     wait_until(
         ttl() + MARGIN,
         "everyone Unknown while etcd is stopped",
@@ -428,7 +428,7 @@ async fn max_leading_makes_the_leader_resign_and_another_take_over() {
         || describe(&all),
     )
     .await;
-    tracing::info!(?took, "handover after max_leading");
+    eprintln!("handover after max_leading: {took:?}");
     assert!(fence(all[other]) > first_fence);
     assert_eq!(
         all[first].status(),

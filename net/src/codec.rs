@@ -338,11 +338,13 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 wire::ErrorCode::TooManyTasks => ErrorCode::TooManyTasks,
                 wire::ErrorCode::Internal => ErrorCode::Internal,
                 wire::ErrorCode::Overloaded => ErrorCode::Overloaded,
+                wire::ErrorCode::NotLeader => ErrorCode::NotLeader,
                 _ => ErrorCode::InvalidRequest,
             };
             OwnedMessage::Error {
                 code,
                 message: e.message().to_string(),
+                leader: e.leader().map(str::to_string),
             }
         }
         other => return Err(WireError::UnknownType(other.0)),
@@ -807,6 +809,17 @@ impl Encoder {
     }
 
     pub fn error(&mut self, request_id: u64, code: ErrorCode, message: &str) -> &[u8] {
+        self.error_with_leader(request_id, code, message, None)
+    }
+
+    /// An error that names the leader (with [`ErrorCode::NotLeader`]).
+    pub fn error_with_leader(
+        &mut self,
+        request_id: u64,
+        code: ErrorCode,
+        message: &str,
+        leader: Option<&str>,
+    ) -> &[u8] {
         self.begin();
         let message = self.fbb.create_string(message);
         let code = match code {
@@ -816,12 +829,15 @@ impl Encoder {
             ErrorCode::TooManyTasks => wire::ErrorCode::TooManyTasks,
             ErrorCode::Internal => wire::ErrorCode::Internal,
             ErrorCode::Overloaded => wire::ErrorCode::Overloaded,
+            ErrorCode::NotLeader => wire::ErrorCode::NotLeader,
         };
+        let leader = leader.map(|l| self.fbb.create_string(l));
         let payload = wire::Error::create(
             &mut self.fbb,
             &wire::ErrorArgs {
                 code,
                 message: Some(message),
+                leader,
             },
         );
         self.finish_message(

@@ -76,6 +76,8 @@ pub enum ErrorCode {
     TooManyTasks,
     Internal,
     Overloaded,
+    /// This scheduler does not lead; `OwnedMessage::Error::leader` names the one that does.
+    NotLeader,
 }
 
 /// Any message, decoded into owned values.
@@ -117,5 +119,7 @@ pub enum OwnedMessage {
     Error {
         code: ErrorCode,
         message: String,
+        /// With `NotLeader`: the leader's client address, when one is known.
+        leader: Option<String>,
     },
 }

@@ -6,6 +6,7 @@
 //! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
 pub mod conn;
+pub mod ha;
 pub mod metrics;
 pub mod msg;
 mod policy;
@@ -129,7 +130,20 @@ fn resolve_listen_addr(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 /// Starts the shards and returns once every shard listens.
-pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
+pub fn start(
+    config: SchedulerConfig,
+    ha_links: Option<Vec<ha::ShardLinks>>,
+) -> anyhow::Result<Scheduler> {
+    let metrics = Metrics::new(config.shards, &config.cluster_name);
+    start_with_metrics(config, ha_links, metrics)
+}
+
+/// `start` with metrics the caller already shares (e.g. with its control thread).
+pub fn start_with_metrics(
+    config: SchedulerConfig,
+    ha_links: Option<Vec<ha::ShardLinks>>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Scheduler> {
     anyhow::ensure!(
         config.shards >= 1 && config.shards <= 256,
         "--shards must be 1..=256"
@@ -168,14 +182,26 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
         );
     }
     let config = Arc::new(config);
-    let metrics = Metrics::new(config.shards, &config.cluster_name);
-    // The embedded scheduler is always the leader.
-    metrics.leader.set(1);
+    if ha_links.is_none() {
+        // The embedded scheduler is always the leader.
+        metrics.leader.set(1);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<PeerBatch, _>::full(config.shards, PEER_QUEUE_MAX);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let mut handles = Vec::new();
+    let mut ha_links: Vec<Option<ha::ShardLinks>> = match ha_links {
+        Some(links) => {
+            anyhow::ensure!(
+                links.len() == config.shards,
+                "one set of control links per shard"
+            );
+            links.into_iter().map(Some).collect()
+        }
+        None => (0..config.shards).map(|_| None).collect(),
+    };
     for (id, restored) in durable.into_iter().enumerate() {
+        let links = ha_links[id].take();
         let placement = if config.pin_shards {
             Placement::Fixed(id % cores)
         } else {
@@ -190,7 +216,7 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(50))
             .spawn(move || async move {
-                run_shard(id, config, metrics, restored, addr, mesh, ready).await
+                run_shard(id, config, metrics, restored, links, addr, mesh, ready).await
             })
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
         handles.push(handle);
@@ -210,11 +236,13 @@ pub fn start(config: SchedulerConfig) -> anyhow::Result<Scheduler> {
     })
 }
 
+#[allow(clippy::too_many_arguments)] // one call site: the executor spawn
 async fn run_shard(
     id: usize,
     config: Arc<SchedulerConfig>,
     metrics: Arc<Metrics>,
     restored: Option<(borealis_store::image::StateImage, borealis_store::wal::Wal)>,
+    links: Option<ha::ShardLinks>,
     addr: SocketAddr,
     mesh: MeshBuilder<PeerBatch, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -266,6 +294,9 @@ async fn run_shard(
     if let Some((image, wal)) = restored {
         shard.restore(image, wal);
     }
+    if let Some(links) = links {
+        shard.set_links(links);
+    }
     let shard_metrics = &metrics.shards[id];
     loop {
         // Begin: wait for input unless work is already pending.
@@ -281,6 +312,7 @@ async fn run_shard(
             shard.begin_round();
         }
         let round_start = std::time::Instant::now();
+        shard.poll_control();
         // Handle: drain a bounded batch.
         for _ in 0..shard::ROUND_INBOUND_MAX {
             match futures_lite::future::poll_once(in_rx.recv()).await {

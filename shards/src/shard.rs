@@ -25,8 +25,13 @@ use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
 use crate::msg::*;
 use crate::policy;
 use crate::SchedulerConfig;
+
+#[path = "shard_ha.rs"]
+mod ha_mode;
 use borealis_store::image::{JobImage, LogRecord, StateImage, TaskImage};
 use borealis_store::wal::Wal;
+pub use ha_mode::Mode;
+use ha_mode::PendingPersist;
 
 /// Inbound items handled per round before placing and flushing.
 pub const ROUND_INBOUND_MAX: usize = 256;
@@ -126,6 +131,9 @@ struct Job {
     current: Vec<Option<TaskId>>,
     /// Terminal tasks, oldest first, bounded by `history_max_per_job`.
     history: VecDeque<TaskId>,
+    /// Instances that must not run again (killed by a user, or ad-hoc instances that ended
+    /// for good): what a new leader needs to know, since task history is not in etcd.
+    retired: Vec<bool>,
 }
 
 struct Task {
@@ -232,6 +240,13 @@ pub struct Shard {
     now_us: u64,
     /// The shard's write-ahead log (None: state is kept in memory only).
     wal: Option<Wal>,
+    mode: Mode,
+    /// Channels to the control thread (etcd leadership), when there is one.
+    links: Option<crate::ha::ShardLinks>,
+    next_token: u64,
+    pending_persists: HashMap<u64, PendingPersist>,
+    /// After taking the lead: when instances no agent reported get new tasks (0: done).
+    install_deadline_us: u64,
     /// Restored tasks not reported by any agent by then are LOST.
     reconcile_deadline_us: u64,
     last_snapshot: Instant,
@@ -290,6 +305,7 @@ impl Shard {
                 spread,
                 current: slots,
                 history: history.into_iter().collect(),
+                retired: vec![false; instances as usize],
             });
             self.job_index.insert(key, job);
         }
@@ -508,6 +524,11 @@ impl Shard {
             metrics,
             now_us: 0,
             wal: None,
+            mode: Mode::Embedded,
+            links: None,
+            next_token: 0,
+            pending_persists: HashMap::default(),
+            install_deadline_us: 0,
             reconcile_deadline_us: 0,
             last_snapshot: Instant::now(),
             last_backup: Instant::now(),
@@ -617,6 +638,22 @@ impl Shard {
         let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
         let is_agent = self.conns.get(&conn).and_then(|c| c.agent);
         use wire::Payload as P;
+        if !self.acting() {
+            match message.payload_type() {
+                P::RegisterAgent | P::CreateJob | P::KillJob | P::QueryJob | P::ListJobs => {
+                    let refusal = self.not_leader(message.request_id());
+                    self.write_conn(conn, &refusal);
+                    if message.payload_type() == P::RegisterAgent {
+                        // Agents go on to the next scheduler address (or the leader named).
+                        self.close_conn(conn);
+                    }
+                    return;
+                }
+                // A paused leader keeps learning what its agents report.
+                _ if matches!(self.mode, Mode::Paused { .. }) => {}
+                _ => return,
+            }
+        }
         match message.payload_type() {
             P::RegisterAgent => {
                 if is_agent.is_some() {
@@ -685,6 +722,15 @@ impl Shard {
                     .to_vec();
                 self.write_conn(conn, &err);
                 self.protocol_error(conn, &what);
+            }
+        }
+    }
+
+    /// Flushes what is queued for the connection, then drops it (its writer closes the socket).
+    fn close_conn(&mut self, conn: ConnId) {
+        if let Some(mut c) = self.conns.remove(&conn) {
+            if !c.writer.is_empty() {
+                let _ = c.out.try_send(c.writer.take());
             }
         }
     }
@@ -992,6 +1038,9 @@ impl Shard {
                     let ids = self.index.intern_attributes(&attributes);
                     self.agent_attr_ids.insert(agent, ids);
                 }
+                if self.is_ha() {
+                    self.adopt_unknown(agent, &report);
+                }
                 let adopted = self.on_status(
                     from,
                     agent,
@@ -1193,6 +1242,77 @@ impl Shard {
         // SAFETY: verified by the reader of the client's connection.
         let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
         let request_id = message.request_id();
+        if !self.acting() {
+            let refusal = self.not_leader(request_id);
+            return self.reply(reply, refusal);
+        }
+        if self.is_ha() {
+            // Under etcd leadership a change is acknowledged only once etcd has it.
+            let desired = match message.payload_type() {
+                wire::Payload::CreateJob => {
+                    Some(self.desired_after_create(
+                        message.payload_as_create_job().expect("type checked"),
+                    ))
+                }
+                wire::Payload::KillJob => Some(
+                    self.desired_after_kill(message.payload_as_kill_job().expect("type checked")),
+                ),
+                _ => None,
+            };
+            if let Some(desired) = desired {
+                let result = desired.and_then(|(key, desired)| {
+                    let pending = PendingPersist {
+                        reply: Some(reply),
+                        request_id,
+                        bytes: Some(bytes.clone()),
+                    };
+                    self.persist(&key, Some(desired), pending)
+                });
+                if let Err((code, text)) = result {
+                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                    self.reply(reply, bytes);
+                }
+                return;
+            }
+        }
+        self.apply_client(reply, bytes);
+    }
+
+    /// The desired state a CreateJob would write, after every check `create_job` makes.
+    fn desired_after_create(
+        &self,
+        c: wire::CreateJob<'_>,
+    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+        let (key, instances, config) = self.validate_create(c)?;
+        Ok((
+            key.clone(),
+            crate::ha::DesiredJob {
+                key,
+                instances,
+                config,
+                retired: Vec::new(),
+            },
+        ))
+    }
+
+    /// The desired state a KillJob would write (its instances retired).
+    fn desired_after_kill(
+        &self,
+        k: wire::KillJob<'_>,
+    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+        let (job, instances) = self.kill_targets(k)?;
+        let mut desired = self.desired(job);
+        desired.retired.extend(instances);
+        desired.retired.sort_unstable();
+        desired.retired.dedup();
+        Ok((self.jobs[job].key.clone(), desired))
+    }
+
+    /// Applies a (verified, and where needed persisted) client request and replies.
+    fn apply_client(&mut self, reply: ReplyTo, bytes: Bytes) {
+        // SAFETY: verified by the reader of the client's connection.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let request_id = message.request_id();
         let result = match message.payload_type() {
             wire::Payload::CreateJob => {
                 self.create_job(message.payload_as_create_job().expect("type checked"))
@@ -1227,6 +1347,30 @@ impl Shard {
     }
 
     fn create_job(&mut self, c: wire::CreateJob<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let (key, instances, config) = self.validate_create(c)?;
+        if let Some(&existing) = self.job_index.get(&key) {
+            // Every instance of the old job has ended (checked): the new job replaces it.
+            self.drop_job(existing);
+        }
+        let job = self.install_job(key.clone(), instances, config);
+        self.log(&LogRecord::JobCreated {
+            key: key.clone(),
+            instances,
+            config: (*self.jobs[job].config).clone(),
+        });
+        for instance in 0..instances {
+            let id = self.new_task(job, instance, 0, 0);
+            self.pending.push_back(id);
+        }
+        tracing::info!(shard = self.id, job = %key, instances, "job created");
+        Ok(Vec::new())
+    }
+
+    /// Every check of a CreateJob, changing nothing.
+    fn validate_create(
+        &self,
+        c: wire::CreateJob<'_>,
+    ) -> Result<(JobKey, u32, TaskConfig), (ErrorCode, String)> {
         let key: JobKey = c
             .job_key()
             .parse()
@@ -1260,9 +1404,12 @@ impl Shard {
             if live {
                 return Err((ErrorCode::JobExists, format!("job {key} already exists")));
             }
-            // Every instance of the old job has ended: the new job replaces it.
-            self.drop_job(existing);
         }
+        Ok((key, instances, config))
+    }
+
+    /// Adds a job with no tasks yet.
+    fn install_job(&mut self, key: JobKey, instances: u32, config: TaskConfig) -> JobIdx {
         let compiled = self.index.compile(&config);
         let spread = JobSpread::new(&compiled);
         let key_text: Arc<str> = key.to_string().into();
@@ -1274,19 +1421,10 @@ impl Shard {
             spread,
             current: vec![None; instances as usize],
             history: VecDeque::new(),
+            retired: vec![false; instances as usize],
         });
-        self.job_index.insert(key.clone(), job);
-        self.log(&LogRecord::JobCreated {
-            key: key.clone(),
-            instances,
-            config: (*self.jobs[job].config).clone(),
-        });
-        for instance in 0..instances {
-            let id = self.new_task(job, instance, 0, 0);
-            self.pending.push_back(id);
-        }
-        tracing::info!(shard = self.id, job = %key, instances, "job created");
-        Ok(Vec::new())
+        self.job_index.insert(key, job);
+        job
     }
 
     /// Forgets a job whose tasks have all ended.
@@ -1410,6 +1548,25 @@ impl Shard {
     }
 
     fn kill_job(&mut self, k: wire::KillJob<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let (job, instances) = self.kill_targets(k)?;
+        for instance in instances {
+            self.jobs[job].retired[instance as usize] = true;
+            let Some(task_id) = self.jobs[job].current[instance as usize] else {
+                continue;
+            };
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                t.killed_by_user = true;
+            }
+            self.transition(task_id, TaskState::Killing, "killed by user");
+        }
+        Ok(Vec::new())
+    }
+
+    /// The job and instances a KillJob names, after every check.
+    fn kill_targets(
+        &self,
+        k: wire::KillJob<'_>,
+    ) -> Result<(JobIdx, Vec<u32>), (ErrorCode, String)> {
         let key: JobKey = k
             .job_key()
             .parse()
@@ -1428,16 +1585,7 @@ impl Shard {
                 format!("job {key} has no instance {bad} (instances 0..{count})"),
             ));
         }
-        for instance in instances {
-            let Some(task_id) = self.jobs[job].current[instance as usize] else {
-                continue;
-            };
-            if let Some(t) = self.tasks.get_mut(&task_id) {
-                t.killed_by_user = true;
-            }
-            self.transition(task_id, TaskState::Killing, "killed by user");
-        }
-        Ok(Vec::new())
+        Ok((job, instances))
     }
 
     fn job_summary(&self, job: &Job) -> JobSummaryView {
@@ -1756,6 +1904,20 @@ impl Shard {
         self.ended.push_back((now, task_id));
         self.log(&LogRecord::TaskEnded { id: task_id });
         self.prune_history_over_max(job, now);
+        if decision.is_none() && self.is_ha() && !self.jobs[job].retired[instance as usize] {
+            // Ended for good: a new leader must not start it again.
+            self.jobs[job].retired[instance as usize] = true;
+            let desired = self.desired(job);
+            let key = self.jobs[job].key.clone();
+            let pending = PendingPersist {
+                reply: None,
+                request_id: 0,
+                bytes: None,
+            };
+            if let Err((_, e)) = self.persist(&key, Some(desired), pending) {
+                tracing::error!(shard = self.id, job = %key, "cannot persist a retired instance: {e}");
+            }
+        }
         if let Some((delay_ms, flaps)) = decision {
             let id = self.new_task(job, instance, failure_count, flaps);
             if delay_ms == 0 {
@@ -1833,6 +1995,9 @@ impl Shard {
 
     /// Places pending tasks against the offers this shard owns. Returns how many were placed.
     pub fn schedule(&mut self) -> usize {
+        if !self.acting() {
+            return 0;
+        }
         let mut placed = 0;
         let mut attempts = 0;
         let mut failed_jobs: HashSet<JobIdx> = HashSet::default();
@@ -1995,6 +2160,7 @@ impl Shard {
             self.check_transient_timeouts(now);
             self.prune_expired_history(now);
             self.expire_unadopted(now);
+            self.start_missing_instances();
             self.maybe_snapshot_and_backup();
             self.check_silent_agents();
         }

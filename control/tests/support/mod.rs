@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -15,7 +15,12 @@ use borealis_control::{run_election, ControlError, ElectionConfig, LeaderView, L
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Debian's `etcd-server` binary; `BOREALIS_ETCD_BIN` overrides it.
 pub const ETCD: &str = "/usr/bin/etcd";
+
+fn etcd_bin() -> PathBuf {
+    std::env::var_os("BOREALIS_ETCD_BIN").map_or_else(|| PathBuf::from(ETCD), PathBuf::from)
+}
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
 pub fn init_tracing() {
@@ -49,10 +54,12 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits (bounded) until it serves linearizable reads.
     pub async fn start() -> Etcd {
+        let bin = etcd_bin();
         assert!(
-            Path::new(ETCD).exists(),
-            "{ETCD} is missing: run scripts/setup.sh (installs Debian's etcd-server) \
-             before running borealis-control's tests"
+            bin.exists(),
+            "{} is missing: run scripts/setup.sh (installs Debian's etcd-server) \
+             before running borealis-control's tests",
+            bin.display()
         );
         let mut etcd = Etcd {
             child: None,
@@ -92,7 +99,7 @@ impl Etcd {
             .append(true)
             .open(self.log_path())
             .expect("etcd log file");
-        let child = Command::new(ETCD)
+        let child = Command::new(etcd_bin())
             .arg("--name=default")
             .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client}"))
@@ -107,7 +114,7 @@ impl Etcd {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("start {ETCD}: {e} (run scripts/setup.sh)"));
+            .unwrap_or_else(|e| panic!("start etcd: {e} (run scripts/setup.sh)"));
         self.child = Some(child);
     }
 

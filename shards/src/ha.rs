@@ -1,0 +1,58 @@
+//! The shards' side of high availability: messages between the control thread (etcd
+//! election and desired-state store, on tokio) and the shards (glommio). Neither side ever
+//! blocks on the other: the control thread sends through bounded channels the shards poll each
+//! round; shards hand persist requests to the control thread with `try_send` and go on.
+
+use borealis_core::{JobKey, TaskConfig};
+use serde::{Deserialize, Serialize};
+
+/// Requests in flight from one shard to the control thread.
+pub const PERSIST_QUEUE_MAX: usize = 4096;
+/// Control messages queued for one shard.
+pub const TO_SHARD_QUEUE_MAX: usize = 64;
+
+/// A job as the desired state in etcd holds it: what the next leader needs to rebuild it.
+/// Per-task runtime state is not here: it comes back from the agents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredJob {
+    pub key: JobKey,
+    pub instances: u32,
+    pub config: TaskConfig,
+    /// Instances that must not run again: killed by a user, or ad-hoc instances that ended
+    /// for good.
+    pub retired: Vec<u32>,
+}
+
+/// Control thread → shard.
+#[derive(Debug)]
+pub enum ToShard {
+    /// This scheduler leads: the shard's partition of the desired jobs.
+    Lead { fence: i64, jobs: Vec<DesiredJob> },
+    /// Another scheduler leads (its client address): drop everything, refuse clients and
+    /// agents. With `None` (leadership unknown) a leader pauses and keeps its state.
+    Follow { leader: Option<String> },
+    /// The answer to a `Persist` request.
+    Persisted {
+        token: u64,
+        result: Result<(), String>,
+    },
+}
+
+/// Shard → control thread.
+#[derive(Debug)]
+pub enum ToControl {
+    /// Write (or, with `None`, delete) a job's desired state, fenced on this leader's term.
+    Persist {
+        shard: usize,
+        token: u64,
+        key: JobKey,
+        job: Option<DesiredJob>,
+    },
+}
+
+/// One shard's ends of the channels.
+#[derive(Debug)]
+pub struct ShardLinks {
+    pub from_control: crossbeam::channel::Receiver<ToShard>,
+    pub to_control: tokio::sync::mpsc::Sender<ToControl>,
+}

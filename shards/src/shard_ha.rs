@@ -1,0 +1,318 @@
+//! A shard under etcd leadership (`--etcd-endpoints`): following (refuse clients and agents,
+//! hold nothing), taking the lead (install the desired jobs, adopt the tasks agents report,
+//! then start what is missing), and persisting job changes through the control thread before
+//! acknowledging them.
+
+use super::*;
+use crate::ha::{DesiredJob, ShardLinks, ToControl, ToShard};
+
+/// Where this shard stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No etcd: this scheduler always leads and persists to its own log.
+    Embedded,
+    /// Leads the term `fence` (etcd's revision of its election key): desired state lives in
+    /// etcd.
+    Leader { fence: i64 },
+    /// Led the term `fence` until leadership became unsure (etcd unreachable): keeps its state
+    /// but acts on nothing; resumes if the same term comes back.
+    Paused { fence: i64 },
+    /// Another scheduler leads (its client address), or none is known.
+    Follower { leader: Option<Arc<str>> },
+}
+
+/// A client request waiting for its desired-state write.
+pub(super) struct PendingPersist {
+    pub reply: Option<ReplyTo>,
+    pub request_id: u64,
+    /// The verified request, applied once the write succeeded.
+    pub bytes: Option<Bytes>,
+}
+
+impl Shard {
+    pub fn set_links(&mut self, links: ShardLinks) {
+        self.links = Some(links);
+        self.mode = Mode::Follower { leader: None };
+    }
+
+    pub(super) fn is_ha(&self) -> bool {
+        self.links.is_some()
+    }
+
+    /// Applies whatever the control thread sent (never blocks).
+    pub fn poll_control(&mut self) {
+        let Some(links) = &self.links else {
+            return;
+        };
+        let mut messages = Vec::new();
+        while let Ok(m) = links.from_control.try_recv() {
+            messages.push(m);
+        }
+        for m in messages {
+            match m {
+                ToShard::Lead { fence, jobs } => self.take_lead(fence, jobs),
+                ToShard::Follow { leader } => self.follow(leader.map(Into::into)),
+                ToShard::Persisted { token, result } => self.persisted(token, result),
+            }
+        }
+    }
+
+    fn take_lead(&mut self, fence: i64, jobs: Vec<DesiredJob>) {
+        match self.mode {
+            Mode::Leader { fence: f } if f == fence => return,
+            Mode::Paused { fence: f } if f == fence => {
+                tracing::info!(
+                    shard = self.id,
+                    fence,
+                    "leadership confirmed again: resuming"
+                );
+                self.mode = Mode::Leader { fence };
+                return;
+            }
+            _ => {}
+        }
+        self.reset_state();
+        self.mode = Mode::Leader { fence };
+        let count = jobs.len();
+        for d in jobs {
+            let job = self.install_job(d.key, d.instances, d.config);
+            for i in d.retired {
+                if let Some(r) = self.jobs[job].retired.get_mut(i as usize) {
+                    *r = true;
+                }
+            }
+        }
+        // Agents re-register with their tasks during the grace; then what is missing starts.
+        self.install_deadline_us = self.now_us + self.config.reconciliation_grace_ms * 1000;
+        tracing::info!(
+            shard = self.id,
+            jobs = count,
+            "leading: desired jobs installed"
+        );
+    }
+
+    fn follow(&mut self, leader: Option<Arc<str>>) {
+        if let (None, Mode::Leader { fence }) = (&leader, &self.mode) {
+            // Unsure, not deposed: stop acting, keep the state for the same term.
+            tracing::warn!(shard = self.id, "leadership unsure: pausing");
+            self.mode = Mode::Paused { fence: *fence };
+            return;
+        }
+        if leader.is_none() && matches!(self.mode, Mode::Paused { .. }) {
+            return;
+        }
+        let new_mode = Mode::Follower {
+            leader: leader.clone(),
+        };
+        if self.mode == new_mode {
+            return;
+        }
+        if matches!(self.mode, Mode::Leader { .. } | Mode::Paused { .. }) {
+            tracing::warn!(shard = self.id, leader = ?leader, "no longer leading: dropping all state");
+        }
+        self.reset_state();
+        self.mode = new_mode;
+    }
+
+    /// True when this shard may act: place, launch, accept changes.
+    pub(super) fn acting(&self) -> bool {
+        matches!(self.mode, Mode::Embedded | Mode::Leader { .. })
+    }
+
+    /// Forgets every job, task, agent and connection (a follower holds nothing; agents and
+    /// clients reconnect to the leader).
+    fn reset_state(&mut self) {
+        self.conns.clear();
+        self.jobs = JobSlab::default();
+        self.job_index.clear();
+        self.tasks.clear();
+        self.tasks_by_agent.clear();
+        self.pending.clear();
+        self.blocked.clear();
+        self.throttled.clear();
+        self.ended.clear();
+        self.index = PlacementIndex::new();
+        self.agent_names.clear();
+        self.agent_attr_ids.clear();
+        self.home_agents.clear();
+        self.borrowed.clear();
+        self.borrow_outstanding = false;
+        self.gathers.clear();
+        self.pending_acks.clear();
+        self.pending_persists.clear();
+        self.lent_out = 0;
+        self.state_counts = [0; TaskState::COUNT];
+        self.install_deadline_us = 0;
+    }
+
+    /// After the grace that follows taking the lead: every instance that no agent reported
+    /// and that is not retired gets a new PENDING task.
+    pub(super) fn start_missing_instances(&mut self) {
+        if self.install_deadline_us == 0 || self.now_us < self.install_deadline_us {
+            return;
+        }
+        self.install_deadline_us = 0;
+        let mut started = 0;
+        let jobs: Vec<JobIdx> = self.job_index.values().copied().collect();
+        for job in jobs {
+            for instance in 0..self.jobs[job].current.len() {
+                if self.jobs[job].current[instance].is_none() && !self.jobs[job].retired[instance] {
+                    let id = self.new_task(job, instance as u32, 0, 0);
+                    self.pending.push_back(id);
+                    started += 1;
+                }
+            }
+        }
+        tracing::info!(
+            shard = self.id,
+            started,
+            "reconciliation grace over: missing instances started"
+        );
+    }
+
+    /// A task an agent reported that this (new) leader does not know: adopt it when its job
+    /// wants that instance and nothing else runs it.
+    pub(super) fn adopt_unknown(&mut self, agent: AgentId, report: &TaskStatusReport) {
+        if !matches!(self.mode, Mode::Leader { .. }) || self.tasks.contains_key(&report.task_id) {
+            return;
+        }
+        if !matches!(
+            report.state,
+            TaskState::Assigned | TaskState::Starting | TaskState::Running
+        ) {
+            return;
+        }
+        let Ok(key) = report.job_key.parse::<JobKey>() else {
+            return;
+        };
+        let Some(&job) = self.job_index.get(&key) else {
+            return;
+        };
+        let instance = report.instance as usize;
+        let j = &self.jobs[job];
+        if instance >= j.current.len() || j.current[instance].is_some() || j.retired[instance] {
+            return;
+        }
+        let id = report.task_id;
+        let now = self.now_us;
+        self.tasks.insert(
+            id,
+            Task {
+                id,
+                job,
+                instance: report.instance,
+                state: report.state,
+                agent: Some(agent),
+                host: self.agent_names.get(&agent).cloned(),
+                holds: true,
+                failure_count: 0,
+                consecutive_flaps: 0,
+                entered_us: now,
+                running_since_us: (report.state == TaskState::Running).then_some(now),
+                exit_code: -1,
+                message: String::new(),
+                ports: Vec::new(),
+                sandbox: report.sandbox.clone(),
+                killed_by_user: false,
+                awaiting_adoption: false,
+            },
+        );
+        self.jobs[job].current[instance] = Some(id);
+        if let Some(ids) = self.agent_attr_ids.get(&agent) {
+            self.jobs[job].spread.add_attributes(ids);
+        }
+        self.tasks_by_agent.entry(agent).or_default().insert(id);
+        self.state_counts[report.state as usize] += 1;
+        tracing::debug!(task = %id, job = %key, instance, "adopted a task its agent reported");
+    }
+
+    /// Sends a job's desired state to etcd (through the control thread); `reply` waits for it.
+    pub(super) fn persist(
+        &mut self,
+        key: &JobKey,
+        job: Option<DesiredJob>,
+        pending: PendingPersist,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(links) = &self.links else {
+            return Ok(());
+        };
+        self.next_token += 1;
+        let token = self.next_token;
+        let request = ToControl::Persist {
+            shard: self.id,
+            token,
+            key: key.clone(),
+            job,
+        };
+        links.to_control.try_send(request).map_err(|_| {
+            (
+                ErrorCode::Overloaded,
+                "too many desired-state writes in flight; retry".to_string(),
+            )
+        })?;
+        self.pending_persists.insert(token, pending);
+        Ok(())
+    }
+
+    fn persisted(&mut self, token: u64, result: Result<(), String>) {
+        let Some(p) = self.pending_persists.remove(&token) else {
+            return;
+        };
+        let Some(reply) = p.reply else {
+            if let Err(e) = result {
+                tracing::error!(shard = self.id, "desired-state write failed: {e}");
+            }
+            return;
+        };
+        match (result, p.bytes) {
+            (Ok(()), Some(bytes)) => self.apply_client(reply, bytes),
+            (Err(e), _) => {
+                let bytes = self
+                    .encoder
+                    .error(
+                        p.request_id,
+                        ErrorCode::Internal,
+                        &format!("not persisted: {e}"),
+                    )
+                    .to_vec();
+                self.reply(reply, bytes);
+            }
+            (Ok(()), None) => {
+                let bytes = self.encoder.ack(p.request_id).to_vec();
+                self.reply(reply, bytes);
+            }
+        }
+    }
+
+    /// The desired state of a job as it stands (for a persist).
+    pub(super) fn desired(&self, job: JobIdx) -> DesiredJob {
+        let j = &self.jobs[job];
+        DesiredJob {
+            key: j.key.clone(),
+            instances: j.current.len() as u32,
+            config: (*j.config).clone(),
+            retired: j
+                .retired
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r)
+                .map(|(i, _)| i as u32)
+                .collect(),
+        }
+    }
+
+    /// Refusal of a follower: clients get the leader's address.
+    pub(super) fn not_leader(&mut self, request_id: u64) -> Vec<u8> {
+        let leader = match &self.mode {
+            Mode::Follower { leader } => leader.clone(),
+            _ => None,
+        };
+        let text = match &leader {
+            Some(l) => format!("this scheduler is not the leader; the leader is {l}"),
+            None => "this scheduler is not the leader and no leader is known".to_string(),
+        };
+        self.encoder
+            .error_with_leader(request_id, ErrorCode::NotLeader, &text, leader.as_deref())
+            .to_vec()
+    }
+}
