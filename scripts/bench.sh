@@ -8,7 +8,8 @@
 #
 # Environment: SHARDS (scheduler shards, default 2), DURATION (default 60; a --duration flag
 # wins), BOREALIS_LOG (the scheduler's log filter, default warn: info logs every job and agent),
-# BENCH_NO_BUILD=1 (use the binaries already built).
+# BENCH_NO_BUILD=1 (use the binaries already built), SCHEDULER_FLAGS (extra scheduler flags,
+# e.g. --in-memory to measure without the write-ahead log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -53,7 +54,7 @@ for attempt in 1 2 3 4 5; do
     port=$((20000 + RANDOM % 20000))
     port_in_use "$port" && continue
     "$scheduler_bin" scheduler --ip 127.0.0.1 --port "$port" --http-port 0 \
-        --shards "$SHARDS" --data-dir "$work/data" >"$log" 2>&1 &
+        --shards "$SHARDS" --data-dir "$work/data" ${SCHEDULER_FLAGS:-} >"$log" 2>&1 &
     scheduler_pid=$!
     for _ in $(seq 300); do
         kill -0 "$scheduler_pid" 2>/dev/null || break

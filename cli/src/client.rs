@@ -9,6 +9,7 @@
 //! Errors are one-line `anyhow` errors that say what failed and where. A response of `Error`
 //! is a [`Refused`], which callers (tests, `borealis up`) can downcast to read its code.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -201,8 +202,18 @@ impl fmt::Display for Refused {
 impl std::error::Error for Refused {}
 
 /// A blocking connection to the scheduler's client port.
+///
+/// High availability: the address may be a comma-separated list of schedulers (tried in order
+/// until one accepts the connection). A follower answers every request with `NotLeader`; when
+/// it names the leader, the client reconnects there and sends the request again (a refused
+/// request was not applied, so this is safe for every request), following at most
+/// [`LEADER_HOPS_MAX`] such redirects per request. A follower that knows no leader sends the
+/// client on to the next listed scheduler; when none is left the request fails with a one-line
+/// "no leader is known" error.
 pub struct Client {
     addr: String,
+    /// Listed schedulers not tried yet, in order.
+    untried: VecDeque<String>,
     stream: TcpStream,
     encoder: Encoder,
     writer: FrameWriter,
@@ -211,67 +222,198 @@ pub struct Client {
     next_request_id: u64,
 }
 
+/// Most `NotLeader` redirects one request follows before giving up.
+pub const LEADER_HOPS_MAX: usize = 3;
+
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("addr", &self.addr)
+            .field("untried", &self.untried)
             .field("next_request_id", &self.next_request_id)
             .finish_non_exhaustive()
     }
 }
 
+/// Opens a TCP connection to `addr` (`host:port`), trying each address it resolves to for
+/// [`CONNECT_TIMEOUT`]. Error: `cannot reach scheduler at <addr>: <reason>`.
+fn connect_one(addr: &str) -> anyhow::Result<TcpStream> {
+    let unreachable = |reason: &str| anyhow!("cannot reach scheduler at {addr}: {reason}");
+    let candidates: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| unreachable(&io_reason(&e)))?
+        .collect();
+    let mut last_error = None;
+    let mut connected = None;
+    for candidate in &candidates {
+        match TcpStream::connect_timeout(candidate, CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let Some(stream) = connected else {
+        return Err(match last_error {
+            Some(e) => unreachable(&io_reason(&e)),
+            None => unreachable("the address resolves to nothing"),
+        });
+    };
+    let configure = || -> io::Result<()> {
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        // One small request, then wait for its answer: Nagle would only add latency.
+        stream.set_nodelay(true)
+    };
+    configure().map_err(|e| unreachable(&io_reason(&e)))?;
+    Ok(stream)
+}
+
+/// The addresses of a `--scheduler` value: comma-separated, blanks trimmed, empties dropped.
+fn scheduler_list(addrs: &str) -> VecDeque<String> {
+    addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 impl Client {
-    /// Connects to `addr` (`host:port`), trying each address it resolves to for
-    /// [`CONNECT_TIMEOUT`]. Error: `cannot reach scheduler at <addr>: <reason>`.
-    pub fn connect(addr: &str) -> anyhow::Result<Client> {
-        let unreachable = |reason: &str| anyhow!("cannot reach scheduler at {addr}: {reason}");
-        let candidates: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| unreachable(&io_reason(&e)))?
-            .collect();
-        let mut last_error = None;
-        let mut connected = None;
-        for candidate in &candidates {
-            match TcpStream::connect_timeout(candidate, CONNECT_TIMEOUT) {
-                Ok(stream) => {
-                    connected = Some(stream);
-                    break;
-                }
-                Err(e) => last_error = Some(e),
+    /// Connects to `addrs`: one `host:port`, or a comma-separated list tried in order until one
+    /// accepts. Each address gets [`CONNECT_TIMEOUT`] per address it resolves to. Error for
+    /// one address: `cannot reach scheduler at <addr>: <reason>`; for a list: `cannot reach any
+    /// scheduler of <list>: <addr>: <reason>; ...`.
+    pub fn connect(addrs: &str) -> anyhow::Result<Client> {
+        let mut untried = scheduler_list(addrs);
+        if untried.len() <= 1 {
+            // One address: its own error, word for word.
+            let addr = untried.pop_front().unwrap_or_else(|| addrs.to_string());
+            let stream = connect_one(&addr)?;
+            return Ok(Client::with_stream(addr, stream, untried));
+        }
+        let mut reasons = Vec::new();
+        while let Some(addr) = untried.pop_front() {
+            match connect_one(&addr) {
+                Ok(stream) => return Ok(Client::with_stream(addr, stream, untried)),
+                Err(e) => reasons.push(format!("{e:#}")),
             }
         }
-        let Some(stream) = connected else {
-            return Err(match last_error {
-                Some(e) => unreachable(&io_reason(&e)),
-                None => unreachable("the address resolves to nothing"),
-            });
-        };
-        let configure = || -> io::Result<()> {
-            stream.set_read_timeout(Some(IO_TIMEOUT))?;
-            stream.set_write_timeout(Some(IO_TIMEOUT))?;
-            // One small request, then wait for its answer: Nagle would only add latency.
-            stream.set_nodelay(true)
-        };
-        configure().map_err(|e| unreachable(&io_reason(&e)))?;
-        Ok(Client {
-            addr: addr.to_string(),
+        bail!(
+            "cannot reach any scheduler of {addrs}: {}",
+            reasons
+                .iter()
+                .map(|r| r.trim_start_matches("cannot reach scheduler at "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }
+
+    fn with_stream(addr: String, stream: TcpStream, untried: VecDeque<String>) -> Client {
+        Client {
+            addr,
+            untried,
             stream,
             encoder: Encoder::new(),
             writer: FrameWriter::new(),
             decoder: FrameDecoder::new(),
             read_buf: vec![0; READ_CHUNK_BYTES],
             next_request_id: 1,
-        })
+        }
+    }
+
+    /// Replaces the connection with one to `addr`.
+    fn reconnect(&mut self, addr: &str) -> anyhow::Result<()> {
+        self.stream = connect_one(addr)?;
+        self.addr = addr.to_string();
+        self.decoder = FrameDecoder::new();
+        Ok(())
+    }
+
+    /// Connects to the next listed scheduler that accepts; `Ok(false)` when none is left.
+    fn next_listed(&mut self) -> anyhow::Result<bool> {
+        let mut last_error = None;
+        while let Some(addr) = self.untried.pop_front() {
+            match self.reconnect(&addr) {
+                Ok(()) => return Ok(true),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match last_error {
+            Some(e) => Err(e),
+            None => Ok(false),
+        }
     }
 
     /// Sends one request and returns the response that carries its request id, whatever it
-    /// is (an `Error` response is `Ok`: see the convenience methods for typed results).
+    /// is (an `Error` response is `Ok`: see the convenience methods for typed results), except
+    /// `NotLeader`: the client follows the leader it names (at most [`LEADER_HOPS_MAX`] times)
+    /// or moves on to the next listed scheduler, and fails when no leader is known.
     ///
     /// `build` gets the encoder and the request id to put in the message and returns the
-    /// message's bytes, e.g. `|enc, id| enc.list_jobs(id).to_vec()`.
+    /// message's bytes, e.g. `|enc, id| enc.list_jobs(id).to_vec()`; it is called again for
+    /// each retry.
     pub fn request(
         &mut self,
-        build: impl FnOnce(&mut Encoder, u64) -> Vec<u8>,
+        mut build: impl FnMut(&mut Encoder, u64) -> Vec<u8>,
+    ) -> anyhow::Result<OwnedMessage> {
+        let mut hops = 0;
+        // Schedulers that refused without naming a leader.
+        let mut leaderless: Vec<String> = Vec::new();
+        loop {
+            let response = self.request_once(&mut build)?;
+            let OwnedMessage::Error {
+                code: ErrorCode::NotLeader,
+                leader,
+                message,
+            } = &response
+            else {
+                return Ok(response);
+            };
+            match leader.as_deref().map(str::trim).filter(|l| !l.is_empty()) {
+                Some(leader) => {
+                    if hops == LEADER_HOPS_MAX {
+                        bail!(
+                            "no leader reached after following {LEADER_HOPS_MAX} redirects; the \
+                             scheduler at {} says: {message}",
+                            self.addr
+                        );
+                    }
+                    hops += 1;
+                    let leader = leader.to_string();
+                    if let Err(e) = self.reconnect(&leader) {
+                        // A stale name (the leader just died): another listed scheduler may
+                        // know better.
+                        let named_by = self.addr.clone();
+                        if !self.next_listed()? {
+                            return Err(e.context(format!(
+                                "the scheduler at {named_by} named {leader} as the leader"
+                            )));
+                        }
+                    }
+                }
+                None => {
+                    leaderless.push(self.addr.clone());
+                    if !self.next_listed()? {
+                        let (who, is, knows) = match leaderless.len() {
+                            1 => ("the scheduler at", "is", "knows"),
+                            _ => ("the schedulers at", "are", "know"),
+                        };
+                        bail!(
+                            "no leader is known: {who} {} {is} not the leader and {knows} of \
+                             none",
+                            leaderless.join(", ")
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn request_once(
+        &mut self,
+        build: &mut impl FnMut(&mut Encoder, u64) -> Vec<u8>,
     ) -> anyhow::Result<OwnedMessage> {
         // Ids are never 0: 0 marks a one-way message.
         let request_id = self.next_request_id;
@@ -1093,5 +1235,204 @@ mod tests {
             format!("scheduler at {addr} closed the connection before responding")
         );
         server.join().unwrap();
+    }
+
+    /// Reads one request from `stream`: its id and message.
+    fn read_request(stream: &mut TcpStream) -> (u64, OwnedMessage) {
+        let mut decoder = FrameDecoder::new();
+        let mut buf = [0u8; 4096];
+        let frame = loop {
+            if let Some(frame) = decoder.next_frame().unwrap() {
+                break frame;
+            }
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "client closed before sending a request");
+            decoder.extend(&buf[..n]);
+        };
+        let messages = split_messages(frame).unwrap();
+        assert_eq!(messages.len(), 1, "one request per frame");
+        let (request_id, request) = to_owned(decode_message(&messages[0]).unwrap()).unwrap();
+        (request_id, request)
+    }
+
+    /// A follower stand-in on `listener`: answers one request on each of `connections`
+    /// connections with `NotLeader` naming `leader`. Yields the requests it saw.
+    fn fake_follower(
+        listener: TcpListener,
+        leader: Option<String>,
+        connections: usize,
+    ) -> thread::JoinHandle<Vec<OwnedMessage>> {
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..connections {
+                let (mut stream, _) = listener.accept().unwrap();
+                let (id, request) = read_request(&mut stream);
+                let text = match &leader {
+                    Some(l) => format!("this scheduler is not the leader; the leader is {l}"),
+                    None => "this scheduler is not the leader and no leader is known".into(),
+                };
+                let reply = Encoder::new()
+                    .error_with_leader(id, ErrorCode::NotLeader, &text, leader.as_deref())
+                    .to_vec();
+                stream.write_all(&frame_of(&[reply])).unwrap();
+                seen.push(request);
+            }
+            seen
+        })
+    }
+
+    fn listener() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (listener, addr)
+    }
+
+    fn one_job() -> Vec<JobSummaryView> {
+        vec![JobSummaryView {
+            job_key: "www/prod/web".into(),
+            instances: 3,
+            is_service: true,
+            state_counts: counts(&[(TaskState::Running, 3)]),
+        }]
+    }
+
+    #[test]
+    fn a_follower_redirects_to_the_leader_it_names() {
+        let (leader, leader_server) =
+            fake_scheduler(|_, id| frame_of(&[Encoder::new().job_list(id, &one_job()).to_vec()]));
+        let (follower_listener, follower) = listener();
+        let follower_server = fake_follower(follower_listener, Some(leader.clone()), 1);
+        let mut client = Client::connect(&follower).unwrap();
+        assert_eq!(client.list_jobs().unwrap(), one_job());
+        assert_eq!(client.addr, leader, "the client now talks to the leader");
+        assert_eq!(
+            follower_server.join().unwrap(),
+            vec![OwnedMessage::ListJobs]
+        );
+        assert_eq!(leader_server.join().unwrap(), OwnedMessage::ListJobs);
+
+        // A change is sent again, whole, to the leader.
+        let spec = borealis_core::jobfile::parse_job_file(
+            "www/prod/hello".parse().unwrap(),
+            include_str!("../../examples/hello.toml"),
+        )
+        .unwrap();
+        let (leader, leader_server) =
+            fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        let (follower_listener, follower) = listener();
+        let follower_server = fake_follower(follower_listener, Some(leader), 1);
+        run_job_command(
+            &follower,
+            JobCommand::Kill {
+                job_key: "www/prod/hello".into(),
+                instances: Some("1".into()),
+            },
+        )
+        .unwrap();
+        let kill = OwnedMessage::KillJob {
+            job_key: spec.config.job.clone(),
+            instances: vec![1],
+        };
+        assert_eq!(follower_server.join().unwrap(), vec![kill.clone()]);
+        assert_eq!(leader_server.join().unwrap(), kill);
+    }
+
+    #[test]
+    fn no_known_leader_is_one_clear_line() {
+        let (follower_listener, follower) = listener();
+        let server = fake_follower(follower_listener, None, 1);
+        let error = run_job_command(&follower, JobCommand::List { json: false }).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("no leader is known: the scheduler at {follower} is not the leader and knows of none")
+        );
+        server.join().unwrap();
+
+        // Every listed scheduler is asked before giving up.
+        let (a_listener, a) = listener();
+        let (b_listener, b) = listener();
+        let a_server = fake_follower(a_listener, None, 1);
+        let b_server = fake_follower(b_listener, None, 1);
+        let error = Client::connect(&format!("{a},{b}"))
+            .unwrap()
+            .list_jobs()
+            .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("no leader is known: the schedulers at {a}, {b} are not the leader and know of none")
+        );
+        a_server.join().unwrap();
+        b_server.join().unwrap();
+    }
+
+    #[test]
+    fn a_list_of_schedulers_is_tried_until_one_answers() {
+        // Unreachable, then a follower that knows no leader, then the leader.
+        let dead = closed_port();
+        let (follower_listener, follower) = listener();
+        let follower_server = fake_follower(follower_listener, None, 1);
+        let (leader, leader_server) =
+            fake_scheduler(|_, id| frame_of(&[Encoder::new().job_list(id, &one_job()).to_vec()]));
+        let list = format!("{dead}, {follower},{leader}");
+        assert_eq!(
+            Client::connect(&list).unwrap().list_jobs().unwrap(),
+            one_job()
+        );
+        follower_server.join().unwrap();
+        leader_server.join().unwrap();
+
+        // A stale leader name (nobody there): the next listed scheduler is asked.
+        let (follower_listener, follower) = listener();
+        let follower_server = fake_follower(follower_listener, Some(dead.clone()), 1);
+        let (leader, leader_server) =
+            fake_scheduler(|_, id| frame_of(&[Encoder::new().job_list(id, &one_job()).to_vec()]));
+        let mut client = Client::connect(&format!("{follower},{leader}")).unwrap();
+        assert_eq!(client.list_jobs().unwrap(), one_job());
+        follower_server.join().unwrap();
+        leader_server.join().unwrap();
+
+        // With nothing else listed, the stale name is the error.
+        let (follower_listener, follower) = listener();
+        let follower_server = fake_follower(follower_listener, Some(dead.clone()), 1);
+        let error = Client::connect(&follower).unwrap().list_jobs().unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "the scheduler at {follower} named {dead} as the leader: cannot reach scheduler \
+                 at {dead}: Connection refused"
+            )
+        );
+        follower_server.join().unwrap();
+
+        // Nobody reachable at all.
+        let other = closed_port();
+        let error = Client::connect(&format!("{dead},{other}")).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "cannot reach any scheduler of {dead},{other}: {dead}: Connection refused; \
+                 {other}: Connection refused"
+            )
+        );
+    }
+
+    #[test]
+    fn redirects_are_bounded() {
+        // A follower that names itself: one request, then LEADER_HOPS_MAX redirects.
+        let (follower_listener, follower) = listener();
+        let server = fake_follower(
+            follower_listener,
+            Some(follower.clone()),
+            1 + LEADER_HOPS_MAX,
+        );
+        let error = Client::connect(&follower).unwrap().list_jobs().unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "no leader reached after following 3 redirects; the scheduler at {follower} \
+                 says: this scheduler is not the leader; the leader is {follower}"
+            )
+        );
+        assert_eq!(server.join().unwrap().len(), 1 + LEADER_HOPS_MAX);
     }
 }

@@ -73,6 +73,10 @@ pub struct SchedulerArgs {
     /// Directory for durable state: a write-ahead log and snapshots per shard.
     #[arg(long, default_value = "borealis-data")]
     pub data_dir: PathBuf,
+    /// Keep all state in memory: no log, no snapshots, nothing survives a restart. For
+    /// benchmarks that measure the cost of durability.
+    #[arg(long)]
+    pub in_memory: bool,
     /// Directory to store backups under (default: DATA_DIR/backups).
     #[arg(long)]
     pub backup_dir: Option<PathBuf>,
@@ -226,9 +230,7 @@ impl SchedulerArgs {
             epoch,
             io_memory_bytes: self.io_memory_kib * 1024,
             // Under etcd the desired state lives there and task state comes back from agents.
-            data_dir: self
-                .etcd_endpoints
-                .is_empty()
+            data_dir: (self.etcd_endpoints.is_empty() && !self.in_memory)
                 .then(|| self.data_dir.clone()),
             backup_dir: self
                 .backup_dir

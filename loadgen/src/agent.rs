@@ -337,6 +337,16 @@ impl SimAgent {
                 }
             }
             P::Heartbeat => {}
+            // The scheduler made these terminal statuses durable; a simulated agent keeps no
+            // unacknowledged statuses (it does not reconnect), so there is nothing to drop.
+            P::StatusAck => {
+                let ack = message.payload_as_status_ack().expect("type checked");
+                let ids = ack.task_ids().map_or(0, |v| v.len());
+                let states = ack.states().map_or(0, |v| v.len());
+                if ids != states {
+                    self.error(format!("StatusAck with {ids} task ids but {states} states"));
+                }
+            }
             P::Error => {
                 let e = message.payload_as_error().expect("type checked");
                 self.error(format!("the scheduler sent an error: {}", e.message()));

@@ -140,7 +140,7 @@ pub fn start(
 
 /// `start` with metrics the caller already shares (e.g. with its control thread).
 pub fn start_with_metrics(
-    config: SchedulerConfig,
+    mut config: SchedulerConfig,
     ha_links: Option<Vec<ha::ShardLinks>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Scheduler> {
@@ -165,6 +165,18 @@ pub fn start_with_metrics(
         let started = std::time::Instant::now();
         let (images, _recoveries) = borealis_store::recover_all(dir, config.shards)
             .with_context(|| format!("cannot recover the data dir {}", dir.display()))?;
+        // Task ids carry the epoch they were issued in: never issue from an epoch a recovered
+        // task already used (a restart within the same second would otherwise repeat ids).
+        if let Some(used) = images
+            .iter()
+            .flat_map(|i| i.tasks.keys())
+            .map(|t| (t.0 >> 32) as u32)
+            .max()
+        {
+            if config.epoch <= used {
+                config.epoch = used.wrapping_add(1);
+            }
+        }
         let tasks: usize = images.iter().map(|i| i.tasks.len()).sum();
         let jobs: usize = images.iter().map(|i| i.jobs.len()).sum();
         for (shard, image) in images.into_iter().enumerate() {

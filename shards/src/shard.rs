@@ -1700,7 +1700,13 @@ impl Shard {
         };
         if t.agent != Some(agent) {
             let placed = t.agent.is_some() || t.awaiting_adoption;
-            let adoptable = adopting && placed && !t.state.is_terminal() && !reported.is_terminal();
+            // A restored task may also have ended while the scheduler was down: its agent's
+            // report is the truth (it must not be marked LOST and run again).
+            let ended_while_down = t.awaiting_adoption && reported.is_terminal();
+            let adoptable = adopting
+                && placed
+                && !t.state.is_terminal()
+                && (!reported.is_terminal() || ended_while_down);
             if !adoptable {
                 if !reported.is_terminal() {
                     let key = self.jobs[t.job].key_text.clone();
@@ -1734,7 +1740,9 @@ impl Shard {
                 .entry(agent)
                 .or_default()
                 .insert(task_id);
-            t.holds = true;
+            // A task that ended while the scheduler was down holds nothing any more; its end
+            // is applied below.
+            t.holds = !ended_while_down;
             t.host = self.agent_names.get(&agent).cloned();
             self.log_task(task_id);
         }

@@ -73,6 +73,9 @@ impl Shard {
         }
         self.reset_state();
         self.mode = Mode::Leader { fence };
+        // Terms are numbered by etcd (the fence only grows): ids issued in this term can
+        // collide with no earlier leader's, whatever the clocks say.
+        self.ids = TaskIdGen::new(fence as u32, self.id as u8);
         let count = jobs.len();
         for d in jobs {
             let job = self.install_job(d.key, d.instances, d.config);
