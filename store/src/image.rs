@@ -83,6 +83,10 @@ pub enum LogRecord {
     TaskEnded { id: TaskId },
     /// Removes the task from its job (history, or current) and from the tasks.
     TaskForgotten { id: TaskId },
+    /// Ends a round: the log writes one after the records of each `Wal::commit`, and recovery
+    /// applies a round's records only once it has read this marker, so a round is all or
+    /// nothing. Changes nothing in the image. Only the log writes it (`Wal::append` ignores it).
+    Commit,
 }
 
 impl fmt::Display for LogRecord {
@@ -103,6 +107,7 @@ impl fmt::Display for LogRecord {
             ),
             LogRecord::TaskEnded { id } => write!(f, "TaskEnded(task {id})"),
             LogRecord::TaskForgotten { id } => write!(f, "TaskForgotten(task {id})"),
+            LogRecord::Commit => write!(f, "Commit"),
         }
     }
 }
@@ -241,6 +246,7 @@ impl StateImage {
                 }
                 self.tasks.remove(id);
             }
+            LogRecord::Commit => {}
         }
         Ok(())
     }

@@ -7,9 +7,14 @@
 //! - `snapshot-<seq:020>`: the image as of the start of segment `seq` (it covers every segment
 //!   below `seq`; recovery replays segments `seq, seq+1, ...` on top of it).
 //!
+//! Each commit (one scheduling round) is its records followed by a [`LogRecord::Commit`]
+//! marker, written together. A round's records belong together (a job's creation and its
+//! tasks), so recovery applies them only once it reads their marker: a round is all or nothing.
+//!
 //! Only the last segment is ever appended to, and a new segment starts only after the previous
-//! one was committed, so a torn write can only be at the end of the last segment: recovery cuts
-//! it there. Anything wrong earlier is real corruption and an error.
+//! one was committed (so every segment ends with a marker), so a torn write can only be at the
+//! end of the last segment: recovery cuts it there, at the end of the last marker, dropping the
+//! unfinished round whole. Anything wrong earlier is real corruption and an error.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -27,6 +32,8 @@ pub const FRAME_HEADER_BYTES: usize = 8;
 /// Largest record payload. A length field above it is corruption (a torn or flipped header
 /// could otherwise make recovery try to read gigabytes), and `append` refuses to write one.
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
+/// The commit marker's frame: a header and the one-byte encoding of [`LogRecord::Commit`].
+pub const COMMIT_FRAME_BYTES: usize = FRAME_HEADER_BYTES + 1;
 /// A commit buffer grown past this by an unusually large round is given back afterwards.
 const BUF_KEEP_BYTES: usize = 16 << 20;
 
@@ -35,11 +42,12 @@ const BUF_KEEP_BYTES: usize = 16 << 20;
 pub struct Recovery {
     /// The state: the snapshot plus every replayed record.
     pub image: StateImage,
-    /// Records replayed on top of the snapshot.
+    /// Records replayed on top of the snapshot (commit markers not counted).
     pub records_replayed: u64,
     /// The snapshot the image started from (None: from empty).
     pub snapshot: Option<PathBuf>,
-    /// The torn or corrupt tail cut from the last segment: file, offset, reason, bytes cut.
+    /// The torn or corrupt tail cut from the last segment (an unfinished round, or damage):
+    /// file, offset, bytes cut, reason.
     pub cut: Option<String>,
     /// Newer snapshots that could not be used, and why (each renamed to `<name>.corrupt`).
     pub skipped_snapshots: Vec<String>,
@@ -61,19 +69,55 @@ pub struct Wal {
     bytes_since_snapshot: u64,
 }
 
-/// One problem found while reading a segment: where, and what.
-struct Bad {
-    offset: u64,
-    reason: String,
+/// What replaying a segment applied, and how it ended.
+struct Replayed {
+    /// Bytes up to the end of the last commit marker: the rounds applied.
+    kept: u64,
+    /// Records applied (markers not counted).
+    records: u64,
+    /// Records read after the last marker: a round whose marker never made it to disk.
+    uncommitted: u64,
+    /// The first frame that is not a whole, intact frame (offset, why), which ended the replay.
+    bad_frame: Option<(u64, String)>,
+}
+
+impl Replayed {
+    /// Whether the segment ends in anything but whole committed rounds.
+    fn has_tail(&self) -> bool {
+        self.uncommitted > 0 || self.bad_frame.is_some()
+    }
+
+    /// Why the bytes after `kept` are dropped.
+    fn tail_reason(&self) -> String {
+        let round = format!(
+            "uncommitted round of {}",
+            plural(self.uncommitted, "record")
+        );
+        match &self.bad_frame {
+            Some((_, why)) if self.uncommitted == 0 => why.clone(),
+            Some((at, why)) => format!("{round}, ended by {why} at offset {at}"),
+            None => round,
+        }
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir` and recovers its state.
     ///
     /// Loads the newest readable snapshot (an unreadable one is renamed `<name>.corrupt`, with a
-    /// warning, and the previous one is used), replays the segments from it on, cuts a torn or
-    /// corrupt tail off the last segment (warning with file, offset and bytes cut), and fails on
-    /// corruption anywhere else, on a missing segment, or on a record that does not apply.
+    /// warning, and the previous one is used), replays the segments from it on, one committed
+    /// round at a time, cuts a torn or corrupt tail off the last segment at the end of its last
+    /// commit marker (warning with file, offset and bytes cut: an unfinished round goes whole),
+    /// and fails on corruption anywhere else (a bad frame, or records after the last marker of a
+    /// segment that is not the last), on a missing segment, or on a record that does not apply.
     pub fn open(dir: &Path) -> Result<(Wal, Recovery), StoreError> {
         create_dir_durable(dir)?;
         let listing = list_dir(dir)?;
@@ -156,6 +200,7 @@ impl Wal {
         let mut records_replayed = 0;
         let mut bytes_since_snapshot = 0;
         let mut cut = None;
+        let mut pending = Vec::new();
         for (i, &seq) in replay.iter().enumerate() {
             let path = dir.join(segment_name(seq));
             let last = i + 1 == replay.len();
@@ -163,39 +208,49 @@ impl Wal {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .map_err(|e| StoreError::io(format!("reading {}", path.display()), e))?;
-            let (good, records, bad) = replay_segment(&bytes, &mut image, &path)?;
-            records_replayed += records;
-            bytes_since_snapshot += good;
-            if let Some(bad) = bad {
-                if !last {
-                    return Err(StoreError::Corrupt {
-                        file: path,
-                        offset: bad.offset,
-                        reason: bad.reason,
-                    });
-                }
-                let cut_bytes = bytes.len() as u64 - good;
-                tracing::warn!(
-                    file = %path.display(),
-                    offset = bad.offset,
-                    bytes_cut = cut_bytes,
-                    reason = %bad.reason,
-                    "cutting the log's torn or corrupt tail"
-                );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
-                file.set_len(good)
-                    .and_then(|()| file.sync_all())
-                    .map_err(|e| StoreError::io(format!("truncating {}", path.display()), e))?;
-                cut = Some(format!(
-                    "{}: {} at offset {}; cut {cut_bytes} bytes",
-                    path.display(),
-                    bad.reason,
-                    bad.offset
-                ));
+            let replayed = replay_segment(&bytes, &mut image, &path, &mut pending)?;
+            records_replayed += replayed.records;
+            bytes_since_snapshot += replayed.kept;
+            if !replayed.has_tail() {
+                continue;
             }
+            if !last {
+                // Segments rotate only after a commit: an earlier one ends with a marker.
+                let (offset, reason) = replayed.bad_frame.unwrap_or_else(|| {
+                    let n = plural(replayed.uncommitted, "record");
+                    let why = format!(
+                        "{n} after the last commit marker, but only the last segment may end \
+                         in an unfinished round"
+                    );
+                    (replayed.kept, why)
+                });
+                return Err(StoreError::Corrupt {
+                    file: path,
+                    offset,
+                    reason,
+                });
+            }
+            let good = replayed.kept;
+            let reason = replayed.tail_reason();
+            let cut_bytes = bytes.len() as u64 - good;
+            tracing::warn!(
+                file = %path.display(),
+                offset = good,
+                bytes_cut = cut_bytes,
+                reason = %reason,
+                "cutting the log's torn or corrupt tail"
+            );
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+            file.set_len(good)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StoreError::io(format!("truncating {}", path.display()), e))?;
+            cut = Some(format!(
+                "{}: cut {cut_bytes} bytes at offset {good}: {reason}",
+                path.display()
+            ));
         }
 
         let seq = replay.last().copied().unwrap_or(first);
@@ -267,15 +322,24 @@ impl Wal {
     }
 
     /// Frames `record` into the commit buffer. No IO: the round's records reach the disk
-    /// together at [`Wal::commit`].
+    /// together at [`Wal::commit`], which closes the round with a commit marker.
     ///
     /// Never fails by itself, so the hot path has nothing to handle: a record that cannot be
     /// framed (over [`RECORD_BYTES_MAX`], or not encodable) makes the next `commit` fail, and
     /// nothing of that round is written, rather than writing a frame recovery would reject.
+    ///
+    /// [`LogRecord::Commit`] is ignored: only `commit` ends a round, so a caller's marker cannot
+    /// split one.
     pub fn append(&mut self, record: &LogRecord) {
-        if self.deferred.is_some() || self.poisoned.is_some() {
+        if self.deferred.is_some() || self.poisoned.is_some() || matches!(record, LogRecord::Commit)
+        {
             return;
         }
+        self.frame(record);
+    }
+
+    /// Appends `record`'s frame to the commit buffer (or defers the error that prevents it).
+    fn frame(&mut self, record: &LogRecord) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
         let payload_len = match postcard::to_io(record, &mut self.buf) {
@@ -299,11 +363,13 @@ impl Wal {
         self.buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
-    /// Group commit: writes every record appended since the last commit with one `write_all`
-    /// and one `sync_data`, and returns the bytes written. Nothing pending: no IO, `Ok(0)`.
+    /// Group commit: writes every record appended since the last commit, then a commit marker
+    /// that makes them one all-or-nothing round for recovery, with one `write_all` and one
+    /// `sync_data`, and returns the bytes written (marker included). Nothing pending: no IO,
+    /// `Ok(0)`.
     ///
     /// After a failure the log is poisoned (every later write fails): the segment may hold part
-    /// of the batch, and after a failed fsync the kernel may have dropped the pages, so
+    /// of the batch (recovery drops it whole unless its marker is there), and after a failed fsync the kernel may have dropped the pages, so
     /// retrying could acknowledge what is not on disk. The owner should stop; restarting
     /// recovers exactly what was durable.
     pub fn commit(&mut self) -> Result<u64, StoreError> {
@@ -318,6 +384,8 @@ impl Wal {
         if self.buf.is_empty() {
             return Ok(0);
         }
+        self.frame(&LogRecord::Commit);
+        debug_assert!(self.deferred.is_none(), "the commit marker always frames");
         let result = self
             .file
             .write_all(&self.buf)
@@ -383,9 +451,13 @@ impl Wal {
         self.bytes_since_snapshot
     }
 
-    /// Bytes appended and not yet committed.
+    /// Bytes the next [`Wal::commit`] writes: the frames appended since the last commit and,
+    /// when there are any, the commit marker that ends their round.
     pub fn pending_bytes(&self) -> usize {
-        self.buf.len()
+        match self.buf.len() {
+            0 => 0,
+            n => n + COMMIT_FRAME_BYTES,
+        }
     }
 
     /// The directory this log lives in.
@@ -411,37 +483,54 @@ fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
     Ok(file)
 }
 
-/// Applies the segment's good records to `image`. Returns the bytes of good records, their
-/// count, and the first bad frame (if any). A record that decodes but does not apply is an
-/// error, never a cut: its checksum says it is what was written.
+/// Replays a segment one round at a time: each record is read into `pending` and applied to
+/// `image` only when its round's commit marker is read. Stops at the first bad frame. Records
+/// after the last marker are left unapplied (counted in `uncommitted`). A record that decodes
+/// but does not apply is an error, never a cut: its checksum and its round's marker say it is
+/// what was committed.
 fn replay_segment(
     bytes: &[u8],
     image: &mut StateImage,
     path: &Path,
-) -> Result<(u64, u64, Option<Bad>), StoreError> {
+    pending: &mut Vec<(u64, LogRecord)>,
+) -> Result<Replayed, StoreError> {
+    pending.clear();
     let mut offset = 0usize;
+    let mut kept = 0u64;
     let mut records = 0u64;
+    let mut bad_frame = None;
     while offset < bytes.len() {
-        let rest = &bytes[offset..];
-        let (record, frame_len) = match decode_frame(rest) {
-            Ok(decoded) => decoded,
-            Err(reason) => {
-                let bad = Bad {
-                    offset: offset as u64,
-                    reason,
-                };
-                return Ok((offset as u64, records, Some(bad)));
+        match decode_frame(&bytes[offset..]) {
+            Ok((LogRecord::Commit, frame_len)) => {
+                for (at, record) in pending.drain(..) {
+                    image.apply(&record).map_err(|source| StoreError::Apply {
+                        file: path.to_path_buf(),
+                        offset: at,
+                        source,
+                    })?;
+                    records += 1;
+                }
+                offset += frame_len;
+                kept = offset as u64;
             }
-        };
-        image.apply(&record).map_err(|source| StoreError::Apply {
-            file: path.to_path_buf(),
-            offset: offset as u64,
-            source,
-        })?;
-        offset += frame_len;
-        records += 1;
+            Ok((record, frame_len)) => {
+                pending.push((offset as u64, record));
+                offset += frame_len;
+            }
+            Err(reason) => {
+                bad_frame = Some((offset as u64, reason));
+                break;
+            }
+        }
     }
-    Ok((offset as u64, records, None))
+    let uncommitted = pending.len() as u64;
+    pending.clear();
+    Ok(Replayed {
+        kept,
+        records,
+        uncommitted,
+        bad_frame,
+    })
 }
 
 /// Decodes the frame at the start of `bytes`: the record and the frame's length, or why the

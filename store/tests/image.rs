@@ -292,7 +292,7 @@ proptest! {
         instance in prop_oneof![0u32..6, Just(u32::MAX)],
         id in 0u64..40,
         state in 0usize..TaskState::COUNT,
-        kind in 0u8..5,
+        kind in 0u8..6,
     ) {
         let mut image = image_of(&setup);
         let key = key(job);
@@ -301,7 +301,8 @@ proptest! {
             1 => LogRecord::JobRemoved { key },
             2 => LogRecord::TaskUpserted(task(id, &key, instance, TaskState::ALL[state])),
             3 => LogRecord::TaskEnded { id: TaskId(id) },
-            _ => LogRecord::TaskForgotten { id: TaskId(id) },
+            4 => LogRecord::TaskForgotten { id: TaskId(id) },
+            _ => LogRecord::Commit,
         };
         let before = image.clone();
         match image.apply(&record) {
@@ -350,6 +351,7 @@ fn the_generator_produces_rich_sequences() {
                 LogRecord::TaskUpserted(_) => 2,
                 LogRecord::TaskEnded { .. } => 3,
                 LogRecord::TaskForgotten { .. } => 4,
+                LogRecord::Commit => unreachable!("the generator makes no commit markers"),
             }] += 1;
         }
         let image = image_of(&records);
@@ -367,4 +369,35 @@ fn the_generator_produces_rich_sequences() {
         ended >= 100 && terminal_current >= 20,
         "ended {ended}, terminal current {terminal_current}"
     );
+}
+
+/// The commit marker changes nothing, and appending it to the enum kept every older record's
+/// encoding (postcard writes the variant index first).
+#[test]
+fn the_commit_marker_changes_nothing_and_older_encodings_stay() {
+    let a = key(0);
+    let mut image = image_of(&[
+        job_created(&a, 2),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+    ]);
+    let before = image.clone();
+    image.apply(&LogRecord::Commit).unwrap();
+    assert_eq!(image, before);
+    assert_eq!(LogRecord::Commit.to_string(), "Commit");
+    assert_eq!(postcard::to_stdvec(&LogRecord::Commit).unwrap(), vec![5]);
+    let older = [
+        (job_created(&a, 1), 0u8),
+        (LogRecord::JobRemoved { key: a.clone() }, 1),
+        (
+            LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Pending)),
+            2,
+        ),
+        (LogRecord::TaskEnded { id: TaskId(7) }, 3),
+        (LogRecord::TaskForgotten { id: TaskId(7) }, 4),
+    ];
+    for (record, index) in older {
+        let bytes = postcard::to_stdvec(&record).unwrap();
+        assert_eq!(bytes[0], index, "{record}");
+        assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+    }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use borealis_core::{TaskId, TaskState};
 use borealis_store::files::{segment_name, snapshot_name};
 use borealis_store::image::{LogRecord, StateImage};
-use borealis_store::wal::{Wal, RECORD_BYTES_MAX};
+use borealis_store::wal::{Wal, COMMIT_FRAME_BYTES, FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 use borealis_store::StoreError;
 use common::{image_of, job_created, key, records, task};
 use proptest::prelude::*;
@@ -44,20 +44,58 @@ fn flip_bit(path: &Path, bit: u64) {
     fs::write(path, bytes).unwrap();
 }
 
-/// Writes `records`, committing each one alone; returns each record's byte range in the
-/// (single, last) segment.
-fn write_one_by_one(wal: &mut Wal, records: &[LogRecord]) -> Vec<(u64, u64)> {
+/// Writes each round with one commit; returns each round's byte range (its records and its
+/// commit marker) in the last segment.
+fn write_rounds(wal: &mut Wal, rounds: &[&[LogRecord]]) -> Vec<(u64, u64)> {
     let mut start = fs::metadata(wal.segment_path()).unwrap().len();
-    records
+    rounds
         .iter()
-        .map(|r| {
-            wal.append(r);
+        .map(|round| {
+            for r in *round {
+                wal.append(r);
+            }
             let end = start + wal.commit().unwrap();
             let range = (start, end);
             start = end;
             range
         })
         .collect()
+}
+
+/// Writes `records`, committing each one alone (a round of one record); returns each round's
+/// byte range in the (single, last) segment.
+fn write_one_by_one(wal: &mut Wal, records: &[LogRecord]) -> Vec<(u64, u64)> {
+    let rounds: Vec<&[LogRecord]> = records.chunks(1).collect();
+    write_rounds(wal, &rounds)
+}
+
+/// Splits `records` into non-empty rounds: a round ends after record `i` when `ends[i]` (and
+/// after the last record).
+fn split_rounds<'a>(records: &'a [LogRecord], ends: &[bool]) -> Vec<&'a [LogRecord]> {
+    let mut rounds = Vec::new();
+    let mut start = 0;
+    for i in 0..records.len() {
+        if ends[i % ends.len()] || i + 1 == records.len() {
+            rounds.push(&records[start..=i]);
+            start = i + 1;
+        }
+    }
+    rounds
+}
+
+/// The frames of a segment file: start offset, end offset and record, in order.
+fn frames(path: &Path) -> Vec<(u64, u64, LogRecord)> {
+    let bytes = fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let end = at + FRAME_HEADER_BYTES + len;
+        let record: LogRecord = postcard::from_bytes(&bytes[at + FRAME_HEADER_BYTES..end]).unwrap();
+        out.push((at as u64, end as u64, record));
+        at = end;
+    }
+    out
 }
 
 proptest! {
@@ -109,11 +147,13 @@ proptest! {
         prop_assert_eq!(open(&dir).1.image, expected);
     }
 
-    /// (b) Truncating the last segment at any byte recovers the records wholly before the
-    /// cut, never an error, and the log goes on from there.
+    /// (b) Truncating the last segment at any byte recovers the image of the rounds whose
+    /// commit marker lies wholly before the cut (never part of a round), never an error, and
+    /// the log goes on from there.
     #[test]
     fn torn_tail_at_any_offset(
         records in records(30),
+        ends in proptest::collection::vec(proptest::bool::weighted(0.3), 30),
         snapshot_after in any::<Index>(),
         cut in any::<Index>(),
     ) {
@@ -127,7 +167,8 @@ proptest! {
             wal.append(r);
         }
         wal.snapshot(&before).unwrap();
-        let ranges = write_one_by_one(&mut wal, &records[split..]);
+        let rounds = split_rounds(&records[split..], &ends);
+        let ranges = write_rounds(&mut wal, &rounds);
         let segment = wal.segment_path();
         drop(wal);
         let len = fs::metadata(&segment).unwrap().len();
@@ -135,15 +176,19 @@ proptest! {
         OpenOptions::new().write(true).open(&segment).unwrap().set_len(at).unwrap();
 
         let whole = ranges.iter().take_while(|(_, end)| *end <= at).count();
+        let kept = if whole == 0 { 0 } else { ranges[whole - 1].1 };
+        let whole_records: usize = rounds[..whole].iter().map(|r| r.len()).sum();
         let mut expected = before;
-        for r in &records[split..split + whole] {
+        for r in rounds[..whole].iter().copied().flatten() {
             expected.apply(r).unwrap();
         }
         let (mut wal, recovery) = open(&dir);
         prop_assert_eq!(&recovery.image, &expected);
-        let boundary = at == 0 || ranges.iter().any(|(_, end)| *end == at);
+        let boundary = at == kept;
         prop_assert_eq!(recovery.cut.is_some(), !boundary, "cut: {:?}", recovery.cut);
-        prop_assert_eq!(recovery.records_replayed, whole as u64);
+        prop_assert_eq!(recovery.records_replayed, whole_records as u64);
+        prop_assert_eq!(fs::metadata(&segment).unwrap().len(), kept);
+        prop_assert_eq!(wal.bytes_since_snapshot(), kept);
         let extra = job_created(&key(99), 1);
         wal.append(&extra);
         wal.commit().unwrap();
@@ -154,20 +199,32 @@ proptest! {
         prop_assert_eq!(reopened.image, expected);
     }
 
-    /// (c) Flipping any single bit of the last record cuts exactly that record.
+    /// (c) Flipping any single bit of a round (a record or its commit marker) in the last
+    /// segment drops that whole round and every round after it: only that round when it is
+    /// the last one.
     #[test]
-    fn bit_flip_in_the_tail_record_cuts_it(records in records(30), bit in any::<Index>()) {
+    fn bit_flip_in_a_round_drops_that_whole_round(
+        records in records(30),
+        ends in proptest::collection::vec(proptest::bool::weighted(0.3), 30),
+        round in any::<Index>(),
+        bit in any::<Index>(),
+        last_round in any::<bool>(),
+    ) {
         prop_assume!(!records.is_empty());
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shard-0");
         let (mut wal, _) = open(&dir);
-        let ranges = write_one_by_one(&mut wal, &records);
+        let rounds = split_rounds(&records, &ends);
+        let ranges = write_rounds(&mut wal, &rounds);
         let segment = wal.segment_path();
         drop(wal);
-        let (start, end) = *ranges.last().unwrap();
+        let hit = if last_round { rounds.len() - 1 } else { round.index(rounds.len()) };
+        let (start, end) = ranges[hit];
         flip_bit(&segment, start * 8 + bit.index(((end - start) * 8) as usize) as u64);
         let recovery = open(&dir).1;
-        prop_assert_eq!(recovery.image, image_of(&records[..records.len() - 1]));
+        let kept: Vec<LogRecord> = rounds[..hit].iter().copied().flatten().cloned().collect();
+        prop_assert_eq!(recovery.image, image_of(&kept));
+        prop_assert_eq!(recovery.records_replayed, kept.len() as u64);
         prop_assert!(recovery.cut.is_some());
         prop_assert_eq!(fs::metadata(&segment).unwrap().len(), start);
     }
@@ -257,6 +314,20 @@ fn tail_damage_is_cut_with_its_reason() {
             }),
             "trailing bytes",
         ),
+        (
+            // Intact, but never committed: not applied (it would not apply), and cut.
+            "valid record without its commit marker",
+            Box::new({
+                let p = valid_payload.clone();
+                move |b, _| b.extend(frame(&p, crc32c::crc32c(&p)))
+            }),
+            "uncommitted round of 1 record",
+        ),
+        (
+            "the last round's marker cut short",
+            Box::new(|b, _| b.truncate(b.len() - 3)),
+            "uncommitted round of 1 record, ended by short header",
+        ),
     ];
     for (name, damage, reason) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -277,7 +348,8 @@ fn tail_damage_is_cut_with_its_reason() {
             cut.contains(reason) && cut.contains("log-"),
             "{name}: {cut}"
         );
-        // Appended garbage is cut at the end of the last good record, damage to it at its start.
+        // Appended bytes are cut at the end of the last commit marker; damage to the last
+        // round (its record or its marker) cuts that whole round, at its start.
         let kept = if fs::metadata(&segment).unwrap().len() == ranges[1].1 {
             2
         } else {
@@ -307,6 +379,17 @@ fn commit_is_one_write_per_round_and_nothing_pending_is_no_io() {
     assert_eq!(wal.commit().unwrap(), pending);
     assert_eq!(fs::metadata(wal.segment_path()).unwrap().len(), pending);
     assert_eq!(wal.bytes_since_snapshot(), pending);
+    // The round's four records, then one commit marker ending the file.
+    let written = frames(&wal.segment_path());
+    assert_eq!(written.len(), 5);
+    let (start, end, marker) = written.last().unwrap();
+    assert_eq!(*marker, LogRecord::Commit);
+    assert_eq!((end - start) as usize, COMMIT_FRAME_BYTES);
+    assert_eq!(*end, pending);
+    assert_eq!(wal.commit().unwrap(), 0);
+    // A caller's marker is ignored: it neither splits a round nor makes an empty one.
+    wal.append(&LogRecord::Commit);
+    assert_eq!(wal.pending_bytes(), 0);
     assert_eq!(wal.commit().unwrap(), 0);
     wal.snapshot(&open_image(&dir)).unwrap();
     assert_eq!(wal.bytes_since_snapshot(), 0);
@@ -581,4 +664,127 @@ fn leftover_temp_files_are_ignored_and_removed() {
     let recovery = open(&dir).1;
     assert_eq!(recovery.image, image);
     assert!(!dir.join(format!("{}.tmp", snapshot_name(4))).exists());
+}
+
+/// A job's creation logs `JobCreated` and one `TaskUpserted` per instance in one round. A crash
+/// that tears that round anywhere (between its records, inside one, inside its marker) must
+/// not recover the job with only some of its tasks: the round is lost whole.
+#[test]
+fn a_round_cut_in_its_middle_loses_the_whole_round_never_part_of_it() {
+    let a = key(0);
+    let b = key(1);
+    let first: Vec<LogRecord> = vec![
+        job_created(&a, 1),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Pending)),
+    ];
+    let second: Vec<LogRecord> = vec![
+        job_created(&b, 2),
+        LogRecord::TaskUpserted(task(2, &b, 0, TaskState::Pending)),
+        LogRecord::TaskUpserted(task(3, &b, 1, TaskState::Pending)),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let template = tmp.path().join("template");
+    let (mut wal, _) = open(&template);
+    let ranges = write_rounds(&mut wal, &[&first, &second]);
+    let segment = wal.segment_path();
+    drop(wal);
+    let bytes = fs::read(&segment).unwrap();
+    let (round_start, round_end) = ranges[1];
+    assert_eq!(round_start, ranges[0].1);
+    // Frame boundaries inside the round: after JobCreated, after the first task, before the
+    // marker. Each gives a cut that is only a missing marker, not a damaged frame.
+    let boundaries: Vec<u64> = frames(&segment)
+        .iter()
+        .filter(|(start, end, _)| *start >= round_start && *end < round_end)
+        .map(|(_, end, _)| *end)
+        .collect();
+    assert_eq!(boundaries.len(), 3, "{boundaries:?}");
+    for at in round_start..=round_end {
+        let dir = tmp.path().join(format!("cut-{at}"));
+        fs::create_dir(&dir).unwrap();
+        let seg = dir.join(segment.file_name().unwrap());
+        fs::write(&seg, &bytes[..at as usize]).unwrap();
+        let recovery = Wal::open(&dir)
+            .unwrap_or_else(|e| panic!("cut at {at}: {e}"))
+            .1;
+        recovery.image.check_invariants().unwrap();
+        if at == round_start {
+            // Round one whole and nothing of round two: a clean end, nothing to cut.
+            assert!(recovery.cut.is_none(), "cut at {at}: {:?}", recovery.cut);
+            assert_eq!(recovery.image, image_of(&first));
+            continue;
+        }
+        if at == round_end {
+            assert!(recovery.cut.is_none(), "cut at {at}: {:?}", recovery.cut);
+            let job = &recovery.image.jobs[&b];
+            assert_eq!(job.current.iter().flatten().count(), 2);
+            assert_eq!(recovery.records_replayed, 5);
+            continue;
+        }
+        // Everything of round two is gone: the job as well as its tasks.
+        assert_eq!(recovery.image, image_of(&first), "cut at {at}");
+        assert!(!recovery.image.jobs.contains_key(&b), "cut at {at}");
+        assert_eq!(recovery.records_replayed, 2, "cut at {at}");
+        assert_eq!(
+            fs::metadata(&seg).unwrap().len(),
+            round_start,
+            "cut at {at}"
+        );
+        let cut = recovery
+            .cut
+            .unwrap_or_else(|| panic!("cut at {at}: nothing cut"));
+        assert!(
+            cut.contains(&format!("at offset {round_start}")),
+            "cut at {at}: {cut}"
+        );
+        if let Some(n) = boundaries.iter().position(|&end| end == at) {
+            let n = n + 1;
+            let records = if n == 1 { "record" } else { "records" };
+            assert!(
+                cut.ends_with(&format!("uncommitted round of {n} {records}")),
+                "cut at {at}: {cut}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_non_last_segment_without_a_final_marker_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    two_snapshots(&dir);
+    // Fall back to snapshot-2, so that log-2 is replayed and is not the last segment.
+    fs::write(dir.join(snapshot_name(3)), b"junk").unwrap();
+    let log2 = dir.join(segment_name(2));
+    let len = fs::metadata(&log2).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&log2)
+        .unwrap()
+        .set_len(len - COMMIT_FRAME_BYTES as u64)
+        .unwrap();
+    // The unfinished round is the segment's last record, after the first round's marker.
+    let written = frames(&log2);
+    assert_eq!(written.len(), 3);
+    assert_eq!(written[1].2, LogRecord::Commit);
+    let unfinished = written[2].0;
+    let err = Wal::open(&dir).unwrap_err();
+    match &err {
+        StoreError::Corrupt {
+            file,
+            offset,
+            reason,
+        } => {
+            assert_eq!(file, &log2);
+            assert_eq!(*offset, unfinished);
+            assert!(reason.contains("after the last commit marker"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other}"),
+    }
+    assert!(err.to_string().contains(&segment_name(2)), "{err}");
+    // Nothing was cut: an error leaves the files for the operator.
+    assert_eq!(
+        fs::metadata(&log2).unwrap().len(),
+        len - COMMIT_FRAME_BYTES as u64
+    );
 }
