@@ -55,6 +55,7 @@ for ((t = 1; t <= trials; t++)); do
     sleep 3 # let the agent settle on the leader
     kill -9 "${sched_pid[$l]}"
     t0=$(now)
+    wait "${sched_pid[$l]}" 2>/dev/null || true
     new=0
     for _ in $(seq 400); do
         for i in 1 2 3; do

@@ -1,6 +1,15 @@
 //! The agent's event loop: the scheduler connection (register, reconnect with backoff), the
 //! task table, launches, kills, reconciliation and batched status updates.
 //!
+//! # Several schedulers (high availability)
+//!
+//! `--scheduler A,B,C` lists the schedulers; one leads, the others refuse a registration with
+//! `Error { code: NotLeader, leader }` and close the connection. The next attempt goes to the
+//! leader named (listed or not: it is logged), else to the address after the one whose session
+//! just ended (never the same one first). The pause before it is the usual doubling backoff,
+//! capped at [`NOT_LEADER_BACKOFF_MAX`] after a `NotLeader` refusal so that an agent finds a new
+//! leader well within its reconciliation grace.
+//!
 //! # Status acknowledgements
 //!
 //! A task's terminal status (FINISHED, FAILED, KILLED, LOST) counts as delivered only once the
@@ -33,7 +42,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use borealis_core::{TaskId, TaskState};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
-use borealis_net::views::{AgentRegistration, LaunchView, OwnedMessage, TaskStatusReport};
+use borealis_net::views::{
+    AgentRegistration, ErrorCode, LaunchView, OwnedMessage, TaskStatusReport,
+};
 use borealis_net::{decode_message, wire, Encoder, FrameDecoder, FrameWriter, WireError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -45,6 +56,10 @@ use crate::process::{self, Exit, Lifeline};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Longest pause after a scheduler refused the registration because it does not lead: a
+/// follower answers at once, and during a failover the new leader waits for its agents only a
+/// reconciliation grace, so the agent keeps asking at least this often.
+const NOT_LEADER_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A batch not written within this long means the scheduler stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -148,6 +163,11 @@ pub(crate) struct Agent {
     backoff: Duration,
     /// Index (mod the address count) of the next scheduler address to try.
     next_address: usize,
+    /// The leader a follower named (`NotLeader`): the next connection attempt goes there,
+    /// listed or not.
+    leader_hint: Option<String>,
+    /// The scheduler of this session refused with `NotLeader`.
+    refused_not_leader: bool,
     /// Ends when the agent does; every task's guard then kills the task's process group.
     lifeline: Lifeline,
 }
@@ -192,6 +212,8 @@ impl Agent {
             writer: FrameWriter::new(),
             backoff: BACKOFF_MIN,
             next_address: 0,
+            leader_hint: None,
+            refused_not_leader: false,
             lifeline,
         })
     }
@@ -202,10 +224,21 @@ impl Agent {
             let Some((stream, address)) = self.connect(&mut shutdown).await else {
                 break;
             };
+            self.refused_not_leader = false;
             match self.session(stream, &address, &mut shutdown).await {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Disconnected => {
-                    if !self.pause(&mut shutdown).await {
+                    // Next: the leader named, else the next listed address (not this one
+                    // again first).
+                    if let Some(index) = self.config.scheduler.iter().position(|a| *a == address) {
+                        self.next_address = (index + 1) % self.config.scheduler.len();
+                    }
+                    let cap = if self.refused_not_leader {
+                        NOT_LEADER_BACKOFF_MAX
+                    } else {
+                        BACKOFF_MAX
+                    };
+                    if !self.pause_at_most(cap, &mut shutdown).await {
                         break;
                     }
                 }
@@ -218,7 +251,16 @@ impl Agent {
     /// Sleeps the current backoff (handling task exits meanwhile) and doubles it. False when
     /// shutdown came first.
     async fn pause<F: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut F>) -> bool {
-        let delay = self.backoff;
+        self.pause_at_most(BACKOFF_MAX, shutdown).await
+    }
+
+    /// [`Agent::pause`], sleeping at most `cap`.
+    async fn pause_at_most<F: Future<Output = ()>>(
+        &mut self,
+        cap: Duration,
+        shutdown: &mut Pin<&mut F>,
+    ) -> bool {
+        let delay = self.backoff.min(cap);
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         let mut sleep = pin!(tokio::time::sleep(delay));
         loop {
@@ -231,37 +273,30 @@ impl Agent {
         }
     }
 
-    /// Tries the scheduler addresses in turn, with backoff after each failed round, until one
-    /// accepts. None on shutdown.
+    /// Tries the leader a follower named (once), then the scheduler addresses in turn, with
+    /// backoff after each failed round, until one accepts. None on shutdown.
     async fn connect<F: Future<Output = ()>>(
         &mut self,
         shutdown: &mut Pin<&mut F>,
     ) -> Option<(TcpStream, String)> {
+        if let Some(leader) = self.leader_hint.take() {
+            if self.config.scheduler.contains(&leader) {
+                tracing::info!(scheduler = %leader, "connecting to the leader a follower named");
+            } else {
+                tracing::info!(scheduler = %leader, listed = ?self.config.scheduler,
+                    "connecting to the leader a follower named, which --scheduler does not list");
+            }
+            if let Some(stream) = self.connect_to(&leader, shutdown).await? {
+                return Some((stream, leader));
+            }
+        }
         let count = self.config.scheduler.len();
         let mut tried = 0;
         loop {
             let index = self.next_address % count;
             let address = self.config.scheduler[index].clone();
-            let mut attempt = pin!(tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                TcpStream::connect(address.clone())
-            ));
-            let result = loop {
-                tokio::select! {
-                    biased;
-                    _ = &mut *shutdown => return None,
-                    Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
-                    result = &mut attempt => break result,
-                }
-            };
-            match result {
-                Ok(Ok(stream)) => return Some((stream, address)),
-                Ok(Err(e)) => {
-                    tracing::warn!(scheduler = %address, error = %e, "cannot connect to the scheduler")
-                }
-                Err(_) => {
-                    tracing::warn!(scheduler = %address, "connecting to the scheduler timed out")
-                }
+            if let Some(stream) = self.connect_to(&address, shutdown).await? {
+                return Some((stream, address));
             }
             self.next_address = (index + 1) % count;
             tried += 1;
@@ -272,6 +307,37 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// One connection attempt (bounded by [`CONNECT_TIMEOUT`]), handling task exits meanwhile:
+    /// `Some(None)` when it failed (logged), None on shutdown.
+    async fn connect_to<F: Future<Output = ()>>(
+        &mut self,
+        address: &str,
+        shutdown: &mut Pin<&mut F>,
+    ) -> Option<Option<TcpStream>> {
+        let mut attempt = pin!(tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect(address.to_string())
+        ));
+        let result = loop {
+            tokio::select! {
+                biased;
+                _ = &mut *shutdown => return None,
+                Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
+                result = &mut attempt => break result,
+            }
+        };
+        match result {
+            Ok(Ok(stream)) => return Some(Some(stream)),
+            Ok(Err(e)) => {
+                tracing::warn!(scheduler = %address, error = %e, "cannot connect to the scheduler")
+            }
+            Err(_) => {
+                tracing::warn!(scheduler = %address, "connecting to the scheduler timed out")
+            }
+        }
+        Some(None)
     }
 
     /// One connection: register, then serve messages until it breaks or shutdown.
@@ -468,6 +534,20 @@ impl Agent {
             OwnedMessage::Reconcile { task_ids } => return Ok(Some(task_ids)),
             OwnedMessage::StatusAck(acks) => self.on_status_ack(&acks),
             OwnedMessage::Heartbeat { .. } => {}
+            OwnedMessage::Error {
+                code: ErrorCode::NotLeader,
+                message,
+                leader,
+            } => {
+                // The follower closes the connection; the next attempt goes to the leader.
+                self.refused_not_leader = true;
+                let leader = leader
+                    .map(|l| bounded(l.trim(), JOB_KEY_BYTES_MAX))
+                    .filter(|l| !l.is_empty());
+                tracing::info!(leader = ?leader, message = %bounded(&message, MESSAGE_BYTES_MAX),
+                    "the scheduler does not lead");
+                self.leader_hint = leader;
+            }
             OwnedMessage::Error { code, message, .. } => {
                 tracing::error!(?code, %message, "the scheduler reported an error");
             }

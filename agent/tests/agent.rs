@@ -7,7 +7,7 @@ use borealis_agent::{run_until, AgentArgs};
 use borealis_core::{Resources, TaskConfig, TaskId, TaskState, Tier};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
-use borealis_net::views::{AgentRegistration, OwnedMessage, TaskStatusReport};
+use borealis_net::views::{AgentRegistration, ErrorCode, OwnedMessage, TaskStatusReport};
 use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -168,6 +168,16 @@ impl Conn {
         const MARK: u64 = 0x5e7c_0000_0000_0000;
         self.reconcile(&[MARK]).await;
         self.status(MARK, TaskState::Lost).await;
+    }
+
+    /// Takes the registration, then closes the connection without answering.
+    async fn closed_by_us(mut self) {
+        self.expect("RegisterAgent", |m| match m {
+            OwnedMessage::RegisterAgent(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+        drop(self);
     }
 
     /// Waits for the agent to close this connection.
@@ -890,6 +900,97 @@ async fn tries_scheduler_addresses_in_turn() {
     let harness = Harness::start_with(|args| args.scheduler.insert(0, dead_address)).await;
     let mut conn = Conn::accept(&harness.listener).await;
     assert_eq!(conn.registration().await.agent_id, "agent-1");
+    harness.stop().await;
+}
+
+/// What a follower scheduler does with an agent: takes its registration, answers `NotLeader`
+/// (naming `leader`, if known) and closes the connection. Returns the registration.
+async fn refuse_as_follower(mut conn: Conn, leader: Option<&str>) -> AgentRegistration {
+    let registration = conn
+        .expect("RegisterAgent", |m| match m {
+            OwnedMessage::RegisterAgent(r) => Some(r.clone()),
+            _ => None,
+        })
+        .await;
+    let text = match leader {
+        Some(l) => format!("this scheduler is not the leader; the leader is {l}"),
+        None => "this scheduler is not the leader and no leader is known".to_string(),
+    };
+    let bytes = conn
+        .encoder
+        .error_with_leader(0, ErrorCode::NotLeader, &text, leader)
+        .to_vec();
+    conn.send(&bytes).await;
+    drop(conn);
+    registration
+}
+
+/// Asserts that nobody connects to `listener` within `within`.
+async fn no_connection(listener: &TcpListener, what: &str, within: Duration) {
+    if let Ok(accepted) = timeout(within, listener.accept()).await {
+        panic!("{what}: unexpected connection {accepted:?}");
+    }
+}
+
+#[tokio::test]
+async fn follows_the_leader_a_follower_names_even_unlisted() {
+    // --scheduler lists only the follower; the leader it names is not listed.
+    let leader = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let leader_address = leader.local_addr().unwrap().to_string();
+    let harness = Harness::start().await;
+    let follower = Conn::accept(&harness.listener).await;
+    let started = Instant::now();
+    refuse_as_follower(follower, Some(&leader_address)).await;
+    let mut conn = Conn::accept(&leader).await;
+    let registration = conn.registration().await;
+    assert_eq!(registration.agent_id, "agent-1");
+    // No full backoff first: a refusal by a follower is answered at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?} to reach the leader",
+        started.elapsed()
+    );
+    no_connection(
+        &harness.listener,
+        "registered with the leader, the agent went back to the follower",
+        Duration::from_millis(300),
+    )
+    .await;
+    // Registered and working with the leader.
+    conn.sync().await;
+
+    // The leader goes away: the agent goes back to its list (the follower), and the next name
+    // it hears is followed again.
+    drop(conn);
+    let follower = Conn::accept(&harness.listener).await;
+    refuse_as_follower(follower, Some(&leader_address)).await;
+    let mut conn = Conn::accept(&leader).await;
+    assert_eq!(conn.registration().await.agent_id, "agent-1");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn moves_on_to_the_next_address_after_a_refused_or_closed_registration() {
+    let second = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_address = second.local_addr().unwrap().to_string();
+    let harness = Harness::start_with(|args| args.scheduler.push(second_address.clone())).await;
+    // The first refuses without knowing a leader: the next attempt is the second address, not
+    // the first again.
+    let first = Conn::accept(&harness.listener).await;
+    refuse_as_follower(first, None).await;
+    let conn = Conn::accept(&second).await;
+    no_connection(
+        &harness.listener,
+        "after a refusal the agent retried the same scheduler",
+        Duration::from_millis(300),
+    )
+    .await;
+    // The second closes the registration without a word: on to the next (the first, again).
+    conn.closed_by_us().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    assert_eq!(conn.registration().await.agent_id, "agent-1");
+    conn.sync().await;
+    no_connection(&second, "a second connection", Duration::from_millis(300)).await;
     harness.stop().await;
 }
 

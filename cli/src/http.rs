@@ -78,7 +78,12 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
 async fn leader_health(State(state): State<HttpState>) -> impl IntoResponse {
     let code = match &state.leadership {
         None => 200,
-        Some(view) => view.http_status(),
+        // Elected, but 200 only once every shard has taken the lead (loaded the desired
+        // state): before that, clients would see partial answers.
+        Some(view) => match view.http_status() {
+            200 if !state.metrics.all_shards_leading() => 503,
+            code => code,
+        },
     };
     match code {
         200 => (StatusCode::OK, "leader\n"),

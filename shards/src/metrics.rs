@@ -110,6 +110,8 @@ pub struct ShardMetrics {
     pub agents_connected: LocalGauge,
     pub connections: LocalGauge,
     pub jobs: LocalGauge,
+    /// 1 while the shard acts as (part of) the leader.
+    pub leading: LocalGauge,
     pub inbound_queue_depth: LocalGauge,
     pub peer_outbox_depth: LocalGauge,
     pub messages_received_total: LocalCounter,
@@ -132,6 +134,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// True once every shard acts as the leader (after taking the lead, before serving).
+    pub fn all_shards_leading(&self) -> bool {
+        self.shards.iter().all(|s| s.leading.get() == 1)
+    }
+
     pub fn new(shard_count: usize, cluster_name: &str) -> Arc<Metrics> {
         Arc::new(Metrics {
             shards: (0..shard_count)

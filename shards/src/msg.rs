@@ -57,6 +57,8 @@ pub enum PeerMsg {
         conn: ConnId,
         request_id: u64,
         jobs: Vec<JobSummaryView>,
+        /// The part's shard does not lead (yet): the list would be partial.
+        refused: bool,
     },
     /// A verified `TaskStatus` message from `agent` for a job the receiver owns.
     Status { agent: AgentId, bytes: Bytes },

@@ -194,6 +194,7 @@ struct Conn {
 struct Gather {
     waiting: usize,
     jobs: Vec<JobSummaryView>,
+    refused: bool,
 }
 
 pub struct Shard {
@@ -700,6 +701,7 @@ impl Shard {
                     Gather {
                         waiting: self.shard_count,
                         jobs: Vec::new(),
+                        refused: false,
                     },
                 );
                 let reply = ReplyTo {
@@ -973,12 +975,14 @@ impl Shard {
             PeerMsg::ClientReply { conn, bytes } => self.write_conn(conn, &bytes),
             PeerMsg::ListJobs { reply, request_id } => {
                 let jobs = self.jobs.iter().map(|j| self.job_summary(j)).collect();
+                let refused = !self.acting();
                 self.send(
                     reply.shard,
                     PeerMsg::ListPart {
                         conn: reply.conn,
                         request_id,
                         jobs,
+                        refused,
                     },
                 );
             }
@@ -986,14 +990,21 @@ impl Shard {
                 conn,
                 request_id,
                 jobs,
+                refused,
             } => {
                 if let Some(g) = self.gathers.get_mut(&(conn, request_id)) {
                     g.jobs.extend(jobs);
+                    g.refused |= refused;
                     g.waiting -= 1;
                     if g.waiting == 0 {
                         let mut g = self.gathers.remove(&(conn, request_id)).expect("present");
-                        g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
-                        let bytes = self.encoder.job_list(request_id, &g.jobs).to_vec();
+                        let bytes = if g.refused {
+                            // A shard still taking (or leaving) the lead: no partial lists.
+                            self.not_leader(request_id)
+                        } else {
+                            g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+                            self.encoder.job_list(request_id, &g.jobs).to_vec()
+                        };
                         self.write_conn(conn, &bytes);
                     }
                 }
@@ -1542,6 +1553,7 @@ impl Shard {
         m.agents_connected.set(self.home_agents.len() as u64);
         m.connections.set(self.conns.len() as u64);
         m.jobs.set(self.jobs.len() as u64);
+        m.leading.set(u64::from(self.acting()));
         m.inbound_queue_depth.set(inbound_queue_depth as u64);
         m.peer_outbox_depth
             .set(self.outbox.iter().map(Vec::len).sum::<usize>() as u64);

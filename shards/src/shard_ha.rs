@@ -125,7 +125,8 @@ impl Shard {
     /// Forgets every job, task, agent and connection (a follower holds nothing; agents and
     /// clients reconnect to the leader).
     fn reset_state(&mut self) {
-        self.conns.clear();
+        // Agents' connections go (they reconnect and re-register); clients' stay.
+        self.conns.retain(|_, c| c.agent.is_none());
         self.jobs = JobSlab::default();
         self.job_index.clear();
         self.tasks.clear();

@@ -690,6 +690,9 @@ pub struct Cluster {
     pub port: u16,
     pub agents: Vec<Agent>,
     pub scheduler: Proc,
+    /// Schedulers replaced by [`Cluster::restart_scheduler`] (stopped; kept so that a failing
+    /// test prints their logs too).
+    previous_schedulers: Vec<Proc>,
     dir: Option<TempDir>,
 }
 
@@ -710,6 +713,7 @@ impl Cluster {
             port,
             agents: Vec::new(),
             scheduler,
+            previous_schedulers: Vec::new(),
             dir: Some(dir),
         };
         for spec in agents {
@@ -811,6 +815,106 @@ impl Cluster {
             proc,
         });
         self.agents.last().expect("just pushed")
+    }
+
+    /// The scheduler's data directory (`--data-dir`), which restarts reuse.
+    pub fn data_dir(&self) -> PathBuf {
+        scheduler_data_dir(self.dir())
+    }
+
+    /// Replaces the scheduler with a new one on the same port and data dir, `scheduler_args`
+    /// added (as for [`Cluster::start_with`]; pass the same ones to restart it as it was):
+    /// SIGKILLs the current scheduler if it still runs, waits until its port is free, starts
+    /// the new one (its log is `scheduler-restart-<n>.stderr`) and waits (bounded) until
+    /// `job list` answers. Agents are left running: they reconnect by themselves (see
+    /// [`Cluster::wait_agents_registered`]). Retries a start that exits before answering, then
+    /// panics with the logs.
+    pub fn restart_scheduler(&mut self, scheduler_args: &[&str]) {
+        self.scheduler.kill9();
+        let args = scheduler_args_for(self.dir(), self.port, scheduler_args);
+        let addr = self.addr();
+        // A killed scheduler's listeners can accept connections for a moment after it was
+        // reaped (its io_uring releases them asynchronously), and a new scheduler refuses a
+        // port where something answers: wait until nothing does.
+        let socket: std::net::SocketAddr = addr.parse().expect("an address");
+        wait_until(
+            &format!("{addr} to refuse connections after the old scheduler stopped"),
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                TcpStream::connect_timeout(&socket, Duration::from_millis(200))
+                    .is_err()
+                    .then_some(())
+            },
+        );
+        let restart = self.previous_schedulers.len() + 1;
+        for attempt in 1..=SCHEDULER_START_ATTEMPTS {
+            let name = match attempt {
+                1 => format!("scheduler-restart-{restart}"),
+                n => format!("scheduler-restart-{restart}-attempt-{n}"),
+            };
+            let proc = Proc::spawn(&name, &args, self.dir());
+            let old = std::mem::replace(&mut self.scheduler, proc);
+            self.previous_schedulers.push(old);
+            let deadline = Instant::now() + STARTUP_MAX;
+            loop {
+                if let Some(status) = self.scheduler.exit_status() {
+                    if attempt == SCHEDULER_START_ATTEMPTS {
+                        panic!(
+                            "the restarted scheduler exited during startup ({status}) {SCHEDULER_START_ATTEMPTS} times; last:\n{}",
+                            self.scheduler.log_tails()
+                        );
+                    }
+                    eprintln!(
+                        "scheduler restart attempt {attempt} on {addr} exited ({status}); retrying\n{}",
+                        self.scheduler.log_tails()
+                    );
+                    std::thread::sleep(Duration::from_millis(500));
+                    break;
+                }
+                let output = run_borealis(&["job", "list", "--json", "--scheduler", &addr]);
+                if output.status.success() {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "the restarted scheduler did not answer `job list` within {STARTUP_MAX:?}; last try: {}\n{}",
+                        describe(&output),
+                        self.scheduler.log_tails()
+                    );
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Waits (bounded) until the current scheduler's log has an "agent registered" line for
+    /// every agent of the cluster: after [`Cluster::restart_scheduler`], the agents are back.
+    pub fn wait_agents_registered(&mut self) {
+        let ids: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| a.spec.agent_id.clone())
+            .collect();
+        let scheduler = &mut self.scheduler;
+        wait_until(
+            &format!("agents {ids:?} to register with the restarted scheduler"),
+            STARTUP_MAX,
+            POLL,
+            || {
+                if let Some(status) = scheduler.exit_status() {
+                    panic!("the scheduler exited: {status}");
+                }
+                let log = scheduler.stderr_text();
+                ids.iter()
+                    .all(|id| {
+                        log.lines()
+                            .any(|l| l.contains("agent registered") && has_field(l, "agent", id))
+                    })
+                    .then_some(())
+            },
+        );
     }
 
     /// The index in `agents` of the agent with this hostname.
@@ -940,29 +1044,41 @@ impl Drop for Cluster {
     }
 }
 
+/// The data dir of the scheduler of the cluster in `dir`.
+fn scheduler_data_dir(dir: &Path) -> PathBuf {
+    dir.join("scheduler-data")
+}
+
+/// The command line of a scheduler (2 shards, unpinned) of the cluster in `dir` on `port`,
+/// with `extra` flags added.
+fn scheduler_args_for(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "scheduler",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--http-port",
+        "0",
+        "--shards",
+        "2",
+        "--no-pin",
+        "--data-dir",
+        &scheduler_data_dir(dir).display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// Starts a scheduler on a free port and waits until `job list` answers. Retries on a fresh
 /// port if the process exits first (another test may have taken the port meanwhile).
 fn start_scheduler(dir: &Path, extra: &[&str]) -> (u16, Proc) {
     for attempt in 1..=SCHEDULER_START_ATTEMPTS {
         let port = free_port();
-        let mut args: Vec<String> = [
-            "scheduler",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--http-port",
-            "0",
-            "--shards",
-            "2",
-            "--no-pin",
-            "--data-dir",
-            &dir.join("scheduler-data").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = scheduler_args_for(dir, port, extra);
         let mut proc = Proc::spawn(&format!("scheduler-{attempt}"), &args, dir);
         let addr = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + STARTUP_MAX;
@@ -995,4 +1111,632 @@ fn start_scheduler(dir: &Path, extra: &[&str]) -> (u16, Proc) {
         );
     }
     unreachable!("the last attempt returns or panics")
+}
+
+// =============================================================================================
+// High availability (tests/tests/ha.rs): a real etcd on loopback and several schedulers that
+// elect a leader through it. A separate section: nothing above uses it.
+// =============================================================================================
+
+/// Debian's `etcd-server` binary (installed by scripts/setup.sh); `BOREALIS_ETCD_BIN`
+/// overrides it.
+pub const ETCD: &str = "/usr/bin/etcd";
+/// How long etcd may take to serve `/health` after it starts.
+const ETCD_READY_MAX: Duration = Duration::from_secs(20);
+/// How long a scheduler may take to serve `/leaderhealth` after it starts.
+const HA_STARTUP_MAX: Duration = Duration::from_secs(30);
+
+/// The etcd binary the HA tests run; panics (telling to run scripts/setup.sh) if it is missing.
+pub fn etcd_bin() -> PathBuf {
+    let bin =
+        std::env::var_os("BOREALIS_ETCD_BIN").map_or_else(|| PathBuf::from(ETCD), PathBuf::from);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run scripts/setup.sh (it installs Debian's etcd-server)",
+        bin.display()
+    );
+    bin
+}
+
+/// One etcd process on free loopback ports with its data dir under a test's dir. SIGKILLed on
+/// drop (also when paused); if the test fails, the tail of its log is printed.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Option<Child>,
+    pub client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    /// Starts etcd with its files in `<dir>/etcd-*` and waits (bounded) until `/health` says it
+    /// is healthy. Retries on fresh ports if it exits first (a port taken meanwhile).
+    pub fn start(dir: &Path) -> Etcd {
+        let bin = etcd_bin();
+        for attempt in 1..=SCHEDULER_START_ATTEMPTS {
+            let mut etcd = Etcd {
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: dir.to_path_buf(),
+            };
+            etcd.spawn(&bin);
+            match etcd.try_wait_ready() {
+                Ok(()) => return etcd,
+                Err(e) if attempt < SCHEDULER_START_ATTEMPTS => {
+                    eprintln!("etcd start attempt {attempt}: {e}; retrying");
+                    etcd.kill();
+                    let _ = fs::remove_dir_all(etcd.data_dir());
+                }
+                Err(e) => panic!("{e}\n{}", etcd.log_tail()),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("etcd-data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    fn spawn(&mut self, bin: &Path) {
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the etcd log");
+        let child = Command::new(bin)
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", self.data_dir().display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .arg("--log-level=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("the etcd log fd"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {}: {e} (run scripts/setup.sh)", bin.display())
+            });
+        self.child = Some(child);
+    }
+
+    fn try_wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + ETCD_READY_MAX;
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Err(format!("etcd exited during startup: {status}"));
+            }
+            if let Ok(response) = http_get(&addr, "/health") {
+                if response.status == 200 && response.text().contains("true") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("etcd not healthy within {ETCD_READY_MAX:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("etcd runs").id() as i32
+    }
+
+    /// `kill -STOP`: etcd stops answering; its sockets stay open.
+    pub fn pause(&self) {
+        // SAFETY: kill(2) on the pid of our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGSTOP) }, 0);
+    }
+
+    /// `kill -CONT` after [`Etcd::pause`].
+    pub fn resume(&self) {
+        // SAFETY: kill(2) on the pid of our own child.
+        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGCONT) }, 0);
+    }
+
+    /// SIGKILLs and reaps etcd (also a paused one).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data dir and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn(&etcd_bin());
+        if let Err(e) = self.try_wait_ready() {
+            panic!("restarted etcd: {e}\n{}", self.log_tail());
+        }
+    }
+
+    /// The last lines of etcd's log.
+    pub fn log_tail(&self) -> String {
+        format!(
+            "----- etcd log: {}\n{}",
+            self.log_path().display(),
+            file_tail(&self.log_path(), LOG_TAIL_LINES / 2)
+        )
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("{}", self.log_tail());
+        }
+    }
+}
+
+/// One scheduler of an [`HaCluster`].
+#[derive(Debug)]
+pub struct HaScheduler {
+    /// Client and agent port: the scheduler's address (and the leader name it advertises) is
+    /// `127.0.0.1:<port>`.
+    pub port: u16,
+    pub http_port: u16,
+    pub proc: Proc,
+}
+
+impl HaScheduler {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `/leaderhealth`'s status code: 200 leads, 503 follows a known leader, 502 knows none.
+    pub fn leader_health(&self) -> Result<u16, String> {
+        http_get(&format!("127.0.0.1:{}", self.http_port), "/leaderhealth").map(|r| r.status)
+    }
+}
+
+/// Schedulers under etcd leadership (`--etcd-endpoints`, 2 shards each, unpinned) and agents
+/// that list every scheduler, on 127.0.0.1 under one temp dir. Dropping it kills the agents,
+/// then the schedulers, then etcd; if the test failed, their logs' tails are printed and the
+/// dir is kept.
+#[derive(Debug)]
+pub struct HaCluster {
+    // Fields drop in this order: agents (and their tasks) first, etcd last.
+    pub agents: Vec<Agent>,
+    pub schedulers: Vec<HaScheduler>,
+    pub etcd: Etcd,
+    dir: Option<TempDir>,
+}
+
+impl HaCluster {
+    /// etcd and `count` schedulers with `extra` scheduler flags; waits (bounded) until every
+    /// scheduler serves `/leaderhealth`.
+    pub fn start(count: usize, extra: &[&str]) -> HaCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("borealis-ha-")
+            .tempdir()
+            .expect("create a temp dir");
+        let etcd = Etcd::start(dir.path());
+        let mut cluster = HaCluster {
+            agents: Vec::new(),
+            schedulers: Vec::new(),
+            etcd,
+            dir: Some(dir),
+        };
+        for i in 0..count {
+            let port = free_port();
+            let http_port = free_port();
+            let data_dir = cluster.dir().join(format!("scheduler-{i}-data"));
+            let mut args: Vec<String> = [
+                "scheduler",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--http-port",
+                &http_port.to_string(),
+                "--shards",
+                "2",
+                "--no-pin",
+                "--data-dir",
+                &data_dir.display().to_string(),
+                "--etcd-endpoints",
+                &cluster.etcd.endpoint(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let proc = Proc::spawn(&format!("scheduler-{i}"), &args, cluster.dir());
+            cluster.schedulers.push(HaScheduler {
+                port,
+                http_port,
+                proc,
+            });
+        }
+        for i in 0..count {
+            let scheduler = &mut cluster.schedulers[i];
+            wait_until(
+                &format!("scheduler {i} to serve /leaderhealth"),
+                HA_STARTUP_MAX,
+                POLL,
+                || {
+                    if let Some(status) = scheduler.proc.exit_status() {
+                        panic!("scheduler {i} exited during startup: {status}");
+                    }
+                    scheduler.leader_health().ok()
+                },
+            );
+        }
+        cluster
+    }
+
+    /// The cluster's temp dir.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the dir is kept until drop")
+            .path()
+    }
+
+    /// Every scheduler's address, comma-separated (for `--scheduler`).
+    pub fn all_addrs(&self) -> String {
+        self.schedulers
+            .iter()
+            .map(HaScheduler::addr)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Each scheduler's `/leaderhealth` code; `None` for one that is not running or does not
+    /// answer.
+    pub fn health_codes(&mut self) -> Vec<Option<u16>> {
+        self.schedulers
+            .iter_mut()
+            .map(|s| {
+                if s.proc.is_running() {
+                    s.leader_health().ok()
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// `Some(leader)` when exactly one running scheduler answers 200 and every other running
+    /// one 503.
+    pub fn settled_leader(&mut self) -> Option<usize> {
+        let running: Vec<bool> = self
+            .schedulers
+            .iter_mut()
+            .map(|s| s.proc.is_running())
+            .collect();
+        let codes = self.health_codes();
+        let leaders: Vec<usize> = (0..codes.len())
+            .filter(|&i| codes[i] == Some(200))
+            .collect();
+        let [leader] = leaders[..] else { return None };
+        (0..codes.len())
+            .all(|i| i == leader || !running[i] || codes[i] == Some(503))
+            .then_some(leader)
+    }
+
+    /// Waits (bounded) until exactly one scheduler leads and the others follow it; returns it
+    /// and how long that took.
+    pub fn wait_settled_leader(&mut self, within: Duration) -> (usize, Duration) {
+        let start = Instant::now();
+        let deadline = start + within.min(WAIT_MAX);
+        loop {
+            if let Some(leader) = self.settled_leader() {
+                return (leader, start.elapsed());
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no single leader within {within:?}: /leaderhealth codes {:?}",
+                    self.health_codes()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (bounded) until every running scheduler's `/leaderhealth` is `code`; returns how
+    /// long that took.
+    pub fn wait_all_health(&mut self, code: u16, within: Duration) -> Duration {
+        let start = Instant::now();
+        let deadline = start + within.min(WAIT_MAX);
+        loop {
+            let running: Vec<bool> = self
+                .schedulers
+                .iter_mut()
+                .map(|s| s.proc.is_running())
+                .collect();
+            let codes = self.health_codes();
+            if (0..codes.len()).all(|i| !running[i] || codes[i] == Some(code)) {
+                return start.elapsed();
+            }
+            if Instant::now() >= deadline {
+                panic!("/leaderhealth not {code} everywhere within {within:?}: {codes:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts an agent whose `--scheduler` lists every scheduler, and waits until scheduler
+    /// `leader`'s log has its registration.
+    pub fn start_agent(&mut self, spec: AgentSpec, leader: usize) -> &Agent {
+        let work_dir = self.dir().join(format!("agent-{}", spec.agent_id));
+        fs::create_dir_all(&work_dir).expect("create the agent's work dir");
+        let work_dir = work_dir.canonicalize().expect("canonicalize the work dir");
+        let mut args: Vec<String> = [
+            "agent",
+            "--scheduler",
+            &self.all_addrs(),
+            "--agent-id",
+            &spec.agent_id,
+            "--hostname",
+            &spec.hostname,
+            "--cpus",
+            &spec.cpus.to_string(),
+            "--ram",
+            &spec.ram,
+            "--disk",
+            &spec.disk,
+            "--ports",
+            &spec.ports,
+            "--work-dir",
+            &work_dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for attribute in &spec.attributes {
+            args.push("--attribute".into());
+            args.push(attribute.clone());
+        }
+        let proc = Proc::spawn(&format!("agent-{}", spec.agent_id), &args, self.dir());
+        self.agents.push(Agent {
+            spec,
+            work_dir,
+            proc,
+        });
+        let index = self.agents.len() - 1;
+        self.wait_agents_registered(leader, &[index], STARTUP_MAX);
+        &self.agents[index]
+    }
+
+    /// Waits (bounded) until scheduler `scheduler`'s log has an "agent registered" line for
+    /// each of the agents at `agents`; returns how long that took.
+    pub fn wait_agents_registered(
+        &mut self,
+        scheduler: usize,
+        agents: &[usize],
+        within: Duration,
+    ) -> Duration {
+        let ids: Vec<String> = agents
+            .iter()
+            .map(|&a| self.agents[a].spec.agent_id.clone())
+            .collect();
+        let start = Instant::now();
+        let (schedulers, all_agents) = (&mut self.schedulers, &mut self.agents);
+        let proc = &mut schedulers[scheduler].proc;
+        wait_until(
+            &format!("agents {ids:?} to register with scheduler {scheduler}"),
+            within,
+            POLL,
+            || {
+                if let Some(status) = proc.exit_status() {
+                    panic!("scheduler {scheduler} exited: {status}");
+                }
+                for agent in all_agents.iter_mut() {
+                    if let Some(status) = agent.proc.exit_status() {
+                        panic!("agent {} exited: {status}", agent.spec.agent_id);
+                    }
+                }
+                let log = proc.stderr_text();
+                ids.iter()
+                    .all(|id| {
+                        log.lines()
+                            .any(|l| l.contains("agent registered") && has_field(l, "agent", id))
+                    })
+                    .then_some(())
+            },
+        );
+        start.elapsed()
+    }
+
+    /// `borealis <args> --scheduler <scheduler>` (one address or a comma-separated list).
+    pub fn cli(&self, scheduler: &str, args: &[&str]) -> Output {
+        let mut all = args.to_vec();
+        all.extend(["--scheduler", scheduler]);
+        run_borealis(&all)
+    }
+
+    /// A job command that must succeed; its stdout.
+    pub fn cli_ok(&self, scheduler: &str, args: &[&str]) -> String {
+        let output = self.cli(scheduler, args);
+        assert!(
+            output.status.success(),
+            "borealis {args:?} --scheduler {scheduler} failed: {}",
+            describe(&output)
+        );
+        String::from_utf8(output.stdout).expect("stdout is UTF-8")
+    }
+
+    /// `job create` through `scheduler`, which must succeed.
+    pub fn create_job(&self, scheduler: &str, job: &str, toml: &str) {
+        let path = self.dir().join(format!("{}.toml", job.replace('/', ".")));
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        self.cli_ok(
+            scheduler,
+            &["job", "create", job, &path.display().to_string()],
+        );
+    }
+
+    /// `job list --json` through `scheduler`, parsed.
+    pub fn list_json(&self, scheduler: &str) -> Vec<Value> {
+        let stdout = self.cli_ok(scheduler, &["job", "list", "--json"]);
+        match serde_json::from_str(&stdout) {
+            Ok(Value::Array(jobs)) => jobs,
+            other => panic!("job list --json is not a JSON array ({other:?}): {stdout}"),
+        }
+    }
+
+    /// `job status <job> --json` through `scheduler`, parsed; `Err` describes a failure.
+    pub fn try_status_json(&self, scheduler: &str, job: &str) -> Result<Value, String> {
+        let output = self.cli(scheduler, &["job", "status", job, "--json"]);
+        if !output.status.success() {
+            return Err(describe(&output));
+        }
+        serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("not JSON ({e}): {}", describe(&output)))
+    }
+
+    /// Polls `job status <job> --json` through `scheduler` until `f` returns `Some` (bounded);
+    /// panics with `what` and the last status seen.
+    pub fn wait_for<T>(
+        &self,
+        scheduler: &str,
+        job: &str,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        let timeout = timeout.min(WAIT_MAX);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.try_status_json(scheduler, job) {
+                Ok(status) => {
+                    if let Some(value) = f(&status) {
+                        return value;
+                    }
+                    serde_json::to_string_pretty(&status).expect("JSON prints")
+                }
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {job}: {what}\nlast status seen:\n{last}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for HaCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                let path = dir.keep();
+                eprintln!(
+                    "----- test failed; its cluster's files are kept in {}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// Sends one `ListJobs` request over a raw connection to `addr` and returns the response
+/// carrying its request id (no redirect is followed).
+pub fn raw_list_jobs(addr: &str) -> borealis_net::views::OwnedMessage {
+    use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
+    const REQUEST_ID: u64 = 7;
+    let socket: std::net::SocketAddr = addr.parse().expect("an address");
+    let mut stream = TcpStream::connect_timeout(&socket, HTTP_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(HTTP_TIMEOUT))
+        .expect("a read timeout");
+    let mut writer = FrameWriter::new();
+    writer.push(Encoder::new().list_jobs(REQUEST_ID));
+    stream
+        .write_all(&writer.take())
+        .unwrap_or_else(|e| panic!("send ListJobs to {addr}: {e}"));
+    let mut decoder = FrameDecoder::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        while let Some(frame) = decoder.next_frame().expect("a well-formed frame") {
+            for bytes in borealis_net::frame::split_messages(frame).expect("messages") {
+                let message = decode_message(&bytes).expect("a well-formed message");
+                if message.request_id() == REQUEST_ID {
+                    return borealis_net::codec::to_owned(message)
+                        .expect("a known message")
+                        .1;
+                }
+            }
+        }
+        let n = stream
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read the answer from {addr}: {e}"));
+        assert!(
+            n > 0,
+            "{addr} closed the connection without answering ListJobs"
+        );
+        decoder.extend(&buf[..n]);
+    }
+}
+
+/// Processes whose command line contains `marker` (from /proc), excluding this process.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me && !process_is_dead(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The task sandboxes an agent created for `job` (`role/env/name`):
+/// `<work dir>/sandboxes/<role>.<env>.<name>/<instance>/<task id>`, as (instance, task id).
+pub fn sandboxes_of(agent: &Agent, job: &str) -> std::collections::BTreeSet<(u64, String)> {
+    let root = agent.work_dir.join("sandboxes").join(job.replace('/', "."));
+    let mut found = std::collections::BTreeSet::new();
+    let Ok(instances) = fs::read_dir(&root) else {
+        return found;
+    };
+    for instance_dir in instances.flatten() {
+        let Some(instance) = instance_dir
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        for task_dir in fs::read_dir(instance_dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.insert((
+                instance,
+                task_dir.file_name().to_string_lossy().into_owned(),
+            ));
+        }
+    }
+    found
 }
