@@ -45,9 +45,9 @@ fi
 # The etcd package would start an etcd service on :2379: the tests start their own etcd on free
 # loopback ports with temporary data dirs and need none, so, as for prometheus, a temporary
 # policy-rc.d forbids starting services during the install unless the machine already has one.
-if [ ! -x /usr/bin/etcd ] || ! command -v protoc >/dev/null 2>&1 \
+if [ ! -x /usr/bin/etcd ] || ! command -v etcdctl >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1 \
   || [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
-  echo "setup: installing etcd-server, protobuf-compiler and libprotobuf-dev from Debian's packages" >&2
+  echo "setup: installing etcd-server, etcd-client, protobuf-compiler and libprotobuf-dev from Debian's packages" >&2
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   export DEBIAN_FRONTEND=noninteractive
@@ -61,6 +61,6 @@ if [ ! -x /usr/bin/etcd ] || ! command -v protoc >/dev/null 2>&1 \
   $sudo_cmd apt-get update -qq
   $sudo_cmd apt-get install -y -qq --no-install-recommends \
     -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-    etcd-server protobuf-compiler libprotobuf-dev >/dev/null
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev >/dev/null
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo is required (rustup.rs)" >&2; exit 1; }
