@@ -12,7 +12,7 @@ bin=${BOREALIS_BIN:-target/release/borealis}
 [[ -x $bin ]] || cargo build --release -p borealis
 work=$(mktemp -d "${TMPDIR:-/tmp}/borealis-failover.XXXXXX")
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 base=$((30000 + RANDOM % 20000))
 etcd_port=$base

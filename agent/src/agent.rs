@@ -59,7 +59,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Longest pause after a scheduler refused the registration because it does not lead: a
 /// follower answers at once, and during a failover the new leader waits for its agents only a
 /// reconciliation grace, so the agent keeps asking at least this often.
-const NOT_LEADER_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const NOT_LEADER_BACKOFF_MAX: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A batch not written within this long means the scheduler stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
