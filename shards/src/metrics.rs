@@ -363,23 +363,36 @@ fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<Metric>) -> Met
     f
 }
 
+/// One family of labelled samples; `sample` turns a value into the metric's kind.
+fn labelled_family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: Vec<(Vec<(&'static str, String)>, f64)>,
+    sample: impl Fn(&mut Metric, f64),
+) -> MetricFamily {
+    let metrics = values
+        .into_iter()
+        .map(|(pairs, v)| {
+            let mut m = Metric::default();
+            m.set_label(labels(pairs));
+            sample(&mut m, v);
+            m
+        })
+        .collect();
+    family(name, help, kind, metrics)
+}
+
 fn gauge_family(
     name: &str,
     help: &str,
     values: Vec<(Vec<(&'static str, String)>, f64)>,
 ) -> MetricFamily {
-    let metrics = values
-        .into_iter()
-        .map(|(pairs, v)| {
-            let mut g = Gauge::default();
-            g.set_value(v);
-            let mut m = Metric::default();
-            m.set_label(labels(pairs));
-            m.set_gauge(g);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::GAUGE, metrics)
+    labelled_family(name, help, MetricType::GAUGE, values, |m, v| {
+        let mut g = Gauge::default();
+        g.set_value(v);
+        m.set_gauge(g);
+    })
 }
 
 fn counter_family(
@@ -387,18 +400,11 @@ fn counter_family(
     help: &str,
     values: Vec<(Vec<(&'static str, String)>, f64)>,
 ) -> MetricFamily {
-    let metrics = values
-        .into_iter()
-        .map(|(pairs, v)| {
-            let mut c = Counter::default();
-            c.set_value(v);
-            let mut m = Metric::default();
-            m.set_label(labels(pairs));
-            m.set_counter(c);
-            m
-        })
-        .collect();
-    family(name, help, MetricType::COUNTER, metrics)
+    labelled_family(name, help, MetricType::COUNTER, values, |m, v| {
+        let mut c = Counter::default();
+        c.set_value(v);
+        m.set_counter(c);
+    })
 }
 
 #[cfg(test)]

@@ -1722,14 +1722,7 @@ impl Shard {
             if !adoptable {
                 if !reported.is_terminal() {
                     let key = self.jobs[t.job].key_text.clone();
-                    self.send(
-                        agent_home(agent),
-                        PeerMsg::Kill {
-                            agent,
-                            task_id,
-                            job_key: key,
-                        },
-                    );
+                    self.kill_on_agent(agent, task_id, key);
                 }
                 return None;
             }
@@ -1765,14 +1758,7 @@ impl Shard {
         if t.state.is_terminal() {
             if !reported.is_terminal() {
                 let key = self.jobs[t.job].key_text.clone();
-                self.send(
-                    agent_home(agent),
-                    PeerMsg::Kill {
-                        agent,
-                        task_id,
-                        job_key: key,
-                    },
-                );
+                self.kill_on_agent(agent, task_id, key);
             }
             return None;
         }
@@ -1794,6 +1780,18 @@ impl Shard {
             }
         }
         None
+    }
+
+    /// Asks the agent's home shard to kill a task on it (a task the agent should not run).
+    fn kill_on_agent(&mut self, agent: AgentId, task_id: TaskId, job_key: Arc<str>) {
+        self.send(
+            agent_home(agent),
+            PeerMsg::Kill {
+                agent,
+                task_id,
+                job_key,
+            },
+        );
     }
 
     /// Moves a task to `next` (when legal) and applies the consequences: resources, kills,
