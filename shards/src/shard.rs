@@ -114,6 +114,19 @@ impl std::ops::IndexMut<JobIdx> for JobSlab {
     }
 }
 
+/// A task's state as its agent reported it (a status update, or a task listed at
+/// registration when `adopting`).
+#[derive(Clone, Copy)]
+struct Report<'a> {
+    agent: AgentId,
+    task_id: TaskId,
+    state: TaskState,
+    exit_code: i32,
+    message: &'a str,
+    sandbox: &'a str,
+    adopting: bool,
+}
+
 /// An agent's name (its `agent_id`) and hostname.
 #[derive(Debug)]
 struct AgentNames {
@@ -1017,16 +1030,15 @@ impl Shard {
                     .expect("routed as TaskStatus");
                 match state_from_wire(s.state()) {
                     Ok(state) => {
-                        self.on_status(
-                            from,
+                        self.on_status(&Report {
                             agent,
-                            TaskId(s.task_id()),
+                            task_id: TaskId(s.task_id()),
                             state,
-                            s.exit_code(),
-                            s.message().unwrap_or_default(),
-                            s.sandbox().unwrap_or_default(),
-                            false,
-                        );
+                            exit_code: s.exit_code(),
+                            message: s.message().unwrap_or_default(),
+                            sandbox: s.sandbox().unwrap_or_default(),
+                            adopting: false,
+                        });
                     }
                     Err(e) => tracing::warn!("ignoring status: {e}"),
                 }
@@ -1052,16 +1064,15 @@ impl Shard {
                 if self.is_ha() {
                     self.adopt_unknown(agent, &report);
                 }
-                let adopted = self.on_status(
-                    from,
+                let adopted = self.on_status(&Report {
                     agent,
-                    report.task_id,
-                    report.state,
-                    report.exit_code,
-                    &report.message,
-                    &report.sandbox,
-                    true,
-                );
+                    task_id: report.task_id,
+                    state: report.state,
+                    exit_code: report.exit_code,
+                    message: &report.message,
+                    sandbox: &report.sandbox,
+                    adopting: true,
+                });
                 self.send(
                     from,
                     PeerMsg::AdoptReply {
@@ -1653,21 +1664,14 @@ impl Shard {
 
     /// Applies a status reported by an agent. Returns what an adopted task holds on the
     /// agent (for `Adopt`), `None` when the task was not adopted.
-    #[allow(clippy::too_many_arguments)]
-    fn on_status(
-        &mut self,
-        from: ShardId,
-        agent: AgentId,
-        task_id: TaskId,
-        reported: TaskState,
-        exit_code: i32,
-        message: &str,
-        sandbox: &str,
-        adopting: bool,
-    ) -> Option<(Resources, Vec<u16>)> {
-        let adopted = self.apply_status(
-            from, agent, task_id, reported, exit_code, message, sandbox, adopting,
-        );
+    fn on_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+        let adopted = self.apply_status(report);
+        let Report {
+            agent,
+            task_id,
+            state: reported,
+            ..
+        } = *report;
         if reported.is_terminal() {
             // Acknowledged whatever became of it: the agent stops re-reporting it. The ack
             // leaves only after this round's commit.
@@ -1683,18 +1687,16 @@ impl Shard {
         adopted
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn apply_status(
-        &mut self,
-        from: ShardId,
-        agent: AgentId,
-        task_id: TaskId,
-        reported: TaskState,
-        exit_code: i32,
-        message: &str,
-        sandbox: &str,
-        adopting: bool,
-    ) -> Option<(Resources, Vec<u16>)> {
+    fn apply_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+        let Report {
+            agent,
+            task_id,
+            state: reported,
+            exit_code,
+            message,
+            sandbox,
+            adopting,
+        } = *report;
         let Some(t) = self.tasks.get_mut(&task_id) else {
             if !reported.is_terminal() {
                 tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
@@ -1707,7 +1709,6 @@ impl Shard {
                     },
                 );
             }
-            let _ = from;
             return None;
         };
         if t.agent != Some(agent) {
