@@ -1341,49 +1341,47 @@ impl HaCluster {
             dir: Some(dir),
         };
         for i in 0..count {
-            let port = free_port();
-            let http_port = free_port();
-            let data_dir = cluster.dir().join(format!("scheduler-{i}-data"));
-            let mut args: Vec<String> = [
-                "scheduler",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--http-port",
-                &http_port.to_string(),
-                "--shards",
-                "2",
-                "--no-pin",
-                "--data-dir",
-                &data_dir.display().to_string(),
-                "--etcd-endpoints",
-                &cluster.etcd.endpoint(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.extend(extra.iter().map(|s| s.to_string()));
-            let proc = Proc::spawn(&format!("scheduler-{i}"), &args, cluster.dir());
-            cluster.schedulers.push(HaScheduler {
-                port,
-                http_port,
-                proc,
-            });
+            let scheduler = spawn_ha_scheduler(cluster.dir(), i, &cluster.etcd.endpoint(), extra);
+            cluster.schedulers.push(scheduler);
         }
         for i in 0..count {
-            let scheduler = &mut cluster.schedulers[i];
-            wait_until(
-                &format!("scheduler {i} to serve /leaderhealth"),
-                HA_STARTUP_MAX,
-                POLL,
-                || {
+            // A port picked free can be taken before the scheduler binds it (tests run in
+            // parallel): start that scheduler again on new ports, a bounded number of times.
+            let mut attempts = 1;
+            loop {
+                let scheduler = &mut cluster.schedulers[i];
+                let started = Instant::now();
+                let mut exited = None;
+                while started.elapsed() < HA_STARTUP_MAX {
                     if let Some(status) = scheduler.proc.exit_status() {
-                        panic!("scheduler {i} exited during startup: {status}");
+                        exited = Some(status);
+                        break;
                     }
-                    scheduler.leader_health().ok()
-                },
-            );
+                    if scheduler.leader_health().is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(POLL);
+                }
+                match exited {
+                    None => {
+                        assert!(
+                            scheduler.leader_health().is_ok(),
+                            "scheduler {i} did not serve /leaderhealth within {HA_STARTUP_MAX:?}"
+                        );
+                        break;
+                    }
+                    Some(status) if attempts < 3 => {
+                        eprintln!("scheduler {i} exited during startup ({status}); starting it again on new ports");
+                        attempts += 1;
+                        let endpoint = cluster.etcd.endpoint();
+                        cluster.schedulers[i] =
+                            spawn_ha_scheduler(cluster.dir(), i, &endpoint, extra);
+                    }
+                    Some(status) => {
+                        panic!("scheduler {i} exited during startup {attempts} times: {status}")
+                    }
+                }
+            }
         }
         cluster
     }
@@ -1739,4 +1737,37 @@ pub fn sandboxes_of(agent: &Agent, job: &str) -> std::collections::BTreeSet<(u64
         }
     }
     found
+}
+
+/// Starts one HA scheduler on fresh ports.
+fn spawn_ha_scheduler(dir: &Path, i: usize, etcd_endpoint: &str, extra: &[&str]) -> HaScheduler {
+    let port = free_port();
+    let http_port = free_port();
+    let data_dir = dir.join(format!("scheduler-{i}-data"));
+    let mut args: Vec<String> = [
+        "scheduler",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--http-port",
+        &http_port.to_string(),
+        "--shards",
+        "2",
+        "--no-pin",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--etcd-endpoints",
+        etcd_endpoint,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proc = Proc::spawn(&format!("scheduler-{i}"), &args, dir);
+    HaScheduler {
+        port,
+        http_port,
+        proc,
+    }
 }
