@@ -16,6 +16,12 @@ pub enum AdminCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum BackupCommand {
+    /// Ask a running scheduler to write a backup now (Aurora: performBackup); prints its name.
+    Now {
+        /// The scheduler's HTTP address (its --http-port).
+        #[arg(long, value_name = "HOST:PORT")]
+        http: String,
+    },
     /// List backups, newest first.
     List {
         /// The scheduler's data directory.
@@ -40,6 +46,11 @@ pub enum BackupCommand {
 pub fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
         AdminCommand::Backup { command } => match command {
+            BackupCommand::Now { http } => {
+                let name = post_backup(&http)?;
+                println!("backup {name} requested: every shard writes it within a few seconds");
+                Ok(())
+            }
             BackupCommand::List {
                 data_dir,
                 backup_dir,
@@ -75,4 +86,32 @@ pub fn run(command: AdminCommand) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+/// `POST /admin/backup` over a plain socket: the answer's body is the backup's name.
+fn post_backup(http: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let addr = http
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("bad address {http}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("bad address {http}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| anyhow::anyhow!("cannot reach the scheduler's HTTP port at {http}: {e}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST /admin/backup HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.lines().next().unwrap_or_default().to_string();
+    anyhow::ensure!(
+        status.contains(" 202 "),
+        "the scheduler answered {status:?}"
+    );
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+    Ok(body.to_string())
 }

@@ -3,12 +3,13 @@
 //! scrape time), `/leaderhealth` (Aurora's semantics) and `/health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use borealis_control::LeaderView;
 use borealis_shards::metrics::Metrics;
@@ -19,6 +20,7 @@ pub fn serve(
     port: u16,
     metrics: Arc<Metrics>,
     leadership: Option<LeaderView>,
+    backup_requests: Arc<AtomicU64>,
 ) -> anyhow::Result<SocketAddr> {
     let ip = ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let listener = std::net::TcpListener::bind((ip, port))
@@ -43,9 +45,11 @@ pub fn serve(
                     .route("/metrics", get(metrics_text))
                     .route("/leaderhealth", get(leader_health))
                     .route("/health", get(|| async { "OK\n" }))
+                    .route("/admin/backup", post(request_backup))
                     .with_state(HttpState {
                         metrics,
                         leadership,
+                        backup_requests,
                     });
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!("http server stopped: {e}");
@@ -61,6 +65,18 @@ struct HttpState {
     metrics: Arc<Metrics>,
     /// With etcd: who leads. Without: this (embedded) scheduler always does.
     leadership: Option<LeaderView>,
+    backup_requests: Arc<AtomicU64>,
+}
+
+/// Aurora's performBackup: every shard writes a backup on its next sweep (within seconds),
+/// into the folder this answer names.
+async fn request_backup(State(state): State<HttpState>) -> impl IntoResponse {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    state.backup_requests.store(unix_ms, Ordering::Relaxed);
+    let name = borealis_store::backup::backup_name(unix_ms, 1000);
+    (StatusCode::ACCEPTED, format!("{name}\n"))
 }
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {

@@ -194,8 +194,15 @@ impl SchedulerArgs {
             }
             None => (None, None),
         };
+        let backup_requests = config.backup_requests.clone();
         let scheduler = borealis_shards::start_with_metrics(config, links, metrics)?;
-        let http = http::serve(self.ip, self.http_port, scheduler.metrics.clone(), view)?;
+        let http = http::serve(
+            self.ip,
+            self.http_port,
+            scheduler.metrics.clone(),
+            view,
+            backup_requests,
+        )?;
         Ok((scheduler, http))
     }
 
@@ -237,6 +244,7 @@ impl SchedulerArgs {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join("backups")),
             backup_interval_ms: ms(self.backup_interval),
+            backup_requests: Default::default(),
             max_saved_backups: self.max_saved_backups,
             snapshot_interval_ms: ms(self.dlog_snapshot_interval),
             reconciliation_grace_ms: ms(self.reconciliation_grace),

@@ -60,6 +60,9 @@ pub struct SchedulerConfig {
     pub backup_dir: std::path::PathBuf,
     /// Aurora: `backup_interval`.
     pub backup_interval_ms: u64,
+    /// An operator's backup request (Aurora: performBackup): the request's unix ms, written by
+    /// the control plane, read by every shard on its next sweep.
+    pub backup_requests: Arc<std::sync::atomic::AtomicU64>,
     /// Aurora: `max_saved_backups`.
     pub max_saved_backups: usize,
     /// Aurora: `dlog_snapshot_interval`.

@@ -264,7 +264,10 @@ pub struct Shard {
     /// Restored tasks not reported by any agent by then are LOST.
     reconcile_deadline_us: u64,
     last_snapshot: Instant,
-    last_backup: Instant,
+    /// The wall-clock interval slot of the last periodic backup.
+    last_backup_slot: u64,
+    /// The last operator backup request handled (its unix ms).
+    last_backup_request: u64,
     /// Terminal statuses to acknowledge on each agent connection this shard holds, sent
     /// after the round's commit made them durable.
     pending_acks: HashMap<ConnId, Vec<(TaskId, TaskState)>>,
@@ -426,8 +429,29 @@ impl Shard {
             || (log_bytes > 0
                 && self.last_snapshot.elapsed().as_millis() as u64
                     >= self.config.snapshot_interval_ms);
-        let backup_due =
-            self.last_backup.elapsed().as_millis() as u64 >= self.config.backup_interval_ms;
+        // Backups are due per interval slot of the wall clock, so every shard writes the
+        // same slot's folder; an operator's request (`POST /admin/backup`) names its own.
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let slot = unix_ms / self.config.backup_interval_ms.max(1);
+        let requested = self
+            .config
+            .backup_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let backup_name = if requested != self.last_backup_request {
+            self.last_backup_request = requested;
+            Some(borealis_store::backup::backup_name(requested, 1000))
+        } else if slot != self.last_backup_slot {
+            self.last_backup_slot = slot;
+            Some(borealis_store::backup::backup_name(
+                slot * self.config.backup_interval_ms.max(1),
+                self.config.backup_interval_ms.max(1),
+            ))
+        } else {
+            None
+        };
+        let backup_due = backup_name.is_some();
         if !snapshot_due && !backup_due {
             return;
         }
@@ -440,12 +464,7 @@ impl Shard {
                 std::process::exit(70);
             }
         }
-        if backup_due {
-            self.last_backup = Instant::now();
-            let unix_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let name = borealis_store::backup::backup_name(unix_ms, self.config.backup_interval_ms);
+        if let Some(name) = backup_name {
             match borealis_store::backup::write_backup(
                 &self.config.backup_dir,
                 &name,
@@ -506,6 +525,13 @@ impl Shard {
         config: Arc<SchedulerConfig>,
         metrics: Arc<Metrics>,
     ) -> Shard {
+        let last_backup_slot = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            / config.backup_interval_ms.max(1);
+        let last_backup_request = config
+            .backup_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
         Shard {
             id,
             shard_count,
@@ -545,7 +571,8 @@ impl Shard {
             install_deadline_us: 0,
             reconcile_deadline_us: 0,
             last_snapshot: Instant::now(),
-            last_backup: Instant::now(),
+            last_backup_slot,
+            last_backup_request,
             pending_acks: HashMap::default(),
             state_counts: [0; TaskState::COUNT],
             lent_out: 0,

@@ -822,3 +822,33 @@ fn restart_within_a_second_reuses_no_task_id() {
     }
     eprintln!("note: no restart fell within its previous run's second in {ATTEMPTS} attempts");
 }
+
+/// `borealis admin backup now` (Aurora's performBackup): a running scheduler writes a backup of
+/// every shard into the folder the command names.
+#[test]
+fn backup_now_writes_every_shard() {
+    let mut cluster = Cluster::start_with(&[], &[]);
+    cluster.create_job("www/devel/now", &job_toml(1, "echo hi", ""));
+    let data_dir = cluster.data_dir();
+    let http = cluster.http_addr();
+    let output = run_borealis(&["admin", "backup", "now", "--http", &http]);
+    assert!(output.status.success(), "backup now: {}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let name = stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no backup name in {stdout:?}"))
+        .to_string();
+    assert!(name.starts_with("backup-"), "{stdout}");
+    let backups = data_dir.join("backups");
+    wait_until(
+        &format!("backup {name} with both shards"),
+        Duration::from_secs(20),
+        POLL,
+        || {
+            list_backups(&data_dir, &backups)
+                .into_iter()
+                .find(|(n, shards)| *n == name && *shards == 2)
+        },
+    );
+}
