@@ -148,6 +148,9 @@ pub struct SchedulerArgs {
     /// The client address other schedulers name as the leader (default: --ip:--port).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// How long an idle shard spins before parking, in microseconds (0: park at once).
+    #[arg(long, default_value_t = 50)]
+    pub spin_before_park_us: u64,
     /// io_uring memory per shard, in KiB (at least 512).
     #[arg(long, default_value_t = 1024)]
     pub io_memory_kib: usize,
@@ -236,6 +239,7 @@ impl SchedulerArgs {
             lifecycle,
             epoch,
             io_memory_bytes: self.io_memory_kib * 1024,
+            spin_before_park_us: self.spin_before_park_us,
             // Under etcd the desired state lives there and task state comes back from agents.
             data_dir: (self.etcd_endpoints.is_empty() && !self.in_memory)
                 .then(|| self.data_dir.clone()),

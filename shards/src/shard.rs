@@ -28,7 +28,7 @@ use crate::SchedulerConfig;
 
 #[path = "shard_ha.rs"]
 mod ha_mode;
-use borealis_store::image::{JobImage, LogRecord, StateImage, TaskImage};
+use borealis_store::image::{JobImage, LogRecord, StateImage, TaskImage, TaskImageRef};
 use borealis_store::wal::Wal;
 pub use ha_mode::Mode;
 use ha_mode::PendingPersist;
@@ -1553,14 +1553,30 @@ impl Shard {
         })
     }
 
-    /// Logs every field of a task (new or changed).
+    /// Logs every field of a task (new or changed), encoded from the task in place: no copy
+    /// of its strings per transition.
     fn log_task(&mut self, id: TaskId) {
-        if self.wal.is_none() {
+        let Some(wal) = &mut self.wal else {
             return;
-        }
-        if let Some(image) = self.task_image(id) {
-            self.log(&LogRecord::TaskUpserted(image));
-        }
+        };
+        let Some(t) = self.tasks.get(&id) else {
+            return;
+        };
+        wal.append_task(&TaskImageRef {
+            id,
+            job: &self.jobs[t.job].key,
+            instance: t.instance,
+            state: t.state,
+            agent_name: t.host.as_ref().map(|h| &*h.name),
+            hostname: t.host.as_ref().map(|h| &*h.hostname),
+            failure_count: t.failure_count,
+            consecutive_flaps: t.consecutive_flaps,
+            exit_code: t.exit_code,
+            message: &t.message,
+            ports: &t.ports,
+            sandbox: &t.sandbox,
+            killed_by_user: t.killed_by_user,
+        });
     }
 
     fn metrics(&self) -> &ShardMetrics {

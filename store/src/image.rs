@@ -41,6 +41,56 @@ pub struct TaskImage {
     pub killed_by_user: bool,
 }
 
+/// A [`TaskImage`] of borrowed fields. It serializes exactly like a `TaskImage` (postcard
+/// encodes fields in order, and `&str`/`&[T]` like `String`/`Vec<T>`), so the log reads it back
+/// as one.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TaskImageRef<'a> {
+    pub id: TaskId,
+    pub job: &'a JobKey,
+    pub instance: u32,
+    pub state: TaskState,
+    pub agent_name: Option<&'a str>,
+    pub hostname: Option<&'a str>,
+    pub failure_count: u32,
+    pub consecutive_flaps: u32,
+    pub exit_code: i32,
+    pub message: &'a str,
+    pub ports: &'a [(String, u16)],
+    pub sandbox: &'a str,
+    pub killed_by_user: bool,
+}
+
+/// `LogRecord::TaskUpserted` of a borrowed image (see [`TaskImageRef`]).
+pub struct TaskUpsertRef<'a, 'b>(pub &'b TaskImageRef<'a>);
+
+/// The variant index of `TaskUpserted` in [`LogRecord`]: the encodings must agree.
+const TASK_UPSERTED_VARIANT: u32 = 2;
+
+impl Serialize for TaskUpsertRef<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_newtype_variant(
+            "LogRecord",
+            TASK_UPSERTED_VARIANT,
+            "TaskUpserted",
+            self.0,
+        )
+    }
+}
+
+impl fmt::Display for TaskUpsertRef<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TaskUpserted(task {} of {} instance {} in {})",
+            self.0.id,
+            self.0.job,
+            self.0.instance,
+            self.0.state.as_str()
+        )
+    }
+}
+
 /// A job: its configuration and which of its tasks are current and which have ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobImage {

@@ -338,8 +338,18 @@ impl Wal {
         self.frame(record);
     }
 
+    /// Appends a task's image from borrowed fields: the same frame as
+    /// `append(&LogRecord::TaskUpserted(image))`, without cloning the task's strings (the
+    /// shard logs one per transition).
+    pub fn append_task(&mut self, task: &crate::image::TaskImageRef<'_>) {
+        if self.deferred.is_some() || self.poisoned.is_some() {
+            return;
+        }
+        self.frame(&crate::image::TaskUpsertRef(task));
+    }
+
     /// Appends `record`'s frame to the commit buffer (or defers the error that prevents it).
-    fn frame(&mut self, record: &LogRecord) {
+    fn frame<R: serde::Serialize + std::fmt::Display>(&mut self, record: &R) {
         let start = self.buf.len();
         self.buf.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
         let payload_len = match postcard::to_io(record, &mut self.buf) {

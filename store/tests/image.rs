@@ -401,3 +401,50 @@ fn the_commit_marker_changes_nothing_and_older_encodings_stay() {
         assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
     }
 }
+
+/// The borrowed task record the shards log encodes byte for byte like the owned one, so the
+/// log reads it back as `LogRecord::TaskUpserted`.
+#[test]
+fn borrowed_task_record_encodes_like_the_owned_one() {
+    use borealis_core::{JobKey, TaskId, TaskState};
+    use borealis_store::image::{LogRecord, TaskImage, TaskImageRef, TaskUpsertRef};
+    let job: JobKey = "www/prod/hello".parse().unwrap();
+    let ports = vec![("http".to_string(), 31_000u16)];
+    for (agent, message) in [(None, ""), (Some("a1"), "exited with status 3")] {
+        let borrowed = TaskImageRef {
+            id: TaskId(0x6b08_0000_0100_0007),
+            job: &job,
+            instance: 7,
+            state: TaskState::Failed,
+            agent_name: agent,
+            hostname: agent.map(|_| "h1"),
+            failure_count: 2,
+            consecutive_flaps: 1,
+            exit_code: 3,
+            message,
+            ports: &ports,
+            sandbox: "/var/lib/borealis/sandboxes/www.prod.hello/7/6b08000001000007",
+            killed_by_user: true,
+        };
+        let owned = LogRecord::TaskUpserted(TaskImage {
+            id: borrowed.id,
+            job: job.clone(),
+            instance: borrowed.instance,
+            state: borrowed.state,
+            agent_name: agent.map(str::to_string),
+            hostname: agent.map(|_| "h1".to_string()),
+            failure_count: 2,
+            consecutive_flaps: 1,
+            exit_code: 3,
+            message: message.to_string(),
+            ports: ports.clone(),
+            sandbox: borrowed.sandbox.to_string(),
+            killed_by_user: true,
+        });
+        let a = postcard::to_stdvec(&TaskUpsertRef(&borrowed)).unwrap();
+        let b = postcard::to_stdvec(&owned).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(postcard::from_bytes::<LogRecord>(&a).unwrap(), owned);
+        assert_eq!(TaskUpsertRef(&borrowed).to_string(), owned.to_string());
+    }
+}
