@@ -2043,7 +2043,19 @@ impl Shard {
             let j = &self.jobs[job];
             if j.history.is_empty() && j.current.iter().all(Option::is_none) {
                 tracing::debug!(job = %j.key, "every task of the job ended and was pruned");
+                let key = j.key.clone();
                 self.drop_job(job);
+                if self.is_ha() {
+                    // Nothing of the job is left: neither should its desired state be.
+                    let pending = PendingPersist {
+                        reply: None,
+                        request_id: 0,
+                        bytes: None,
+                    };
+                    if let Err((_, e)) = self.persist(&key, None, pending) {
+                        tracing::warn!(job = %key, "cannot delete a pruned job's desired state: {e}");
+                    }
+                }
             }
         }
     }
