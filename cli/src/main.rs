@@ -157,6 +157,12 @@ pub struct SchedulerArgs {
 }
 
 impl SchedulerArgs {
+    /// `--shards`, or one per core.
+    fn shard_count(&self) -> usize {
+        self.shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     /// The HA settings, when `--etcd-endpoints` is given.
     pub fn ha_config(&self) -> Option<ha::HaConfig> {
         if self.etcd_endpoints.is_empty() {
@@ -182,7 +188,7 @@ impl SchedulerArgs {
         election.max_leading = self.max_leading_duration;
         Some(ha::HaConfig {
             election,
-            shards: self.to_config().shards,
+            shards: self.shard_count(),
         })
     }
 
@@ -227,9 +233,7 @@ impl SchedulerArgs {
                 self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 self.port,
             ),
-            shards: self
-                .shards
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            shards: self.shard_count(),
             pin_shards: !self.no_pin,
             cluster_name: self.cluster_name.clone(),
             max_tasks_per_job: self.max_tasks_per_job,
