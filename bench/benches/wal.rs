@@ -57,6 +57,7 @@ fn task(job: &JobKey, id: u64, instance: u32, state: TaskState) -> TaskImage {
             job.name
         ),
         killed_by_user: false,
+        preempted_by: None,
     }
 }
 

@@ -1,9 +1,9 @@
 //! The job client: a blocking [`Client`] for the scheduler's client protocol, and the
-//! `borealis job create|status|kill|list` commands built on it.
+//! `borealis job create|status|kill|list` and `borealis quota set|get` commands built on it.
 //!
 //! Protocol: one TCP connection; each request is one frame holding one message with a fresh
 //! `request_id`; the client reads frames until the message with that `request_id` arrives
-//! (`Ack`, `JobStatus`, `JobList` or `Error`) and skips anything else. One request is in
+//! (`Ack`, `JobStatus`, `JobList`, `QuotaInfo` or `Error`) and skips anything else. One request is in
 //! flight at a time, which is all a command line needs.
 //!
 //! Errors are one-line `anyhow` errors that say what failed and where. A response of `Error`
@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use borealis_core::jobfile::{parse_job_file, JobSpec};
-use borealis_core::{JobKey, TaskId, TaskState};
+use borealis_core::{JobKey, Resources, TaskId, TaskState};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
-use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage};
+use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView};
 use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
 use serde::ser::{Serialize, Serializer};
 
@@ -75,14 +75,83 @@ pub enum JobCommand {
     },
 }
 
+/// The quota commands of the `borealis` command line (Aurora's `aurora quota get` and the
+/// admin `set_quota`).
+#[derive(clap::Subcommand, Debug)]
+pub enum QuotaCommand {
+    /// Set a role's quota: the resources its production jobs may hold in all.
+    Set {
+        /// The role.
+        role: String,
+        /// CPU in cores (fractions allowed: 1.5).
+        #[arg(long)]
+        cpu: String,
+        /// RAM, an integer and a unit: 512MiB, 8GiB.
+        #[arg(long)]
+        ram: String,
+        /// Disk, an integer and a unit: 512MiB, 10GiB.
+        #[arg(long)]
+        disk: String,
+    },
+    /// Show a role's quota and what its production tasks use of it.
+    Get {
+        /// The role.
+        role: String,
+        /// Print one JSON object instead of a line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one quota command against the scheduler at `scheduler` (`host:port`), printing its
+/// result to stdout. A bad role or size is reported before anything is sent.
+pub fn run_quota_command(scheduler: &str, cmd: QuotaCommand) -> anyhow::Result<()> {
+    let output = match cmd {
+        QuotaCommand::Set {
+            role,
+            cpu,
+            ram,
+            disk,
+        } => {
+            check_role(&role)?;
+            let quota = Resources {
+                cpu_millis: parse_quota_cpu(&cpu)?,
+                ram_mib: parse_quota_size("--ram", &ram)?,
+                disk_mib: parse_quota_size("--disk", &disk)?,
+                ports: 0,
+            };
+            Client::connect(scheduler)?.set_quota(&role, &quota)?;
+            format!(
+                "set the quota of role {role}: cpu {} cores, ram {} MiB, disk {} MiB\n",
+                cores_text(quota.cpu_millis),
+                quota.ram_mib,
+                quota.disk_mib
+            )
+        }
+        QuotaCommand::Get { role, json } => {
+            check_role(&role)?;
+            let info = Client::connect(scheduler)?.get_quota(&role)?;
+            if json {
+                quota_json(&info) + "\n"
+            } else {
+                quota_text(&info)
+            }
+        }
+    };
+    write_stdout(&output)
+}
+
 /// Runs one job command against the scheduler at `scheduler` (`host:port`), printing its
 /// result to stdout. Local mistakes (a bad job key, job file or instance list) are reported
 /// before anything is sent.
 pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
     let output = match cmd {
         JobCommand::Create { job_key, file } => {
-            let spec = load_job_file(parse_job_key(&job_key)?, &file)?;
-            Client::connect(scheduler)?.create_job(&spec)?;
+            let JobFile {
+                spec,
+                tier_explicit,
+            } = read_job_file(parse_job_key(&job_key)?, &file)?;
+            Client::connect(scheduler)?.create_job(&spec, tier_explicit)?;
             format!(
                 "created job {} with {}\n",
                 spec.config.job,
@@ -123,6 +192,10 @@ pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
             }
         }
     };
+    write_stdout(&output)
+}
+
+fn write_stdout(output: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     stdout
         .write_all(output.as_bytes())
@@ -135,12 +208,101 @@ pub fn parse_job_key(text: &str) -> anyhow::Result<JobKey> {
     text.parse::<JobKey>().map_err(|e| anyhow!("{e}"))
 }
 
-/// Reads and validates a job file. Errors name the file: `examples/bad.toml: resources.cpu:
-/// must be > 0 (got -1)`.
-pub fn load_job_file(job: JobKey, path: &Path) -> anyhow::Result<JobSpec> {
+/// A job file read for `job create`: the job and whether the file named its tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobFile {
+    pub spec: JobSpec,
+    /// False when the file has no `tier` key: the scheduler then picks the tier from its tier
+    /// config (`spec.config.tier` holds the parser's default, which is not a choice).
+    pub tier_explicit: bool,
+}
+
+/// Reads and validates a job file, and tells whether it names a tier (see [`JobFile`]).
+/// Errors name the file: `examples/bad.toml: resources.cpu: must be > 0 (got -1)`.
+pub fn read_job_file(job: JobKey, path: &Path) -> anyhow::Result<JobFile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("cannot read job file {}: {}", path.display(), io_reason(&e)))?;
-    parse_job_file(job, &text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    let spec = parse_job_file(job, &text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok(JobFile {
+        spec,
+        tier_explicit: names_tier(&text),
+    })
+}
+
+/// Whether a job file's text sets the top-level `tier` key. Called on text the job file
+/// parser accepted, so it is a TOML table.
+pub fn names_tier(text: &str) -> bool {
+    text.parse::<toml::Table>()
+        .is_ok_and(|table| table.contains_key("tier"))
+}
+
+/// A role for the quota commands: a job key's first part (1..=128 of `[A-Za-z0-9_.-]`).
+pub fn check_role(role: &str) -> anyhow::Result<()> {
+    if JobKey::new(role, "e", "n").is_err() {
+        bail!(
+            "invalid role {role:?}: must be 1..={} characters of [A-Za-z0-9_.-]",
+            borealis_core::JOB_KEY_PART_LEN_MAX
+        );
+    }
+    Ok(())
+}
+
+/// `--cpu` of `quota set`: cores, fractions allowed, in thousandths of a core (rounded to the
+/// nearest). Zero is a quota (of nothing).
+pub fn parse_quota_cpu(text: &str) -> anyhow::Result<u32> {
+    let invalid = |why: &str| anyhow!("invalid --cpu {text:?}: {why}");
+    let cores: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid("expected a number of cores, e.g. 4 or 1.5"))?;
+    if !cores.is_finite() || cores < 0.0 {
+        return Err(invalid("must be a number of cores >= 0"));
+    }
+    let millis = (cores * 1000.0).round();
+    if millis > f64::from(u32::MAX) {
+        return Err(invalid(&format!(
+            "must be at most {} cores",
+            u32::MAX / 1000
+        )));
+    }
+    // In range and integral, so the cast is exact.
+    Ok(millis as u32)
+}
+
+/// `--ram`/`--disk` of `quota set`, in MiB rounded up: the job file's sizes (an integer and a
+/// unit, one of B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB meaning the same), and also 0 without
+/// a unit.
+pub fn parse_quota_size(flag: &str, text: &str) -> anyhow::Result<u32> {
+    const MIB_BYTES: u128 = 1 << 20;
+    let malformed = || {
+        anyhow!(
+            "invalid {flag} {text:?}: expected an integer and a unit, one of B, KiB, MiB, GiB, \
+             TiB (or KB, MB, GB, TB), e.g. \"512MiB\""
+        )
+    };
+    let trimmed = text.trim();
+    if trimmed == "0" {
+        return Ok(0);
+    }
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(malformed());
+    }
+    let unit_bytes: u128 = match unit.trim_start() {
+        "B" => 1,
+        "KiB" | "KB" => 1 << 10,
+        "MiB" | "MB" => 1 << 20,
+        "GiB" | "GB" => 1 << 30,
+        "TiB" | "TB" => 1 << 40,
+        _ => return Err(malformed()),
+    };
+    let too_large = || anyhow!("invalid {flag} {text:?}: must be at most {}MiB", u32::MAX);
+    let count: u128 = digits.parse().map_err(|_| too_large())?;
+    let bytes = count.checked_mul(unit_bytes).ok_or_else(too_large)?;
+    u32::try_from(bytes.div_ceil(MIB_BYTES)).map_err(|_| too_large())
 }
 
 /// Parses an instance list such as `"0-3,7"`: comma-separated numbers and inclusive ranges.
@@ -487,11 +649,29 @@ impl Client {
         anyhow!("bad response from scheduler at {}: {e}", self.addr)
     }
 
-    /// Creates the job `spec.config.job` with `spec.instances` instances.
-    pub fn create_job(&mut self, spec: &JobSpec) -> anyhow::Result<()> {
-        let response =
-            self.request(|enc, id| enc.create_job(id, spec.instances, &spec.config).to_vec())?;
+    /// Creates the job `spec.config.job` with `spec.instances` instances. `tier_explicit`:
+    /// the tier is `spec.config.tier`; false: the job file named no tier, and the scheduler
+    /// resolves it from its tier config.
+    pub fn create_job(&mut self, spec: &JobSpec, tier_explicit: bool) -> anyhow::Result<()> {
+        let response = self.request(|enc, id| {
+            enc.create_job_spec(id, spec.instances, &spec.config, tier_explicit)
+                .to_vec()
+        })?;
         expect_ack(response, "CreateJob")
+    }
+
+    /// Sets `role`'s quota (`quota.ports` is not sent: quotas do not count ports).
+    pub fn set_quota(&mut self, role: &str, quota: &Resources) -> anyhow::Result<()> {
+        let response = self.request(|enc, id| enc.set_quota(id, role, quota).to_vec())?;
+        expect_ack(response, "SetQuota")
+    }
+
+    /// `role`'s quota and what its production tasks use of it.
+    pub fn get_quota(&mut self, role: &str) -> anyhow::Result<QuotaView> {
+        match self.request(|enc, id| enc.get_quota(id, role).to_vec())? {
+            OwnedMessage::QuotaInfo(info) => Ok(info),
+            other => Err(unexpected(other, "GetQuota")),
+        }
     }
 
     /// The job's summary and every task it has.
@@ -549,6 +729,9 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
         OwnedMessage::KillJob { .. } => "KillJob",
         OwnedMessage::QueryJob { .. } => "QueryJob",
         OwnedMessage::ListJobs => "ListJobs",
+        OwnedMessage::SetQuota { .. } => "SetQuota",
+        OwnedMessage::GetQuota { .. } => "GetQuota",
+        OwnedMessage::QuotaInfo(_) => "QuotaInfo",
         OwnedMessage::JobStatus(_) => "JobStatus",
         OwnedMessage::JobList(_) => "JobList",
         OwnedMessage::Ack => "Ack",
@@ -557,7 +740,7 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
 }
 
 /// An io error's text without Rust's ` (os error N)` suffix: `Connection refused`.
-fn io_reason(e: &io::Error) -> String {
+pub(crate) fn io_reason(e: &io::Error) -> String {
     let text = e.to_string();
     match text.rfind(" (os error ") {
         Some(i) if text.ends_with(')') => text[..i].to_string(),
@@ -635,6 +818,9 @@ struct TaskJson<'a> {
     message: &'a str,
     ports: PortsJson<'a>,
     sandbox: &'a str,
+    pending_reason: &'a str,
+    /// The preemptor's task id as `task_id` prints ids; null when not preempted.
+    preempted_by: Option<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -646,8 +832,9 @@ struct JobStatusJson<'a> {
 
 /// `status --json`: one line, `{"job_key", "instances", "is_service", "state_counts": {STATE:
 /// n}, "tasks": [{"task_id": "<16 hex digits>", "instance", "state", "agent_id", "hostname",
-/// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox"}]}`, tasks in
-/// instance order.
+/// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox",
+/// "pending_reason": "" unless PENDING and not placed, "preempted_by": "<16 hex digits>" or
+/// null}]}`, tasks in instance order.
 pub fn status_json(status: &JobStatusView) -> String {
     let mut tasks: Vec<_> = status.tasks.iter().collect();
     tasks.sort_by_key(|t| (t.instance, t.task_id));
@@ -666,10 +853,76 @@ pub fn status_json(status: &JobStatusView) -> String {
                 message: &t.message,
                 ports: PortsJson(&t.ports),
                 sandbox: &t.sandbox,
+                pending_reason: &t.pending_reason,
+                preempted_by: t.preempted_by.map(|id| TaskId(id).to_string()),
             })
             .collect(),
     };
     serde_json::to_string(&json).expect("plain data always serializes")
+}
+
+/// A quota's resources in JSON: cpu in cores.
+#[derive(serde::Serialize)]
+struct QuotaResourcesJson {
+    cpu: f64,
+    ram_mib: u32,
+    disk_mib: u32,
+}
+
+impl QuotaResourcesJson {
+    fn new(r: &Resources) -> Self {
+        QuotaResourcesJson {
+            cpu: f64::from(r.cpu_millis) / 1000.0,
+            ram_mib: r.ram_mib,
+            disk_mib: r.disk_mib,
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct QuotaJson<'a> {
+    role: &'a str,
+    quota: QuotaResourcesJson,
+    used: QuotaResourcesJson,
+    quota_set: bool,
+}
+
+/// `quota get --json`: one line, `{"role", "quota": {"cpu": cores, "ram_mib", "disk_mib"},
+/// "used": {...}, "quota_set"}`; without a quota set, `quota` is all zero.
+pub fn quota_json(info: &QuotaView) -> String {
+    let json = QuotaJson {
+        role: &info.role,
+        quota: QuotaResourcesJson::new(&info.quota),
+        used: QuotaResourcesJson::new(&info.used),
+        quota_set: info.quota_set,
+    };
+    serde_json::to_string(&json).expect("plain data always serializes")
+}
+
+/// Thousandths of a core as cores with three decimals: `1.500`.
+fn cores_text(millis: u32) -> String {
+    format!("{}.{:03}", millis / 1000, millis % 1000)
+}
+
+/// `quota get`: `role www: cpu 1.500 of 4.000 cores, ram 3072 of 8192 MiB, disk 0 of 10240
+/// MiB`, or `role www: no quota set (production jobs are refused)`.
+pub fn quota_text(info: &QuotaView) -> String {
+    if !info.quota_set {
+        return format!(
+            "role {}: no quota set (production jobs are refused)\n",
+            info.role
+        );
+    }
+    format!(
+        "role {}: cpu {} of {} cores, ram {} of {} MiB, disk {} of {} MiB\n",
+        info.role,
+        cores_text(info.used.cpu_millis),
+        cores_text(info.quota.cpu_millis),
+        info.used.ram_mib,
+        info.quota.ram_mib,
+        info.used.disk_mib,
+        info.quota.disk_mib
+    )
 }
 
 /// `list --json`: one line, an array of `{"job_key", "instances", "is_service",
@@ -741,7 +994,20 @@ fn or_dash(text: &str) -> String {
     }
 }
 
-/// `status`: a header with the job key and its task counts by state, then one row per task.
+/// What `status` notes about a task: why it is pending, who preempted it.
+fn task_note(t: &borealis_net::views::TaskInfoView) -> String {
+    let mut notes = Vec::new();
+    if !t.pending_reason.is_empty() {
+        notes.push(t.pending_reason.clone());
+    }
+    if let Some(id) = t.preempted_by {
+        notes.push(format!("preempted by {}", TaskId(id)));
+    }
+    notes.join("; ")
+}
+
+/// `status`: a header with the job key and its task counts by state, then one row per task,
+/// with a NOTE column (why a task is pending, who preempted it) when any task has a note.
 pub fn status_text(status: &JobStatusView) -> String {
     let job = &status.job;
     let mut text = format!(
@@ -753,10 +1019,16 @@ pub fn status_text(status: &JobStatusView) -> String {
     );
     let mut tasks: Vec<_> = status.tasks.iter().collect();
     tasks.sort_by_key(|t| (t.instance, t.task_id));
-    let mut rows = vec![["INSTANCE", "TASK ID", "STATE", "HOST", "EXIT", "SANDBOX"]
+    let notes: Vec<String> = tasks.iter().map(|t| task_note(t)).collect();
+    let with_notes = notes.iter().any(|n| !n.is_empty());
+    let mut header = ["INSTANCE", "TASK ID", "STATE", "HOST", "EXIT", "SANDBOX"]
         .map(String::from)
-        .to_vec()];
-    for t in tasks {
+        .to_vec();
+    if with_notes {
+        header.push("NOTE".to_string());
+    }
+    let mut rows = vec![header];
+    for (t, note) in tasks.into_iter().zip(notes) {
         let host = if t.hostname.is_empty() {
             &t.agent_id
         } else {
@@ -767,14 +1039,18 @@ pub fn status_text(status: &JobStatusView) -> String {
         } else {
             t.exit_code.to_string()
         };
-        rows.push(vec![
+        let mut row = vec![
             t.instance.to_string(),
             TaskId(t.task_id).to_string(),
             state_name(t.state).to_string(),
             or_dash(host),
             exit_code,
             or_dash(&t.sandbox),
-        ]);
+        ];
+        if with_notes {
+            row.push(or_dash(&note));
+        }
+        rows.push(row);
     }
     text.push_str(&table_text(&rows));
     text
@@ -839,6 +1115,8 @@ mod tests {
                     message: "exited 0".into(),
                     ports: vec![],
                     sandbox: "/var/sb/2".into(),
+                    pending_reason: "".into(),
+                    preempted_by: None,
                 },
                 TaskInfoView {
                     task_id: 0xdead_beef,
@@ -851,6 +1129,8 @@ mod tests {
                     message: "".into(),
                     ports: vec![("http".into(), 31_000), ("admin".into(), 31_001)],
                     sandbox: "/path".into(),
+                    pending_reason: "".into(),
+                    preempted_by: None,
                 },
             ],
         }
@@ -935,7 +1215,9 @@ mod tests {
                     "exit_code": -1,
                     "message": "",
                     "ports": {"http": 31000, "admin": 31001},
-                    "sandbox": "/path"
+                    "sandbox": "/path",
+                    "pending_reason": "",
+                    "preempted_by": null
                 },
                 {
                     "task_id": "0000000000001234",
@@ -947,7 +1229,9 @@ mod tests {
                     "exit_code": 0,
                     "message": "exited 0",
                     "ports": {},
-                    "sandbox": "/var/sb/2"
+                    "sandbox": "/var/sb/2",
+                    "pending_reason": "",
+                    "preempted_by": null
                 }
             ]
         });
@@ -1019,6 +1303,316 @@ mod tests {
              0         00000000deadbeef  RUNNING   h1    -     /path\n\
              1         0000000000001234  FINISHED  a2    0     /var/sb/2\n"
         );
+    }
+
+    fn pending_and_preempted() -> JobStatusView {
+        let mut status = sample_status();
+        status.job.instances = 3;
+        // tasks[0] is instance 1.
+        status.tasks[0].preempted_by = Some(0x6b08_0000_0100_0002);
+        status.tasks[0].state = Some(TaskState::Killed);
+        status.tasks.push(TaskInfoView {
+            task_id: 0x77,
+            instance: 2,
+            state: Some(TaskState::Pending),
+            exit_code: -1,
+            pending_reason: "Insufficient resources: ram".into(),
+            ..TaskInfoView::default()
+        });
+        status
+    }
+
+    #[test]
+    fn status_shows_pending_reasons_and_preemptors() {
+        let status = pending_and_preempted();
+        assert_eq!(
+            status_text(&status),
+            "r/e/n (ad-hoc, 3 instances): RUNNING 1, FINISHED 1\n\
+             INSTANCE  TASK ID           STATE    HOST  EXIT  SANDBOX    NOTE\n\
+             0         00000000deadbeef  RUNNING  h1    -     /path      -\n\
+             1         0000000000001234  KILLED   a2    0     /var/sb/2  preempted by 6b08000001000002\n\
+             2         0000000000000077  PENDING  -     -     -          Insufficient resources: ram\n"
+        );
+        let got: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(got["tasks"][0]["pending_reason"], "");
+        assert_eq!(got["tasks"][0]["preempted_by"], serde_json::Value::Null);
+        assert_eq!(got["tasks"][1]["preempted_by"], "6b08000001000002");
+        assert_eq!(
+            got["tasks"][2]["pending_reason"],
+            "Insufficient resources: ram"
+        );
+        assert_eq!(got["tasks"][2]["state"], "PENDING");
+    }
+
+    #[test]
+    fn status_round_trips_notes_over_the_wire() {
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new()
+                .job_status(id, &pending_and_preempted())
+                .to_vec()])
+        });
+        let status = Client::connect(&addr)
+            .unwrap()
+            .job_status(&"r/e/n".parse().unwrap())
+            .unwrap();
+        assert_eq!(status, pending_and_preempted());
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn job_files_say_whether_they_name_a_tier() {
+        let base = "instances = 1\ncommand = \"true\"\n";
+        let resources = "[resources]\ncpu = 1\nram = \"1MiB\"\ndisk = \"1MiB\"\n";
+        assert!(!names_tier(&format!("{base}{resources}")));
+        assert!(names_tier(&format!(
+            "{base}tier = \"preemptible\"\n{resources}"
+        )));
+        // A default spelled out is still a choice.
+        assert!(names_tier(&format!(
+            "{base}tier = \"preferred\"\n{resources}"
+        )));
+        // Only the top-level key counts, not a word in a command or another table.
+        assert!(!names_tier(&format!(
+            "instances = 1\ncommand = \"echo tier = 1\"\n{resources}[[constraints]]\nattribute = \"tier\"\nlimit = 1\n"
+        )));
+        assert!(!names_tier(include_str!("../../examples/hello.toml")));
+    }
+
+    #[test]
+    fn create_sends_tier_unset_when_the_file_names_no_tier() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "instances = 2\ncommand = \"true\"\n";
+        let resources = "[resources]\ncpu = 0.5\nram = \"64MiB\"\ndisk = \"64MiB\"\n";
+        for (tier_line, tier_unset, tier) in [
+            ("", true, borealis_core::Tier::Preferred),
+            (
+                "tier = \"revocable\"\n",
+                false,
+                borealis_core::Tier::Revocable,
+            ),
+        ] {
+            let file = dir.path().join("job.toml");
+            std::fs::write(&file, format!("{base}{tier_line}{resources}")).unwrap();
+            let (addr, server) =
+                fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+            let out = run_job_command(
+                &addr,
+                JobCommand::Create {
+                    job_key: "www/devel/hello".into(),
+                    file: file.clone(),
+                },
+            );
+            out.unwrap();
+            match server.join().unwrap() {
+                OwnedMessage::CreateJob {
+                    config,
+                    tier_unset: sent,
+                    instances,
+                    ..
+                } => {
+                    assert_eq!((sent, config.tier, instances), (tier_unset, tier, 2));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn quota_sizes_and_cpu_parse_like_job_files() {
+        assert_eq!(parse_quota_size("--ram", "4GiB").unwrap(), 4096);
+        assert_eq!(parse_quota_size("--ram", "4GB").unwrap(), 4096);
+        assert_eq!(parse_quota_size("--ram", "512MiB").unwrap(), 512);
+        assert_eq!(parse_quota_size("--ram", "512 MiB").unwrap(), 512);
+        assert_eq!(parse_quota_size("--disk", "1TiB").unwrap(), 1 << 20);
+        assert_eq!(parse_quota_size("--disk", "1KiB").unwrap(), 1, "rounded up");
+        assert_eq!(parse_quota_size("--disk", "0").unwrap(), 0);
+        assert_eq!(parse_quota_size("--disk", "0GiB").unwrap(), 0);
+        for (text, error) in [
+            (
+                "512",
+                r#"invalid --ram "512": expected an integer and a unit, one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. "512MiB""#,
+            ),
+            (
+                "1.5GiB",
+                r#"invalid --ram "1.5GiB": expected an integer and a unit, one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. "512MiB""#,
+            ),
+            (
+                "-1GiB",
+                r#"invalid --ram "-1GiB": expected an integer and a unit, one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. "512MiB""#,
+            ),
+            (
+                "5000TiB",
+                r#"invalid --ram "5000TiB": must be at most 4294967295MiB"#,
+            ),
+        ] {
+            assert_eq!(
+                parse_quota_size("--ram", text).unwrap_err().to_string(),
+                error
+            );
+        }
+        assert_eq!(parse_quota_cpu("4").unwrap(), 4000);
+        assert_eq!(parse_quota_cpu("1.5").unwrap(), 1500);
+        assert_eq!(parse_quota_cpu("0.0005").unwrap(), 1, "nearest thousandth");
+        assert_eq!(parse_quota_cpu("0").unwrap(), 0);
+        for text in ["-1", "x", "NaN", "inf", ""] {
+            let error = parse_quota_cpu(text).unwrap_err().to_string();
+            assert!(
+                error.starts_with(&format!("invalid --cpu {text:?}: ")),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            parse_quota_cpu("5000000").unwrap_err().to_string(),
+            r#"invalid --cpu "5000000": must be at most 4294967 cores"#
+        );
+        assert!(check_role("www-data_1.x").is_ok());
+        assert_eq!(
+            check_role("a/b").unwrap_err().to_string(),
+            r#"invalid role "a/b": must be 1..=128 characters of [A-Za-z0-9_.-]"#
+        );
+        assert!(check_role("").is_err());
+    }
+
+    fn www_quota() -> QuotaView {
+        QuotaView {
+            role: "www".into(),
+            quota: Resources {
+                cpu_millis: 4000,
+                ram_mib: 8192,
+                disk_mib: 10_240,
+                ports: 0,
+            },
+            used: Resources {
+                cpu_millis: 1500,
+                ram_mib: 3072,
+                disk_mib: 0,
+                ports: 0,
+            },
+            quota_set: true,
+        }
+    }
+
+    #[test]
+    fn quota_output_has_the_documented_shape() {
+        assert_eq!(
+            quota_text(&www_quota()),
+            "role www: cpu 1.500 of 4.000 cores, ram 3072 of 8192 MiB, disk 0 of 10240 MiB\n"
+        );
+        let unset = QuotaView {
+            role: "www".into(),
+            quota_set: false,
+            ..QuotaView::default()
+        };
+        assert_eq!(
+            quota_text(&unset),
+            "role www: no quota set (production jobs are refused)\n"
+        );
+        let got: serde_json::Value = serde_json::from_str(&quota_json(&www_quota())).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "role": "www",
+                "quota": {"cpu": 4.0, "ram_mib": 8192, "disk_mib": 10240},
+                "used": {"cpu": 1.5, "ram_mib": 3072, "disk_mib": 0},
+                "quota_set": true
+            })
+        );
+        assert_eq!(
+            quota_json(&unset),
+            r#"{"role":"www","quota":{"cpu":0.0,"ram_mib":0,"disk_mib":0},"used":{"cpu":0.0,"ram_mib":0,"disk_mib":0},"quota_set":false}"#
+        );
+    }
+
+    #[test]
+    fn quota_commands_send_what_was_asked() {
+        let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        run_quota_command(
+            &addr,
+            QuotaCommand::Set {
+                role: "www".into(),
+                cpu: "4".into(),
+                ram: "8GiB".into(),
+                disk: "10GiB".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            server.join().unwrap(),
+            OwnedMessage::SetQuota {
+                role: "www".into(),
+                quota: www_quota().quota
+            }
+        );
+
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new().quota_info(id, &www_quota()).to_vec()])
+        });
+        assert_eq!(
+            Client::connect(&addr).unwrap().get_quota("www").unwrap(),
+            www_quota()
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            OwnedMessage::GetQuota { role: "www".into() }
+        );
+
+        // Refusals are one line, with their code.
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new()
+                .error(id, ErrorCode::InvalidRequest, "quota below current use")
+                .to_vec()])
+        });
+        let error = run_quota_command(
+            &addr,
+            QuotaCommand::Set {
+                role: "www".into(),
+                cpu: "0".into(),
+                ram: "0".into(),
+                disk: "0".into(),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "scheduler refused: quota below current use"
+        );
+        server.join().unwrap();
+
+        // An Ack to GetQuota is a protocol error, not a quota.
+        let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
+        let error = Client::connect(&addr)
+            .unwrap()
+            .get_quota("www")
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "scheduler answered GetQuota with an unexpected Ack message"
+        );
+        server.join().unwrap();
+
+        // Local mistakes are reported before connecting.
+        let closed = closed_port();
+        for (cmd, expected) in [
+            (
+                QuotaCommand::Get {
+                    role: "no/role".into(),
+                    json: false,
+                },
+                r#"invalid role "no/role": must be 1..=128 characters of [A-Za-z0-9_.-]"#,
+            ),
+            (
+                QuotaCommand::Set {
+                    role: "www".into(),
+                    cpu: "1".into(),
+                    ram: "lots".into(),
+                    disk: "1GiB".into(),
+                },
+                r#"invalid --ram "lots": expected an integer and a unit, one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. "512MiB""#,
+            ),
+        ] {
+            let error = run_quota_command(&closed, cmd).unwrap_err();
+            assert_eq!(format!("{error:#}"), expected);
+        }
     }
 
     /// A port on 127.0.0.1 that nobody listens on (bound, then released).
@@ -1193,13 +1787,17 @@ mod tests {
         )
         .unwrap();
         let (addr, server) = fake_scheduler(|_, id| frame_of(&[Encoder::new().ack(id).to_vec()]));
-        Client::connect(&addr).unwrap().create_job(&spec).unwrap();
+        Client::connect(&addr)
+            .unwrap()
+            .create_job(&spec, true)
+            .unwrap();
         assert_eq!(
             server.join().unwrap(),
             OwnedMessage::CreateJob {
                 job_key: spec.config.job.clone(),
                 instances: 5,
-                config: spec.config.clone()
+                config: spec.config.clone(),
+                tier_unset: false,
             }
         );
 

@@ -1,12 +1,14 @@
 //! High availability: the control thread that takes part in the etcd election, tells the
-//! shards whether they lead, loads the desired state when this scheduler takes the lead, and
-//! writes job changes to etcd fenced on this leader's term. Its own tokio runtime; the shards
+//! shards whether they lead, loads the desired state (jobs and per-role quotas) when this
+//! scheduler takes the lead, and writes job and quota changes to etcd fenced on this leader's
+//! term. Its own tokio runtime; the shards
 //! (glommio) are only ever reached through bounded channels they poll.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use borealis_control::{DesiredStore, ElectionConfig, LeaderView, Leadership};
+use borealis_control::{DesiredStore, ElectionConfig, LeaderView, Leadership, Space};
+use borealis_core::Resources;
 use borealis_shards::ha::{
     DesiredJob, ShardLinks, ToControl, ToShard, PERSIST_QUEUE_MAX, TO_SHARD_QUEUE_MAX,
 };
@@ -112,23 +114,33 @@ async fn watch_leadership(
                 metrics.leader.set(1);
                 if led_fence != Some(*fence_revision) {
                     match load_desired(&store).await {
-                        Ok(jobs) => {
+                        Ok((jobs, quotas)) => {
                             tracing::info!(
                                 fence = fence_revision,
                                 jobs = jobs.len(),
+                                quotas = quotas.len(),
                                 "leading: desired state loaded"
                             );
+                            let shards = to_shards.len() as u64;
+                            let shard_of = |text: &str| {
+                                (borealis_core::route_hash_str(text) % shards) as usize
+                            };
                             let mut parts: Vec<Vec<DesiredJob>> = vec![Vec::new(); to_shards.len()];
                             for job in jobs {
-                                let shard = (borealis_core::route_hash_str(&job.key.to_string())
-                                    % to_shards.len() as u64)
-                                    as usize;
-                                parts[shard].push(job);
+                                parts[shard_of(&job.key.to_string())].push(job);
                             }
-                            for (tx, jobs) in to_shards.iter().zip(parts) {
+                            // A role's quota lives on its quota owner (as `SetQuota` routes).
+                            let mut quota_parts: Vec<Vec<(String, Resources)>> =
+                                vec![Vec::new(); to_shards.len()];
+                            for (role, quota) in quotas {
+                                quota_parts[shard_of(&role)].push((role, quota));
+                            }
+                            for ((tx, jobs), quotas) in to_shards.iter().zip(parts).zip(quota_parts)
+                            {
                                 let _ = tx.send(ToShard::Lead {
                                     fence: *fence_revision,
                                     jobs,
+                                    quotas,
                                 });
                             }
                             led_fence = Some(*fence_revision);
@@ -145,6 +157,7 @@ async fn watch_leadership(
                         let _ = tx.send(ToShard::Lead {
                             fence: *fence_revision,
                             jobs: Vec::new(),
+                            quotas: Vec::new(),
                         });
                     }
                 }
@@ -171,18 +184,30 @@ async fn watch_leadership(
     }
 }
 
-async fn load_desired(store: &DesiredStore) -> anyhow::Result<Vec<DesiredJob>> {
+/// The desired jobs and the per-role quotas, read at one revision.
+async fn load_desired(
+    store: &DesiredStore,
+) -> anyhow::Result<(Vec<DesiredJob>, Vec<(String, Resources)>)> {
+    let snapshot = store.load_desired().await?;
     let mut jobs = Vec::new();
-    for (key, value) in store.load_all().await? {
+    for (key, value) in snapshot.jobs {
         match serde_json::from_slice::<DesiredJob>(&value) {
             Ok(job) => jobs.push(job),
             Err(e) => tracing::error!(key = %key, "unreadable desired job, skipped: {e}"),
         }
     }
-    Ok(jobs)
+    let mut quotas = Vec::new();
+    for (role, value) in snapshot.quotas {
+        match serde_json::from_slice::<Resources>(&value) {
+            Ok(quota) => quotas.push((role, quota)),
+            Err(e) => tracing::error!(role = %role, "unreadable quota, skipped: {e}"),
+        }
+    }
+    Ok((jobs, quotas))
 }
 
-/// Writes the shards' job changes, batching whatever is queued into one fenced write.
+/// Writes the shards' job and quota changes, batching whatever is queued into one fenced
+/// write (txns of at most 128 operations).
 async fn persist_worker(
     store: Arc<DesiredStore>,
     view: LeaderView,
@@ -204,17 +229,25 @@ async fn persist_worker(
             Some(fence) => {
                 let ops = batch
                     .iter()
-                    .map(|ToControl::Persist { key, job, .. }| {
-                        let value = job
-                            .as_ref()
-                            .map(|j| serde_json::to_vec(j).expect("a desired job serializes"));
-                        (key.to_string(), value)
+                    .map(|request| match request {
+                        ToControl::Persist { key, job, .. } => {
+                            let value = job
+                                .as_ref()
+                                .map(|j| serde_json::to_vec(j).expect("a desired job serializes"));
+                            (Space::Jobs, key.to_string(), value)
+                        }
+                        ToControl::PersistQuota { role, quota, .. } => {
+                            let value = serde_json::to_vec(quota).expect("a quota serializes");
+                            (Space::Quotas, role.clone(), Some(value))
+                        }
                     })
                     .collect();
-                store.put_batch(fence, ops).await.map_err(|e| e.to_string())
+                store.write(fence, ops).await.map_err(|e| e.to_string())
             }
         };
-        for ToControl::Persist { shard, token, .. } in batch.drain(..) {
+        for request in batch.drain(..) {
+            let (ToControl::Persist { shard, token, .. }
+            | ToControl::PersistQuota { shard, token, .. }) = request;
             let _ = to_shards[shard].send(ToShard::Persisted {
                 token,
                 result: result.clone(),

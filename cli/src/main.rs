@@ -44,6 +44,14 @@ enum Command {
         #[command(subcommand)]
         command: client::JobCommand,
     },
+    /// Set and show roles' quotas.
+    Quota {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(subcommand)]
+        command: client::QuotaCommand,
+    },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
     Up(Box<up::UpArgs>),
     /// Operator commands that work on a scheduler's data directory.
@@ -56,6 +64,49 @@ enum Command {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration like 30s, 5min, 1h: {e}"))
+}
+
+/// Aurora's default `allowed_job_environments`.
+pub const DEFAULT_ALLOWED_JOB_ENVIRONMENTS: &str = r"^(prod|devel|test|staging\d*)$";
+
+/// `--allowed-job-environments`: kept as text (the shards compile it), refused here unless it
+/// compiles.
+fn parse_environments_regex(text: &str) -> Result<String, String> {
+    regex::Regex::new(text)
+        .map(|_| text.to_string())
+        .map_err(|e| {
+            format!(
+                "not a valid regular expression: {}",
+                one_line(&e.to_string())
+            )
+        })
+}
+
+/// `--max-schedule-attempts-per-sec`: a rate >= 0 (0: unlimited).
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate >= 0 (attempts per second; 0: unlimited)"
+        )),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Reads `--tier-config`: the file's text, which must be JSON. Errors name the file.
+fn read_tier_config(path: &std::path::Path) -> anyhow::Result<borealis_core::tier::TierConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read tier config {}: {}",
+            path.display(),
+            client::io_reason(&e)
+        )
+    })?;
+    borealis_core::tier::TierConfig::parse_json(&text)
+        .map_err(|e| anyhow::anyhow!("tier config {}: {e}", path.display()))
 }
 
 /// Scheduler flags. Names, meanings and defaults follow Aurora's where Aurora has the flag.
@@ -154,6 +205,37 @@ pub struct SchedulerArgs {
     /// io_uring memory per shard, in KiB (at least 512).
     #[arg(long, default_value_t = 1024)]
     pub io_memory_kib: usize,
+    /// Configuration file defining supported task tiers, task traits and behaviors (Aurora's
+    /// JSON format). Without it: Aurora's stock tiers.
+    #[arg(long, value_name = "PATH")]
+    pub tier_config: Option<PathBuf>,
+    /// Enable the preemptor and preemption (`--enable-preemptor=false` turns it off).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "BOOL")]
+    pub enable_preemptor: bool,
+    /// Time interval after which a pending task becomes eligible to preempt other tasks.
+    #[arg(long, default_value = "3min", value_parser = parse_duration)]
+    pub preemption_delay: Duration,
+    /// Time to hold a preemption slot found before it is discarded.
+    #[arg(long, default_value = "5min", value_parser = parse_duration)]
+    pub preemption_slot_hold_time: Duration,
+    /// Time interval between pending task preemption slot searches.
+    #[arg(long, default_value = "1min", value_parser = parse_duration)]
+    pub preemption_slot_search_interval: Duration,
+    /// Initial amount of time to wait before first attempting to schedule a PENDING task.
+    #[arg(long, default_value = "1ms", value_parser = parse_duration)]
+    pub first_schedule_delay: Duration,
+    /// Maximum number of scheduling attempts to make per second (0: unlimited).
+    ///
+    /// Accepted with Aurora's meaning, but Borealis defaults to 0 (unlimited) rather than
+    /// Aurora's 40.0: its batched scheduling rounds place tens of thousands of tasks per
+    /// second, and a 40/s cap would throttle that.
+    #[arg(long, default_value = "0", value_parser = parse_rate)]
+    pub max_schedule_attempts_per_sec: f64,
+    /// Regular expression describing the environments that are allowed to be used by jobs.
+    #[arg(long, default_value = DEFAULT_ALLOWED_JOB_ENVIRONMENTS,
+          value_parser = parse_environments_regex)]
+    pub allowed_job_environments: String,
 }
 
 impl SchedulerArgs {
@@ -194,7 +276,7 @@ impl SchedulerArgs {
 
     /// Starts the scheduler (and, with etcd, its control thread) and its HTTP endpoint.
     pub fn start(&self) -> anyhow::Result<(borealis_shards::Scheduler, SocketAddr)> {
-        let config = self.to_config();
+        let config = self.to_config()?;
         let metrics = borealis_shards::metrics::Metrics::new(config.shards, &config.cluster_name);
         let (links, view) = match self.ha_config() {
             Some(ha_config) => {
@@ -215,7 +297,8 @@ impl SchedulerArgs {
         Ok((scheduler, http))
     }
 
-    pub fn to_config(&self) -> borealis_shards::SchedulerConfig {
+    /// The shards' settings. Fails when `--tier-config` cannot be read or is not JSON.
+    pub fn to_config(&self) -> anyhow::Result<borealis_shards::SchedulerConfig> {
         let ms = |d: Duration| d.as_millis() as u64;
         let lifecycle = borealis_core::lifecycle::LifecyclePolicy {
             initial_schedule_penalty_ms: ms(self.initial_schedule_penalty),
@@ -228,7 +311,13 @@ impl SchedulerArgs {
         let epoch = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as u32);
-        borealis_shards::SchedulerConfig {
+        let tier_config = self
+            .tier_config
+            .as_deref()
+            .map(read_tier_config)
+            .transpose()?
+            .unwrap_or_default();
+        Ok(borealis_shards::SchedulerConfig {
             listen: SocketAddr::new(
                 self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                 self.port,
@@ -256,7 +345,15 @@ impl SchedulerArgs {
             max_saved_backups: self.max_saved_backups,
             snapshot_interval_ms: ms(self.dlog_snapshot_interval),
             reconciliation_grace_ms: ms(self.reconciliation_grace),
-        }
+            tier_config,
+            enable_preemptor: self.enable_preemptor,
+            preemption_delay_ms: ms(self.preemption_delay),
+            preemption_slot_hold_time_ms: ms(self.preemption_slot_hold_time),
+            preemption_slot_search_interval_ms: ms(self.preemption_slot_search_interval),
+            first_schedule_delay_ms: ms(self.first_schedule_delay),
+            max_schedule_attempts_per_sec: self.max_schedule_attempts_per_sec,
+            allowed_job_environments: self.allowed_job_environments.clone(),
+        })
     }
 }
 
@@ -301,6 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             borealis_agent::run(args)
         }
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
+        Command::Quota { scheduler, command } => client::run_quota_command(&scheduler, command),
         Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
             init_logging();
@@ -318,5 +416,186 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler_args(flags: &[&str]) -> Result<SchedulerArgs, clap::Error> {
+        let argv = ["borealis", "scheduler"].iter().chain(flags).copied();
+        match Cli::try_parse_from(argv)?.command {
+            Command::Scheduler(args) => Ok(*args),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn config(flags: &[&str]) -> borealis_shards::SchedulerConfig {
+        scheduler_args(flags).unwrap().to_config().unwrap()
+    }
+
+    #[test]
+    fn preemption_and_tier_flags_take_auroras_defaults() {
+        let c = config(&[]);
+        assert_eq!(c.tier_config, borealis_core::tier::TierConfig::default());
+        assert!(c.enable_preemptor);
+        assert_eq!(c.preemption_delay_ms, 180_000);
+        assert_eq!(c.preemption_slot_hold_time_ms, 300_000);
+        assert_eq!(c.preemption_slot_search_interval_ms, 60_000);
+        assert_eq!(c.first_schedule_delay_ms, 1);
+        // Borealis' own default: unlimited.
+        assert_eq!(c.max_schedule_attempts_per_sec, 0.0);
+        assert_eq!(
+            c.allowed_job_environments,
+            r"^(prod|devel|test|staging\d*)$"
+        );
+    }
+
+    #[test]
+    fn preemption_and_tier_flags_are_read() {
+        let c = config(&[
+            "--enable-preemptor=false",
+            "--preemption-delay",
+            "10s",
+            "--preemption-slot-hold-time=2min",
+            "--preemption-slot-search-interval",
+            "500ms",
+            "--first-schedule-delay",
+            "0s",
+            "--max-schedule-attempts-per-sec",
+            "40.0",
+            "--allowed-job-environments",
+            "^(prod|qa)$",
+        ]);
+        assert!(!c.enable_preemptor);
+        assert_eq!(c.preemption_delay_ms, 10_000);
+        assert_eq!(c.preemption_slot_hold_time_ms, 120_000);
+        assert_eq!(c.preemption_slot_search_interval_ms, 500);
+        assert_eq!(c.first_schedule_delay_ms, 0);
+        assert_eq!(c.max_schedule_attempts_per_sec, 40.0);
+        assert_eq!(c.allowed_job_environments, "^(prod|qa)$");
+        // A bare flag turns it on, as do the other spellings.
+        for flags in [
+            &["--enable-preemptor"][..],
+            &["--enable-preemptor=true"],
+            &["--enable-preemptor", "true", "--port", "1"],
+        ] {
+            assert!(config(flags).enable_preemptor, "{flags:?}");
+        }
+        assert!(!config(&["--enable-preemptor", "false"]).enable_preemptor);
+    }
+
+    #[test]
+    fn bad_flag_values_are_refused_at_startup() {
+        for flags in [
+            &["--allowed-job-environments", "^(prod"][..],
+            &["--max-schedule-attempts-per-sec=-1"],
+            &["--max-schedule-attempts-per-sec", "NaN"],
+            &["--enable-preemptor=maybe"],
+            &["--preemption-delay", "soon"],
+        ] {
+            let error = scheduler_args(flags).unwrap_err().to_string();
+            let flag = flags[0].split('=').next().unwrap();
+            assert!(error.contains(flag), "{flags:?}: {error}");
+        }
+        let error = scheduler_args(&["--allowed-job-environments", "^(prod"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a valid regular expression"), "{error}");
+    }
+
+    #[test]
+    fn the_tier_config_file_is_read_at_startup() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("tiers.json");
+        let text = r#"{"default": "preferred", "tiers": {
+            "preferred": {"revocable": false, "preemptible": false},
+            "preemptible": {"revocable": false, "preemptible": true},
+            "revocable": {"revocable": true, "preemptible": true}}}"#;
+        std::fs::write(&good, text).unwrap();
+        let c = config(&["--tier-config", good.to_str().unwrap()]);
+        assert_eq!(c.tier_config.default_tier(), borealis_core::Tier::Preferred);
+
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        let error = scheduler_args(&["--tier-config", bad.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert!(
+            format!("{error:#}").starts_with(&format!("tier config {}: ", bad.display())),
+            "{error:#}"
+        );
+        let missing = dir.path().join("missing.json");
+        let error = scheduler_args(&["--tier-config", missing.to_str().unwrap()])
+            .unwrap()
+            .to_config()
+            .unwrap_err();
+        assert!(
+            format!("{error:#}")
+                == format!(
+                    "cannot read tier config {}: No such file or directory",
+                    missing.display()
+                ),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn up_takes_the_scheduler_flags_too() {
+        let cli = Cli::try_parse_from([
+            "borealis",
+            "up",
+            "--enable-preemptor=false",
+            "--first-schedule-delay",
+            "5ms",
+        ])
+        .unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up");
+        };
+        assert!(!args.scheduler.enable_preemptor);
+        assert_eq!(
+            args.scheduler.first_schedule_delay,
+            Duration::from_millis(5)
+        );
+    }
+
+    #[test]
+    fn quota_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "borealis", "quota", "set", "www", "--cpu", "1.5", "--ram", "4GiB", "--disk", "10GiB",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Quota {
+                command: client::QuotaCommand::Set { .. },
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from([
+            "borealis",
+            "quota",
+            "get",
+            "www",
+            "--json",
+            "--scheduler",
+            "h:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Quota {
+                scheduler,
+                command: client::QuotaCommand::Get { role, json },
+            } => assert_eq!(
+                (scheduler.as_str(), role.as_str(), json),
+                ("h:1", "www", true)
+            ),
+            other => panic!("{other:?}"),
+        }
+        // All three resources are required.
+        assert!(Cli::try_parse_from(["borealis", "quota", "set", "www", "--cpu", "1"]).is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! from a glommio executor. Shards see leadership through [`LeaderView`] (lock-free reads).
 //!
 //! - [`run_election`] campaigns and publishes [`Leadership`] into a [`LeaderView`].
-//! - [`DesiredStore`] writes fenced batches (≤ 128 operations a txn) and loads everything.
+//! - [`DesiredStore`] writes fenced batches (≤ 128 operations a txn) of jobs and per-role
+//!   quotas, and loads everything (`load_desired`: both at one revision).
 //!
 //! # Integration
 //! - Start `run_election` on the control runtime with a shutdown future; hand clones of the
@@ -30,7 +31,8 @@ pub use election::{
     run_election, ElectionConfig, DEFAULT_LEASE_TTL_SECS, DEFAULT_MAX_LEADING, MIN_LEASE_TTL_SECS,
 };
 pub use store::{
-    DesiredStore, StoreError, StoreOp, DEFAULT_STORE_TIMEOUT, MAX_TXN_BYTES, MAX_TXN_OPS,
+    DesiredSnapshot, DesiredStore, Space, SpaceOp, StoreError, StoreOp, DEFAULT_STORE_TIMEOUT,
+    MAX_TXN_BYTES, MAX_TXN_OPS,
 };
 pub use view::{LeaderView, Leadership};
 

@@ -1,4 +1,5 @@
-//! The desired state in etcd (`{prefix}/jobs/…`), written only by the current leader.
+//! The desired state in etcd (`{prefix}/jobs/…` and `{prefix}/quotas/…`), written only by the
+//! current leader.
 //!
 //! Every write is a txn guarded by the leader's fence: the create revision of its election key.
 //! The guard holds exactly while that key exists and no other key in the election is older —
@@ -27,6 +28,26 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `(key relative to {prefix}/jobs/, Some(value) to put | None to delete)`.
 pub type StoreOp = (String, Option<Vec<u8>>);
 
+/// The parts of the desired state, each under its own key prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// `{prefix}/jobs/{job key}`
+    Jobs,
+    /// `{prefix}/quotas/{role}`
+    Quotas,
+}
+
+/// `(space, key relative to that space's prefix, Some(value) to put | None to delete)`.
+pub type SpaceOp = (Space, String, Option<Vec<u8>>);
+
+/// Everything in the desired state, read at one revision: `(key relative to its space's
+/// prefix, value)` in key order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredSnapshot {
+    pub jobs: Vec<(String, Vec<u8>)>,
+    pub quotas: Vec<(String, Vec<u8>)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The leadership term `fence_revision` is over (or never was): nothing from the txn
@@ -51,11 +72,13 @@ pub enum StoreError {
     InvalidKey(String),
 }
 
-/// The desired-state store: opaque values under `{prefix}/jobs/`.
+/// The desired-state store: opaque values under `{prefix}/jobs/` and `{prefix}/quotas/`.
 pub struct DesiredStore {
     client: Client,
     /// `{prefix}/jobs/`
     jobs: String,
+    /// `{prefix}/quotas/`
+    quotas: String,
     /// `{prefix}/election/`
     election: String,
     /// The election key whose create revision is the fence last asked about.
@@ -70,6 +93,7 @@ impl DesiredStore {
         DesiredStore {
             client,
             jobs: format!("{prefix}/jobs/"),
+            quotas: format!("{prefix}/quotas/"),
             election: format!("{}/", election_name(prefix)),
             fence_key: Mutex::new(None),
             timeout: DEFAULT_STORE_TIMEOUT,
@@ -104,9 +128,35 @@ impl DesiredStore {
         fence_revision: i64,
         ops: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<(), StoreError> {
-        if let Some((k, _)) = ops.iter().find(|(k, _)| k.is_empty()) {
+        let ops = ops.into_iter().map(|(k, v)| (Space::Jobs, k, v)).collect();
+        self.write(fence_revision, ops).await
+    }
+
+    /// Writes (or, with `None`, deletes) the quota of `role` as the leader of term
+    /// `fence_revision`, guarded by the fence like [`Self::put_batch`].
+    pub async fn put_quota(
+        &self,
+        fence_revision: i64,
+        role: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.write(
+            fence_revision,
+            vec![(Space::Quotas, role.to_string(), value)],
+        )
+        .await
+    }
+
+    /// [`Self::put_batch`] over any spaces: jobs and quotas may share txns (at most
+    /// [`MAX_TXN_OPS`] operations each, all guarded by the fence, applied in order).
+    pub async fn write(&self, fence_revision: i64, ops: Vec<SpaceOp>) -> Result<(), StoreError> {
+        if let Some((_, k, _)) = ops.iter().find(|(_, k, _)| k.is_empty()) {
             return Err(StoreError::InvalidKey(k.clone()));
         }
+        let ops: Vec<StoreOp> = ops
+            .into_iter()
+            .map(|(space, k, v)| (format!("{}{k}", self.space_prefix(space)), v))
+            .collect();
         let ops = last_op_per_key(ops);
         if ops.is_empty() {
             return Ok(());
@@ -134,12 +184,9 @@ impl DesiredStore {
         for chunk in chunks(&ops) {
             let txn_ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|(k, v)| {
-                    let key = format!("{}{k}", self.jobs);
-                    match v {
-                        Some(v) => TxnOp::put(key, v.clone(), None),
-                        None => TxnOp::delete(key, None),
-                    }
+                .map(|(key, v)| match v {
+                    Some(v) => TxnOp::put(key.clone(), v.clone(), None),
+                    None => TxnOp::delete(key.clone(), None),
                 })
                 .collect();
             let txn = Txn::new().when(guard.to_vec()).and_then(txn_ops);
@@ -157,13 +204,42 @@ impl DesiredStore {
     /// Every `(key relative to {prefix}/jobs/, value)`, in key order, read at one revision
     /// (a consistent snapshot even across pages).
     pub async fn load_all(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.load_space(Space::Jobs, 0).await?.0)
+    }
+
+    /// Every `(role, value)` under `{prefix}/quotas/`, in key order, read at one revision.
+    pub async fn load_quotas(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.load_space(Space::Quotas, 0).await?.0)
+    }
+
+    /// The jobs and the quotas, both read at one revision (what a new leader loads).
+    pub async fn load_desired(&self) -> Result<DesiredSnapshot, StoreError> {
+        let (jobs, revision) = self.load_space(Space::Jobs, 0).await?;
+        let (quotas, _) = self.load_space(Space::Quotas, revision).await?;
+        Ok(DesiredSnapshot { jobs, quotas })
+    }
+
+    fn space_prefix(&self, space: Space) -> &str {
+        match space {
+            Space::Jobs => &self.jobs,
+            Space::Quotas => &self.quotas,
+        }
+    }
+
+    /// Every `(key relative to the space's prefix, value)` in key order, read at `revision`
+    /// (0: the current one), and the revision read at.
+    async fn load_space(
+        &self,
+        space: Space,
+        mut revision: i64,
+    ) -> Result<(Vec<(String, Vec<u8>)>, i64), StoreError> {
+        let prefix = self.space_prefix(space);
         let mut kv = self
             .client
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let end = prefix_end(self.jobs.as_bytes());
-        let mut from = self.jobs.as_bytes().to_vec();
-        let mut revision = 0;
+        let end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.as_bytes().to_vec();
         let mut out = Vec::new();
         loop {
             let mut opts = GetOptions::new()
@@ -185,14 +261,14 @@ impl DesiredStore {
                 from.push(0);
             }
             for pair in kvs {
-                let key = pair.key()[self.jobs.len()..].to_vec();
+                let key = pair.key()[prefix.len()..].to_vec();
                 let key = String::from_utf8(key).map_err(|e| {
                     StoreError::InvalidKey(String::from_utf8_lossy(e.as_bytes()).into())
                 })?;
                 out.push((key, pair.value().to_vec()));
             }
             if !more {
-                return Ok(out);
+                return Ok((out, revision));
             }
         }
     }

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use borealis_control::etcd_client::{GetOptions, Txn, TxnOp};
-use borealis_control::{DesiredStore, Leadership, StoreError, MAX_TXN_OPS};
+use borealis_control::{DesiredSnapshot, DesiredStore, Leadership, Space, StoreError, MAX_TXN_OPS};
 use support::*;
 
 /// Slack on top of a TTL for scheduling, RPC timeouts and a loaded 2-core machine.
@@ -256,6 +256,116 @@ async fn writes_are_fenced_to_the_current_leader() {
     assert_eq!(
         store.load_all().await.unwrap(),
         vec![("role/env/b".to_string(), b"B1".to_vec())]
+    );
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_are_stored_beside_jobs_and_fenced_the_same_way() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/quotas";
+    let mut cands: Vec<Candidate> = (0..2)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.5.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let store = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .expect("store");
+    let a = cands.remove(settled(&all).unwrap());
+    let fence_a = fence(&a);
+    store
+        .put_quota(fence_a, "www-data", Some(b"Q1".to_vec()))
+        .await
+        .expect("the leader sets a quota");
+    // Jobs and quotas share fenced txns; each lives under its own prefix.
+    store
+        .write(
+            fence_a,
+            vec![
+                (Space::Jobs, "www-data/prod/web".into(), Some(b"J".to_vec())),
+                (Space::Quotas, "batch".into(), Some(b"QB".to_vec())),
+                (Space::Quotas, "www-data".into(), Some(b"Q2".to_vec())),
+            ],
+        )
+        .await
+        .expect("a mixed batch lands");
+    let mut raw = etcd.client().await;
+    let stored = raw
+        .get(format!("{prefix}/quotas/www-data"), None)
+        .await
+        .unwrap();
+    assert_eq!(stored.kvs()[0].value(), b"Q2");
+    assert_eq!(
+        store.load_all().await.unwrap(),
+        vec![("www-data/prod/web".to_string(), b"J".to_vec())],
+        "quotas are not jobs"
+    );
+    let quotas = vec![
+        ("batch".to_string(), b"QB".to_vec()),
+        ("www-data".to_string(), b"Q2".to_vec()),
+    ];
+    assert_eq!(store.load_quotas().await.unwrap(), quotas);
+    assert_eq!(
+        store.load_desired().await.unwrap(),
+        DesiredSnapshot {
+            jobs: vec![("www-data/prod/web".to_string(), b"J".to_vec())],
+            quotas: quotas.clone(),
+        }
+    );
+    let err = store.put_quota(fence_a, "", Some(b"x".to_vec())).await;
+    assert!(matches!(err, Err(StoreError::InvalidKey(_))), "{err:?}");
+
+    // Depose A (killed, lease revoked); B takes over.
+    let lease = lease_of(&etcd, prefix, fence_a).await;
+    a.abort().await;
+    raw.lease_revoke(lease).await.unwrap();
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ttl() + MARGIN,
+        "new leader",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    let fence_b = fence(rest[settled(&rest).unwrap()]);
+    assert!(fence_b > fence_a);
+
+    // The deposed leader's quota write is refused (cached fence key, and a fresh store)…
+    let err = store
+        .put_quota(fence_a, "www-data", Some(b"LATE".to_vec()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { fence_revision, committed: 0 } if fence_revision == fence_a),
+        "{err}"
+    );
+    let fresh = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .unwrap();
+    let err = fresh
+        .put_quota(fence_a, "www-data", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // …so the new leader loads what A committed, and its own writes land.
+    assert_eq!(fresh.load_quotas().await.unwrap(), quotas);
+    fresh
+        .put_quota(fence_b, "batch", None)
+        .await
+        .expect("the new leader deletes a quota");
+    assert_eq!(
+        fresh.load_quotas().await.unwrap(),
+        vec![("www-data".to_string(), b"Q2".to_vec())]
     );
     for c in cands {
         c.shutdown().await;

@@ -34,25 +34,22 @@
 //!
 //! Parsing is pure: the caller reads the file and supplies the job key (it comes from the
 //! command line, not the file, so one file can describe the same job in several environments).
+//!
+//! The parser checks only what the file's text needs to become a [`TaskConfig`] (shapes, sizes,
+//! numbers that do not fit the config's types); every bound on the config itself is
+//! [`validate_task_config`]'s, which the parser calls last, so a job file and a config off the
+//! wire are held to the same rules.
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Constraint, JobKey, Resources, TaskConfig, Tier, DEDICATED_ATTRIBUTE};
+use crate::model::{Constraint, JobKey, Resources, TaskConfig, Tier};
+use crate::validate::{validate_task_config, CONSTRAINT_LIMIT_MIN, MAX_TASK_FAILURES_MIN};
 
-/// Longest accepted command, in bytes. The command travels in every `LaunchTask` and is kept
-/// with the job, so a pasted script belongs in the task's package, not the job file.
-pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
-/// Most named ports one task may ask for. Agents offer a few hundred ports in all; a task
-/// asking for more than this is a mistake, not a workload.
-pub const PORT_NAMES_MAX: usize = 64;
-/// Longest port name, in bytes (it becomes part of an environment variable name).
-pub const PORT_NAME_BYTES_MAX: usize = 64;
-/// Most constraints per job. Every placement decision evaluates each of them.
-pub const CONSTRAINTS_MAX: usize = 32;
-/// Most values in one value constraint.
-pub const CONSTRAINT_VALUES_MAX: usize = 256;
-/// Longest accepted kill grace period, in seconds: an hour is already generous for draining.
-pub const FINALIZATION_WAIT_SECS_MAX: u32 = 3600;
+// The bounds are the validator's; re-exported here, where job-file users have always found them.
+pub use crate::validate::{
+    COMMAND_BYTES_MAX, CONSTRAINTS_MAX, CONSTRAINT_VALUES_MAX, FINALIZATION_WAIT_SECS_MAX,
+    PORT_NAMES_MAX, PORT_NAME_BYTES_MAX,
+};
 
 const MIB_BYTES: u128 = 1 << 20;
 
@@ -187,18 +184,8 @@ pub fn parse_job_file(job: JobKey, text: &str) -> Result<JobSpec, JobFileError> 
 
 fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
     let instances = int_in_range("instances", raw.instances, 1, i64::from(u32::MAX))?;
-    if raw.command.trim().is_empty() {
-        return Err(JobFileError::invalid("command", "must not be empty"));
-    }
-    if raw.command.len() > COMMAND_BYTES_MAX {
-        return Err(JobFileError::invalid(
-            "command",
-            format!(
-                "must be at most {COMMAND_BYTES_MAX} bytes (got {})",
-                raw.command.len()
-            ),
-        ));
-    }
+    // Integers are range-checked against the validator's bounds while narrowing, so a value too
+    // large for the config's type gets the same message as one merely out of bounds.
     let priority = int_in_range(
         "priority",
         raw.priority,
@@ -208,7 +195,7 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
     let max_task_failures = int_in_range(
         "max_task_failures",
         raw.max_task_failures,
-        -1,
+        i64::from(MAX_TASK_FAILURES_MIN),
         i64::from(i32::MAX),
     )?;
     let finalization_wait_secs = int_in_range(
@@ -217,44 +204,35 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         0,
         i64::from(FINALIZATION_WAIT_SECS_MAX),
     )?;
-    let port_names = validate_port_names(raw.resources.ports)?;
+    let port_names = raw.resources.ports;
     let resources = Resources {
         cpu_millis: parse_cpu_millis(raw.resources.cpu)?,
         ram_mib: parse_size_mib("resources.ram", &raw.resources.ram)?,
         disk_mib: parse_size_mib("resources.disk", &raw.resources.disk)?,
-        ports: u16::try_from(port_names.len()).expect("bounded by PORT_NAMES_MAX"),
+        // More names than a u16 counts is refused by the validator's PORT_NAMES_MAX.
+        ports: u16::try_from(port_names.len()).unwrap_or(u16::MAX),
     };
-    if raw.constraints.len() > CONSTRAINTS_MAX {
-        return Err(JobFileError::invalid(
-            "constraints",
-            format!(
-                "at most {CONSTRAINTS_MAX} constraints (got {})",
-                raw.constraints.len()
-            ),
-        ));
-    }
     let constraints = raw
         .constraints
         .into_iter()
         .enumerate()
-        .map(|(index, c)| validate_constraint(index, c))
+        .map(|(index, c)| build_constraint(index, c))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(JobSpec {
-        instances,
-        config: TaskConfig {
-            job,
-            command: raw.command,
-            resources,
-            port_names,
-            constraints,
-            tier: raw.tier,
-            priority,
-            production: raw.production,
-            is_service: raw.service,
-            max_task_failures,
-            finalization_wait_secs,
-        },
-    })
+    let config = TaskConfig {
+        job,
+        command: raw.command,
+        resources,
+        port_names,
+        constraints,
+        tier: raw.tier,
+        priority,
+        production: raw.production,
+        is_service: raw.service,
+        max_task_failures,
+        finalization_wait_secs,
+    };
+    validate_task_config(&config).map_err(|e| JobFileError::invalid(e.field, e.reason))?;
+    Ok(JobSpec { instances, config })
 }
 
 /// `value` as a `T`, or an error naming `field` and the violated bound.
@@ -349,94 +327,31 @@ fn parse_size_mib(field: &str, text: &str) -> Result<u32, JobFileError> {
     u32::try_from(bytes.div_ceil(MIB_BYTES)).map_err(|_| too_large())
 }
 
-fn validate_port_names(names: Vec<String>) -> Result<Vec<String>, JobFileError> {
-    if names.len() > PORT_NAMES_MAX {
-        return Err(JobFileError::invalid(
-            "resources.ports",
-            format!("at most {PORT_NAMES_MAX} ports (got {})", names.len()),
-        ));
-    }
-    for (index, name) in names.iter().enumerate() {
-        let field = || format!("resources.ports[{index}]");
-        let well_formed = !name.is_empty()
-            && name.len() <= PORT_NAME_BYTES_MAX
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !well_formed {
-            return Err(JobFileError::invalid(
-                field(),
-                format!("{name:?} must be 1..={PORT_NAME_BYTES_MAX} characters of [a-z0-9_]"),
-            ));
-        }
-        if let Some(first) = names[..index].iter().position(|n| n == name) {
-            return Err(JobFileError::invalid(
-                field(),
-                format!("{name:?} repeats resources.ports[{first}]"),
-            ));
-        }
-    }
-    Ok(names)
-}
-
-fn validate_constraint(index: usize, raw: RawConstraint) -> Result<Constraint, JobFileError> {
+/// The constraint a raw `[[constraints]]` table describes: exactly one of `limit` and `values`,
+/// `negated` only with `values`. Its bounds are [`validate_task_config`]'s.
+fn build_constraint(index: usize, raw: RawConstraint) -> Result<Constraint, JobFileError> {
     let field = format!("constraints[{index}]");
     let invalid = |reason: &str| Err(JobFileError::invalid(field.clone(), reason));
-    if raw.attribute.is_empty() {
-        return Err(JobFileError::invalid(
-            format!("{field}.attribute"),
-            "must not be empty",
-        ));
-    }
-    let dedicated = raw.attribute == DEDICATED_ATTRIBUTE;
     match (raw.limit, raw.values) {
         (Some(_), Some(_)) => invalid("has both limit and values"),
         (None, None) => invalid("needs one of limit or values"),
         (Some(_), None) if raw.negated.is_some() => {
             invalid("negated applies only to a value constraint")
         }
-        (Some(_), None) if dedicated => {
-            invalid("a dedicated constraint must be a value constraint")
-        }
         (Some(limit), None) => Ok(Constraint::Limit {
             attribute: raw.attribute,
-            limit: int_in_range(&format!("{field}.limit"), limit, 1, i64::from(u32::MAX))?,
+            limit: int_in_range(
+                &format!("{field}.limit"),
+                limit,
+                i64::from(CONSTRAINT_LIMIT_MIN),
+                i64::from(u32::MAX),
+            )?,
         }),
-        (None, Some(values)) => {
-            let negated = raw.negated.unwrap_or(false);
-            if values.is_empty() {
-                return Err(JobFileError::invalid(
-                    format!("{field}.values"),
-                    "must not be empty",
-                ));
-            }
-            if values.len() > CONSTRAINT_VALUES_MAX {
-                return Err(JobFileError::invalid(
-                    format!("{field}.values"),
-                    format!(
-                        "at most {CONSTRAINT_VALUES_MAX} values (got {})",
-                        values.len()
-                    ),
-                ));
-            }
-            if dedicated && values.len() != 1 {
-                return Err(JobFileError::invalid(
-                    field,
-                    format!(
-                        "a dedicated constraint must have exactly one value (got {})",
-                        values.len()
-                    ),
-                ));
-            }
-            if dedicated && negated {
-                return invalid("a dedicated constraint cannot be negated");
-            }
-            Ok(Constraint::Value {
-                attribute: raw.attribute,
-                negated,
-                values,
-            })
-        }
+        (None, Some(values)) => Ok(Constraint::Value {
+            attribute: raw.attribute,
+            negated: raw.negated.unwrap_or(false),
+            values,
+        }),
     }
 }
 
@@ -491,6 +406,7 @@ impl JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DEDICATED_ATTRIBUTE;
     use proptest::prelude::*;
 
     const MINIMAL: &str = r#"

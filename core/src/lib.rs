@@ -8,7 +8,14 @@ pub mod jobfile;
 pub mod lifecycle;
 pub mod model;
 pub mod placement;
+pub mod preemption;
+pub mod quota;
 pub mod state;
+pub mod tier;
+pub mod validate;
 
 pub use model::*;
+pub use quota::{check_quota, counts_against_quota, job_demand, Quota, QuotaError, QuotaLedger};
 pub use state::TaskState;
+pub use tier::{TierConfig, TierConfigError, TierSettings};
+pub use validate::{validate_task_config, ConfigError};

@@ -318,6 +318,64 @@ pub fn transient_timed_out(
         .is_some_and(|deadline_ms| now_ms >= deadline_ms)
 }
 
+/// The state a task in `current` moves to when its agent reports `reported`; `None` when the
+/// report changes nothing (stale, duplicate, or an edge the state machine does not have).
+///
+/// The agent knows only STARTING, RUNNING and how the process ended; the scheduler knows why it
+/// is ending. So:
+/// - STARTING is taken from ASSIGNED, RUNNING from ASSIGNED or STARTING; a late STARTING or
+///   RUNNING after that (or while the task is being killed) changes nothing;
+/// - any end (FINISHED, FAILED, KILLED, LOST) of a task the scheduler is killing (KILLING,
+///   PREEMPTING, DRAINING, RESTARTING) is KILLED: the kill worked, however the process exited;
+/// - any other end is taken as reported.
+///
+/// Every answer is a legal edge of the state machine: a report that would need an edge the
+/// table lacks (KILLED from PARTITIONED, an end of a task already ended) changes nothing, and
+/// the task's own timeouts resolve it.
+pub fn next_state_on_report(current: TaskState, reported: TaskState) -> Option<TaskState> {
+    use TaskState::*;
+    let killing = matches!(current, Killing | Preempting | Draining | Restarting);
+    let next = match reported {
+        Starting if current == Assigned => Starting,
+        Running if matches!(current, Assigned | Starting) => Running,
+        Finished | Failed | Killed | Lost if killing => Killed,
+        Finished | Failed | Killed | Lost => reported,
+        _ => return None,
+    };
+    current.can_transition_to(next).then_some(next)
+}
+
+/// The [`Interruption`] to pass to [`on_terminal`] for a task that has just ended in
+/// `final_state`, for a caller that remembers only whether a user killed it.
+///
+/// A user's kill is [`Interruption::UserKill`] (never replaced). A LOST task is
+/// [`Interruption::Operator`]: losing its agent is not the task's fault, so it is neither a
+/// failure nor a flap. Anything else is [`Interruption::None`] here; a task preempted, drained
+/// or restarted (PREEMPTING, DRAINING or RESTARTING before KILLED) still counts as an operator
+/// interruption, because [`on_terminal`] folds the previous state in with
+/// [`Interruption::after`]. A caller that tracks the interruption on every transition (so it
+/// survives a PARTITIONED in between) should pass that instead.
+pub fn end_interruption(killed_by_user: bool, final_state: TaskState) -> Interruption {
+    if killed_by_user {
+        Interruption::UserKill
+    } else if final_state == TaskState::Lost {
+        Interruption::Operator
+    } else {
+        Interruption::None
+    }
+}
+
+/// Where a task that stayed too long in a [transient state](TRANSIENT_STATES) goes: a task
+/// being killed by a user is KILLED (the user asked for it to end, so it is not replaced as if it
+/// vanished); any other is LOST, so it is replaced. For a state that is not transient (it never
+/// times out, so the shard never asks) the answer is LOST.
+pub fn transient_timeout_target(state: TaskState) -> TaskState {
+    match state {
+        TaskState::Killing => TaskState::Killed,
+        _ => TaskState::Lost,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -831,6 +889,131 @@ mod tests {
         for state in TRANSIENT_STATES {
             assert!(state.is_active(), "{state}");
             assert!(state.can_transition_to(Lost), "{state}");
+        }
+    }
+
+    #[track_caller]
+    fn check_report(current: TaskState, reported: TaskState, expected: Option<TaskState>) {
+        assert_eq!(
+            next_state_on_report(current, reported),
+            expected,
+            "{current} reported as {reported}"
+        );
+        if let Some(next) = expected {
+            assert!(
+                current.can_transition_to(next),
+                "{current} -> {next} must be legal"
+            );
+        }
+    }
+
+    #[test]
+    fn agent_reports_map_onto_the_state_machine() {
+        check_report(Assigned, Starting, Some(Starting));
+        check_report(Assigned, Running, Some(Running));
+        check_report(Starting, Running, Some(Running));
+        check_report(Running, Finished, Some(Finished));
+        check_report(Running, Failed, Some(Failed));
+        check_report(Running, Lost, Some(Lost));
+        check_report(Starting, Failed, Some(Failed));
+        // Any end of a task being killed, preempted, drained or restarted is KILLED.
+        for killing in [Killing, Preempting, Draining, Restarting] {
+            for end in [Finished, Failed, Killed, Lost] {
+                check_report(killing, end, Some(Killed));
+            }
+            // A late RUNNING does not undo the kill.
+            check_report(killing, Running, None);
+        }
+        // Stale or duplicate reports change nothing.
+        check_report(Running, Starting, None);
+        check_report(Running, Running, None);
+        check_report(Starting, Starting, None);
+        // Ends the state machine has no edge for change nothing either.
+        check_report(Partitioned, Killed, None);
+        check_report(Partitioned, Failed, Some(Failed));
+        check_report(Pending, Finished, None);
+        check_report(Finished, Lost, None);
+        check_report(Killed, Killed, None);
+    }
+
+    #[test]
+    fn every_report_answer_is_a_legal_edge() {
+        for current in TaskState::ALL {
+            for reported in TaskState::ALL {
+                if let Some(next) = next_state_on_report(current, reported) {
+                    assert!(
+                        current.can_transition_to(next),
+                        "{current} + {reported} -> {next}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn end_interruption_table() {
+        use Interruption as I;
+        for (killed_by_user, final_state, expected) in [
+            (true, Killed, I::UserKill),
+            (true, Lost, I::UserKill),
+            (true, Finished, I::UserKill),
+            (false, Lost, I::Operator),
+            (false, Killed, I::None),
+            (false, Finished, I::None),
+            (false, Failed, I::None),
+        ] {
+            assert_eq!(
+                end_interruption(killed_by_user, final_state),
+                expected,
+                "user {killed_by_user} {final_state}"
+            );
+        }
+    }
+
+    /// What `end_interruption` feeds `on_terminal` with: preempted, drained and restarted tasks
+    /// are operator interruptions through their previous state, lost ones through the rule.
+    #[test]
+    fn end_interruption_drives_on_terminal() {
+        for (previous, final_state, killed_by_user, expected) in [
+            (Preempting, Killed, false, Reschedule::Now),
+            (Draining, Killed, false, Reschedule::Now),
+            (Restarting, Killed, false, Reschedule::Now),
+            (Killing, Killed, true, Reschedule::No),
+            // A short run lost with its agent is not a flap.
+            (Running, Lost, false, Reschedule::Now),
+            // A short run that failed on its own is.
+            (
+                Running,
+                Failed,
+                false,
+                Reschedule::After { delay_ms: 30_000 },
+            ),
+        ] {
+            let case = TaskEnd {
+                interruption: end_interruption(killed_by_user, final_state),
+                ran_for_ms: Some(1),
+                ..end(previous, final_state)
+            };
+            check(case, expected);
+        }
+    }
+
+    #[test]
+    fn transient_timeout_targets() {
+        for (state, expected) in [
+            (Killing, Killed),
+            (Assigned, Lost),
+            (Starting, Lost),
+            (Restarting, Lost),
+            (Preempting, Lost),
+            (Draining, Lost),
+        ] {
+            assert_eq!(transient_timeout_target(state), expected, "{state}");
+        }
+        for state in TRANSIENT_STATES {
+            let target = transient_timeout_target(state);
+            assert!(state.can_transition_to(target), "{state} -> {target}");
+            assert!(target.is_terminal(), "{target}");
         }
     }
 

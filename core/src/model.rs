@@ -63,7 +63,10 @@ pub fn route_hash_str(canonical_key: &str) -> u64 {
     hash
 }
 
-fn job_key_part_valid(part: &str) -> bool {
+/// Whether `part` is a valid role, environment or job name; shared with
+/// [`validate_task_config`](crate::validate::validate_task_config), which re-checks keys that
+/// arrive already built (from the wire) rather than through [`JobKey::new`].
+pub(crate) fn job_key_part_valid(part: &str) -> bool {
     !part.is_empty()
         && part.len() <= JOB_KEY_PART_LEN_MAX
         && part
@@ -219,6 +222,11 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// Every tier Borealis supports, in declaration order, so that tier tables can be complete
+    /// by construction and iterate deterministically.
+    pub const ALL: [Tier; 3] = [Tier::Preferred, Tier::Preemptible, Tier::Revocable];
+
+    /// The tier's name as job files and the tier configuration spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Preferred => "preferred",

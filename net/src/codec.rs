@@ -93,7 +93,15 @@ fn parse_job_key(text: &str) -> Result<JobKey, WireError> {
         })
 }
 
+/// Whether a wire task config says its job file named no tier, so the scheduler resolves the
+/// tier from its tier config (`tier` then holds the default, `Preferred`). Older clients never
+/// set it: their `tier` is always the one asked for.
+pub fn tier_unset(c: wire::TaskConfig<'_>) -> bool {
+    c.tier_unset()
+}
+
 /// Reads a wire task config into the core type (used when a job is created, not per task).
+/// The tier is `c.tier()` as sent; see [`tier_unset`] for whether the client chose it.
 pub fn task_config_from_wire(
     job: JobKey,
     c: wire::TaskConfig<'_>,
@@ -159,6 +167,32 @@ fn ports_from_wire(
         .flatten()
         .map(|p| (p.name().to_string(), p.port()))
         .collect()
+}
+
+fn task_info_from_wire(t: wire::TaskInfo<'_>) -> TaskInfoView {
+    TaskInfoView {
+        task_id: t.task_id(),
+        instance: t.instance(),
+        state: TaskState::from_u8(t.state().0),
+        agent_id: t.agent_id().unwrap_or_default().to_string(),
+        hostname: t.hostname().unwrap_or_default().to_string(),
+        failure_count: t.failure_count(),
+        exit_code: t.exit_code(),
+        message: t.message().unwrap_or_default().to_string(),
+        ports: ports_from_wire(t.ports()),
+        sandbox: t.sandbox().unwrap_or_default().to_string(),
+        pending_reason: t.pending_reason().unwrap_or_default().to_string(),
+        preempted_by: Some(t.preempted_by()).filter(|&id| id != 0),
+    }
+}
+
+/// A quota's resources: absent reads as zero; quotas do not count ports.
+fn quota_resources_from_wire(r: Option<&wire::Resources>) -> Resources {
+    r.map(|r| Resources {
+        ports: 0,
+        ..resources_from_wire(r)
+    })
+    .unwrap_or_default()
 }
 
 fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
@@ -277,6 +311,7 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 config: task_config_from_wire(job_key.clone(), c.config())?,
                 job_key,
                 instances: c.instances(),
+                tier_unset: tier_unset(c.config()),
             }
         }
         P::KillJob => {
@@ -295,24 +330,41 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
             )?,
         },
         P::ListJobs => OwnedMessage::ListJobs,
+        P::SetQuota => {
+            let q = message.payload_as_set_quota().expect("type checked");
+            OwnedMessage::SetQuota {
+                role: q.role().to_string(),
+                quota: Resources {
+                    cpu_millis: q.cpu_millis(),
+                    ram_mib: q.ram_mib(),
+                    disk_mib: q.disk_mib(),
+                    ports: 0,
+                },
+            }
+        }
+        P::GetQuota => OwnedMessage::GetQuota {
+            role: message
+                .payload_as_get_quota()
+                .expect("type checked")
+                .role()
+                .to_string(),
+        },
+        P::QuotaInfo => {
+            let q = message.payload_as_quota_info().expect("type checked");
+            OwnedMessage::QuotaInfo(QuotaView {
+                role: q.role().to_string(),
+                quota: quota_resources_from_wire(q.quota()),
+                used: quota_resources_from_wire(q.used()),
+                quota_set: q.quota_set(),
+            })
+        }
         P::JobStatus => {
             let s = message.payload_as_job_status().expect("type checked");
             let tasks = s
                 .tasks()
                 .iter()
                 .flatten()
-                .map(|t| TaskInfoView {
-                    task_id: t.task_id(),
-                    instance: t.instance(),
-                    state: TaskState::from_u8(t.state().0),
-                    agent_id: t.agent_id().unwrap_or_default().to_string(),
-                    hostname: t.hostname().unwrap_or_default().to_string(),
-                    failure_count: t.failure_count(),
-                    exit_code: t.exit_code(),
-                    message: t.message().unwrap_or_default().to_string(),
-                    ports: ports_from_wire(t.ports()),
-                    sandbox: t.sandbox().unwrap_or_default().to_string(),
-                })
+                .map(task_info_from_wire)
                 .collect();
             OwnedMessage::JobStatus(JobStatusView {
                 job: job_summary_from_wire(s.job()),
@@ -339,6 +391,7 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 wire::ErrorCode::Internal => ErrorCode::Internal,
                 wire::ErrorCode::Overloaded => ErrorCode::Overloaded,
                 wire::ErrorCode::NotLeader => ErrorCode::NotLeader,
+                wire::ErrorCode::QuotaExceeded => ErrorCode::QuotaExceeded,
                 _ => ErrorCode::InvalidRequest,
             };
             OwnedMessage::Error {
@@ -404,7 +457,12 @@ impl Encoder {
         self.fbb.reset();
     }
 
-    fn task_config(&mut self, c: &TaskConfig) -> WIPOffset<wire::TaskConfig<'static>> {
+    /// A wire task config; `tier_unset`: see [`tier_unset`].
+    fn task_config(
+        &mut self,
+        c: &TaskConfig,
+        tier_unset: bool,
+    ) -> WIPOffset<wire::TaskConfig<'static>> {
         let fbb = &mut self.fbb;
         let command = fbb.create_string(&c.command);
         let names: Vec<_> = c.port_names.iter().map(|n| fbb.create_string(n)).collect();
@@ -465,6 +523,7 @@ impl Encoder {
                 is_service: c.is_service,
                 max_task_failures: c.max_task_failures,
                 finalization_wait_secs: c.finalization_wait_secs,
+                tier_unset,
             },
         )
     }
@@ -594,7 +653,7 @@ impl Encoder {
     ) -> &[u8] {
         self.begin();
         let job_key = self.fbb.create_string(&config.job.to_string());
-        let config_offset = self.task_config(config);
+        let config_offset = self.task_config(config, false);
         let ports = self.ports(ports);
         let payload = wire::LaunchTask::create(
             &mut self.fbb,
@@ -658,11 +717,26 @@ impl Encoder {
         self.finish_message(0, None, wire::Payload::StatusAck, payload.as_union_value())
     }
 
+    /// Creates a job whose tier is `config.tier`, as asked (`create_job_spec` with
+    /// `tier_explicit`).
     pub fn create_job(&mut self, request_id: u64, instances: u32, config: &TaskConfig) -> &[u8] {
+        self.create_job_spec(request_id, instances, config, true)
+    }
+
+    /// Creates a job. `tier_explicit` false: the job file named no tier, and the scheduler
+    /// resolves it from its tier config (`config.tier` is then sent but only as the default);
+    /// the message carries `tier_unset` (see [`tier_unset`]).
+    pub fn create_job_spec(
+        &mut self,
+        request_id: u64,
+        instances: u32,
+        config: &TaskConfig,
+        tier_explicit: bool,
+    ) -> &[u8] {
         self.begin();
         let key = config.job.to_string();
         let job_key = self.fbb.create_string(&key);
-        let config_offset = self.task_config(config);
+        let config_offset = self.task_config(config, !tier_explicit);
         let payload = wire::CreateJob::create(
             &mut self.fbb,
             &wire::CreateJobArgs {
@@ -728,6 +802,70 @@ impl Encoder {
         )
     }
 
+    /// Sets `role`'s quota (`quota.ports` is not carried). Routed on the role.
+    pub fn set_quota(&mut self, request_id: u64, role: &str, quota: &Resources) -> &[u8] {
+        self.begin();
+        let role_offset = self.fbb.create_string(role);
+        let payload = wire::SetQuota::create(
+            &mut self.fbb,
+            &wire::SetQuotaArgs {
+                role: Some(role_offset),
+                cpu_millis: quota.cpu_millis,
+                ram_mib: quota.ram_mib,
+                disk_mib: quota.disk_mib,
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(role),
+            wire::Payload::SetQuota,
+            payload.as_union_value(),
+        )
+    }
+
+    /// Asks for `role`'s quota and use. Routed on the role.
+    pub fn get_quota(&mut self, request_id: u64, role: &str) -> &[u8] {
+        self.begin();
+        let role_offset = self.fbb.create_string(role);
+        let payload = wire::GetQuota::create(
+            &mut self.fbb,
+            &wire::GetQuotaArgs {
+                role: Some(role_offset),
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(role),
+            wire::Payload::GetQuota,
+            payload.as_union_value(),
+        )
+    }
+
+    /// The answer to `GetQuota`. Ports are not carried (sent as 0).
+    pub fn quota_info(&mut self, request_id: u64, info: &QuotaView) -> &[u8] {
+        self.begin();
+        let role = self.fbb.create_string(&info.role);
+        let without_ports =
+            |r: &Resources| wire::Resources::new(r.cpu_millis, r.ram_mib, r.disk_mib, 0);
+        let quota = without_ports(&info.quota);
+        let used = without_ports(&info.used);
+        let payload = wire::QuotaInfo::create(
+            &mut self.fbb,
+            &wire::QuotaInfoArgs {
+                role: Some(role),
+                quota: Some(&quota),
+                used: Some(&used),
+                quota_set: info.quota_set,
+            },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::QuotaInfo,
+            payload.as_union_value(),
+        )
+    }
+
     fn job_summary(&mut self, j: &JobSummaryView) -> WIPOffset<wire::JobSummary<'static>> {
         let job_key = self.fbb.create_string(&j.job_key);
         let counts = self.fbb.create_vector(&j.state_counts);
@@ -751,6 +889,8 @@ impl Encoder {
             let hostname = self.fbb.create_string(&t.hostname);
             let message = self.fbb.create_string(&t.message);
             let sandbox = self.fbb.create_string(&t.sandbox);
+            let pending_reason =
+                (!t.pending_reason.is_empty()).then(|| self.fbb.create_string(&t.pending_reason));
             let ports = self.ports(&t.ports);
             tasks.push(wire::TaskInfo::create(
                 &mut self.fbb,
@@ -765,6 +905,8 @@ impl Encoder {
                     message: Some(message),
                     ports: Some(ports),
                     sandbox: Some(sandbox),
+                    pending_reason,
+                    preempted_by: t.preempted_by.unwrap_or(0),
                 },
             ));
         }
@@ -830,6 +972,7 @@ impl Encoder {
             ErrorCode::Internal => wire::ErrorCode::Internal,
             ErrorCode::Overloaded => wire::ErrorCode::Overloaded,
             ErrorCode::NotLeader => wire::ErrorCode::NotLeader,
+            ErrorCode::QuotaExceeded => wire::ErrorCode::QuotaExceeded,
         };
         let leader = leader.map(|l| self.fbb.create_string(l));
         let payload = wire::Error::create(
@@ -904,7 +1047,8 @@ mod tests {
                 OwnedMessage::CreateJob {
                     job_key: config.job.clone(),
                     instances: 20,
-                    config
+                    config,
+                    tier_unset: false,
                 }
             )
         );
@@ -1030,6 +1174,267 @@ mod tests {
             to_owned(decode_message(&bytes).unwrap()),
             Err(WireError::InvalidField { field: "state", .. })
         ));
+    }
+
+    #[test]
+    fn create_job_spec_carries_tier_unset() {
+        let mut enc = Encoder::new();
+        let config = sample_config();
+        for (tier_explicit, expected) in [(true, false), (false, true)] {
+            let bytes = enc.create_job_spec(8, 2, &config, tier_explicit).to_vec();
+            let message = decode_message(&bytes).unwrap();
+            assert_eq!(message.route_key(), Some("www/prod/hello"));
+            let wire_config = message.payload_as_create_job().unwrap().config();
+            assert_eq!(tier_unset(wire_config), expected);
+            // The tier is sent either way; the config reads back unchanged.
+            assert_eq!(
+                task_config_from_wire(config.job.clone(), wire_config).unwrap(),
+                config
+            );
+            assert_eq!(
+                roundtrip(&bytes),
+                (
+                    8,
+                    OwnedMessage::CreateJob {
+                        job_key: config.job.clone(),
+                        instances: 2,
+                        config: config.clone(),
+                        tier_unset: expected,
+                    }
+                )
+            );
+        }
+        // `create_job` is the explicit form, and launches never say "unset".
+        let bytes = enc.create_job(1, 1, &config).to_vec();
+        assert!(!tier_unset(
+            decode_message(&bytes)
+                .unwrap()
+                .payload_as_create_job()
+                .unwrap()
+                .config()
+        ));
+        let bytes = enc.launch_task(TaskId(1), 0, &config, &[]).to_vec();
+        assert!(!tier_unset(
+            decode_message(&bytes)
+                .unwrap()
+                .payload_as_launch_task()
+                .unwrap()
+                .config()
+        ));
+    }
+
+    #[test]
+    fn a_config_without_tier_unset_reads_as_explicit() {
+        // What an older client builds: no tier_unset field at all.
+        let mut enc = Encoder::new();
+        let bytes = {
+            let fbb = enc.builder();
+            fbb.reset();
+            let job_key = fbb.create_string("www/prod/hello");
+            let command = fbb.create_string("true");
+            let resources = wire::Resources::new(100, 16, 16, 0);
+            let config = wire::TaskConfig::create(
+                fbb,
+                &wire::TaskConfigArgs {
+                    command: Some(command),
+                    resources: Some(&resources),
+                    tier: wire::Tier::Revocable,
+                    ..Default::default()
+                },
+            );
+            let payload = wire::CreateJob::create(
+                fbb,
+                &wire::CreateJobArgs {
+                    job_key: Some(job_key),
+                    instances: 1,
+                    config: Some(config),
+                },
+            );
+            enc.finish_message(3, None, wire::Payload::CreateJob, payload.as_union_value())
+                .to_vec()
+        };
+        match roundtrip(&bytes).1 {
+            OwnedMessage::CreateJob {
+                config, tier_unset, ..
+            } => {
+                assert!(!tier_unset);
+                assert_eq!(config.tier, Tier::Revocable);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn set_and_get_quota_roundtrip_and_route_on_the_role() {
+        let mut enc = Encoder::new();
+        let quota = Resources {
+            cpu_millis: 4000,
+            ram_mib: 8192,
+            disk_mib: 10_240,
+            ports: 0,
+        };
+        let bytes = enc.set_quota(11, "www", &quota).to_vec();
+        let message = decode_message(&bytes).unwrap();
+        assert_eq!(message.payload_type(), wire::Payload::SetQuota);
+        assert_eq!(message.route_key(), Some("www"));
+        assert_eq!(
+            roundtrip(&bytes),
+            (
+                11,
+                OwnedMessage::SetQuota {
+                    role: "www".into(),
+                    quota
+                }
+            )
+        );
+        // Ports are not part of a quota.
+        let with_ports = Resources { ports: 9, ..quota };
+        assert_eq!(
+            roundtrip(enc.set_quota(12, "www", &with_ports)).1,
+            OwnedMessage::SetQuota {
+                role: "www".into(),
+                quota
+            }
+        );
+        // A zero quota is a quota.
+        assert_eq!(
+            roundtrip(enc.set_quota(13, "batch", &Resources::ZERO)).1,
+            OwnedMessage::SetQuota {
+                role: "batch".into(),
+                quota: Resources::ZERO
+            }
+        );
+
+        let bytes = enc.get_quota(14, "www").to_vec();
+        let message = decode_message(&bytes).unwrap();
+        assert_eq!(message.payload_type(), wire::Payload::GetQuota);
+        assert_eq!(message.route_key(), Some("www"));
+        assert_eq!(
+            roundtrip(&bytes),
+            (14, OwnedMessage::GetQuota { role: "www".into() })
+        );
+    }
+
+    #[test]
+    fn quota_info_roundtrips() {
+        let mut enc = Encoder::new();
+        let info = QuotaView {
+            role: "www".into(),
+            quota: Resources {
+                cpu_millis: 4000,
+                ram_mib: 8192,
+                disk_mib: 10_240,
+                ports: 0,
+            },
+            used: Resources {
+                cpu_millis: 1500,
+                ram_mib: 3072,
+                disk_mib: 0,
+                ports: 0,
+            },
+            quota_set: true,
+        };
+        let bytes = enc.quota_info(15, &info).to_vec();
+        assert_eq!(decode_message(&bytes).unwrap().route_key(), None);
+        assert_eq!(
+            roundtrip(&bytes),
+            (15, OwnedMessage::QuotaInfo(info.clone()))
+        );
+        let unset = QuotaView {
+            role: "batch".into(),
+            quota: Resources::ZERO,
+            used: Resources {
+                cpu_millis: 250,
+                ..Resources::ZERO
+            },
+            quota_set: false,
+        };
+        assert_eq!(
+            roundtrip(enc.quota_info(16, &unset)).1,
+            OwnedMessage::QuotaInfo(unset)
+        );
+        // Absent quota and used read as zero.
+        let bytes = {
+            let fbb = enc.builder();
+            fbb.reset();
+            let role = fbb.create_string("r");
+            let payload = wire::QuotaInfo::create(
+                fbb,
+                &wire::QuotaInfoArgs {
+                    role: Some(role),
+                    ..Default::default()
+                },
+            );
+            enc.finish_message(17, None, wire::Payload::QuotaInfo, payload.as_union_value())
+                .to_vec()
+        };
+        assert_eq!(
+            roundtrip(&bytes).1,
+            OwnedMessage::QuotaInfo(QuotaView {
+                role: "r".into(),
+                ..QuotaView::default()
+            })
+        );
+    }
+
+    #[test]
+    fn job_status_carries_pending_reason_and_preemptor() {
+        let mut enc = Encoder::new();
+        let task = |instance: u32, state, reason: &str, preempted_by| TaskInfoView {
+            task_id: 100 + u64::from(instance),
+            instance,
+            state: Some(state),
+            agent_id: String::new(),
+            hostname: String::new(),
+            failure_count: 0,
+            exit_code: -1,
+            message: String::new(),
+            ports: vec![],
+            sandbox: String::new(),
+            pending_reason: reason.into(),
+            preempted_by,
+        };
+        let status = JobStatusView {
+            job: JobSummaryView {
+                job_key: "www/prod/hello".into(),
+                instances: 3,
+                is_service: true,
+                state_counts: [0; TaskState::COUNT],
+            },
+            tasks: vec![
+                task(0, TaskState::Pending, "Insufficient: ram", None),
+                task(1, TaskState::Killed, "", Some(0xfeed_0000_0001)),
+                task(2, TaskState::Running, "", None),
+            ],
+        };
+        assert_eq!(
+            roundtrip(enc.job_status(21, &status)),
+            (21, OwnedMessage::JobStatus(status))
+        );
+    }
+
+    #[test]
+    fn quota_exceeded_roundtrips() {
+        let mut enc = Encoder::new();
+        assert_eq!(
+            roundtrip(enc.error(5, ErrorCode::QuotaExceeded, "over quota")).1,
+            OwnedMessage::Error {
+                code: ErrorCode::QuotaExceeded,
+                message: "over quota".into(),
+                leader: None
+            }
+        );
+    }
+
+    #[test]
+    fn appended_type_numbers_stay_put() {
+        // Older peers know these numbers: appending must not renumber anything.
+        assert_eq!(wire::Payload::StatusAck.0, 16);
+        assert_eq!(wire::Payload::SetQuota.0, 17);
+        assert_eq!(wire::Payload::GetQuota.0, 18);
+        assert_eq!(wire::Payload::QuotaInfo.0, 19);
+        assert_eq!(wire::ErrorCode::NotLeader.0, 7);
+        assert_eq!(wire::ErrorCode::QuotaExceeded.0, 8);
     }
 
     #[test]

@@ -50,6 +50,23 @@ pub struct TaskInfoView {
     pub message: String,
     pub ports: Vec<(String, u16)>,
     pub sandbox: String,
+    /// Why a PENDING task is not placed yet (empty otherwise, or when the scheduler does not
+    /// say).
+    pub pending_reason: String,
+    /// The task that preempted this one (wire: 0 means none).
+    pub preempted_by: Option<u64>,
+}
+
+/// A role's quota and what its production tasks use of it (the answer to `GetQuota`).
+/// `ports` is 0 in both: quotas do not count ports.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct QuotaView {
+    pub role: String,
+    /// Zero when `quota_set` is false.
+    pub quota: Resources,
+    pub used: Resources,
+    /// False: the role has no quota, and its production jobs are refused.
+    pub quota_set: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +95,8 @@ pub enum ErrorCode {
     Overloaded,
     /// This scheduler does not lead; `OwnedMessage::Error::leader` names the one that does.
     NotLeader,
+    /// The request would take a role's production jobs over its quota (or the role has none).
+    QuotaExceeded,
 }
 
 /// Any message, decoded into owned values.
@@ -104,6 +123,9 @@ pub enum OwnedMessage {
         job_key: JobKey,
         instances: u32,
         config: TaskConfig,
+        /// The job file named no tier: the scheduler picks it from its tier config
+        /// (`config.tier` is then the default). See `codec::tier_unset`.
+        tier_unset: bool,
     },
     KillJob {
         job_key: JobKey,
@@ -113,6 +135,15 @@ pub enum OwnedMessage {
         job_key: JobKey,
     },
     ListJobs,
+    /// Sets `role`'s quota; `quota.ports` is not carried (always 0).
+    SetQuota {
+        role: String,
+        quota: Resources,
+    },
+    GetQuota {
+        role: String,
+    },
+    QuotaInfo(QuotaView),
     JobStatus(JobStatusView),
     JobList(Vec<JobSummaryView>),
     Ack,

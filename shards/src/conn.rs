@@ -54,7 +54,7 @@ async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSend
         .send(Inbound::ConnOpened {
             conn,
             peer,
-            out: out_tx,
+            out: Box::new(out_tx),
         })
         .await
         .is_err()

@@ -3,7 +3,7 @@
 //! blocks on the other: the control thread sends through bounded channels the shards poll each
 //! round; shards hand persist requests to the control thread with `try_send` and go on.
 
-use borealis_core::{JobKey, TaskConfig};
+use borealis_core::{JobKey, Resources, TaskConfig};
 use serde::{Deserialize, Serialize};
 
 /// Requests in flight from one shard to the control thread.
@@ -26,12 +26,17 @@ pub struct DesiredJob {
 /// Control thread → shard.
 #[derive(Debug)]
 pub enum ToShard {
-    /// This scheduler leads: the shard's partition of the desired jobs.
-    Lead { fence: i64, jobs: Vec<DesiredJob> },
+    /// This scheduler leads: the shard's partition of the desired jobs, and the quotas of the
+    /// roles it owns (`route_hash_str(role) % shards`).
+    Lead {
+        fence: i64,
+        jobs: Vec<DesiredJob>,
+        quotas: Vec<(String, Resources)>,
+    },
     /// Another scheduler leads (its client address): drop everything, refuse clients and
     /// agents. With `None` (leadership unknown) a leader pauses and keeps its state.
     Follow { leader: Option<String> },
-    /// The answer to a `Persist` request.
+    /// The answer to a `Persist` or `PersistQuota` request.
     Persisted {
         token: u64,
         result: Result<(), String>,
@@ -39,6 +44,9 @@ pub enum ToShard {
 }
 
 /// Shard → control thread.
+// `Persist` dominates the size on purpose: it is the common request, and boxing its job would
+// cost an allocation per write to save a little queue space on the rare `PersistQuota`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ToControl {
     /// Write (or, with `None`, delete) a job's desired state, fenced on this leader's term.
@@ -47,6 +55,13 @@ pub enum ToControl {
         token: u64,
         key: JobKey,
         job: Option<DesiredJob>,
+    },
+    /// Write a role's quota (`{prefix}/quotas/{role}`), fenced on this leader's term.
+    PersistQuota {
+        shard: usize,
+        token: u64,
+        role: String,
+        quota: Resources,
     },
 }
 

@@ -9,7 +9,6 @@ pub mod conn;
 pub mod ha;
 pub mod metrics;
 pub mod msg;
-mod policy;
 pub mod shard;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -75,6 +74,25 @@ pub struct SchedulerConfig {
     pub spin_before_park_us: u64,
     /// io_uring buffer memory per shard (DESIGN.md: set it explicitly; >= 512 KiB).
     pub io_memory_bytes: usize,
+    /// Aurora: `tier_config`: the tiers file, parsed and checked at startup (default: Aurora's
+    /// stock tiers).
+    pub tier_config: borealis_core::tier::TierConfig,
+    /// Aurora: `enable_preemptor` (default true).
+    pub enable_preemptor: bool,
+    /// Aurora: `preemption_delay` (3 min): how long a task must be pending before it may
+    /// preempt others.
+    pub preemption_delay_ms: u64,
+    /// Aurora: `preemption_slot_hold_time` (5 min): how long a found preemption slot is held.
+    pub preemption_slot_hold_time_ms: u64,
+    /// Aurora: `preemption_slot_search_interval` (1 min).
+    pub preemption_slot_search_interval_ms: u64,
+    /// Aurora: `first_schedule_delay` (1 ms): wait before a new PENDING task's first attempt.
+    pub first_schedule_delay_ms: u64,
+    /// Aurora: `max_schedule_attempts_per_sec`; 0 means unlimited (Borealis' default, see the
+    /// flag).
+    pub max_schedule_attempts_per_sec: f64,
+    /// Aurora: `allowed_job_environments`, a regular expression (the CLI checks it compiles).
+    pub allowed_job_environments: String,
 }
 
 /// Takes the data directory's lock (created if missing): one scheduler per data dir, and
@@ -164,41 +182,14 @@ pub fn start_with_metrics(
 
     // Recover before any shard starts: every shard's log, merged and re-partitioned for the
     // current shard count (which may differ from the last run's).
-    let mut durable: Vec<Option<(borealis_store::image::StateImage, borealis_store::wal::Wal)>> =
-        (0..config.shards).map(|_| None).collect();
     let data_dir_lock = config.data_dir.as_deref().map(lock_data_dir).transpose()?;
-    if let Some(dir) = &config.data_dir {
-        let started = std::time::Instant::now();
-        let (images, _recoveries) = borealis_store::recover_all(dir, config.shards)
-            .with_context(|| format!("cannot recover the data dir {}", dir.display()))?;
-        // Task ids carry the epoch they were issued in: never issue from an epoch a recovered
-        // task already used (a restart within the same second would otherwise repeat ids).
-        if let Some(used) = images
-            .iter()
-            .flat_map(|i| i.tasks.keys())
-            .map(|t| (t.0 >> 32) as u32)
-            .max()
-        {
-            if config.epoch <= used {
-                config.epoch = used.wrapping_add(1);
-            }
-        }
-        let tasks: usize = images.iter().map(|i| i.tasks.len()).sum();
-        let jobs: usize = images.iter().map(|i| i.jobs.len()).sum();
-        for (shard, image) in images.into_iter().enumerate() {
-            let wal =
-                borealis_store::wal::Wal::create_fresh(&dir.join(format!("shard-{shard}")), &image)
-                    .with_context(|| format!("cannot write shard {shard}'s store"))?;
-            durable[shard] = Some((image, wal));
-        }
-        tracing::info!(
-            jobs,
-            tasks,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            dir = %dir.display(),
-            "recovered durable state"
-        );
-    }
+    let durable = match config.data_dir.clone() {
+        Some(dir) => recover(&dir, config.shards, &mut config.epoch)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        None => (0..config.shards).map(|_| None).collect::<Vec<_>>(),
+    };
     let config = Arc::new(config);
     if ha_links.is_none() {
         // The embedded scheduler is always the leader.
@@ -252,6 +243,51 @@ pub fn start_with_metrics(
         _data_dir_lock: data_dir_lock,
         handles,
     })
+}
+
+/// A shard's recovered state and its log, ready for [`Shard::restore`].
+pub type Recovered = (borealis_store::image::StateImage, borealis_store::wal::Wal);
+
+/// Recovers every shard's log under `dir`, merged and re-partitioned for `shards`, and opens a
+/// fresh log per shard. Raises `epoch` past every epoch a recovered task id used, so ids are
+/// never issued twice. The runtime and the simulation recover through this one function.
+pub fn recover(
+    dir: &std::path::Path,
+    shards: usize,
+    epoch: &mut u32,
+) -> anyhow::Result<Vec<Recovered>> {
+    let started = std::time::Instant::now();
+    let (images, _recoveries) = borealis_store::recover_all(dir, shards)
+        .with_context(|| format!("cannot recover the data dir {}", dir.display()))?;
+    // Task ids carry the epoch they were issued in: never issue from an epoch a recovered
+    // task already used (a restart within the same second would otherwise repeat ids).
+    if let Some(used) = images
+        .iter()
+        .flat_map(|i| i.tasks.keys())
+        .map(|t| (t.0 >> 32) as u32)
+        .max()
+    {
+        if *epoch <= used {
+            *epoch = used.wrapping_add(1);
+        }
+    }
+    let tasks: usize = images.iter().map(|i| i.tasks.len()).sum();
+    let jobs: usize = images.iter().map(|i| i.jobs.len()).sum();
+    let mut recovered = Vec::with_capacity(shards);
+    for (shard, image) in images.into_iter().enumerate() {
+        let wal =
+            borealis_store::wal::Wal::create_fresh(&dir.join(format!("shard-{shard}")), &image)
+                .with_context(|| format!("cannot write shard {shard}'s store"))?;
+        recovered.push((image, wal));
+    }
+    tracing::info!(
+        jobs,
+        tasks,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        dir = %dir.display(),
+        "recovered durable state"
+    );
+    Ok(recovered)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site: the executor spawn
@@ -308,7 +344,14 @@ async fn run_shard(
     let _ = ready.send(Ok(()));
     drop(ready);
 
-    let mut shard = Shard::new(id, shard_count, config, metrics.clone());
+    let origin = std::time::Instant::now();
+    let clock = move || shard::RoundClock {
+        mono_us: origin.elapsed().as_micros() as u64,
+        unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    };
+    let mut shard = Shard::new(id, shard_count, config, metrics.clone(), clock());
     if let Some((image, wal)) = restored {
         shard.restore(image, wal);
     }
@@ -321,13 +364,13 @@ async fn run_shard(
         if !shard.has_pending() {
             match in_rx.recv().await {
                 Some(item) => {
-                    shard.begin_round();
+                    shard.begin_round(clock());
                     shard.handle(item)
                 }
                 None => break,
             }
         } else {
-            shard.begin_round();
+            shard.begin_round(clock());
         }
         let round_start = std::time::Instant::now();
         shard.poll_control();
@@ -338,12 +381,9 @@ async fn run_shard(
                 _ => break,
             }
         }
-        // End: place, give back borrowed offers, flush.
-        shard.schedule();
-        shard.return_borrowed();
-        // Durable before anything of this round leaves: acks, launches, peer messages.
-        shard.commit_log();
-        shard.flush_connections();
+        // End: place, give back borrowed offers, commit, flush (the same `end_round` the
+        // simulation drives), then hand each peer its batch.
+        shard.end_round();
         for peer in 0..shard_count {
             if peer == id {
                 continue;

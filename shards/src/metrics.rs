@@ -92,7 +92,30 @@ pub enum AttemptResult {
 const ATTEMPT_RESULTS: [&str; 2] = ["placed", "no_fit"];
 
 /// Why a pending task is not yet placed.
-pub const PENDING_REASONS: [&str; 3] = ["queued", "no_offer_fits", "throttled"];
+/// The `reason` label of `borealis_pending_tasks`: `queued` (not tried yet), then the coarse
+/// why-pending kinds (core's `PendingReasonKind::as_str`, the dominant reason of the job's last
+/// failed attempt), and `unexplained` for a blocked job whose explanation is not in yet.
+pub const PENDING_REASONS: [&str; 10] = [
+    "queued",
+    "resources",
+    "constraint",
+    "limit",
+    "dedicated",
+    "quota",
+    "throttled",
+    "preemption",
+    "no_agents",
+    "unexplained",
+];
+
+/// The label index of a why-pending kind.
+pub fn pending_reason_index(kind: Option<borealis_core::placement::PendingReasonKind>) -> usize {
+    let label = kind.map_or("unexplained", |k| k.as_str());
+    PENDING_REASONS
+        .iter()
+        .position(|l| *l == label)
+        .expect("every kind has a label")
+}
 
 /// One shard's metrics.
 #[derive(Debug, Default)]
@@ -107,6 +130,9 @@ pub struct ShardMetrics {
     pub offers_held: LocalGauge,
     pub offers_lent_out: LocalGauge,
     pub offers_borrowed_total: LocalCounter,
+    /// Preemption slots claimed (a search found room) and tasks preempted.
+    pub preemption_slots_claimed_total: LocalCounter,
+    pub preemptions_total: LocalCounter,
     pub agents_connected: LocalGauge,
     pub connections: LocalGauge,
     pub jobs: LocalGauge,

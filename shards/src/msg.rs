@@ -76,6 +76,8 @@ pub enum PeerMsg {
         agent: AgentId,
         task_id: TaskId,
         adopted: Option<(Resources, Vec<u16>)>,
+        /// What a preemption search needs to know of the adopted task.
+        running: Option<crate::shard::RunningTask>,
     },
     /// Launch on an agent whose connection the receiver holds. The receiver assigns the
     /// port numbers and answers with `PortsAssigned` (or `LaunchFailed`).
@@ -114,12 +116,96 @@ pub enum PeerMsg {
     /// The sender has pending work that fits nothing it owns: lend it offers that fit `demand`.
     Borrow { demand: Resources },
     /// Answer to `Borrow` (possibly empty). Ownership of these offers moves to the receiver.
-    Lend { offers: Vec<LentOffer> },
+    /// With `reserved_for`, not an answer: a held preemption slot is ready for that task.
+    Lend {
+        offers: Vec<LentOffer>,
+        reserved_for: Option<TaskId>,
+    },
+    /// Preemption: find the best slot among your agents for this task.
+    SlotSearch(crate::shard::SlotQuery),
+    /// The answer to `SlotSearch`; `fits`: the task fits an agent without preemption.
+    SlotFound {
+        token: u64,
+        slot: Option<crate::shard::SlotOffer>,
+        fits: bool,
+    },
+    /// Hold this agent for the preemptor and have these victims preempted.
+    SlotClaim {
+        agent: AgentId,
+        task_id: TaskId,
+        demand: Resources,
+        victims: Vec<(TaskId, ShardId)>,
+        hold_ms: u64,
+    },
+    /// Preempt this task (of a job the receiver owns) for `preemptor`.
+    Preempt { task_id: TaskId, preemptor: TaskId },
     /// A borrowed offer goes back to its home with what is left of it.
     Return { agent: AgentId, free: Resources },
+    /// Why pending: explain why the sender's job fits none of the receiver's offers. The
+    /// job's limit spread travels by attribute and value names (interned ids are per shard).
+    Explain {
+        job_key: Arc<str>,
+        epoch: u64,
+        config: Arc<TaskConfig>,
+        spread: Vec<(String, String, u32)>,
+    },
+    /// Quota: may the sender's new production job hold `demand` of `role`'s quota? The
+    /// receiver owns the role's quota; it reserves the demand when it answers yes.
+    QuotaCheck {
+        role: Arc<str>,
+        token: u64,
+        demand: Resources,
+    },
+    /// The answer to `QuotaCheck`: Err carries the refusal (resource, quota, use, request).
+    QuotaVerdict {
+        token: u64,
+        result: Result<(), String>,
+    },
+    /// The sender's production jobs of `role` now hold `used`; its reservations `settled`
+    /// are done with.
+    QuotaUsage {
+        role: Arc<str>,
+        used: Resources,
+        settled: Vec<u64>,
+    },
+    /// Everything the sender's production jobs hold of the roles the receiver owns (after
+    /// a restart, a new lead, or on request).
+    UsageSnapshot { usage: Vec<(Arc<str>, Resources)> },
+    /// Send me a `UsageSnapshot` (this shard rebuilds its quota ledger).
+    UsageRequest,
+    /// The answer to `Explain`.
+    Explained {
+        job_key: Arc<str>,
+        epoch: u64,
+        reasons: borealis_core::placement::PendingReasons,
+    },
 }
 
 pub type PeerBatch = Vec<PeerMsg>;
+
+/// Where a connection's output goes: the socket writer's bounded queue in the runtime, a
+/// captured queue in the simulation. The shard only ever asks whether it is full and hands
+/// over one coalesced write.
+pub trait ConnOut: std::fmt::Debug {
+    /// The writer is behind: keep accumulating in the shard (within its bound).
+    fn is_full(&self) -> bool;
+    /// Queues one write; `Err` when the writer is gone or full (the connection is dropped).
+    fn try_send(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>>;
+}
+
+impl ConnOut for glommio::channels::local_channel::LocalSender<Vec<u8>> {
+    fn is_full(&self) -> bool {
+        glommio::channels::local_channel::LocalSender::is_full(self)
+    }
+
+    fn try_send(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+        glommio::channels::local_channel::LocalSender::try_send(self, bytes).map_err(|e| match e {
+            glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(bytes))
+            | glommio::GlommioError::Closed(glommio::ResourceType::Channel(bytes)) => bytes,
+            _ => Vec::new(),
+        })
+    }
+}
 
 /// What a shard's loop receives.
 #[derive(Debug)]
@@ -131,7 +217,7 @@ pub enum Inbound {
     ConnOpened {
         conn: ConnId,
         peer: std::net::SocketAddr,
-        out: glommio::channels::local_channel::LocalSender<Vec<u8>>,
+        out: Box<dyn ConnOut>,
     },
     /// Verified messages of one or more frames from a connection.
     ConnMessages {

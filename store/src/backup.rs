@@ -32,6 +32,8 @@ pub struct RestoreReport {
     pub shards: usize,
     pub jobs: usize,
     pub tasks: usize,
+    /// Roles with a quota.
+    pub quotas: usize,
     /// Where the replaced `shard-*` dirs were moved (None: the data dir had none).
     pub replaced: Option<PathBuf>,
 }
@@ -187,6 +189,7 @@ pub fn restore_backup(
         shards: images.len(),
         jobs: images.iter().map(|i| i.jobs.len()).sum(),
         tasks: images.iter().map(|i| i.tasks.len()).sum(),
+        quotas: images.iter().map(|i| i.quotas.len()).sum(),
         replaced,
     })
 }

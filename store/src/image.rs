@@ -12,11 +12,14 @@
 //!
 //! A terminal task may be current (upserted terminal, `TaskEnded` not logged yet), in history,
 //! or in neither (created terminal and not ended yet).
+//!
+//! Quotas (`StateImage::quotas`, set by [`LogRecord::QuotaSet`]) are independent of jobs: a
+//! role's quota lives on shard `route_hash_str(role) % shards` (see [`shard_of_role`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use borealis_core::{route_hash_str, JobKey, TaskConfig, TaskId, TaskState};
+use borealis_core::{route_hash_str, JobKey, Resources, TaskConfig, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// Most instances a job may have in the image. Bounds the `current` vector a single record can
@@ -39,6 +42,9 @@ pub struct TaskImage {
     pub ports: Vec<(String, u16)>,
     pub sandbox: String,
     pub killed_by_user: bool,
+    /// The task that preempted this one (Aurora: a PREEMPTING task's preemptor). New fields
+    /// go at the end: the encoding is positional (see `crate::legacy` for older records).
+    pub preempted_by: Option<TaskId>,
 }
 
 /// A [`TaskImage`] of borrowed fields. It serializes exactly like a `TaskImage` (postcard
@@ -59,6 +65,7 @@ pub struct TaskImageRef<'a> {
     pub ports: &'a [(String, u16)],
     pub sandbox: &'a str,
     pub killed_by_user: bool,
+    pub preempted_by: Option<TaskId>,
 }
 
 /// `LogRecord::TaskUpserted` of a borrowed image (see [`TaskImageRef`]).
@@ -109,6 +116,9 @@ pub struct JobImage {
 pub struct StateImage {
     pub jobs: BTreeMap<JobKey, JobImage>,
     pub tasks: BTreeMap<TaskId, TaskImage>,
+    /// Each role's quota (Aurora's `ResourceAggregate` per role), as last set. A role absent
+    /// here has no quota. Appended last: the snapshot encoding is positional.
+    pub quotas: BTreeMap<String, Resources>,
 }
 
 /// One change to a [`StateImage`], as written to the log.
@@ -137,6 +147,8 @@ pub enum LogRecord {
     /// applies a round's records only once it has read this marker, so a round is all or
     /// nothing. Changes nothing in the image. Only the log writes it (`Wal::append` ignores it).
     Commit,
+    /// Sets (or replaces) `role`'s quota. A zero quota is a quota (Aurora: `quota_set`).
+    QuotaSet { role: String, quota: Resources },
 }
 
 impl fmt::Display for LogRecord {
@@ -158,6 +170,7 @@ impl fmt::Display for LogRecord {
             LogRecord::TaskEnded { id } => write!(f, "TaskEnded(task {id})"),
             LogRecord::TaskForgotten { id } => write!(f, "TaskForgotten(task {id})"),
             LogRecord::Commit => write!(f, "Commit"),
+            LogRecord::QuotaSet { role, .. } => write!(f, "QuotaSet({role})"),
         }
     }
 }
@@ -297,6 +310,11 @@ impl StateImage {
                 self.tasks.remove(id);
             }
             LogRecord::Commit => {}
+            // Any role applies: the scheduler validates requests, and the record's size is
+            // bounded by the log's record limit.
+            LogRecord::QuotaSet { role, quota } => {
+                self.quotas.insert(role.clone(), *quota);
+            }
         }
         Ok(())
     }
@@ -311,7 +329,8 @@ impl StateImage {
     }
 
     /// Splits the image by the scheduler's routing: job `k` goes to shard
-    /// `route_hash_str(k.to_string()) % shards`, and each task goes with its job.
+    /// `route_hash_str(k.to_string()) % shards`, each task goes with its job, and role `r`'s
+    /// quota goes to shard `route_hash_str(r) % shards`.
     ///
     /// Panics when `shards` is 0 (a caller's bug: there is nowhere to put the state).
     pub fn partition(self, shards: usize) -> Vec<StateImage> {
@@ -323,6 +342,11 @@ impl StateImage {
         for (id, task) in self.tasks {
             parts[shard_of(&task.job, shards)].tasks.insert(id, task);
         }
+        for (role, quota) in self.quotas {
+            parts[shard_of_role(&role, shards)]
+                .quotas
+                .insert(role, quota);
+        }
         parts
     }
 
@@ -333,6 +357,7 @@ impl StateImage {
         for part in parts {
             merged.jobs.extend(part.jobs);
             merged.tasks.extend(part.tasks);
+            merged.quotas.extend(part.quotas);
         }
         merged
     }
@@ -418,4 +443,10 @@ impl StateImage {
 /// The shard that owns job `key` among `shards`: the scheduler's routing.
 pub fn shard_of(key: &JobKey, shards: usize) -> usize {
     (route_hash_str(&key.to_string()) % shards as u64) as usize
+}
+
+/// The shard that owns role `role`'s quota among `shards`: the scheduler routes `SetQuota` and
+/// `GetQuota` on the role text, as it routes job requests on the job key text.
+pub fn shard_of_role(role: &str, shards: usize) -> usize {
+    (route_hash_str(role) % shards as u64) as usize
 }

@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod files;
 pub mod image;
+mod legacy;
 pub mod wal;
 
 use std::fs;
@@ -108,7 +109,7 @@ pub fn shard_dirs(data_dir: &Path) -> Result<Vec<(usize, PathBuf)>, StoreError> 
 ///
 /// Finishes an interrupted [`install_shards`] first, opens every `shard-*` dir present
 /// ([`Wal::open`]: torn tails cut, fallback snapshots used), merges their images, and partitions
-/// the result by the scheduler's routing. When the dirs on disk are not already exactly that
+/// the result by the scheduler's routing (jobs and their tasks by job key, quotas by role). When the dirs on disk are not already exactly that
 /// partition (another shard count, a restored backup), the partition is installed crash-safely
 /// in their place, and dirs of indexes `>= shards` disappear. Each shard then owns
 /// `data_dir/shard-<i>/` holding exactly `images[i]`: open it with [`Wal::open`], or reset it
@@ -147,6 +148,10 @@ pub fn recover_all(
                         .tasks
                         .values()
                         .all(|t| image::shard_of(&t.job, shards) == i)
+                    && part
+                        .quotas
+                        .keys()
+                        .all(|r| image::shard_of_role(r, shards) == i)
             });
     let merged = merge_checked(&dirs, old_parts)?;
     let images = merged.partition(shards);
@@ -162,7 +167,7 @@ pub fn recover_all(
     Ok((images, recoveries))
 }
 
-/// Merges shard images, failing where two dirs hold different copies of one job or task.
+/// Merges shard images, failing where two dirs hold different copies of one job, task or quota.
 /// Identical copies are expected after a crash in the middle of [`install_shards`]'s roll
 /// forward, and harmless; different ones mean the dirs disagree, and guessing would lose data.
 fn merge_checked(
@@ -188,6 +193,15 @@ fn merge_checked(
                 )));
             }
             merged.tasks.insert(id, task);
+        }
+        for (role, quota) in part.quotas {
+            if merged.quotas.get(&role).is_some_and(|have| *have != quota) {
+                return Err(StoreError::Conflict(format!(
+                    "the quota of role {role} in {} differs from another shard dir's copy",
+                    dir.display()
+                )));
+            }
+            merged.quotas.insert(role, quota);
         }
     }
     Ok(merged)

@@ -568,9 +568,13 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".to_string());
     }
-    match postcard::take_from_bytes::<LogRecord>(payload) {
-        Ok((record, [])) => Ok((record, FRAME_HEADER_BYTES + len)),
-        Ok((_, rest)) => Err(format!("{} trailing bytes in the record", rest.len())),
-        Err(e) => Err(format!("undecodable record: {e}")),
-    }
+    let current = match postcard::take_from_bytes::<LogRecord>(payload) {
+        Ok((record, [])) => return Ok((record, FRAME_HEADER_BYTES + len)),
+        Ok((_, rest)) => format!("{} trailing bytes in the record", rest.len()),
+        Err(e) => format!("undecodable record: {e}"),
+    };
+    // A record an earlier build wrote (see `crate::legacy`), or the current decode's error.
+    crate::legacy::decode_record_v1(payload)
+        .map(|record| (record, FRAME_HEADER_BYTES + len))
+        .ok_or(current)
 }

@@ -12,7 +12,7 @@ use borealis_store::backup::{
 use borealis_store::image::{LogRecord, StateImage};
 use borealis_store::wal::Wal;
 use borealis_store::{install_shards, recover_all, shard_dirs, StoreError};
-use common::{image_of, interpret, job_created, key, records, task, tree, Step};
+use common::{image_of, interpret, job_created, key, quota_set, records, task, tree, Step};
 use proptest::prelude::*;
 
 /// A state with several jobs, so that any partition spreads them.
@@ -29,13 +29,19 @@ fn sample_state() -> StateImage {
         }
     }
     steps.push(Step::End { pick: 3 });
+    for role in 0..6 {
+        steps.push(Step::SetQuota {
+            role,
+            cpu: 4 * role + 1,
+        });
+    }
     steps.push(Step::Update {
         pick: 7,
         state: TaskState::Killing as u8,
         text: 9,
     });
     let image = image_of(&interpret(&steps));
-    assert!(image.jobs.len() == 5 && image.tasks.len() >= 15);
+    assert!(image.jobs.len() == 5 && image.tasks.len() >= 15 && image.quotas.len() == 6);
     image
 }
 
@@ -217,8 +223,8 @@ fn restore_replaces_the_data_dir_and_recovery_repartitions() {
 
     let report = restore_backup(&backups, &name, &data).unwrap();
     assert_eq!(
-        (report.shards, report.jobs, report.tasks),
-        (3, state.jobs.len(), state.tasks.len())
+        (report.shards, report.jobs, report.tasks, report.quotas),
+        (3, state.jobs.len(), state.tasks.len(), state.quotas.len())
     );
     let replaced = report.replaced.expect("the old dirs were kept");
     assert!(replaced.join("shard-0").is_dir() && replaced.join("shard-1").is_dir());
@@ -322,6 +328,78 @@ fn interrupted_install_rolls_forward_once_committed() {
     let (images, _) = recover_all(&data, 3).unwrap();
     assert_eq!(StateImage::merge(images), state);
     assert!(!data.join("install.staging").exists());
+}
+
+/// Quotas move with the shard count: each role's quota ends on shard
+/// `route_hash_str(role) % shards`, from 1 shard to 3 and back, by log and by snapshot.
+#[test]
+fn quotas_are_repartitioned_by_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let roles: Vec<String> = (0..12).map(|i| format!("role{i}")).collect();
+    // One shard: the jobs and half of the quotas in its snapshot, the others in its log.
+    let mut whole = sample_state();
+    let (mut wal, _) = Wal::open(&data.join("shard-0")).unwrap();
+    for (i, role) in roles.iter().enumerate() {
+        if i == 6 {
+            wal.snapshot(&whole).unwrap();
+        }
+        let record = quota_set(role, 100 * i as u32 + 100);
+        whole.apply(&record).unwrap();
+        wal.append(&record);
+        wal.commit().unwrap();
+    }
+    drop(wal);
+    assert_eq!(whole.quotas.len(), 12);
+
+    for shards in [3usize, 1, 3, 2, 1] {
+        let (images, _) = recover_all(&data, shards).unwrap();
+        assert_eq!(images.len(), shards);
+        for (i, image) in images.iter().enumerate() {
+            for role in image.quotas.keys() {
+                assert_eq!(
+                    borealis_store::image::shard_of_role(role, shards),
+                    i,
+                    "{role} on shard {i} of {shards}"
+                );
+                assert_eq!(
+                    (borealis_core::route_hash_str(role) % shards as u64) as usize,
+                    i
+                );
+            }
+        }
+        assert_eq!(StateImage::merge(images.clone()), whole, "{shards} shards");
+        // What is on disk is that partition.
+        for (i, image) in images.iter().enumerate() {
+            assert_eq!(
+                &Wal::open(&data.join(format!("shard-{i}"))).unwrap().1.image,
+                image
+            );
+        }
+        if shards == 3 {
+            assert!(
+                images.iter().filter(|i| !i.quotas.is_empty()).count() > 1,
+                "12 roles spread over 3 shards"
+            );
+        }
+    }
+}
+
+#[test]
+fn conflicting_quotas_are_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    Wal::create_fresh(&data.join("shard-0"), &image_of(&[quota_set("www", 1)])).unwrap();
+    Wal::create_fresh(&data.join("shard-1"), &image_of(&[quota_set("www", 2)])).unwrap();
+    let err = recover_all(&data, 2).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)) && err.to_string().contains("role www"),
+        "{err}"
+    );
+    // Identical copies merge.
+    Wal::create_fresh(&data.join("shard-1"), &image_of(&[quota_set("www", 1)])).unwrap();
+    let (images, _) = recover_all(&data, 2).unwrap();
+    assert_eq!(StateImage::merge(images), image_of(&[quota_set("www", 1)]));
 }
 
 #[test]

@@ -3,8 +3,10 @@
 mod common;
 
 use borealis_core::{TaskId, TaskState};
-use borealis_store::image::{shard_of, LogRecord, StateImage, INSTANCES_MAX};
-use common::{config, image_of, interpret, job_created, key, records, step, task};
+use borealis_store::image::{shard_of, shard_of_role, LogRecord, StateImage, INSTANCES_MAX};
+use common::{
+    config, image_of, interpret, job_created, key, quota, quota_set, records, step, task,
+};
 use proptest::prelude::*;
 
 /// Applies `setup`, then checks that `record` is refused with a reason containing `reason`,
@@ -292,7 +294,7 @@ proptest! {
         instance in prop_oneof![0u32..6, Just(u32::MAX)],
         id in 0u64..40,
         state in 0usize..TaskState::COUNT,
-        kind in 0u8..6,
+        kind in 0u8..7,
     ) {
         let mut image = image_of(&setup);
         let key = key(job);
@@ -302,6 +304,7 @@ proptest! {
             2 => LogRecord::TaskUpserted(task(id, &key, instance, TaskState::ALL[state])),
             3 => LogRecord::TaskEnded { id: TaskId(id) },
             4 => LogRecord::TaskForgotten { id: TaskId(id) },
+            5 => quota_set(&format!("role{job}"), instance),
             _ => LogRecord::Commit,
         };
         let before = image.clone();
@@ -320,6 +323,7 @@ proptest! {
         for (i, part) in parts.iter().enumerate() {
             prop_assert!(part.jobs.keys().all(|k| shard_of(k, shards) == i));
             prop_assert!(part.tasks.values().all(|t| shard_of(&t.job, shards) == i));
+            prop_assert!(part.quotas.keys().all(|r| shard_of_role(r, shards) == i));
             prop_assert!(part.check_invariants().is_ok());
         }
         prop_assert_eq!(StateImage::merge(parts), image);
@@ -331,7 +335,30 @@ fn shard_of_is_the_schedulers_routing() {
     for i in 0..20 {
         let k = key(i);
         assert_eq!(shard_of(&k, 7) as u64, k.route_hash() % 7);
+        let role = format!("role{i}");
+        assert_eq!(
+            shard_of_role(&role, 7) as u64,
+            borealis_core::route_hash_str(&role) % 7
+        );
     }
+}
+
+#[test]
+fn quota_set_sets_and_replaces_a_roles_quota() {
+    let mut image = image_of(&[job_created(&key(0), 1)]);
+    image.apply(&quota_set("www", 4000)).unwrap();
+    image.apply(&quota_set("batch", 0)).unwrap();
+    assert_eq!(image.quotas["www"], quota(4000));
+    // A zero quota is a quota: the role has one set.
+    assert_eq!(image.quotas["batch"], quota(0));
+    image.apply(&quota_set("www", 1500)).unwrap();
+    assert_eq!(image.quotas.len(), 2);
+    assert_eq!(image.quotas["www"], quota(1500));
+    // Quotas are independent of jobs: removing a job of the role keeps its quota.
+    image.apply(&LogRecord::JobRemoved { key: key(0) }).unwrap();
+    assert_eq!(image.quotas["www"], quota(1500));
+    assert!(image.check_invariants().is_ok());
+    assert_eq!(quota_set("www", 1).to_string(), "QuotaSet(www)");
 }
 
 /// Guards the property tests against a vacuous generator: sequences are long, use every
@@ -340,7 +367,7 @@ fn shard_of_is_the_schedulers_routing() {
 fn the_generator_produces_rich_sequences() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 5], 0, 0);
+    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 6], 0, 0);
     for _ in 0..200 {
         let records = records(60).new_tree(&mut runner).unwrap().current();
         total += records.len();
@@ -351,6 +378,7 @@ fn the_generator_produces_rich_sequences() {
                 LogRecord::TaskUpserted(_) => 2,
                 LogRecord::TaskEnded { .. } => 3,
                 LogRecord::TaskForgotten { .. } => 4,
+                LogRecord::QuotaSet { .. } => 5,
                 LogRecord::Commit => unreachable!("the generator makes no commit markers"),
             }] += 1;
         }
@@ -394,6 +422,7 @@ fn the_commit_marker_changes_nothing_and_older_encodings_stay() {
         ),
         (LogRecord::TaskEnded { id: TaskId(7) }, 3),
         (LogRecord::TaskForgotten { id: TaskId(7) }, 4),
+        (quota_set("www", 1000), 6),
     ];
     for (record, index) in older {
         let bytes = postcard::to_stdvec(&record).unwrap();
@@ -410,7 +439,14 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
     use borealis_store::image::{LogRecord, TaskImage, TaskImageRef, TaskUpsertRef};
     let job: JobKey = "www/prod/hello".parse().unwrap();
     let ports = vec![("http".to_string(), 31_000u16)];
-    for (agent, message) in [(None, ""), (Some("a1"), "exited with status 3")] {
+    for (agent, message, preempted_by) in [
+        (None, "", None),
+        (
+            Some("a1"),
+            "exited with status 3",
+            Some(TaskId(0x6b08_0000_0100_0002)),
+        ),
+    ] {
         let borrowed = TaskImageRef {
             id: TaskId(0x6b08_0000_0100_0007),
             job: &job,
@@ -425,6 +461,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             ports: &ports,
             sandbox: "/var/lib/borealis/sandboxes/www.prod.hello/7/6b08000001000007",
             killed_by_user: true,
+            preempted_by,
         };
         let owned = LogRecord::TaskUpserted(TaskImage {
             id: borrowed.id,
@@ -440,6 +477,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             ports: ports.clone(),
             sandbox: borrowed.sandbox.to_string(),
             killed_by_user: true,
+            preempted_by,
         });
         let a = postcard::to_stdvec(&TaskUpsertRef(&borrowed)).unwrap();
         let b = postcard::to_stdvec(&owned).unwrap();

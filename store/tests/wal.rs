@@ -10,7 +10,7 @@ use borealis_store::files::{segment_name, snapshot_name};
 use borealis_store::image::{LogRecord, StateImage};
 use borealis_store::wal::{Wal, COMMIT_FRAME_BYTES, FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 use borealis_store::StoreError;
-use common::{image_of, job_created, key, records, task};
+use common::{image_of, job_created, key, quota, quota_set, records, task};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -461,6 +461,62 @@ fn two_snapshots(dir: &Path) -> StateImage {
         LogRecord::TaskUpserted(task(2, &b, 0, TaskState::Pending)),
     );
     image
+}
+
+/// A quota is durable: replayed from the log, carried by a snapshot, replaced by a later
+/// record, and a task's preemptor goes with its image.
+#[test]
+fn quotas_and_preemptors_survive_replay_and_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let a = key(0);
+    let (mut wal, _) = open(&dir);
+    let mut preempted = task(1, &a, 0, TaskState::Preempting);
+    preempted.preempted_by = Some(TaskId(0xabc));
+    for r in [
+        quota_set("www", 4000),
+        job_created(&a, 1),
+        LogRecord::TaskUpserted(preempted.clone()),
+    ] {
+        wal.append(&r);
+    }
+    wal.commit().unwrap();
+    drop(wal);
+
+    // Replayed from the log alone.
+    let (mut wal, recovery) = open(&dir);
+    assert_eq!(recovery.snapshot, None);
+    assert_eq!(recovery.records_replayed, 3);
+    let mut image = recovery.image;
+    assert_eq!(image.quotas["www"], quota(4000));
+    assert_eq!(image.tasks[&TaskId(1)].preempted_by, Some(TaskId(0xabc)));
+
+    // Carried by a snapshot; a later record replaces it on top.
+    wal.snapshot(&image).unwrap();
+    let later = quota_set("www", 1500);
+    image.apply(&later).unwrap();
+    wal.append(&later);
+    wal.append(&quota_set("batch", 0));
+    image.apply(&quota_set("batch", 0)).unwrap();
+    wal.commit().unwrap();
+    let after_snapshot = wal.segment_path();
+    drop(wal);
+    let recovery = open(&dir).1;
+    assert!(recovery.snapshot.is_some());
+    assert_eq!(recovery.records_replayed, 2);
+    assert_eq!(recovery.image, image);
+    assert_eq!(recovery.image.quotas["www"], quota(1500));
+    assert_eq!(recovery.image.quotas["batch"], quota(0));
+
+    // The snapshot alone (the log after it cut off) still has the first quota.
+    fs::write(&after_snapshot, b"").unwrap();
+    let recovery = open(&dir).1;
+    assert_eq!(recovery.image.quotas["www"], quota(4000));
+    assert!(!recovery.image.quotas.contains_key("batch"));
+    assert_eq!(
+        recovery.image.tasks[&TaskId(1)].preempted_by,
+        Some(TaskId(0xabc))
+    );
 }
 
 #[test]

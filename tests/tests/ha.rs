@@ -371,3 +371,107 @@ fn etcd_down_means_no_leader_then_recovers() {
         Duration::from_secs(5),
     );
 }
+
+/// One role per shard of a scheduler with `shards` shards (a role's quota lives on shard
+/// `route_hash_str(role) % shards`).
+fn roles_on_each_shard(shards: u64) -> Vec<String> {
+    let mut roles: Vec<Option<String>> = vec![None; shards as usize];
+    for i in 0.. {
+        let role = format!("role{i}");
+        let shard = (borealis_core::route_hash_str(&role) % shards) as usize;
+        roles[shard].get_or_insert(role);
+        if roles.iter().all(Option::is_some) {
+            return roles.into_iter().flatten().collect();
+        }
+    }
+    unreachable!()
+}
+
+/// `quota get ROLE --json` through `scheduler`, polled until it answers (bounded by `within`):
+/// right after a failover the new leader's shards may not have taken the lead yet.
+fn wait_quota(cluster: &HaCluster, scheduler: &str, role: &str, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let output = cluster.cli(scheduler, &["quota", "get", role, "--json"]);
+        if output.status.success() {
+            return serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+                panic!(
+                    "quota get --json is not JSON ({e}): {}",
+                    borealis_tests::describe(&output)
+                )
+            });
+        }
+        if start.elapsed() >= within {
+            panic!(
+                "quota get {role} never answered within {within:?}: {}",
+                borealis_tests::describe(&output)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn quotas_are_durable_in_etcd_across_a_failover() {
+    let mut cluster = HaCluster::start(2, &ha_flags());
+    let (leader, _) = cluster.wait_settled_leader(Duration::from_secs(20));
+    let leader_addr = cluster.schedulers[leader].addr();
+    // The schedulers run 2 shards: one role whose quota lives on each.
+    let roles = roles_on_each_shard(2);
+    let expected = |i: usize| serde_json::json!({"cpu": 0.5, "ram_mib": 256 * (i as u64 + 1), "disk_mib": 1024});
+    for (i, role) in roles.iter().enumerate() {
+        let ram = format!("{}MiB", 256 * (i + 1));
+        cluster.cli_ok(
+            &leader_addr,
+            &[
+                "quota", "set", role, "--cpu", "0.5", "--ram", &ram, "--disk", "1GiB",
+            ],
+        );
+        let info = wait_quota(&cluster, &leader_addr, role, Duration::from_secs(5));
+        assert_eq!(info["quota_set"], true, "{info}");
+        assert_eq!(info["quota"], expected(i), "{info}");
+    }
+
+    // kill -9 the leader: its successor loads the quotas from etcd with the jobs.
+    cluster.schedulers[leader].proc.kill9();
+    let (new_leader, failover) = cluster.wait_settled_leader(TTL + FAILOVER_MARGIN);
+    assert_ne!(new_leader, leader);
+    eprintln!("quota failover: scheduler {new_leader} leads after {failover:?}");
+    let new_addr = cluster.schedulers[new_leader].addr();
+    for (i, role) in roles.iter().enumerate() {
+        let info = wait_quota(&cluster, &new_addr, role, Duration::from_secs(10));
+        assert_eq!(info["role"], role.as_str(), "{info}");
+        assert_eq!(
+            info["quota_set"], true,
+            "the new leader lost the quota: {info}"
+        );
+        assert_eq!(info["quota"], expected(i), "{info}");
+    }
+    let unset = wait_quota(&cluster, &new_addr, "nobody", Duration::from_secs(5));
+    assert_eq!(unset["quota_set"], false, "{unset}");
+
+    // The loaded quota is the one enforced: 2 x 0.1 cpu fits in 0.5, 4 more do not.
+    let role = &roles[0];
+    cluster.create_job(
+        &new_addr,
+        &format!("{role}/prod/small"),
+        &job_toml(2, "sleep 30", "production = true"),
+    );
+    let path = cluster.dir().join("big.toml");
+    std::fs::write(&path, job_toml(4, "sleep 30", "production = true")).expect("write job");
+    let output = cluster.cli(
+        &new_addr,
+        &[
+            "job",
+            "create",
+            &format!("{role}/prod/big"),
+            &path.display().to_string(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("quota exceeded"),
+        "a create over the loaded quota: {}",
+        borealis_tests::describe(&output)
+    );
+}

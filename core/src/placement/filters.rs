@@ -36,7 +36,7 @@ pub struct CompiledValue {
 
 impl CompiledValue {
     #[inline]
-    fn admits(&self, agent_value: Option<ValueId>) -> bool {
+    pub(super) fn admits(&self, agent_value: Option<ValueId>) -> bool {
         // Aurora: an agent lacking the attribute fails a plain constraint and passes a negated one.
         let listed = match agent_value {
             Some(value) => self.values.binary_search(&value).is_ok(),
@@ -196,6 +196,17 @@ impl JobSpread {
 
     pub fn tracks(&self, attr: AttrId) -> bool {
         self.tracked.contains(&attr)
+    }
+
+    /// Every non-zero count as `(attribute, value, count)`, sorted (deterministic).
+    pub fn entries(&self) -> Vec<(AttrId, ValueId, u32)> {
+        let mut entries: Vec<(AttrId, ValueId, u32)> = self
+            .counts
+            .iter()
+            .map(|(&slot, &count)| (AttrId((slot >> 32) as u32), ValueId(slot as u32), count))
+            .collect();
+        entries.sort_unstable();
+        entries
     }
 
     /// Number of the job's active tasks on agents whose `attr` is `value`.

@@ -63,7 +63,7 @@ fn bucket_of(free: &Resources) -> u16 {
 }
 
 /// Marks a slot that holds no agent (free for reuse).
-const POOL_NONE: u32 = u32::MAX;
+pub(super) const POOL_NONE: u32 = u32::MAX;
 /// Column entry of an agent that lacks the attribute.
 const VALUE_NONE: u32 = u32::MAX;
 
@@ -427,7 +427,7 @@ impl PlacementIndex {
         }
     }
 
-    fn intern_name(&mut self, name: &str) -> AttrId {
+    pub(super) fn intern_name(&mut self, name: &str) -> AttrId {
         let attr = self.names.intern(name);
         while self.columns.len() <= attr as usize {
             self.columns.push(vec![VALUE_NONE; self.slots.len()]);

@@ -8,6 +8,8 @@
 //!    the lowest [`AgentId`].
 //! 4. **Consume** the task's resources on the winner, moving it to its new bucket.
 //!
+//! When nothing fits, [`PlacementIndex::explain`] says why, agent by agent ([`PendingReasons`]).
+//!
 //! A placement costs a bounded number of agent checks in the common case, not a scan of the
 //! cluster. When few agents are feasible the search goes on until it finds one or runs out, so
 //! `place` returns `None` exactly when no agent in the index can take the task.
@@ -32,15 +34,18 @@
 //!
 //! Pure and deterministic: no IO, clocks or randomness, and no hash-map order reaches a result.
 
+mod explain;
 mod filters;
 mod index;
 mod intern;
+mod named;
 mod score;
 mod search;
 
 #[cfg(test)]
 mod tests;
 
+pub use explain::{PendingReasonKind, PendingReasons, Reason, ResourceKind, TaskReason};
 pub use filters::{
     fits_resources, limit_ok, satisfies_constraints, AttributeLookup, CompiledLimit, CompiledTask,
     CompiledValue, JobSpread, DEDICATED_ATTR,

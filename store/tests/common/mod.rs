@@ -55,6 +55,24 @@ pub fn task(id: u64, job: &JobKey, instance: u32, state: TaskState) -> TaskImage
         ports: Vec::new(),
         sandbox: String::new(),
         killed_by_user: false,
+        preempted_by: None,
+    }
+}
+
+/// A quota of `cpu_millis`, and ram and disk that go with it.
+pub fn quota(cpu_millis: u32) -> Resources {
+    Resources {
+        cpu_millis,
+        ram_mib: cpu_millis.saturating_mul(2),
+        disk_mib: cpu_millis.saturating_mul(4),
+        ports: 0,
+    }
+}
+
+pub fn quota_set(role: &str, cpu_millis: u32) -> LogRecord {
+    LogRecord::QuotaSet {
+        role: role.to_string(),
+        quota: quota(cpu_millis),
     }
 }
 
@@ -78,6 +96,7 @@ pub enum Step {
     Update { pick: u16, state: u8, text: u8 },
     End { pick: u16 },
     Forget { pick: u16 },
+    SetQuota { role: u8, cpu: u8 },
 }
 
 const JOBS: u8 = 5;
@@ -92,6 +111,7 @@ pub fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(pick, state, text)| Step::Update { pick, state, text }),
         9 => any::<u16>().prop_map(|pick| Step::End { pick }),
         6 => any::<u16>().prop_map(|pick| Step::Forget { pick }),
+        2 => (0u8..6, any::<u8>()).prop_map(|(role, cpu)| Step::SetQuota { role, cpu }),
     ]
 }
 
@@ -166,6 +186,7 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                 t.sandbox = format!("/sandbox/{}", t.id);
                 t.exit_code = i32::from(text) - 100;
                 t.killed_by_user = text % 2 == 0;
+                t.preempted_by = (text % 3 == 0).then_some(TaskId(u64::from(text) << 40 | 1));
                 emit(&mut image, LogRecord::TaskUpserted(t), &mut out);
             }
             Step::End { pick } => {
@@ -193,6 +214,11 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                     (_, None) => continue,
                 };
                 emit(&mut image, LogRecord::TaskForgotten { id }, &mut out);
+            }
+            Step::SetQuota { role, cpu } => {
+                // Roles of the generated jobs and others; a zero quota is a quota too.
+                let role = format!("role{role}");
+                emit(&mut image, quota_set(&role, u32::from(cpu) * 250), &mut out);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! A shard under etcd leadership (`--etcd-endpoints`): following (refuse clients and agents,
 //! hold nothing), taking the lead (install the desired jobs, adopt the tasks agents report,
-//! then start what is missing), and persisting job changes through the control thread before
-//! acknowledging them.
+//! and the quotas of the roles it owns, then start what is missing), and persisting job and
+//! quota changes through the control thread before acknowledging them.
 
 use super::*;
 use crate::ha::{DesiredJob, ShardLinks, ToControl, ToShard};
@@ -27,6 +27,8 @@ pub(super) struct PendingPersist {
     pub request_id: u64,
     /// The verified request, applied once the write succeeded.
     pub bytes: Option<Bytes>,
+    /// The quota reservation the request holds (settled once it is applied or refused).
+    pub settle: Option<(String, u64)>,
 }
 
 impl Shard {
@@ -50,14 +52,18 @@ impl Shard {
         }
         for m in messages {
             match m {
-                ToShard::Lead { fence, jobs } => self.take_lead(fence, jobs),
+                ToShard::Lead {
+                    fence,
+                    jobs,
+                    quotas,
+                } => self.take_lead(fence, jobs, quotas),
                 ToShard::Follow { leader } => self.follow(leader.map(Into::into)),
                 ToShard::Persisted { token, result } => self.persisted(token, result),
             }
         }
     }
 
-    fn take_lead(&mut self, fence: i64, jobs: Vec<DesiredJob>) {
+    fn take_lead(&mut self, fence: i64, jobs: Vec<DesiredJob>, quotas: Vec<(String, Resources)>) {
         match self.mode {
             Mode::Leader { fence: f } if f == fence => return,
             Mode::Paused { fence: f } if f == fence => {
@@ -80,17 +86,21 @@ impl Shard {
         for d in jobs {
             let job = self.install_job(d.key, d.instances, d.config);
             for i in d.retired {
-                if let Some(r) = self.jobs[job].retired.get_mut(i as usize) {
-                    *r = true;
-                }
+                self.retire_instance(job, i);
             }
         }
+        let quota_count = quotas.len();
+        for (role, quota) in quotas {
+            self.book(&role).quota = Some(quota);
+        }
+        self.rebuild_quota_ledger();
         // Agents re-register with their tasks during the grace; then what is missing starts.
         self.install_deadline_us = self.now_us + self.config.reconciliation_grace_ms * 1000;
         tracing::info!(
             shard = self.id,
             jobs = count,
-            "leading: desired jobs installed"
+            quotas = quota_count,
+            "leading: desired jobs and quotas installed"
         );
     }
 
@@ -132,7 +142,15 @@ impl Shard {
         self.tasks.clear();
         self.tasks_by_agent.clear();
         self.pending.clear();
-        self.blocked.clear();
+        self.blocked_jobs.clear();
+        self.changed_free_max = None;
+        self.quota_waits.clear();
+        self.role_usage.clear();
+        self.dirty_roles.clear();
+        self.quota_settles.clear();
+        self.quota_book.clear();
+        self.deferred_checks.clear();
+        self.usage_reported = vec![false; self.shard_count];
         self.throttled.clear();
         self.ended.clear();
         self.index = PlacementIndex::new();
@@ -161,8 +179,7 @@ impl Shard {
         for job in jobs {
             for instance in 0..self.jobs[job].current.len() {
                 if self.jobs[job].current[instance].is_none() && !self.jobs[job].retired[instance] {
-                    let id = self.new_task(job, instance as u32, 0, 0);
-                    self.pending.push_back(id);
+                    self.new_task(job, instance as u32, 0, 0, 0);
                     started += 1;
                 }
             }
@@ -219,6 +236,7 @@ impl Shard {
                 sandbox: report.sandbox.clone(),
                 killed_by_user: false,
                 awaiting_adoption: false,
+                preempted_by: None,
             },
         );
         self.jobs[job].current[instance] = Some(id);
@@ -237,23 +255,51 @@ impl Shard {
         job: Option<DesiredJob>,
         pending: PendingPersist,
     ) -> Result<(), (ErrorCode, String)> {
+        let request = |shard, token| ToControl::Persist {
+            shard,
+            token,
+            key: key.clone(),
+            job,
+        };
+        self.send_persist(request, pending)
+    }
+
+    /// Sends a role's quota to etcd (through the control thread); `reply` waits for it.
+    pub(super) fn persist_quota(
+        &mut self,
+        role: &str,
+        quota: Resources,
+        pending: PendingPersist,
+    ) -> Result<(), (ErrorCode, String)> {
+        let request = |shard, token| ToControl::PersistQuota {
+            shard,
+            token,
+            role: role.to_string(),
+            quota,
+        };
+        self.send_persist(request, pending)
+    }
+
+    /// Hands a desired-state write (`request(shard, token)`) to the control thread.
+    fn send_persist(
+        &mut self,
+        request: impl FnOnce(usize, u64) -> ToControl,
+        pending: PendingPersist,
+    ) -> Result<(), (ErrorCode, String)> {
         let Some(links) = &self.links else {
             return Ok(());
         };
         self.next_token += 1;
         let token = self.next_token;
-        let request = ToControl::Persist {
-            shard: self.id,
-            token,
-            key: key.clone(),
-            job,
-        };
-        links.to_control.try_send(request).map_err(|_| {
-            (
-                ErrorCode::Overloaded,
-                "too many desired-state writes in flight; retry".to_string(),
-            )
-        })?;
+        links
+            .to_control
+            .try_send(request(self.id, token))
+            .map_err(|_| {
+                (
+                    ErrorCode::Overloaded,
+                    "too many desired-state writes in flight; retry".to_string(),
+                )
+            })?;
         self.pending_persists.insert(token, pending);
         Ok(())
     }
@@ -268,6 +314,7 @@ impl Shard {
             }
             return;
         };
+        self.settle_quota(p.settle);
         match (result, p.bytes) {
             (Ok(()), Some(bytes)) => self.apply_client(reply, bytes),
             (Err(e), _) => {

@@ -1,0 +1,270 @@
+//! Agents whose connections this shard holds (their home): registration and adoption of the
+//! tasks they report, their offers, port numbers, launches, releases, and their loss.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn register_agent(&mut self, conn: ConnId, r: wire::RegisterAgent<'_>) {
+        assert!(
+            self.next_agent < (1 << AGENT_HOME_SHIFT),
+            "agent numbers exhausted"
+        );
+        let agent = AgentId(((self.id as u32) << AGENT_HOME_SHIFT) | self.next_agent);
+        self.next_agent += 1;
+        let attributes: borealis_core::Attributes = r
+            .attributes()
+            .iter()
+            .flatten()
+            .map(|a| (a.key().to_string(), a.value().to_string()))
+            .collect();
+        let total = borealis_net::codec::resources_from_wire(r.resources());
+        let name: Arc<str> = r.agent_id().into();
+        let hostname: Arc<str> = r.hostname().into();
+        let port_ranges: Vec<(u16, u16)> = r
+            .port_ranges()
+            .iter()
+            .flatten()
+            .filter(|p| p.begin() <= p.end())
+            .map(|p| (p.begin(), p.end()))
+            .collect();
+        tracing::info!(
+            shard = self.id,
+            agent = %name,
+            host = %hostname,
+            ?total,
+            "agent registered"
+        );
+        let mut reports = Vec::new();
+        for t in r.tasks().iter().flatten() {
+            match state_from_wire(t.state()) {
+                Ok(state) => reports.push(TaskStatusReport {
+                    task_id: TaskId(t.task_id()),
+                    job_key: t.job_key().to_string(),
+                    instance: t.instance(),
+                    state,
+                    exit_code: t.exit_code(),
+                    message: t.message().unwrap_or_default().to_string(),
+                    timestamp_ms: t.timestamp_ms(),
+                    sandbox: t.sandbox().unwrap_or_default().to_string(),
+                }),
+                Err(e) => tracing::warn!(agent = %name, "ignoring reported task: {e}"),
+            }
+        }
+        let adopting = reports.len();
+        self.home_agents.insert(
+            agent,
+            HomeAgent {
+                conn,
+                name: name.clone(),
+                hostname: hostname.clone(),
+                attributes: Arc::new(attributes),
+                total,
+                port_ranges,
+                ports_in_use: HashMap::default(),
+                offer: OfferWhere::Adopting {
+                    waiting: adopting,
+                    used: Resources::ZERO,
+                },
+                released_while_lent: Resources::ZERO,
+                running: BTreeMap::new(),
+                last_seen_us: self.now_us,
+            },
+        );
+        self.agent_names.insert(
+            agent,
+            Arc::new(AgentNames {
+                name: name.clone(),
+                hostname,
+            }),
+        );
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.agent = Some(agent);
+        }
+        let ack = self.encoder.agent_registered(&name).to_vec();
+        self.write_conn(conn, &ack);
+        for report in reports {
+            let owner = self.owner_of(&report.job_key);
+            let a = &self.home_agents[&agent];
+            let msg = PeerMsg::Adopt {
+                agent,
+                report,
+                agent_name: a.name.clone(),
+                hostname: a.hostname.clone(),
+                attributes: a.attributes.clone(),
+            };
+            self.send(owner, msg);
+        }
+        self.maybe_offer_adopted(agent);
+    }
+
+    /// Puts an agent's offer into the index once every task it reported is confirmed.
+    pub(super) fn maybe_offer_adopted(&mut self, agent: AgentId) {
+        let Some(a) = self.home_agents.get_mut(&agent) else {
+            return;
+        };
+        if let OfferWhere::Adopting { waiting: 0, used } = a.offer {
+            let free = if a.total.contains(&used) {
+                a.total.minus(&used)
+            } else {
+                tracing::warn!(agent = %a.name, "adopted tasks exceed the agent's resources");
+                Resources::ZERO
+            };
+            a.offer = OfferWhere::Home;
+            let (attributes, total) = (a.attributes.clone(), a.total);
+            self.upsert_offer(agent, &attributes, total, free);
+            self.retry_blocked(free);
+        }
+    }
+
+    /// Puts an offer into this shard's index and remembers the agent's interned attributes.
+    pub(super) fn upsert_offer(
+        &mut self,
+        agent: AgentId,
+        attributes: &borealis_core::Attributes,
+        total: Resources,
+        free: Resources,
+    ) {
+        self.index.upsert_agent(agent, attributes, total, free);
+        if let Some(ids) = self.index.attribute_ids(agent) {
+            self.agent_attr_ids.insert(agent, ids.to_vec());
+        }
+    }
+
+    pub(super) fn agent_disconnected(&mut self, agent: AgentId, reason: &str) {
+        let Some(a) = self.home_agents.remove(&agent) else {
+            return;
+        };
+        tracing::warn!(shard = self.id, agent = %a.name, host = %a.hostname, "agent lost: {reason}");
+        match a.offer {
+            OfferWhere::Home => {
+                self.index.remove_agent(agent);
+            }
+            OfferWhere::Lent => self.lent_out -= 1,
+            OfferWhere::Adopting { .. } | OfferWhere::Held { .. } => {}
+        }
+        for shard in 0..self.shard_count {
+            self.send(shard, PeerMsg::AgentLost { agent });
+        }
+    }
+
+    pub(super) fn assign_ports(
+        &mut self,
+        agent: AgentId,
+        task_id: TaskId,
+        names: &[String],
+    ) -> Option<Vec<(String, u16)>> {
+        let a = self.home_agents.get_mut(&agent)?;
+        if names.is_empty() {
+            return Some(Vec::new());
+        }
+        let used: HashSet<u16> = a.ports_in_use.values().flatten().copied().collect();
+        let mut assigned = Vec::with_capacity(names.len());
+        'outer: for (begin, end) in a.port_ranges.clone() {
+            for port in begin..=end {
+                if assigned.len() == names.len() {
+                    break 'outer;
+                }
+                if !used.contains(&port) {
+                    assigned.push(port);
+                }
+            }
+        }
+        if assigned.len() < names.len() {
+            return None;
+        }
+        a.ports_in_use.insert(task_id, assigned.clone());
+        Some(names.iter().cloned().zip(assigned).collect())
+    }
+
+    pub(super) fn home_launch(
+        &mut self,
+        from: ShardId,
+        agent: AgentId,
+        task_id: TaskId,
+        instance: u32,
+        config: &TaskConfig,
+    ) {
+        let conn = self.home_agents.get(&agent).map(|a| a.conn);
+        let ports = conn.and_then(|_| self.assign_ports(agent, task_id, &config.port_names));
+        match (conn, ports) {
+            (Some(conn), Some(ports)) => {
+                // Encoded straight into the connection's frame (disjoint fields, no copy).
+                let bytes = self.encoder.launch_task(task_id, instance, config, &ports);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.writer.push(bytes);
+                }
+                let running = preemption::RunningTask::of(from, config, &self.tiers);
+                if let Some(a) = self.home_agents.get_mut(&agent) {
+                    a.running.insert(task_id, running);
+                }
+                if !ports.is_empty() {
+                    self.send(from, PeerMsg::PortsAssigned { task_id, ports });
+                }
+            }
+            _ => self.send(from, PeerMsg::LaunchFailed { task_id }),
+        }
+    }
+
+    pub(super) fn home_release(&mut self, agent: AgentId, task_id: TaskId, resources: Resources) {
+        let Some(a) = self.home_agents.get_mut(&agent) else {
+            return;
+        };
+        a.ports_in_use.remove(&task_id);
+        a.running.remove(&task_id);
+        match &mut a.offer {
+            OfferWhere::Home => {
+                self.index.release(agent, &resources);
+                let free = self.index.free(agent).unwrap_or(resources);
+                self.retry_blocked(free);
+            }
+            OfferWhere::Lent => {
+                a.released_while_lent = a.released_while_lent.plus(&resources);
+            }
+            OfferWhere::Adopting { used, .. } => {
+                // A task released before adoption finished: it no longer counts as used.
+                if used.contains(&resources) {
+                    *used = used.minus(&resources);
+                }
+            }
+            OfferWhere::Held { free, .. } => {
+                *free = free.plus(&resources);
+                self.maybe_release_hold(agent);
+            }
+        }
+    }
+
+    pub(super) fn check_silent_agents(&mut self) {
+        let silent: Vec<(AgentId, ConnId)> = self
+            .home_agents
+            .iter()
+            .filter(|(_, a)| elapsed_us(self.now_us, a.last_seen_us) > us(AGENT_SILENCE_MAX))
+            .map(|(id, a)| (*id, a.conn))
+            .collect();
+        for (_, conn) in silent {
+            self.protocol_error(conn, "agent silent for too long");
+        }
+    }
+
+    pub(super) fn on_agent_lost(&mut self, agent: AgentId) {
+        if self.borrowed.remove(&agent) {
+            self.index.remove_agent(agent);
+        }
+        let mut tasks: Vec<TaskId> = self
+            .tasks_by_agent
+            .remove(&agent)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default();
+        tasks.sort();
+        for task_id in tasks {
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                // The agent is gone with whatever the task held.
+                t.holds = false;
+            }
+            if self.may_transition(task_id, TaskState::Lost) {
+                self.transition(task_id, TaskState::Lost, "agent lost");
+            }
+        }
+        self.agent_names.remove(&agent);
+        self.agent_attr_ids.remove(&agent);
+    }
+}

@@ -1,0 +1,182 @@
+//! A read-only view of a shard's state for the deterministic simulation's invariant checks,
+//! and the log of every transition the shard made (recorded only when asked for).
+//!
+//! Nothing here changes the shard; the runtime never calls it.
+
+use super::*;
+
+/// One task as the shard holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskAudit {
+    pub id: TaskId,
+    pub job: JobKey,
+    pub instance: u32,
+    pub state: TaskState,
+    pub agent: Option<AgentId>,
+    /// Whether the task's resources are counted as used on `agent`.
+    pub holds: bool,
+    pub resources: Resources,
+    pub production: bool,
+    /// The current task of its instance (not history).
+    pub current: bool,
+}
+
+/// An agent whose connection this shard holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentAudit {
+    pub agent: AgentId,
+    pub name: String,
+    pub total: Resources,
+    /// Free resources as this shard's placement index holds them, when the offer is here.
+    pub free_here: Option<Resources>,
+    /// The offer is lent to another shard.
+    pub lent: bool,
+    /// Adopted tasks are still being confirmed: no offer yet.
+    pub adopting: bool,
+    /// Resources released while the offer was lent (added back on its return).
+    pub released_while_lent: Resources,
+    /// Held for a preemptor (out of placement): what is free of it so far.
+    pub held_free: Option<Resources>,
+}
+
+/// A job as the shard holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobAudit {
+    pub key: JobKey,
+    pub instances: u32,
+    pub current: Vec<Option<TaskId>>,
+    pub resources: Resources,
+    pub production: bool,
+}
+
+/// Everything a shard holds that an invariant can be stated over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardAudit {
+    pub shard: ShardId,
+    pub acting: bool,
+    pub tasks: Vec<TaskAudit>,
+    pub jobs: Vec<JobAudit>,
+    pub home_agents: Vec<AgentAudit>,
+    /// Offers in this shard's index that belong to other shards' agents (borrowed).
+    pub borrowed: Vec<(AgentId, Resources)>,
+    /// The per-state counts the shard keeps for its gauge.
+    pub state_counts: [u64; TaskState::COUNT],
+}
+
+/// A transition the shard made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub task: TaskId,
+    pub from: TaskState,
+    pub to: TaskState,
+}
+
+impl Shard {
+    /// The shard's state, sorted by id so that equal states compare equal.
+    pub fn audit(&self) -> ShardAudit {
+        let mut tasks: Vec<TaskAudit> = self
+            .tasks
+            .values()
+            .map(|t| {
+                let job = &self.jobs[t.job];
+                TaskAudit {
+                    id: t.id,
+                    job: job.key.clone(),
+                    instance: t.instance,
+                    state: t.state,
+                    agent: t.agent,
+                    holds: t.holds,
+                    resources: job.config.resources,
+                    production: job.config.production,
+                    current: job.current.get(t.instance as usize) == Some(&Some(t.id)),
+                }
+            })
+            .collect();
+        tasks.sort_by_key(|t| t.id);
+        let mut jobs: Vec<JobAudit> = self
+            .jobs
+            .iter()
+            .map(|j| JobAudit {
+                key: j.key.clone(),
+                instances: j.current.len() as u32,
+                current: j.current.clone(),
+                resources: j.config.resources,
+                production: j.config.production,
+            })
+            .collect();
+        jobs.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut home_agents: Vec<AgentAudit> = self
+            .home_agents
+            .iter()
+            .map(|(id, a)| AgentAudit {
+                agent: *id,
+                name: a.name.to_string(),
+                total: a.total,
+                free_here: matches!(a.offer, OfferWhere::Home)
+                    .then(|| self.index.free(*id))
+                    .flatten(),
+                lent: matches!(a.offer, OfferWhere::Lent),
+                adopting: matches!(a.offer, OfferWhere::Adopting { .. }),
+                released_while_lent: a.released_while_lent,
+                held_free: match a.offer {
+                    OfferWhere::Held { free, .. } => Some(free),
+                    _ => None,
+                },
+            })
+            .collect();
+        home_agents.sort_by_key(|a| a.agent);
+        let mut borrowed: Vec<(AgentId, Resources)> = self
+            .borrowed
+            .iter()
+            .filter_map(|id| self.index.free(*id).map(|free| (*id, free)))
+            .collect();
+        borrowed.sort_by_key(|(id, _)| *id);
+        ShardAudit {
+            shard: self.id,
+            acting: self.acting(),
+            tasks,
+            jobs,
+            home_agents,
+            borrowed,
+            state_counts: self.state_counts,
+        }
+    }
+
+    /// Starts recording every transition (for the simulation's legality check).
+    pub fn record_transitions(&mut self) {
+        self.transition_log = Some(Vec::new());
+    }
+
+    /// The transitions made since the last call.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        self.transition_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Whether the round's work is all done: nothing pending to place and nothing queued for
+    /// a peer or a connection (the simulation's quiescence test).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+            && self.outbox.iter().all(Vec::is_empty)
+            && self.pending_acks.is_empty()
+            && self.conns.values().all(|c| c.writer.is_empty())
+    }
+}
+
+/// Bugs the simulation injects to prove its invariants catch them (never in a real build).
+#[cfg(feature = "sim")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InjectedBug {
+    /// Placement forgets to charge the agent: agents get over-committed.
+    ForgetToChargeAgent,
+}
+
+#[cfg(feature = "sim")]
+impl Shard {
+    /// Turns an injected bug on (the simulation's self-test).
+    pub fn inject_bug(&mut self, bug: InjectedBug) {
+        self.injected_bug = Some(bug);
+    }
+}

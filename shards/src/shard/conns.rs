@@ -1,0 +1,193 @@
+//! The shard's connections: what a client's or agent's message asks for (dispatch), replies,
+//! and the round's flush (one coalesced write per connection).
+
+use super::*;
+
+impl Shard {
+    pub(super) fn reply(&mut self, reply: ReplyTo, bytes: Vec<u8>) {
+        if reply.shard == self.id {
+            self.write_conn(reply.conn, &bytes);
+        } else {
+            self.send(
+                reply.shard,
+                PeerMsg::ClientReply {
+                    conn: reply.conn,
+                    bytes,
+                },
+            );
+        }
+    }
+
+    pub(super) fn write_conn(&mut self, conn: ConnId, message: &[u8]) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.writer.push(message);
+        }
+    }
+
+    pub(super) fn protocol_error(&mut self, conn: ConnId, what: &str) {
+        self.metrics().protocol_errors_total.inc();
+        if let Some(c) = self.conns.get(&conn) {
+            tracing::error!(shard = self.id, peer = %c.peer, "protocol error, disconnecting: {what}");
+        }
+        // Dropping the sender ends the writer; the reader ends when the peer goes.
+        if let Some(c) = self.conns.remove(&conn) {
+            if let Some(agent) = c.agent {
+                self.agent_disconnected(agent, what);
+            }
+        }
+    }
+
+    pub(super) fn handle_conn_message(&mut self, conn: ConnId, bytes: Bytes) {
+        // SAFETY: the connection's reader verified this buffer with `decode_message`.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let is_agent = self.conns.get(&conn).and_then(|c| c.agent);
+        use wire::Payload as P;
+        if !self.acting() {
+            match message.payload_type() {
+                P::RegisterAgent
+                | P::CreateJob
+                | P::KillJob
+                | P::QueryJob
+                | P::ListJobs
+                | P::SetQuota
+                | P::GetQuota => {
+                    let refusal = self.not_leader(message.request_id());
+                    self.write_conn(conn, &refusal);
+                    if message.payload_type() == P::RegisterAgent {
+                        // Agents go on to the next scheduler address (or the leader named).
+                        self.close_conn(conn);
+                    }
+                    return;
+                }
+                // A paused leader keeps learning what its agents report.
+                _ if matches!(self.mode, Mode::Paused { .. }) => {}
+                _ => return,
+            }
+        }
+        match message.payload_type() {
+            P::RegisterAgent => {
+                if is_agent.is_some() {
+                    return self.protocol_error(conn, "RegisterAgent twice on one connection");
+                }
+                let registration = message.payload_as_register_agent().expect("type checked");
+                self.register_agent(conn, registration);
+            }
+            P::TaskStatus => {
+                let Some(agent) = is_agent else {
+                    return self.protocol_error(conn, "TaskStatus before RegisterAgent");
+                };
+                let status = message.payload_as_task_status().expect("type checked");
+                let owner = self.owner_of(status.job_key());
+                self.send(owner, PeerMsg::Status { agent, bytes });
+            }
+            P::Heartbeat => {
+                if let Some(agent) = is_agent {
+                    if let Some(a) = self.home_agents.get_mut(&agent) {
+                        a.last_seen_us = self.now_us;
+                    }
+                }
+            }
+            P::CreateJob | P::KillJob | P::QueryJob | P::SetQuota | P::GetQuota => {
+                // Job requests go to the job's owner, quota requests to the role's quota
+                // owner: both route on the text (`route_hash_str`).
+                let key = match message.payload_type() {
+                    P::CreateJob => message.payload_as_create_job().map(|m| m.job_key()),
+                    P::KillJob => message.payload_as_kill_job().map(|m| m.job_key()),
+                    P::SetQuota => message.payload_as_set_quota().map(|m| m.role()),
+                    P::GetQuota => message.payload_as_get_quota().map(|m| m.role()),
+                    _ => message.payload_as_query_job().map(|m| m.job_key()),
+                }
+                .expect("type checked");
+                let owner = self.owner_of(key);
+                let reply = ReplyTo {
+                    shard: self.id,
+                    conn,
+                };
+                self.send(owner, PeerMsg::Client { reply, bytes });
+            }
+            P::ListJobs => {
+                let request_id = message.request_id();
+                self.gathers.insert(
+                    (conn, request_id),
+                    Gather {
+                        waiting: self.shard_count,
+                        jobs: Vec::new(),
+                        refused: false,
+                    },
+                );
+                let reply = ReplyTo {
+                    shard: self.id,
+                    conn,
+                };
+                for shard in 0..self.shard_count {
+                    self.send(shard, PeerMsg::ListJobs { reply, request_id });
+                }
+            }
+            other => {
+                let what = format!(
+                    "unexpected message {:?} from a client or agent",
+                    other.variant_name().unwrap_or("unknown")
+                );
+                let request_id = message.request_id();
+                let err = self
+                    .encoder
+                    .error(request_id, ErrorCode::InvalidRequest, &what)
+                    .to_vec();
+                self.write_conn(conn, &err);
+                self.protocol_error(conn, &what);
+            }
+        }
+    }
+
+    /// Flushes what is queued for the connection, then drops it (its writer closes the socket).
+    pub(super) fn close_conn(&mut self, conn: ConnId) {
+        if let Some(mut c) = self.conns.remove(&conn) {
+            if !c.writer.is_empty() {
+                let _ = c.out.try_send(c.writer.take());
+            }
+        }
+    }
+
+    pub(super) fn conn_closed(&mut self, conn: ConnId, reason: &str) {
+        if let Some(c) = self.conns.remove(&conn) {
+            tracing::debug!(shard = self.id, peer = %c.peer, "connection closed: {reason}");
+            if let Some(agent) = c.agent {
+                self.agent_disconnected(agent, reason);
+            }
+        }
+        self.gathers.retain(|(c, _), _| *c != conn);
+    }
+
+    /// Writes each connection's batched frames (one queued write per connection per round).
+    pub fn flush_connections(&mut self) {
+        if !self.pending_acks.is_empty() {
+            let mut acks = std::mem::take(&mut self.pending_acks);
+            for (conn, list) in acks.drain() {
+                let bytes = self.encoder.status_ack(&list);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.writer.push(bytes);
+                }
+            }
+        }
+        let mut dead = Vec::new();
+        for (id, c) in self.conns.iter_mut() {
+            if c.writer.is_empty() {
+                continue;
+            }
+            if c.out.is_full() {
+                // The writer is behind: keep accumulating here, within a bound.
+                if c.writer.len_bytes() > CONN_PENDING_BYTES_MAX {
+                    dead.push(*id);
+                }
+                continue;
+            }
+            let bytes = c.writer.take();
+            if c.out.try_send(bytes).is_err() {
+                dead.push(*id);
+            }
+        }
+        for conn in dead {
+            self.protocol_error(conn, "peer is not reading (too much output pending)");
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! Client requests for the jobs this shard owns: create, kill, query, and the checks that
+//! come before any change.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn handle_client(&mut self, reply: ReplyTo, bytes: Bytes) {
+        // SAFETY: verified by the reader of the client's connection.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let request_id = message.request_id();
+        if !self.acting() {
+            let refusal = self.not_leader(request_id);
+            return self.reply(reply, refusal);
+        }
+        if let Some(c) = message.payload_as_create_job() {
+            // Every other check first; then production work asks its role's quota owner.
+            match self.validate_create(c) {
+                Err((code, text)) => {
+                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                    return self.reply(reply, bytes);
+                }
+                Ok((key, instances, config)) => {
+                    if borealis_core::quota::counts_against_quota(&config, &self.tiers) {
+                        let demand = borealis_core::quota::job_demand(&config.resources, instances);
+                        return self.request_quota(reply, bytes, request_id, &key.role, demand);
+                    }
+                }
+            }
+        }
+        self.admit_client(reply, bytes, None);
+    }
+
+    /// A request past its checks (and quota, holding the reservation `settle`): under etcd
+    /// leadership its change is written to etcd first, else it is applied now.
+    pub(super) fn admit_client(
+        &mut self,
+        reply: ReplyTo,
+        bytes: Bytes,
+        settle: Option<(String, u64)>,
+    ) {
+        // SAFETY: verified by the reader of the client's connection.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let request_id = message.request_id();
+        if self.is_ha() {
+            // Under etcd leadership a change is acknowledged only once etcd has it.
+            if let Some(q) = message.payload_as_set_quota() {
+                let result = super::quotas::quota_from_wire(q).and_then(|(role, quota)| {
+                    let pending = PendingPersist {
+                        reply: Some(reply),
+                        request_id,
+                        bytes: Some(bytes.clone()),
+                        settle: None,
+                    };
+                    self.persist_quota(role, quota, pending)
+                });
+                self.settle_quota(settle);
+                if let Err((code, text)) = result {
+                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                    self.reply(reply, bytes);
+                }
+                return;
+            }
+            let desired = match message.payload_type() {
+                wire::Payload::CreateJob => {
+                    Some(self.desired_after_create(
+                        message.payload_as_create_job().expect("type checked"),
+                    ))
+                }
+                wire::Payload::KillJob => Some(
+                    self.desired_after_kill(message.payload_as_kill_job().expect("type checked")),
+                ),
+                _ => None,
+            };
+            if let Some(desired) = desired {
+                let settle_on_error = settle.clone();
+                let result = desired.and_then(|(key, desired)| {
+                    let pending = PendingPersist {
+                        reply: Some(reply),
+                        request_id,
+                        bytes: Some(bytes.clone()),
+                        settle,
+                    };
+                    self.persist(&key, Some(desired), pending)
+                });
+                if let Err((code, text)) = result {
+                    self.settle_quota(settle_on_error);
+                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                    self.reply(reply, bytes);
+                }
+                return;
+            }
+        }
+        self.apply_client(reply, bytes);
+        self.settle_quota(settle);
+    }
+
+    /// The desired state a CreateJob would write, after every check `create_job` makes.
+    pub(super) fn desired_after_create(
+        &self,
+        c: wire::CreateJob<'_>,
+    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+        let (key, instances, config) = self.validate_create(c)?;
+        Ok((
+            key.clone(),
+            crate::ha::DesiredJob {
+                key,
+                instances,
+                config,
+                retired: Vec::new(),
+            },
+        ))
+    }
+
+    /// The desired state a KillJob would write (its instances retired).
+    pub(super) fn desired_after_kill(
+        &self,
+        k: wire::KillJob<'_>,
+    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+        let (job, instances) = self.kill_targets(k)?;
+        let mut desired = self.desired(job);
+        desired.retired.extend(instances);
+        desired.retired.sort_unstable();
+        desired.retired.dedup();
+        Ok((self.jobs[job].key.clone(), desired))
+    }
+
+    /// Applies a (verified, and where needed persisted) client request and replies.
+    pub(super) fn apply_client(&mut self, reply: ReplyTo, bytes: Bytes) {
+        // SAFETY: verified by the reader of the client's connection.
+        let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+        let request_id = message.request_id();
+        let result = match message.payload_type() {
+            wire::Payload::CreateJob => {
+                self.create_job(message.payload_as_create_job().expect("type checked"))
+            }
+            wire::Payload::KillJob => {
+                self.kill_job(message.payload_as_kill_job().expect("type checked"))
+            }
+            wire::Payload::SetQuota => {
+                self.set_quota(message.payload_as_set_quota().expect("type checked"))
+            }
+            wire::Payload::GetQuota => {
+                let role = message.payload_as_get_quota().expect("type checked").role();
+                Ok(self.get_quota(request_id, role))
+            }
+            wire::Payload::QueryJob => {
+                let key = message
+                    .payload_as_query_job()
+                    .expect("type checked")
+                    .job_key();
+                match key.parse::<JobKey>() {
+                    Ok(key) => match self.job_index.get(&key) {
+                        Some(&job) => {
+                            let status = self.job_status(job);
+                            Ok(self.encoder.job_status(request_id, &status).to_vec())
+                        }
+                        None => Err((ErrorCode::UnknownJob, format!("unknown job {key}"))),
+                    },
+                    Err(e) => Err((ErrorCode::InvalidRequest, e.to_string())),
+                }
+            }
+            _ => Err((ErrorCode::InvalidRequest, "not a job request".into())),
+        };
+        let bytes = match result {
+            Ok(bytes) if bytes.is_empty() => self.encoder.ack(request_id).to_vec(),
+            Ok(bytes) => bytes,
+            Err((code, text)) => self.encoder.error(request_id, code, &text).to_vec(),
+        };
+        self.reply(reply, bytes);
+    }
+
+    pub(super) fn create_job(
+        &mut self,
+        c: wire::CreateJob<'_>,
+    ) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let (key, instances, config) = self.validate_create(c)?;
+        if let Some(&existing) = self.job_index.get(&key) {
+            // Every instance of the old job has ended (checked): the new job replaces it.
+            self.drop_job(existing);
+        }
+        let job = self.install_job(key.clone(), instances, config);
+        self.log(&LogRecord::JobCreated {
+            key: key.clone(),
+            instances,
+            config: (*self.jobs[job].config).clone(),
+        });
+        for instance in 0..instances {
+            self.new_task(job, instance, 0, 0, 0);
+        }
+        tracing::info!(shard = self.id, job = %key, instances, "job created");
+        Ok(Vec::new())
+    }
+
+    /// Every check of a CreateJob, changing nothing.
+    pub(super) fn validate_create(
+        &self,
+        c: wire::CreateJob<'_>,
+    ) -> Result<(JobKey, u32, TaskConfig), (ErrorCode, String)> {
+        let key: JobKey = c
+            .job_key()
+            .parse()
+            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let instances = c.instances();
+        if instances == 0 {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("job {key}: instances must be >= 1"),
+            ));
+        }
+        if instances > self.config.max_tasks_per_job {
+            return Err((
+                ErrorCode::TooManyTasks,
+                format!(
+                    "job {key}: {instances} instances exceed --max-tasks-per-job {}",
+                    self.config.max_tasks_per_job
+                ),
+            ));
+        }
+        if !self.allowed_environments.is_match(&key.environment) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!(
+                    "job {key}: environment {:?} is not allowed (--allowed-job-environments {})",
+                    key.environment,
+                    self.allowed_environments.as_str()
+                ),
+            ));
+        }
+        let mut config = task_config_from_wire(key.clone(), c.config())
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+        // A job file that names no tier gets the tier config's (Aurora's `default`).
+        let explicit = (!borealis_net::codec::tier_unset(c.config())).then_some(config.tier);
+        config.tier = self.tiers.resolve(explicit, config.production);
+        self.tiers
+            .validate(config.tier, config.production)
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+        borealis_core::validate::validate_task_config(&config)
+            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+        if let Some(&existing) = self.job_index.get(&key) {
+            let live = self.jobs[existing]
+                .current
+                .iter()
+                .flatten()
+                .any(|t| self.tasks.get(t).is_some_and(|t| !t.state.is_terminal()));
+            if live {
+                return Err((ErrorCode::JobExists, format!("job {key} already exists")));
+            }
+        }
+        Ok((key, instances, config))
+    }
+
+    /// Adds a job with no tasks yet.
+    pub(super) fn install_job(
+        &mut self,
+        key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+    ) -> JobIdx {
+        let compiled = self.index.compile(&config);
+        let job = self.jobs.insert(Job::new(
+            key.clone(),
+            config,
+            compiled,
+            vec![None; instances as usize],
+            VecDeque::new(),
+            &self.tiers,
+        ));
+        self.job_index.insert(key, job);
+        self.count_job_quota_use(job);
+        job
+    }
+
+    /// Forgets a job whose tasks have all ended.
+    pub(super) fn drop_job(&mut self, job: JobIdx) {
+        let removed_key = self.jobs[job].key.clone();
+        let ids: Vec<TaskId> = self.jobs[job]
+            .current
+            .iter()
+            .flatten()
+            .chain(self.jobs[job].history.iter())
+            .copied()
+            .collect();
+        for id in ids {
+            if let Some(t) = self.tasks.remove(&id) {
+                debug_assert!(t.state.is_terminal());
+                self.state_counts[t.state as usize] -= 1;
+            }
+        }
+        self.forget_job_quota_use(job);
+        self.job_index.remove(&removed_key);
+        let due = self.jobs[job].blocked_due_us;
+        self.blocked_jobs.remove(&(due, job));
+        self.jobs.remove(job);
+        self.log(&LogRecord::JobRemoved { key: removed_key });
+    }
+
+    /// Creates an instance's next task: INIT, then PENDING, or THROTTLED for `throttle_ms`
+    /// (a flapping task's replacement), through the table like every other change.
+    pub(super) fn new_task(
+        &mut self,
+        job: JobIdx,
+        instance: u32,
+        failure_count: u32,
+        flaps: u32,
+        throttle_ms: u64,
+    ) -> TaskId {
+        let id = self.ids.next_id();
+        let now = self.now_us;
+        self.tasks.insert(
+            id,
+            Task {
+                id,
+                job,
+                instance,
+                state: TaskState::Init,
+                agent: None,
+                host: None,
+                holds: false,
+                failure_count,
+                consecutive_flaps: flaps,
+                entered_us: now,
+                running_since_us: None,
+                exit_code: -1,
+                message: String::new(),
+                ports: Vec::new(),
+                sandbox: String::new(),
+                killed_by_user: false,
+                awaiting_adoption: false,
+                preempted_by: None,
+            },
+        );
+        self.jobs[job].current[instance as usize] = Some(id);
+        self.count_state(None, TaskState::Init);
+        if throttle_ms == 0 {
+            self.set_state(id, TaskState::Pending);
+            self.pending.push_back(id);
+        } else {
+            // Aurora: the replacement of a flapping task waits THROTTLED (INIT -> THROTTLED).
+            self.set_state(id, TaskState::Throttled);
+            let t = self.tasks.get_mut(&id).expect("new");
+            t.message = format!("throttled for {throttle_ms} ms (flapping)");
+            self.throttled
+                .insert((self.now_us + throttle_ms * 1000, id), ());
+        }
+        self.log_task(id);
+        id
+    }
+
+    pub(super) fn kill_job(
+        &mut self,
+        k: wire::KillJob<'_>,
+    ) -> Result<Vec<u8>, (ErrorCode, String)> {
+        let (job, instances) = self.kill_targets(k)?;
+        for instance in instances {
+            self.retire_instance(job, instance);
+            let Some(task_id) = self.jobs[job].current[instance as usize] else {
+                continue;
+            };
+            if !self.may_transition(task_id, TaskState::Killing) {
+                continue; // already being killed
+            }
+            if let Some(t) = self.tasks.get_mut(&task_id) {
+                t.killed_by_user = true;
+            }
+            self.transition(task_id, TaskState::Killing, "killed by user");
+        }
+        Ok(Vec::new())
+    }
+
+    /// The job and instances a KillJob names, after every check.
+    pub(super) fn kill_targets(
+        &self,
+        k: wire::KillJob<'_>,
+    ) -> Result<(JobIdx, Vec<u32>), (ErrorCode, String)> {
+        let key: JobKey = k
+            .job_key()
+            .parse()
+            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+        let Some(&job) = self.job_index.get(&key) else {
+            return Err((ErrorCode::UnknownJob, format!("unknown job {key}")));
+        };
+        let count = self.jobs[job].current.len() as u32;
+        let instances: Vec<u32> = match k.instances() {
+            Some(list) if !list.is_empty() => list.iter().collect(),
+            _ => (0..count).collect(),
+        };
+        if let Some(bad) = instances.iter().find(|&&i| i >= count) {
+            return Err((
+                ErrorCode::InvalidRequest,
+                format!("job {key} has no instance {bad} (instances 0..{count})"),
+            ));
+        }
+        Ok((job, instances))
+    }
+
+    pub(super) fn job_summary(&self, job: &Job) -> JobSummaryView {
+        let mut state_counts = [0u32; TaskState::COUNT];
+        for id in job.current.iter().flatten().chain(job.history.iter()) {
+            if let Some(t) = self.tasks.get(id) {
+                state_counts[t.state as usize] += 1;
+            }
+        }
+        JobSummaryView {
+            job_key: job.key_text.to_string(),
+            instances: job.current.len() as u32,
+            is_service: job.config.is_service,
+            state_counts,
+        }
+    }
+
+    /// Why a task waits: for a PENDING task, its job's last failed attempt (or that none was
+    /// made yet); for a THROTTLED one, its delay.
+    fn pending_reason_of(&self, job: &Job, t: &Task) -> String {
+        match t.state {
+            TaskState::Pending => match &job.pending_reason {
+                Some(reason) if job.blocked_due_us != 0 => reason.clone(),
+                _ => "waiting for the next scheduling round".into(),
+            },
+            TaskState::Throttled => t.message.clone(),
+            _ => String::new(),
+        }
+    }
+
+    pub(super) fn job_status(&self, job: JobIdx) -> JobStatusView {
+        let j = &self.jobs[job];
+        let mut tasks: Vec<TaskInfoView> = j
+            .history
+            .iter()
+            .chain(j.current.iter().flatten())
+            .filter_map(|id| self.tasks.get(id))
+            .map(|t| {
+                let (agent_id, hostname) = t
+                    .host
+                    .as_ref()
+                    .map(|h| (h.name.to_string(), h.hostname.to_string()))
+                    .unwrap_or_default();
+                TaskInfoView {
+                    task_id: t.id.0,
+                    instance: t.instance,
+                    state: Some(t.state),
+                    agent_id,
+                    hostname,
+                    failure_count: t.failure_count,
+                    exit_code: t.exit_code,
+                    message: t.message.clone(),
+                    ports: t.ports.clone(),
+                    sandbox: t.sandbox.clone(),
+                    pending_reason: self.pending_reason_of(j, t),
+                    preempted_by: t.preempted_by.map(|p| p.0),
+                }
+            })
+            .collect();
+        tasks.sort_by_key(|t| (t.instance, t.task_id));
+        JobStatusView {
+            job: self.job_summary(j),
+            tasks,
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Messages from other shards (and from this shard to itself): one handler per `PeerMsg`.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn handle_peer(&mut self, from: ShardId, msg: PeerMsg) {
+        match msg {
+            PeerMsg::Client { reply, bytes } => self.handle_client(reply, bytes),
+            PeerMsg::ClientReply { conn, bytes } => self.write_conn(conn, &bytes),
+            PeerMsg::ListJobs { reply, request_id } => {
+                let jobs = self.jobs.iter().map(|j| self.job_summary(j)).collect();
+                let refused = !self.acting();
+                self.send(
+                    reply.shard,
+                    PeerMsg::ListPart {
+                        conn: reply.conn,
+                        request_id,
+                        jobs,
+                        refused,
+                    },
+                );
+            }
+            PeerMsg::ListPart {
+                conn,
+                request_id,
+                jobs,
+                refused,
+            } => {
+                if let Some(g) = self.gathers.get_mut(&(conn, request_id)) {
+                    g.jobs.extend(jobs);
+                    g.refused |= refused;
+                    g.waiting -= 1;
+                    if g.waiting == 0 {
+                        let mut g = self.gathers.remove(&(conn, request_id)).expect("present");
+                        let bytes = if g.refused {
+                            // A shard still taking (or leaving) the lead: no partial lists.
+                            self.not_leader(request_id)
+                        } else {
+                            g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+                            self.encoder.job_list(request_id, &g.jobs).to_vec()
+                        };
+                        self.write_conn(conn, &bytes);
+                    }
+                }
+            }
+            PeerMsg::Status { agent, bytes } => {
+                // SAFETY: verified by the reader of the agent's connection.
+                let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+                let s = message
+                    .payload_as_task_status()
+                    .expect("routed as TaskStatus");
+                match state_from_wire(s.state()) {
+                    Ok(state) => {
+                        self.on_status(&Report {
+                            agent,
+                            task_id: TaskId(s.task_id()),
+                            state,
+                            exit_code: s.exit_code(),
+                            message: s.message().unwrap_or_default(),
+                            sandbox: s.sandbox().unwrap_or_default(),
+                            adopting: false,
+                        });
+                    }
+                    Err(e) => tracing::warn!("ignoring status: {e}"),
+                }
+            }
+            PeerMsg::Adopt {
+                agent,
+                report,
+                agent_name,
+                hostname,
+                attributes,
+            } => {
+                self.agent_names.insert(
+                    agent,
+                    Arc::new(AgentNames {
+                        name: agent_name,
+                        hostname,
+                    }),
+                );
+                if !self.agent_attr_ids.contains_key(&agent) {
+                    let ids = self.index.intern_attributes(&attributes);
+                    self.agent_attr_ids.insert(agent, ids);
+                }
+                if self.is_ha() {
+                    self.adopt_unknown(agent, &report);
+                }
+                let running = self.tasks.get(&report.task_id).map(|t| {
+                    preemption::RunningTask::of(self.id, &self.jobs[t.job].config, &self.tiers)
+                });
+                let adopted = self.on_status(&Report {
+                    agent,
+                    task_id: report.task_id,
+                    state: report.state,
+                    exit_code: report.exit_code,
+                    message: &report.message,
+                    sandbox: &report.sandbox,
+                    adopting: true,
+                });
+                self.send(
+                    from,
+                    PeerMsg::AdoptReply {
+                        agent,
+                        task_id: report.task_id,
+                        running: running.filter(|_| adopted.is_some()),
+                        adopted,
+                    },
+                );
+            }
+            PeerMsg::AdoptReply {
+                agent,
+                task_id,
+                adopted,
+                running,
+            } => {
+                if let Some(a) = self.home_agents.get_mut(&agent) {
+                    if let Some(running) = running {
+                        a.running.insert(task_id, running);
+                    }
+                    if let OfferWhere::Adopting { waiting, used } = &mut a.offer {
+                        *waiting -= 1;
+                        if let Some((resources, ports)) = adopted {
+                            *used = used.plus(&resources);
+                            a.ports_in_use.insert(task_id, ports);
+                        }
+                    }
+                    self.maybe_offer_adopted(agent);
+                }
+            }
+            PeerMsg::Launch {
+                agent,
+                task_id,
+                instance,
+                config,
+            } => self.home_launch(from, agent, task_id, instance, &config),
+            PeerMsg::PortsAssigned { task_id, ports } => {
+                if let Some(t) = self.tasks.get_mut(&task_id) {
+                    t.ports = ports;
+                    self.log_task(task_id);
+                }
+            }
+            PeerMsg::StatusAck {
+                agent,
+                task_id,
+                state,
+            } => {
+                if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
+                    self.pending_acks
+                        .entry(conn)
+                        .or_default()
+                        .push((task_id, state));
+                }
+            }
+            PeerMsg::LaunchFailed { task_id } => {
+                // The task may have been killed or ended meanwhile.
+                if self.may_transition(task_id, TaskState::Lost) {
+                    self.transition(task_id, TaskState::Lost, "agent gone before launch");
+                }
+            }
+            PeerMsg::Kill {
+                agent,
+                task_id,
+                job_key,
+            } => {
+                if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
+                    let bytes = self.encoder.kill_task(task_id, &job_key);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.writer.push(bytes);
+                    }
+                }
+            }
+            PeerMsg::Release {
+                agent,
+                task_id,
+                resources,
+            } => self.home_release(agent, task_id, resources),
+            PeerMsg::AgentLost { agent } => self.on_agent_lost(agent),
+            PeerMsg::Borrow { demand } => self.lend(from, demand),
+            PeerMsg::Explain {
+                job_key,
+                epoch,
+                config,
+                spread,
+            } => self.explain_for_peer(from, job_key, epoch, &config, &spread),
+            PeerMsg::QuotaCheck {
+                role,
+                token,
+                demand,
+            } => self.quota_check(from, role, token, demand),
+            PeerMsg::QuotaVerdict { token, result } => self.quota_verdict(token, result),
+            PeerMsg::QuotaUsage {
+                role,
+                used,
+                settled,
+            } => self.quota_usage(from, &role, used, &settled),
+            PeerMsg::UsageSnapshot { usage } => {
+                if self.acting() {
+                    self.usage_snapshot(from, usage);
+                }
+            }
+            PeerMsg::UsageRequest => {
+                if self.acting() {
+                    self.send_usage_snapshot(Some(from));
+                }
+            }
+            PeerMsg::Explained {
+                job_key,
+                epoch,
+                reasons,
+            } => self.explained(&job_key, epoch, reasons),
+            PeerMsg::Lend {
+                offers,
+                reserved_for: Some(preemptor),
+            } => {
+                for o in offers {
+                    self.agent_names.insert(
+                        o.agent,
+                        Arc::new(AgentNames {
+                            name: o.agent_name.clone(),
+                            hostname: o.hostname.clone(),
+                        }),
+                    );
+                    self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
+                    self.borrowed.insert(o.agent);
+                }
+                self.place_preemptor(preemptor);
+            }
+            PeerMsg::SlotSearch(query) => self.find_slot(from, query),
+            PeerMsg::SlotFound { token, slot, fits } => self.slot_found(token, slot, fits),
+            PeerMsg::SlotClaim {
+                agent,
+                task_id,
+                demand,
+                victims,
+                hold_ms,
+            } => self.claim_slot(from, agent, task_id, demand, victims, hold_ms),
+            PeerMsg::Preempt { task_id, preemptor } => self.preempt(task_id, preemptor),
+            PeerMsg::Lend {
+                offers,
+                reserved_for: None,
+            } => {
+                self.borrow_outstanding = false;
+                let got = offers.len();
+                for o in offers {
+                    self.agent_names.insert(
+                        o.agent,
+                        Arc::new(AgentNames {
+                            name: o.agent_name.clone(),
+                            hostname: o.hostname.clone(),
+                        }),
+                    );
+                    self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
+                    self.borrowed.insert(o.agent);
+                    self.retry_blocked(o.free);
+                }
+                self.placed_since_lend = 0;
+                self.metrics().offers_borrowed_total.add(got as u64);
+                if got == 0 {
+                    // This peer had nothing that fits: ask the next one, after a pause.
+                    self.next_lender = self.next_peer(self.next_lender);
+                    self.next_borrow_at_us = self.now_us + us(BORROW_BACKOFF);
+                }
+            }
+            PeerMsg::Return { agent, free } => {
+                if let Some(a) = self.home_agents.get_mut(&agent) {
+                    let free = free.plus(&a.released_while_lent);
+                    a.released_while_lent = Resources::ZERO;
+                    a.offer = OfferWhere::Home;
+                    self.lent_out -= 1;
+                    let (attributes, total) = (a.attributes.clone(), a.total);
+                    self.upsert_offer(agent, &attributes, total, free);
+                    self.retry_blocked(free);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The task lifecycle on the job's owner: agents' reports, transitions through the table and
+//! their side effects (kills, releases, rescheduling).
+
+use super::*;
+
+impl Shard {
+    /// Applies a status reported by an agent. Returns what an adopted task holds on the
+    /// agent (for `Adopt`), `None` when the task was not adopted.
+    pub(super) fn on_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+        let adopted = self.apply_status(report);
+        let Report {
+            agent,
+            task_id,
+            state: reported,
+            ..
+        } = *report;
+        if reported.is_terminal() {
+            // Acknowledged whatever became of it: the agent stops re-reporting it. The ack
+            // leaves only after this round's commit.
+            self.send(
+                agent_home(agent),
+                PeerMsg::StatusAck {
+                    agent,
+                    task_id,
+                    state: reported,
+                },
+            );
+        }
+        adopted
+    }
+
+    pub(super) fn apply_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+        let Report {
+            agent,
+            task_id,
+            state: reported,
+            exit_code,
+            message,
+            sandbox,
+            adopting,
+        } = *report;
+        let Some(t) = self.tasks.get_mut(&task_id) else {
+            if !reported.is_terminal() {
+                tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
+                self.send(
+                    agent_home(agent),
+                    PeerMsg::Kill {
+                        agent,
+                        task_id,
+                        job_key: "".into(),
+                    },
+                );
+            }
+            return None;
+        };
+        if t.agent != Some(agent) {
+            let placed = t.agent.is_some() || t.awaiting_adoption;
+            // A restored task may also have ended while the scheduler was down: its agent's
+            // report is the truth (it must not be marked LOST and run again).
+            let ended_while_down = t.awaiting_adoption && reported.is_terminal();
+            let adoptable = adopting
+                && placed
+                && !t.state.is_terminal()
+                && (!reported.is_terminal() || ended_while_down);
+            if !adoptable {
+                if !reported.is_terminal() {
+                    let key = self.jobs[t.job].key_text.clone();
+                    self.kill_on_agent(agent, task_id, key);
+                }
+                return None;
+            }
+            // The agent reconnected under a new number (or the scheduler restarted): move the
+            // task to it.
+            // The job's spread counts the task where it now is.
+            if let Some(old) = t.agent.replace(agent) {
+                if let Some(set) = self.tasks_by_agent.get_mut(&old) {
+                    set.remove(&task_id);
+                }
+                if let Some(ids) = self.agent_attr_ids.get(&old) {
+                    self.jobs[t.job].spread.remove_attributes(ids);
+                }
+            }
+            if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                self.jobs[t.job].spread.add_attributes(ids);
+            }
+            t.awaiting_adoption = false;
+            self.tasks_by_agent
+                .entry(agent)
+                .or_default()
+                .insert(task_id);
+            // A task that ended while the scheduler was down holds nothing any more; its end
+            // is applied below.
+            t.holds = !ended_while_down;
+            t.host = self.agent_names.get(&agent).cloned();
+            self.log_task(task_id);
+        }
+        let t = self.tasks.get_mut(&task_id).expect("present");
+        if !sandbox.is_empty() && t.sandbox.is_empty() {
+            t.sandbox = sandbox.to_string();
+        }
+        if t.state.is_terminal() {
+            if !reported.is_terminal() {
+                let key = self.jobs[t.job].key_text.clone();
+                self.kill_on_agent(agent, task_id, key);
+            }
+            return None;
+        }
+        if reported.is_terminal() {
+            t.exit_code = exit_code;
+            t.message.clear();
+            t.message.push_str(message);
+        }
+        let resources = self.jobs[t.job].config.resources;
+        let ports: Vec<u16> = t.ports.iter().map(|(_, p)| *p).collect();
+        let next = lifecycle::next_state_on_report(t.state, reported);
+        if let Some(next) = next {
+            self.transition(task_id, next, message);
+        }
+        if adopting {
+            let t = self.tasks.get(&task_id)?;
+            if !t.state.is_terminal() {
+                return Some((resources, ports));
+            }
+        }
+        None
+    }
+
+    /// Asks the agent's home shard to kill a task on it (a task the agent should not run).
+    pub(super) fn kill_on_agent(&mut self, agent: AgentId, task_id: TaskId, job_key: Arc<str>) {
+        self.send(
+            agent_home(agent),
+            PeerMsg::Kill {
+                agent,
+                task_id,
+                job_key,
+            },
+        );
+    }
+
+    /// The one place a task's state changes. The edge must be in the table: asking for an
+    /// illegal one is a programmer error (callers acting on possibly stale input check
+    /// `can_transition_to` first). Keeps the per-state counts, stamps the time, and records
+    /// the transition for the simulation. Returns the previous state; logging is the caller's.
+    pub(super) fn set_state(&mut self, task_id: TaskId, next: TaskState) -> TaskState {
+        let now = self.now_us;
+        let t = self
+            .tasks
+            .get_mut(&task_id)
+            .expect("a state change of a known task");
+        let prev = t.state;
+        assert!(
+            prev.can_transition_to(next),
+            "illegal transition of task {task_id}: {prev} -> {next}"
+        );
+        t.state = next;
+        t.entered_us = now;
+        if next == TaskState::Running {
+            t.running_since_us = Some(now);
+        }
+        if let Some(log) = &mut self.transition_log {
+            log.push(Transition {
+                task: task_id,
+                from: prev,
+                to: next,
+            });
+        }
+        self.count_state(Some(prev), next);
+        prev
+    }
+
+    /// Whether `task_id` exists and may move to `next` now (for requests that can be stale:
+    /// a report or a timer about a task that has moved on since).
+    pub(super) fn may_transition(&self, task_id: TaskId, next: TaskState) -> bool {
+        self.tasks
+            .get(&task_id)
+            .is_some_and(|t| t.state.can_transition_to(next))
+    }
+
+    /// Moves a task to `next` (a legal edge) and applies the consequences: resources, kills,
+    /// rescheduling.
+    pub(super) fn transition(&mut self, task_id: TaskId, next: TaskState, why: &str) {
+        let now = self.now_us;
+        let prev = self.set_state(task_id, next);
+        let t = self.tasks.get_mut(&task_id).expect("just changed");
+        if (t.message.is_empty() || !next.is_terminal()) && t.message != why {
+            // Reuses the string's buffer: no allocation per transition.
+            t.message.clear();
+            t.message.push_str(why);
+        }
+        let job = t.job;
+        let agent = t.agent;
+        self.log_task(task_id);
+        match next {
+            TaskState::Killing
+            | TaskState::Preempting
+            | TaskState::Draining
+            | TaskState::Restarting => {
+                if let Some(agent) = agent {
+                    let key = self.jobs[job].key_text.clone();
+                    self.send(
+                        agent_home(agent),
+                        PeerMsg::Kill {
+                            agent,
+                            task_id,
+                            job_key: key,
+                        },
+                    );
+                } else {
+                    // Nothing runs anywhere: the kill is immediate.
+                    self.transition(task_id, TaskState::Killed, why);
+                }
+                return;
+            }
+            _ => {}
+        }
+        if next.is_terminal() {
+            self.task_ended(task_id, prev, now);
+        }
+    }
+
+    pub(super) fn task_ended(&mut self, task_id: TaskId, prev: TaskState, now: u64) {
+        let t = self.tasks.get_mut(&task_id).expect("present");
+        let job = t.job;
+        let instance = t.instance;
+        if let Some(agent) = t.agent {
+            if t.holds {
+                t.holds = false;
+                let resources = self.jobs[job].config.resources;
+                self.send(
+                    agent_home(agent),
+                    PeerMsg::Release {
+                        agent,
+                        task_id,
+                        resources,
+                    },
+                );
+            }
+            if let Some(set) = self.tasks_by_agent.get_mut(&agent) {
+                set.remove(&task_id);
+                if set.is_empty() {
+                    self.tasks_by_agent.remove(&agent);
+                }
+            }
+            if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                self.jobs[job].spread.remove_attributes(ids);
+            }
+        }
+        let t = self.tasks.get(&task_id).expect("present");
+        let final_state = t.state;
+        // Losing the agent is not the task's fault (no flapping penalty); a user's kill is
+        // never replaced; preemption and drains fold in through the previous state.
+        let interruption = lifecycle::end_interruption(t.killed_by_user, final_state);
+        let config = &self.jobs[job].config;
+        let outcome = lifecycle::on_terminal(
+            &self.config.lifecycle,
+            &TaskEnd {
+                previous_state: prev,
+                final_state,
+                interruption,
+                is_service: config.is_service,
+                max_task_failures: config.max_task_failures,
+                prior_failures: t.failure_count,
+                ran_for_ms: t
+                    .running_since_us
+                    .map(|since| now.saturating_sub(since) / 1000),
+                prior_consecutive_flaps: t.consecutive_flaps,
+            },
+        );
+        let failure_count = outcome.failures;
+        let decision = match outcome.reschedule {
+            Reschedule::No => None,
+            Reschedule::Now => Some((0, outcome.consecutive_flaps)),
+            Reschedule::After { delay_ms } => Some((delay_ms, outcome.consecutive_flaps)),
+        };
+        if let Some(t) = self.tasks.get_mut(&task_id) {
+            if t.failure_count != failure_count {
+                t.failure_count = failure_count;
+                self.log_task(task_id);
+            }
+        }
+        // Retire into history.
+        self.jobs[job].history.push_back(task_id);
+        if self.jobs[job].current[instance as usize] == Some(task_id) {
+            self.jobs[job].current[instance as usize] = None;
+        }
+        self.ended.push_back((now, task_id));
+        self.log(&LogRecord::TaskEnded { id: task_id });
+        self.prune_history_over_max(job, now);
+        // Ended for good: it no longer holds quota, and a new leader must not start it again.
+        if decision.is_none() && self.retire_instance(job, instance) && self.is_ha() {
+            let desired = self.desired(job);
+            let key = self.jobs[job].key.clone();
+            let pending = PendingPersist {
+                reply: None,
+                request_id: 0,
+                bytes: None,
+                settle: None,
+            };
+            if let Err((_, e)) = self.persist(&key, Some(desired), pending) {
+                tracing::error!(shard = self.id, job = %key, "cannot persist a retired instance: {e}");
+            }
+        }
+        if let Some((delay_ms, flaps)) = decision {
+            self.new_task(job, instance, failure_count, flaps, delay_ms);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! Simulated clients (the `borealis job ...` CLI on the wire) and the ledger of what the
+//! scheduler acknowledged to clients and agents: the facts the durability invariants hold
+//! the scheduler to.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
+use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage};
+
+use crate::agents::TaskPlan;
+use crate::invariants::Violation;
+
+/// A job as the simulation creates it (the key is given apart).
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobConfig {
+    pub instances: u32,
+    pub resources: Resources,
+    pub constraints: Vec<Constraint>,
+    pub service: bool,
+    pub production: bool,
+    pub max_task_failures: i32,
+    pub plan: TaskPlan,
+}
+
+impl JobConfig {
+    /// `instances` ad-hoc tasks of `cpu_millis` and `ram_mib` that run until killed.
+    pub fn new(instances: u32, cpu_millis: u32, ram_mib: u32) -> JobConfig {
+        JobConfig {
+            instances,
+            resources: Resources {
+                cpu_millis,
+                ram_mib,
+                disk_mib: 0,
+                ports: 0,
+            },
+            constraints: Vec::new(),
+            service: false,
+            production: false,
+            max_task_failures: 1,
+            plan: TaskPlan::RunForever,
+        }
+    }
+
+    pub fn service(mut self) -> JobConfig {
+        self.service = true;
+        self
+    }
+
+    pub fn production(mut self) -> JobConfig {
+        self.production = true;
+        self
+    }
+
+    pub fn ports(mut self, ports: u16) -> JobConfig {
+        self.resources.ports = ports;
+        self
+    }
+
+    pub fn constraint(mut self, constraint: Constraint) -> JobConfig {
+        self.constraints.push(constraint);
+        self
+    }
+
+    pub fn max_task_failures(mut self, failures: i32) -> JobConfig {
+        self.max_task_failures = failures;
+        self
+    }
+
+    pub fn plan(mut self, plan: TaskPlan) -> JobConfig {
+        self.plan = plan;
+        self
+    }
+
+    pub fn task_config(&self, key: &JobKey) -> TaskConfig {
+        TaskConfig {
+            job: key.clone(),
+            command: self.plan.command(),
+            resources: self.resources,
+            port_names: (0..self.resources.ports).map(|i| format!("p{i}")).collect(),
+            constraints: self.constraints.clone(),
+            tier: Tier::Preferred,
+            priority: 0,
+            production: self.production,
+            is_service: self.service,
+            max_task_failures: self.max_task_failures,
+            finalization_wait_secs: 1,
+        }
+    }
+}
+
+impl std::fmt::Debug for JobConfig {
+    /// One line: what a trace reader needs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.resources;
+        write!(
+            f,
+            "{}x cpu={} ram={}",
+            self.instances, r.cpu_millis, r.ram_mib
+        )?;
+        if r.ports > 0 {
+            write!(f, " ports={}", r.ports)?;
+        }
+        if self.service {
+            write!(f, " service")?;
+        }
+        if self.production {
+            write!(f, " production")?;
+        }
+        write!(f, " failures={} {:?}", self.max_task_failures, self.plan)?;
+        for c in &self.constraints {
+            match c {
+                Constraint::Value {
+                    attribute,
+                    negated,
+                    values,
+                } => write!(
+                    f,
+                    " {attribute}{}{}",
+                    if *negated { "!=" } else { "=" },
+                    values.join("|")
+                )?,
+                Constraint::Limit { attribute, limit } => write!(f, " {attribute}<={limit}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A request a client sent and waits on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Create { key: String },
+    Kill { key: String, instances: Vec<u32> },
+    Query { key: String },
+    /// The keys whose creation was acknowledged before the list was asked for.
+    List { acked_before: BTreeSet<String> },
+}
+
+/// A reply, as the builder API returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Ack,
+    Error { code: ErrorCode, message: String },
+    Status(JobStatusView),
+    List(Vec<JobSummaryView>),
+    /// The connection closed before the answer came (the outcome is unknown).
+    Lost,
+}
+
+/// One client: a connection to a scheduler instance and its requests in flight.
+#[derive(Debug, Default)]
+pub struct SimClient {
+    /// The world's key of the open connection.
+    pub conn: Option<(usize, usize, u64)>,
+    /// The instance to talk to (HA: the leader it was told of).
+    pub target: usize,
+    pub next_request_id: u64,
+    pub in_flight: BTreeMap<u64, Request>,
+    /// Answers by request id (read by the builder API).
+    pub replies: BTreeMap<u64, Reply>,
+}
+
+impl SimClient {
+    pub fn request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    /// The connection closed: whatever was asked has an unknown outcome.
+    pub fn on_disconnected(&mut self) {
+        self.conn = None;
+        for (id, _) in std::mem::take(&mut self.in_flight) {
+            self.replies.insert(id, Reply::Lost);
+        }
+    }
+}
+
+/// What the scheduler acknowledged: the facts no crash, failover or fault may undo.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// Jobs whose creation a client saw acknowledged.
+    pub acked_creates: BTreeSet<String>,
+    /// Instances whose kill a client saw acknowledged.
+    pub acked_kills: BTreeMap<String, BTreeSet<u32>>,
+    /// Keys created more than once: a later create may legitimately replace an ended job,
+    /// so the per-job facts above do not apply to them.
+    pub tainted: BTreeSet<String>,
+    /// Keys a create was ever sent for.
+    pub create_sent: BTreeSet<String>,
+    /// Terminal statuses acknowledged to an agent: task → (state, job key, instance).
+    pub acked_terminals: BTreeMap<TaskId, (TaskState, String, u32)>,
+    /// Instances the scheduler ended for good (no replacement) after an acknowledged end
+    /// (a terminal status acked to an agent, or a kill acked to a client).
+    pub ended_instances: BTreeSet<(String, u32)>,
+}
+
+impl Ledger {
+    /// Whether the per-job facts apply to `key`.
+    pub fn tracks(&self, key: &str) -> bool {
+        !self.tainted.contains(key)
+    }
+
+    pub fn note_create_sent(&mut self, key: &str) {
+        if !self.create_sent.insert(key.to_string()) {
+            self.tainted.insert(key.to_string());
+        }
+    }
+
+    /// Applies a client's reply; a reply that contradicts an acknowledged fact is a violation.
+    pub fn on_reply(
+        &mut self,
+        request: &Request,
+        message: &OwnedMessage,
+    ) -> Result<Reply, Violation> {
+        let reply = match message {
+            OwnedMessage::Ack => Reply::Ack,
+            OwnedMessage::Error { code, message, .. } => Reply::Error {
+                code: *code,
+                message: message.clone(),
+            },
+            OwnedMessage::JobStatus(status) => Reply::Status(status.clone()),
+            OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
+            other => {
+                return Err(Violation::new(
+                    "client_reply_well_formed",
+                    format!("{request:?} was answered with {other:?}"),
+                ))
+            }
+        };
+        match (request, &reply) {
+            (Request::Create { key }, Reply::Ack) => {
+                self.acked_creates.insert(key.clone());
+            }
+            (Request::Kill { key, instances }, Reply::Ack) => {
+                let set = self.acked_kills.entry(key.clone()).or_default();
+                if instances.is_empty() {
+                    // Every instance: a sentinel the checks expand to the job's count.
+                    set.insert(u32::MAX);
+                } else {
+                    set.extend(instances.iter().copied());
+                }
+            }
+            (Request::Query { key }, Reply::Error { code, message })
+                if *code == ErrorCode::UnknownJob
+                    && self.acked_creates.contains(key)
+                    && self.tracks(key) =>
+            {
+                return Err(Violation::new(
+                    "acked_create_exists",
+                    format!("querying {key}, whose creation was acknowledged: {message}"),
+                ));
+            }
+            (Request::List { acked_before }, Reply::List(jobs)) => {
+                let listed: BTreeSet<&str> = jobs.iter().map(|j| j.job_key.as_str()).collect();
+                if let Some(missing) = acked_before
+                    .iter()
+                    .find(|k| self.tracks(k) && !listed.contains(k.as_str()))
+                {
+                    return Err(Violation::new(
+                        "acked_create_exists",
+                        format!(
+                            "ListJobs omits {missing}, whose creation was acknowledged before the list was asked for"
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(reply)
+    }
+
+    /// The instances of `key` an acknowledged kill covers (`instances` is the job's count).
+    pub fn killed_instances(&self, key: &str, instances: u32) -> BTreeSet<u32> {
+        match self.acked_kills.get(key) {
+            None => BTreeSet::new(),
+            Some(set) if set.contains(&u32::MAX) => (0..instances).collect(),
+            Some(set) => set.clone(),
+        }
+    }
+}

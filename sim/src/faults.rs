@@ -1,0 +1,234 @@
+//! What a seed means: the cluster it builds (mode, shards, agents, clients) and the trace of
+//! workload and faults it runs: jobs of random size, constraints and kind created, killed and
+//! queried; agents lost and returning, dying, losing acks, duplicating and reordering their
+//! status updates; the scheduler crashing (mid-round) and recovering from its log, possibly
+//! into another shard count; leadership lost and regained under etcd, with slow and failing
+//! persist acknowledgements.
+
+use borealis_core::{Constraint, Resources};
+use borealis_shards::shard::InjectedBug;
+
+use crate::agents::{AgentSpec, TaskPlan};
+use crate::clients::JobConfig;
+use crate::rng::Rng;
+use crate::trace::Event;
+use crate::world::{Mode, WorldConfig};
+
+/// What the caller fixes instead of the seed.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Some(true): HA mode; Some(false): embedded; None: the seed decides (one in four HA).
+    pub ha: Option<bool>,
+    pub shards: Option<usize>,
+    pub bug: Option<InjectedBug>,
+    /// Events per trace (default: the seed picks 40 to 120).
+    pub events: Option<usize>,
+}
+
+const ENVIRONMENTS: [&str; 3] = ["prod", "devel", "test"];
+
+/// The cluster of a seed.
+pub fn setup(seed: u64, options: &RunOptions) -> WorldConfig {
+    let mut rng = Rng::stream(seed, "setup");
+    let ha = options.ha.unwrap_or_else(|| rng.percent(25));
+    let shards = options.shards.unwrap_or_else(|| rng.range(1, 4) as usize);
+    let agent_count = rng.range(2, 7) as usize;
+    let agents = (0..agent_count)
+        .map(|i| {
+            let resources = Resources {
+                cpu_millis: *rng.pick(&[2_000, 4_000, 8_000]),
+                ram_mib: *rng.pick(&[4_096, 8_192, 16_384]),
+                disk_mib: *rng.pick(&[0, 100_000]),
+                ports: *rng.pick(&[0, 20]),
+            };
+            let rack = format!("r{}", i % 3);
+            let zone = format!("z{}", i % 2);
+            let mut attrs = vec![("rack", rack.as_str()), ("zone", zone.as_str())];
+            let dedicated = rng.percent(12);
+            if dedicated {
+                attrs.push(("dedicated", "db"));
+            }
+            AgentSpec::new(&format!("a{i}"), resources, &attrs)
+        })
+        .collect();
+    WorldConfig {
+        seed,
+        mode: if ha { Mode::Ha } else { Mode::Embedded },
+        shards,
+        reconciliation_grace_ms: rng.range(2_000, 8_000),
+        agents,
+        clients: rng.range(1, 3) as usize,
+        bug: options.bug,
+    }
+}
+
+fn random_job(rng: &mut Rng) -> JobConfig {
+    let mut job = JobConfig::new(
+        rng.range(1, 5) as u32,
+        *rng.pick(&[100, 250, 500, 1_000, 2_000]),
+        *rng.pick(&[64, 128, 512, 1_024, 2_048]),
+    );
+    if rng.percent(20) {
+        job = job.ports(rng.range(1, 2) as u16);
+    }
+    if rng.percent(10) {
+        job.resources.disk_mib = 1_000;
+    }
+    if rng.percent(15) {
+        let racks: Vec<String> = (0..rng.range(1, 2)).map(|r| format!("r{r}")).collect();
+        job = job.constraint(Constraint::Value {
+            attribute: "rack".into(),
+            negated: rng.percent(30),
+            values: racks,
+        });
+    }
+    if rng.percent(10) {
+        job = job.constraint(Constraint::Limit {
+            attribute: "host".into(),
+            limit: 1,
+        });
+    }
+    if rng.percent(5) {
+        job = job.constraint(Constraint::Value {
+            attribute: "dedicated".into(),
+            negated: false,
+            values: vec!["db".into()],
+        });
+    }
+    if rng.percent(35) {
+        job = job.service();
+    }
+    if rng.percent(20) {
+        job = job.production();
+    }
+    job = job.max_task_failures(*rng.pick(&[-1, 0, 1, 3]));
+    job.plan(if rng.percent(85) {
+        TaskPlan::Random
+    } else {
+        TaskPlan::RunForever
+    })
+}
+
+/// The trace of a seed for the cluster `config`.
+pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event> {
+    let mut rng = Rng::stream(seed, "trace");
+    let agents = config.agents.len();
+    let clients = config.clients.max(1);
+    let ha = config.mode == Mode::Ha;
+    let count = options
+        .events
+        .unwrap_or_else(|| rng.range(40, 120) as usize);
+    let mut events = Vec::with_capacity(count + agents);
+    for agent in 0..agents {
+        events.push(Event::AgentStart { agent });
+        if rng.percent(30) {
+            events.push(Event::Advance {
+                ms: rng.range(1, 300),
+            });
+        }
+    }
+    let mut keys: Vec<String> = Vec::new();
+    while events.len() < count + agents {
+        let roll = rng.below(100);
+        let client = rng.below(clients as u64) as usize;
+        let agent = rng.below(agents as u64) as usize;
+        let event = match roll {
+            0..=29 => Event::Advance {
+                ms: match rng.below(10) {
+                    0..=4 => rng.range(5, 200),
+                    5..=8 => rng.range(200, 3_000),
+                    _ => rng.range(3_000, 15_000),
+                },
+            },
+            30..=45 => {
+                let key = if !keys.is_empty() && rng.percent(8) {
+                    rng.pick(&keys).clone()
+                } else {
+                    let key = format!(
+                        "role{}/{}/job{}",
+                        rng.below(3),
+                        rng.pick(&ENVIRONMENTS),
+                        keys.len()
+                    );
+                    keys.push(key.clone());
+                    key
+                };
+                Event::CreateJob {
+                    client,
+                    key,
+                    job: random_job(&mut rng),
+                }
+            }
+            46..=51 if !keys.is_empty() => {
+                let key = rng.pick(&keys).clone();
+                let instances = if rng.percent(40) {
+                    Vec::new()
+                } else {
+                    let mut list: Vec<u32> = (0..rng.range(1, 2)).map(|_| rng.below(3) as u32).collect();
+                    list.sort_unstable();
+                    list.dedup();
+                    list
+                };
+                Event::KillJob {
+                    client,
+                    key,
+                    instances,
+                }
+            }
+            52..=55 if !keys.is_empty() => Event::QueryJob {
+                client,
+                key: rng.pick(&keys).clone(),
+            },
+            56..=57 => Event::ListJobs { client },
+            58..=63 => Event::AgentDisconnect {
+                agent,
+                down_ms: match rng.below(3) {
+                    0 => rng.range(50, 500),
+                    1 => rng.range(500, 4_000),
+                    _ => rng.range(4_000, 12_000),
+                },
+            },
+            64..=65 => Event::AgentRestart {
+                agent,
+                down_ms: rng.range(200, 5_000),
+            },
+            66..=69 => Event::LoseAcks {
+                agent,
+                count: rng.range(1, 3) as u32,
+            },
+            70..=73 => Event::GarbleStatuses {
+                agent,
+                duplicate: rng.percent(70),
+                reorder: rng.percent(70),
+                ms: rng.range(1_000, 10_000),
+            },
+            74..=77 if !ha => {
+                let mut mid_round: Vec<usize> = (0..config.shards).filter(|_| rng.percent(50)).collect();
+                mid_round.sort_unstable();
+                Event::Crash {
+                    mid_round,
+                    down_ms: rng.range(0, 3_000),
+                    restart_shards: if rng.percent(75) {
+                        config.shards
+                    } else {
+                        rng.range(1, 4) as usize
+                    },
+                }
+            }
+            74..=77 => Event::LeaderLoss {
+                pause_ms: rng.range(0, 3_000),
+                next: rng.below(2) as usize,
+                same_term: rng.percent(25),
+            },
+            78..=81 if ha => Event::SlowEtcd {
+                delay_ms: rng.range(50, 3_000),
+                fail_percent: *rng.pick(&[0, 0, 10, 30]),
+                ms: rng.range(2_000, 20_000),
+            },
+            82 => Event::Settle,
+            _ => continue,
+        };
+        events.push(event);
+    }
+    events
+}

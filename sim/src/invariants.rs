@@ -1,0 +1,630 @@
+//! The invariants, checked after every step (a step: one event and the rounds it causes),
+//! and the stricter ones that hold only once the cluster is quiet.
+//!
+//! Each check reads the shards' audits (`Shard::audit`), the simulated agents and the
+//! [`Ledger`] of what was acknowledged; none changes anything but the checker's memory of
+//! the last states it saw. A violation names its invariant (a stable string the tests match)
+//! and says what broke it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use borealis_core::placement::AgentId;
+use borealis_core::{Resources, TaskId, TaskState};
+use borealis_shards::shard::{ShardAudit, Transition};
+
+use crate::agents::SimAgent;
+use crate::clients::Ledger;
+use crate::etcd::Etcd;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The invariant's name (stable: tests and reports match on it).
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+impl Violation {
+    pub fn new(invariant: &'static str, detail: impl Into<String>) -> Violation {
+        Violation {
+            invariant,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// Every invariant's name, for reports.
+pub const ALL: &[&str] = &[
+    "agent_not_overcommitted",
+    "task_on_one_shard",
+    "state_counts_agree",
+    "transition_legal",
+    "terminal_is_final",
+    "instance_active_once",
+    "acked_create_exists",
+    "acked_kill_stays_killed",
+    "acked_terminal_is_terminal",
+    "ended_instance_stays_ended",
+    "single_leader",
+    "quotas_never_exceeded",
+    "agent_accounting_exact_when_quiet",
+    "instance_runs_once_on_agents",
+    "agents_agree_with_scheduler",
+    "kill_completes",
+    "terminal_statuses_acked",
+    "follower_holds_nothing",
+    "client_reply_well_formed",
+    "shard_output_decodes",
+    "rounds_terminate",
+    "quiescence_reached",
+    "no_panic",
+];
+
+/// One scheduler instance's shards, audited.
+#[derive(Clone, Debug)]
+pub struct InstanceAudit {
+    pub instance: usize,
+    /// The process runs (false between a crash and its restart).
+    pub up: bool,
+    pub shards: Vec<ShardAudit>,
+}
+
+impl InstanceAudit {
+    /// Whether this instance acts (embedded, or leading under etcd).
+    pub fn acting(&self) -> bool {
+        self.up && self.shards.iter().any(|s| s.acting)
+    }
+
+    fn agent_names(&self) -> BTreeMap<AgentId, &str> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.home_agents.iter())
+            .map(|a| (a.agent, a.name.as_str()))
+            .collect()
+    }
+}
+
+/// Everything a check reads.
+pub struct View<'a> {
+    pub instances: &'a [InstanceAudit],
+    pub agents: &'a [SimAgent],
+    pub ledger: &'a Ledger,
+    pub etcd: Option<&'a Etcd>,
+}
+
+/// The checker's memory between steps: the last state of every task it saw, per instance.
+#[derive(Debug, Default)]
+pub struct Checker {
+    last_states: BTreeMap<(usize, TaskId), TaskState>,
+}
+
+fn ensure(ok: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Result<(), Violation> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Violation::new(invariant, detail()))
+    }
+}
+
+/// Whether `to` can follow `from` through legal transitions (zero or more).
+fn reachable(from: TaskState, to: TaskState) -> bool {
+    let mut seen = 1u32 << from as u32;
+    let mut frontier = vec![from];
+    while let Some(s) = frontier.pop() {
+        if s == to {
+            return true;
+        }
+        for next in s.successors() {
+            if seen & (1 << next as u32) == 0 {
+                seen |= 1 << next as u32;
+                frontier.push(next);
+            }
+        }
+    }
+    false
+}
+
+impl Checker {
+    /// Every transition a shard recorded is an edge of the table.
+    pub fn transitions(&self, shard: usize, transitions: &[Transition]) -> Result<(), Violation> {
+        for t in transitions {
+            ensure(t.from.can_transition_to(t.to), "transition_legal", || {
+                format!("shard {shard}: task {} went {} -> {}", t.task, t.from, t.to)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// An instance restarted with nothing of its former shards' memory (HA reset): forget
+    /// what was seen there.
+    pub fn forget_instance(&mut self, instance: usize) {
+        self.last_states.retain(|(i, _), _| *i != instance);
+    }
+
+    /// The invariants that hold after every step.
+    pub fn step(&mut self, view: &View<'_>) -> Result<(), Violation> {
+        for inst in view.instances.iter().filter(|i| i.up) {
+            agent_not_overcommitted(inst)?;
+            task_on_one_shard(inst)?;
+            state_counts_agree(inst)?;
+            instance_active_once(inst)?;
+            for shard in &inst.shards {
+                quotas_never_exceeded(shard)?;
+            }
+            self.terminal_is_final(inst)?;
+        }
+        ensure(
+            view.instances.iter().filter(|i| i.acting()).count() <= 1,
+            "single_leader",
+            || "more than one scheduler instance acts".into(),
+        )?;
+        acked_facts(view)?;
+        ended_instances_stay_ended(view)?;
+        Ok(())
+    }
+
+    fn terminal_is_final(&mut self, inst: &InstanceAudit) -> Result<(), Violation> {
+        let mut seen = BTreeSet::new();
+        for shard in &inst.shards {
+            for t in &shard.tasks {
+                seen.insert(t.id);
+                let key = (inst.instance, t.id);
+                if let Some(&before) = self.last_states.get(&key) {
+                    ensure(before == t.state || reachable(before, t.state), "terminal_is_final", || {
+                        format!(
+                            "instance {} shard {}: task {} of {}/{} was {before}, is now {}{}",
+                            inst.instance,
+                            shard.shard,
+                            t.id,
+                            t.job,
+                            t.instance,
+                            t.state,
+                            if before.is_terminal() { " (a terminal state was left)" } else { " (not reachable)" }
+                        )
+                    })?;
+                }
+                self.last_states.insert(key, t.state);
+            }
+        }
+        self.last_states
+            .retain(|(i, id), _| *i != inst.instance || seen.contains(id));
+        Ok(())
+    }
+}
+
+/// Per agent: what its tasks hold (on every shard) plus its free offer (wherever it is)
+/// never exceeds its total.
+fn agent_not_overcommitted(inst: &InstanceAudit) -> Result<(), Violation> {
+    let (held, free) = holdings(inst);
+    let mut homes = BTreeSet::new();
+    for shard in &inst.shards {
+        for a in &shard.home_agents {
+            ensure(homes.insert(a.agent), "agent_not_overcommitted", || {
+                format!("agent {} ({}) has two home shards", a.agent.0, a.name)
+            })?;
+            let h = held.get(&a.agent).copied().unwrap_or(Resources::ZERO);
+            let f = free.get(&a.agent).copied().unwrap_or(Resources::ZERO);
+            let used = h.plus(&f);
+            ensure(a.total.contains(&used), "agent_not_overcommitted", || {
+                format!(
+                    "instance {} agent {} ({}) on shard {}: tasks hold {h:?} and its offer is {f:?} \
+                     (lent: {}, adopting: {}), together over its total {:?}",
+                    inst.instance, a.agent.0, a.name, shard.shard, a.lent, a.adopting, a.total
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// What each agent's tasks hold, and each agent's free resources wherever they are.
+fn holdings(inst: &InstanceAudit) -> (BTreeMap<AgentId, Resources>, BTreeMap<AgentId, Resources>) {
+    let mut held: BTreeMap<AgentId, Resources> = BTreeMap::new();
+    let mut free: BTreeMap<AgentId, Resources> = BTreeMap::new();
+    for shard in &inst.shards {
+        for t in shard.tasks.iter().filter(|t| t.holds) {
+            if let Some(agent) = t.agent {
+                let e = held.entry(agent).or_insert(Resources::ZERO);
+                *e = e.plus(&t.resources);
+            }
+        }
+        for a in &shard.home_agents {
+            let e = free.entry(a.agent).or_insert(Resources::ZERO);
+            *e = e.plus(&a.free_here.unwrap_or(Resources::ZERO)).plus(&a.released_while_lent);
+        }
+        for (agent, f) in &shard.borrowed {
+            let e = free.entry(*agent).or_insert(Resources::ZERO);
+            *e = e.plus(f);
+        }
+    }
+    (held, free)
+}
+
+/// Every task is on exactly one shard, the owner of its job, and its job agrees that it is
+/// (or is not) the instance's current task.
+fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
+    let n = inst.shards.len() as u64;
+    let mut where_: BTreeMap<TaskId, usize> = BTreeMap::new();
+    for shard in &inst.shards {
+        let jobs: BTreeMap<String, &borealis_shards::shard::JobAudit> =
+            shard.jobs.iter().map(|j| (j.key.to_string(), j)).collect();
+        for j in &shard.jobs {
+            let owner = (borealis_core::route_hash_str(&j.key.to_string()) % n) as usize;
+            ensure(owner == shard.shard, "task_on_one_shard", || {
+                format!("job {} is on shard {} but shard {owner} owns it", j.key, shard.shard)
+            })?;
+        }
+        let tasks: BTreeMap<TaskId, &borealis_shards::shard::TaskAudit> =
+            shard.tasks.iter().map(|t| (t.id, t)).collect();
+        for t in &shard.tasks {
+            if let Some(other) = where_.insert(t.id, shard.shard) {
+                return Err(Violation::new(
+                    "task_on_one_shard",
+                    format!("task {} is on shards {other} and {}", t.id, shard.shard),
+                ));
+            }
+            let key = t.job.to_string();
+            let Some(job) = jobs.get(&key) else {
+                return Err(Violation::new(
+                    "task_on_one_shard",
+                    format!("task {} on shard {} belongs to no job there ({key})", t.id, shard.shard),
+                ));
+            };
+            let current = job.current.get(t.instance as usize) == Some(&Some(t.id));
+            ensure(current == t.current, "task_on_one_shard", || {
+                format!("task {} of {key}: audit says current={}, the job says {current}", t.id, t.current)
+            })?;
+        }
+        for j in &shard.jobs {
+            for (i, slot) in j.current.iter().enumerate() {
+                if let Some(id) = slot {
+                    let ok = tasks
+                        .get(id)
+                        .is_some_and(|t| t.instance as usize == i && t.job == j.key);
+                    ensure(ok, "task_on_one_shard", || {
+                        format!("job {} instance {i}: its current task {id} is not on its shard", j.key)
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn state_counts_agree(inst: &InstanceAudit) -> Result<(), Violation> {
+    for shard in &inst.shards {
+        let mut counts = [0u64; TaskState::COUNT];
+        for t in &shard.tasks {
+            counts[t.state as usize] += 1;
+        }
+        ensure(counts == shard.state_counts, "state_counts_agree", || {
+            let diff: Vec<String> = TaskState::ALL
+                .iter()
+                .filter(|s| counts[**s as usize] != shard.state_counts[**s as usize])
+                .map(|s| {
+                    format!(
+                        "{s}: {} tasks, gauge {}",
+                        counts[*s as usize], shard.state_counts[*s as usize]
+                    )
+                })
+                .collect();
+            format!("instance {} shard {}: {}", inst.instance, shard.shard, diff.join(", "))
+        })?;
+    }
+    Ok(())
+}
+
+/// At most one task per job instance is not terminal (pending or active) in the scheduler.
+fn instance_active_once(inst: &InstanceAudit) -> Result<(), Violation> {
+    let mut live: BTreeMap<(String, u32), TaskId> = BTreeMap::new();
+    for shard in &inst.shards {
+        for t in shard.tasks.iter().filter(|t| !t.state.is_terminal()) {
+            if let Some(other) = live.insert((t.job.to_string(), t.instance), t.id) {
+                return Err(Violation::new(
+                    "instance_active_once",
+                    format!(
+                        "instance {}: {}/{} has two live tasks, {other} and {} ({})",
+                        inst.instance, t.job, t.instance, t.id, t.state
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a quota invariant goes once quotas exist: a role's production tasks never use more
+/// than its quota. Takes one shard's audit (quotas live on the role's shard); checked after
+/// every step with the others.
+pub fn quotas_never_exceeded(_audit: &ShardAudit) -> Result<(), Violation> {
+    Ok(())
+}
+
+/// What was acknowledged stays: created jobs exist, killed instances stay killed, ends
+/// acknowledged to agents stay ends.
+fn acked_facts(view: &View<'_>) -> Result<(), Violation> {
+    let ledger = view.ledger;
+    for inst in view.instances.iter().filter(|i| i.acting()) {
+        let jobs: BTreeMap<String, &borealis_shards::shard::JobAudit> = inst
+            .shards
+            .iter()
+            .flat_map(|s| s.jobs.iter())
+            .map(|j| (j.key.to_string(), j))
+            .collect();
+        let tasks: BTreeMap<TaskId, &borealis_shards::shard::TaskAudit> = inst
+            .shards
+            .iter()
+            .flat_map(|s| s.tasks.iter())
+            .map(|t| (t.id, t))
+            .collect();
+        for key in ledger.acked_creates.iter().filter(|k| ledger.tracks(k)) {
+            ensure(jobs.contains_key(key), "acked_create_exists", || {
+                format!("instance {}: job {key} was acknowledged created but is gone", inst.instance)
+            })?;
+        }
+        for (key, job) in &jobs {
+            if !ledger.tracks(key) {
+                continue;
+            }
+            for i in ledger.killed_instances(key, job.instances) {
+                if let Some(Some(id)) = job.current.get(i as usize) {
+                    let state = tasks.get(id).map(|t| t.state);
+                    ensure(
+                        matches!(state, Some(TaskState::Killing | TaskState::Killed)),
+                        "acked_kill_stays_killed",
+                        || format!(
+                            "instance {}: {key}/{i} was acknowledged killed, its current task {id} is {state:?}",
+                            inst.instance
+                        ),
+                    )?;
+                }
+            }
+        }
+    }
+    for inst in view.instances.iter().filter(|i| i.up) {
+        for shard in &inst.shards {
+            for t in &shard.tasks {
+                if let Some((acked, _, _)) = ledger.acked_terminals.get(&t.id) {
+                    ensure(t.state.is_terminal(), "acked_terminal_is_terminal", || {
+                        format!(
+                            "instance {} shard {}: task {} of {}/{} was acknowledged {acked} to its agent, is {}",
+                            inst.instance, shard.shard, t.id, t.job, t.instance, t.state
+                        )
+                    })?;
+                }
+            }
+        }
+    }
+    if let Some(etcd) = view.etcd {
+        for key in ledger.acked_creates.iter().filter(|k| ledger.tracks(k)) {
+            let Some(desired) = etcd.desired.get(key) else {
+                return Err(Violation::new(
+                    "acked_create_exists",
+                    format!("job {key} was acknowledged created but etcd's desired state lacks it"),
+                ));
+            };
+            let killed = ledger.killed_instances(key, desired.instances);
+            if let Some(i) = killed.iter().find(|i| !desired.retired.contains(i)) {
+                return Err(Violation::new(
+                    "acked_kill_stays_killed",
+                    format!("{key}/{i} was acknowledged killed but etcd's desired state does not retire it"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The instances the scheduler shows ended for good after an acknowledged end, not noted
+/// yet: no current task, and the instance's newest task ended with a status acked to its
+/// agent (or a kill acked to a client).
+pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Vec<(String, u32)> {
+    let mut ended = Vec::new();
+    for inst in instances.iter().filter(|i| i.acting()) {
+        for shard in &inst.shards {
+            let mut newest: BTreeMap<(String, u32), &borealis_shards::shard::TaskAudit> = BTreeMap::new();
+            for t in &shard.tasks {
+                let e = newest.entry((t.job.to_string(), t.instance)).or_insert(t);
+                if t.id > e.id {
+                    *e = t;
+                }
+            }
+            for j in &shard.jobs {
+                let key = j.key.to_string();
+                if !ledger.tracks(&key) {
+                    continue;
+                }
+                for (i, slot) in j.current.iter().enumerate() {
+                    let i = i as u32;
+                    if slot.is_some() || ledger.ended_instances.contains(&(key.clone(), i)) {
+                        continue;
+                    }
+                    let Some(t) = newest.get(&(key.clone(), i)) else {
+                        continue;
+                    };
+                    let acked = ledger
+                        .acked_terminals
+                        .get(&t.id)
+                        .is_some_and(|(s, _, _)| *s == t.state)
+                        || ledger.killed_instances(&key, j.instances).contains(&i);
+                    if t.state.is_terminal() && acked {
+                        ended.push((key.clone(), i));
+                    }
+                }
+            }
+        }
+    }
+    ended
+}
+
+fn ended_instances_stay_ended(view: &View<'_>) -> Result<(), Violation> {
+    let ledger = view.ledger;
+    if ledger.ended_instances.is_empty() {
+        return Ok(());
+    }
+    for inst in view.instances.iter().filter(|i| i.acting()) {
+        for shard in &inst.shards {
+            for t in shard.tasks.iter().filter(|t| !t.state.is_terminal()) {
+                let key = t.job.to_string();
+                if ledger.tracks(&key) && ledger.ended_instances.contains(&(key.clone(), t.instance)) {
+                    return Err(Violation::new(
+                        "ended_instance_stays_ended",
+                        format!(
+                            "instance {}: {key}/{} ended for good (acknowledged), yet task {} is {}",
+                            inst.instance, t.instance, t.id, t.state
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The invariants of a quiet cluster: nothing in flight, every agent connected and
+/// registered with the leader, the reconciliation grace over.
+pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
+    let ledger = view.ledger;
+    for inst in view.instances.iter().filter(|i| i.up && !i.acting()) {
+        let held: usize = inst.shards.iter().map(|s| s.tasks.len() + s.jobs.len()).sum();
+        ensure(held == 0, "follower_holds_nothing", || {
+            format!("instance {} follows but holds {held} jobs and tasks", inst.instance)
+        })?;
+    }
+    let Some(leader) = view.instances.iter().find(|i| i.acting()) else {
+        return Err(Violation::new("quiescence_reached", "no scheduler instance acts"));
+    };
+    let (held, _) = holdings(leader);
+    for shard in &leader.shards {
+        for a in &shard.home_agents {
+            let h = held.get(&a.agent).copied().unwrap_or(Resources::ZERO);
+            let exact = !a.lent
+                && !a.adopting
+                && a.free_here.is_some_and(|f| f.plus(&h) == a.total);
+            ensure(exact, "agent_accounting_exact_when_quiet", || {
+                format!(
+                    "agent {} ({}) on shard {}: tasks hold {h:?}, offer {:?} (lent: {}, adopting: {}, \
+                     released while lent {:?}); total {:?}",
+                    a.agent.0, a.name, shard.shard, a.free_here, a.lent, a.adopting,
+                    a.released_while_lent, a.total
+                )
+            })?;
+        }
+        for t in &shard.tasks {
+            ensure(t.state != TaskState::Killing, "kill_completes", || {
+                format!(
+                    "task {} of {}/{} is still KILLING in a quiet cluster: its agent was never told to kill it",
+                    t.id, t.job, t.instance
+                )
+            })?;
+        }
+    }
+    let names = leader.agent_names();
+    let sched: BTreeMap<TaskId, &borealis_shards::shard::TaskAudit> = leader
+        .shards
+        .iter()
+        .flat_map(|s| s.tasks.iter())
+        .map(|t| (t.id, t))
+        .collect();
+    let mut running: BTreeMap<(String, u32), (&str, TaskId)> = BTreeMap::new();
+    for agent in view.agents.iter().filter(|a| a.alive) {
+        let mut used = Resources::ZERO;
+        for (id, t) in agent.live_tasks() {
+            used = used.plus(&t.resources);
+            if let Some((other, other_id)) =
+                running.insert((t.job_key.clone(), t.instance), (&agent.spec.name, *id))
+            {
+                return Err(Violation::new(
+                    "instance_runs_once_on_agents",
+                    format!(
+                        "{}/{} runs on {other} (task {other_id}) and on {} (task {id})",
+                        t.job_key, t.instance, agent.spec.name
+                    ),
+                ));
+            }
+            let known = sched.get(id).is_some_and(|s| {
+                s.state.is_active()
+                    && s.agent.and_then(|a| names.get(&a).copied()) == Some(agent.spec.name.as_str())
+            });
+            ensure(known, "agents_agree_with_scheduler", || {
+                format!(
+                    "{} runs task {id} of {}/{} ({}), the scheduler has it as {:?}",
+                    agent.spec.name,
+                    t.job_key,
+                    t.instance,
+                    t.state,
+                    sched.get(id).map(|s| (s.state, s.agent.and_then(|a| names.get(&a).copied())))
+                )
+            })?;
+            let key = t.job_key.clone();
+            if ledger.tracks(&key) {
+                let killed = ledger
+                    .acked_kills
+                    .get(&key)
+                    .is_some_and(|k| k.contains(&t.instance) || k.contains(&u32::MAX));
+                ensure(!killed, "acked_kill_stays_killed", || {
+                    format!("{key}/{} was acknowledged killed, {} runs it (task {id})", t.instance, agent.spec.name)
+                })?;
+                ensure(
+                    !ledger.ended_instances.contains(&(key.clone(), t.instance)),
+                    "ended_instance_stays_ended",
+                    || format!("{key}/{} ended for good, {} runs it again (task {id})", t.instance, agent.spec.name),
+                )?;
+            }
+        }
+        ensure(agent.spec.resources.contains(&used), "agent_not_overcommitted", || {
+            format!(
+                "{} runs tasks using {used:?}, over its resources {:?}",
+                agent.spec.name, agent.spec.resources
+            )
+        })?;
+        if agent.is_registered() {
+            if let Some((id, t)) = agent.tasks.iter().find(|(_, t)| !t.is_live() && !t.acked) {
+                return Err(Violation::new(
+                    "terminal_statuses_acked",
+                    format!(
+                        "{} still waits for the ack of task {id}'s {} in a quiet cluster",
+                        agent.spec.name, t.state
+                    ),
+                ));
+            }
+        }
+    }
+    for t in sched.values().filter(|t| t.state.is_active()) {
+        let Some(name) = t.agent.and_then(|a| names.get(&a).copied()) else {
+            return Err(Violation::new(
+                "agents_agree_with_scheduler",
+                format!("task {} of {}/{} is {} on no connected agent", t.id, t.job, t.instance, t.state),
+            ));
+        };
+        let runs = view
+            .agents
+            .iter()
+            .any(|a| a.spec.name == name && a.tasks.get(&t.id).is_some_and(|x| x.is_live()));
+        ensure(runs, "agents_agree_with_scheduler", || {
+            format!(
+                "the scheduler has task {} of {}/{} {} on {name}, which does not run it",
+                t.id, t.job, t.instance, t.state
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reachability_follows_the_table() {
+        assert!(reachable(TaskState::Pending, TaskState::Running));
+        assert!(reachable(TaskState::Running, TaskState::Killed));
+        assert!(!reachable(TaskState::Running, TaskState::Pending));
+        assert!(!reachable(TaskState::Finished, TaskState::Running));
+    }
+}

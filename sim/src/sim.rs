@@ -1,0 +1,252 @@
+//! The builder API for named scenarios: a cluster built by hand, driven step by step, with
+//! every invariant checked after each step exactly as in a seeded run. A violated invariant
+//! panics with its name (a scenario is a test); the `try_` forms return it instead.
+//!
+//! ```
+//! use borealis_sim::{JobConfig, Sim};
+//! use borealis_core::Resources;
+//!
+//! let cpu = |cpu_millis| Resources { cpu_millis, ram_mib: 4096, disk_mib: 0, ports: 0 };
+//! let mut sim = Sim::new(1).shards(2).agent("a1", cpu(2000), &[("rack", "r1")]);
+//! sim.create_job("www/prod/hello", JobConfig::new(2, 500, 128)).unwrap();
+//! sim.run_until_quiet();
+//! let status = sim.job_status("www/prod/hello").unwrap();
+//! assert_eq!(status.tasks.len(), 2);
+//! ```
+
+use borealis_core::{Resources, TaskState};
+use borealis_net::views::JobStatusView;
+use borealis_shards::shard::InjectedBug;
+
+use crate::agents::{AgentSpec, AgentTask};
+use crate::clients::{JobConfig, Reply, Request};
+use crate::invariants::{InstanceAudit, Violation};
+use crate::trace::Event;
+use crate::world::{Mode, World, WorldConfig};
+
+/// How long (simulated) a request may wait for its answer.
+const REPLY_WAIT_MS: u64 = 30_000;
+
+pub struct Sim {
+    config: WorldConfig,
+    world: Option<World>,
+}
+
+impl Sim {
+    /// An embedded scheduler with one shard and no agents yet; `seed` drives the
+    /// interleavings and the agents' random plans.
+    pub fn new(seed: u64) -> Sim {
+        Sim {
+            config: WorldConfig {
+                seed,
+                mode: Mode::Embedded,
+                shards: 1,
+                reconciliation_grace_ms: 3_000,
+                agents: Vec::new(),
+                clients: 1,
+                bug: None,
+            },
+            world: None,
+        }
+    }
+
+    pub fn shards(mut self, shards: usize) -> Sim {
+        self.config.shards = shards;
+        self
+    }
+
+    /// Two scheduler instances under a simulated etcd (instance 0 leads first).
+    pub fn ha(mut self) -> Sim {
+        self.config.mode = Mode::Ha;
+        self
+    }
+
+    pub fn reconciliation_grace_ms(mut self, ms: u64) -> Sim {
+        self.config.reconciliation_grace_ms = ms;
+        self
+    }
+
+    /// An agent named `name` (its `host` attribute too) with extra attributes.
+    pub fn agent(mut self, name: &str, resources: Resources, attributes: &[(&str, &str)]) -> Sim {
+        self.config.agents.push(AgentSpec::new(name, resources, attributes));
+        self
+    }
+
+    pub fn inject_bug(mut self, bug: InjectedBug) -> Sim {
+        self.config.bug = Some(bug);
+        self
+    }
+
+    /// The world, built (agents started and registered) on first use.
+    pub fn world(&mut self) -> &mut World {
+        if self.world.is_none() {
+            let mut world = World::new(self.config.clone());
+            for agent in 0..self.config.agents.len() {
+                ok(world.apply(&Event::AgentStart { agent }));
+            }
+            ok(world.advance(100));
+            self.world = Some(world);
+        }
+        self.world.as_mut().expect("built")
+    }
+
+    /// One event of a trace.
+    pub fn try_step(&mut self, event: &Event) -> Result<(), Violation> {
+        self.world().apply(event)
+    }
+
+    pub fn step(&mut self, event: &Event) {
+        ok(self.try_step(event));
+    }
+
+    fn request(&mut self, request: Request, encode: impl FnOnce(&mut borealis_net::Encoder, u64) -> Vec<u8>) -> Reply {
+        let world = self.world();
+        let id = world.client_request(0, request, encode);
+        let mut waited = 0;
+        loop {
+            ok(world.apply(&Event::Advance { ms: 0 }));
+            if let Some(reply) = world.reply(0, id) {
+                return reply.clone();
+            }
+            if waited >= REPLY_WAIT_MS {
+                return Reply::Lost;
+            }
+            ok(world.advance(10));
+            waited += 10;
+        }
+    }
+
+    /// Creates a job; Ok once the scheduler acknowledged it.
+    pub fn create_job(&mut self, key: &str, config: JobConfig) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let task = config.task_config(&job_key);
+        let instances = config.instances;
+        match self.request(Request::Create { key: key.to_string() }, |e, id| {
+            e.create_job(id, instances, &task).to_vec()
+        }) {
+            Reply::Ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Kills `instances` of a job (empty: all).
+    pub fn kill_job(&mut self, key: &str, instances: &[u32]) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let list = instances.to_vec();
+        match self.request(
+            Request::Kill {
+                key: key.to_string(),
+                instances: list.clone(),
+            },
+            |e, id| e.kill_job(id, &job_key, &list).to_vec(),
+        ) {
+            Reply::Ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    pub fn job_status(&mut self, key: &str) -> Result<JobStatusView, String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        match self.request(Request::Query { key: key.to_string() }, |e, id| {
+            e.query_job(id, &job_key).to_vec()
+        }) {
+            Reply::Status(status) => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// The tasks of a job by state, as the scheduler reports them (current and history).
+    pub fn job_states(&mut self, key: &str) -> Vec<(u32, TaskState)> {
+        self.job_status(key)
+            .map(|s| s.tasks.iter().filter_map(|t| t.state.map(|st| (t.instance, st))).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn advance(&mut self, ms: u64) {
+        ok(self.world().apply(&Event::Advance { ms }));
+    }
+
+    /// Heals every fault and waits until the cluster is quiet past the reconciliation grace;
+    /// then checks the quiet invariants.
+    pub fn try_run_until_quiet(&mut self) -> Result<(), Violation> {
+        self.world().settle()
+    }
+
+    pub fn run_until_quiet(&mut self) {
+        ok(self.try_run_until_quiet());
+    }
+
+    /// kill -9 of the scheduler and an immediate restart from its log.
+    pub fn crash_and_recover(&mut self) {
+        let shards = self.config.shards;
+        self.crash(&[], shards);
+    }
+
+    /// A crash with the given shards dying between a round's appends and its commit, then a
+    /// restart into `restart_shards` shards.
+    pub fn crash(&mut self, mid_round: &[usize], restart_shards: usize) {
+        self.step(&Event::Crash {
+            mid_round: mid_round.to_vec(),
+            down_ms: 0,
+            restart_shards,
+        });
+        self.advance(0);
+    }
+
+    /// Sends a create and does not wait for its answer (to crash while it is in flight).
+    pub fn send_create_job(&mut self, key: &str, config: JobConfig) {
+        let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
+        let task = config.task_config(&job_key);
+        let instances = config.instances;
+        self.world().client_request(0, Request::Create { key: key.to_string() }, |e, id| {
+            e.create_job(id, instances, &task).to_vec()
+        });
+    }
+
+    /// The agent's connection breaks; it reconnects after `down_ms`.
+    pub fn disconnect_agent(&mut self, name: &str, down_ms: u64) {
+        let agent = self.agent_index(name);
+        self.step(&Event::AgentDisconnect { agent, down_ms });
+    }
+
+    /// The agent process dies with its tasks; it starts again after `down_ms`.
+    pub fn restart_agent(&mut self, name: &str, down_ms: u64) {
+        let agent = self.agent_index(name);
+        self.step(&Event::AgentRestart { agent, down_ms });
+    }
+
+    /// HA: leadership moves to instance `next` after `pause_ms`.
+    pub fn leader_loss(&mut self, pause_ms: u64, next: usize) {
+        self.step(&Event::LeaderLoss {
+            pause_ms,
+            next,
+            same_term: false,
+        });
+    }
+
+    fn agent_index(&mut self, name: &str) -> usize {
+        self.world()
+            .agent_index(name)
+            .unwrap_or_else(|| panic!("no agent named {name}"))
+    }
+
+    /// What an agent runs or remembers.
+    pub fn agent_tasks(&mut self, name: &str) -> Vec<(borealis_core::TaskId, AgentTask)> {
+        let agent = self.agent_index(name);
+        self.world().agents()[agent]
+            .tasks
+            .iter()
+            .map(|(id, t)| (*id, t.clone()))
+            .collect()
+    }
+
+    pub fn audits(&mut self) -> Vec<InstanceAudit> {
+        self.world().audits()
+    }
+}
+
+fn ok(result: Result<(), Violation>) {
+    if let Err(v) = result {
+        panic!("invariant {} violated: {}", v.invariant, v.detail);
+    }
+}
