@@ -6,14 +6,17 @@
 //! verified on the workload's strings (all tasks placed, nothing over-committed, every
 //! constraint kept), so the number measures correct placements.
 //!
-//! Two shapes: `place_batch` (one batch per job, what a shard round does) and
+//! Shapes: `place_batch` (one batch per job, what a shard round does), `place_batch_tiers_quotas`
+//! (the same with each job's tier resolved and validated and production jobs checked against
+//! and charged to their role's quota, as a shard admits them), and
 //! `place_interleaved` (one `place` call per task, round-robin over jobs: the cost without the
 //! batch's parking of rejected agents, and with jobs competing for the same agents).
 
 use std::time::Duration;
 
 use borealis_bench::placement::{
-    build_index, flatten, place_all, place_interleaved, verify, workload,
+    build_index, flatten, place_all, place_all_with_policy, place_interleaved, quotas_for, verify,
+    workload,
 };
 use borealis_core::placement::{AgentId, JobSpread, PlacementIndex};
 use borealis_core::Constraint;
@@ -50,6 +53,28 @@ fn placement(c: &mut Criterion) {
                 b.iter_batched_ref(
                     || prototype.clone(),
                     |index| place_all(index, workload, &mut placed),
+                    BatchSize::LargeInput,
+                );
+            },
+        );
+        assert_eq!(placed.len(), TASK_COUNT, "a timed run placed fewer tasks");
+
+        // The same placements with tiers and quotas on (issue 7's admission per job).
+        let tiers = borealis_core::tier::TierConfig::default();
+        let quotas = quotas_for(&workload);
+        let mut checked = prototype.clone();
+        let ledger = place_all_with_policy(&mut checked, &workload, &tiers, &quotas, &mut placed);
+        if let Err(why) = verify(&workload, &placed) {
+            panic!("placement with tiers and quotas onto {agent_count} agents is wrong: {why}");
+        }
+        assert!(ledger.iter().count() > 0, "production jobs were charged");
+        group.bench_with_input(
+            BenchmarkId::new("place_batch_tiers_quotas", format!("{agent_count}_agents")),
+            &workload,
+            |b, workload| {
+                b.iter_batched_ref(
+                    || prototype.clone(),
+                    |index| place_all_with_policy(index, workload, &tiers, &quotas, &mut placed),
                     BatchSize::LargeInput,
                 );
             },

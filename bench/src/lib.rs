@@ -218,6 +218,57 @@ pub mod placement {
         }
     }
 
+    /// Roles the policy workload spreads its jobs over.
+    pub const POLICY_ROLES: usize = 16;
+
+    /// [`place_all`] with issue 7's admission policy on, as a shard applies it to each job
+    /// before placing it: the job's tier resolved and validated against the tier config
+    /// (every other job production in `preferred`, the rest in the config's default), and each
+    /// production job checked against its role's quota and charged to a ledger. Every quota is
+    /// large enough that all jobs are admitted, so the placements equal `place_all`'s.
+    pub fn place_all_with_policy(
+        index: &mut PlacementIndex,
+        workload: &Workload,
+        tiers: &borealis_core::tier::TierConfig,
+        quotas: &[Resources],
+        placed: &mut Vec<AgentId>,
+    ) -> borealis_core::quota::QuotaLedger {
+        use borealis_core::quota;
+        placed.clear();
+        let roles: Vec<String> = (0..POLICY_ROLES).map(|r| format!("role{r}")).collect();
+        let mut ledger = quota::QuotaLedger::new();
+        for (i, job) in workload.jobs.iter().enumerate() {
+            let production = i % 2 == 0;
+            let tier = tiers.resolve(None, production);
+            tiers
+                .validate(tier, production)
+                .expect("the workload's tiers are valid");
+            let role = &roles[i % POLICY_ROLES];
+            if production && !tiers.settings(tier).preemptible {
+                let demand = quota::job_demand(&job.resources, job.instances as u32);
+                ledger
+                    .check(role, Some(&quotas[i % POLICY_ROLES]), &demand)
+                    .expect("the quotas admit the workload");
+                ledger.add(role, &demand);
+            }
+            let task = index.compile_parts(&job.resources, &job.constraints);
+            let mut spread = JobSpread::new(&task);
+            index.place_batch(&task, &mut spread, job.instances, placed);
+        }
+        ledger
+    }
+
+    /// Quotas that admit all of `workload`'s production jobs (twice what they ask for).
+    pub fn quotas_for(workload: &Workload) -> Vec<Resources> {
+        let mut quotas = vec![Resources::ZERO; POLICY_ROLES];
+        for (i, job) in workload.jobs.iter().enumerate() {
+            let demand = borealis_core::quota::job_demand(&job.resources, job.instances as u32);
+            let q = &mut quotas[i % POLICY_ROLES];
+            *q = q.plus(&demand).plus(&demand);
+        }
+        quotas
+    }
+
     /// Places the same tasks one `place` call at a time, round-robin over the jobs (one instance
     /// of each job per round), the way a shard that interleaves jobs would. `placed[job]`
     /// receives the job's agents; [`flatten`] turns them into [`verify`]'s order.

@@ -284,6 +284,16 @@ impl Metrics {
             "Offers each shard borrowed from peers.",
             per_shard(&|s| s.offers_borrowed_total.get()),
         ));
+        families.push(counter_family(
+            "borealis_preemption_slots_claimed_total",
+            "Preemption slots a search found and claimed, per shard of the preemptor.",
+            per_shard(&|s| s.preemption_slots_claimed_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_preemptions_total",
+            "Tasks preempted (moved to PREEMPTING) for production tasks, per shard of the victim.",
+            per_shard(&|s| s.preemptions_total.get()),
+        ));
         families.push(gauge_family(
             "borealis_agents_connected",
             "Agents registered on each shard's connections.",

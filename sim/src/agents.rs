@@ -376,7 +376,12 @@ impl SimAgent {
                     .collect()
             }
             AgentTimer::End(id, state) => {
-                self.end(id, state, if state == TaskState::Finished { 0 } else { 1 }, now_ms);
+                self.end(
+                    id,
+                    state,
+                    if state == TaskState::Finished { 0 } else { 1 },
+                    now_ms,
+                );
                 Vec::new()
             }
             AgentTimer::Killed(id) => {

@@ -129,18 +129,30 @@ impl std::fmt::Debug for JobConfig {
 /// A request a client sent and waits on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Create { key: String },
-    Kill { key: String, instances: Vec<u32> },
-    Query { key: String },
+    Create {
+        key: String,
+    },
+    Kill {
+        key: String,
+        instances: Vec<u32>,
+    },
+    Query {
+        key: String,
+    },
     /// The keys whose creation was acknowledged before the list was asked for.
-    List { acked_before: BTreeSet<String> },
+    List {
+        acked_before: BTreeSet<String>,
+    },
 }
 
 /// A reply, as the builder API returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Ack,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     Status(JobStatusView),
     List(Vec<JobSummaryView>),
     /// The connection closed before the answer came (the outcome is unknown).

@@ -21,10 +21,7 @@ pub struct SimSchedulerSettings {
 pub const ALLOWED_JOB_ENVIRONMENTS: &str = r"^(prod|devel|test|staging\d*)$";
 
 pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig> {
-    let scratch = settings
-        .data_dir
-        .clone()
-        .unwrap_or_else(std::env::temp_dir);
+    let scratch = settings.data_dir.clone().unwrap_or_else(std::env::temp_dir);
     Arc::new(SchedulerConfig {
         // Never bound: the simulation hands the shards their connections itself.
         listen: "127.0.0.1:0".parse().expect("literal address"),

@@ -41,8 +41,9 @@ impl Control {
 
     pub fn send(&self, shard: usize, msg: ToShard) {
         if let Some(tx) = self.to_shards.get(shard) {
-            tx.try_send(msg)
-                .expect("the simulation runs a shard's round whenever its control queue is not empty");
+            tx.try_send(msg).expect(
+                "the simulation runs a shard's round whenever its control queue is not empty",
+            );
         }
     }
 
@@ -56,8 +57,14 @@ impl Control {
 #[derive(Debug)]
 enum Change {
     /// A job's desired state (None: delete it).
-    Job { key: JobKey, job: Option<DesiredJob> },
-    Quota { role: String, quota: Resources },
+    Job {
+        key: JobKey,
+        job: Option<DesiredJob>,
+    },
+    Quota {
+        role: String,
+        quota: Resources,
+    },
 }
 
 /// A persist request waiting for etcd.
@@ -93,7 +100,13 @@ pub struct Etcd {
 
 impl Etcd {
     /// Queues a persist request; returns when it will be answered (µs).
-    pub fn enqueue(&mut self, instance: usize, request: ToControl, now_us: u64, latency_us: u64) -> u64 {
+    pub fn enqueue(
+        &mut self,
+        instance: usize,
+        request: ToControl,
+        now_us: u64,
+        latency_us: u64,
+    ) -> u64 {
         let (shard, token, change) = match request {
             ToControl::Persist {
                 shard,
@@ -144,7 +157,10 @@ impl Etcd {
                 Err("etcd: request timed out".to_string())
             } else {
                 match w.change {
-                    Change::Job { key, job: Some(job) } => {
+                    Change::Job {
+                        key,
+                        job: Some(job),
+                    } => {
                         self.desired.insert(key.to_string(), job);
                     }
                     Change::Job { key, job: None } => {
@@ -181,7 +197,8 @@ impl Etcd {
     pub fn partition(&self, shards: usize) -> Vec<(Vec<DesiredJob>, Vec<(String, Resources)>)> {
         let mut parts = vec![(Vec::new(), Vec::new()); shards];
         for job in self.desired.values() {
-            let shard = (borealis_core::route_hash_str(&job.key.to_string()) % shards as u64) as usize;
+            let shard =
+                (borealis_core::route_hash_str(&job.key.to_string()) % shards as u64) as usize;
             parts[shard].0.push(job.clone());
         }
         for (role, quota) in &self.quotas {

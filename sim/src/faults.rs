@@ -164,7 +164,8 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
                 let instances = if rng.percent(40) {
                     Vec::new()
                 } else {
-                    let mut list: Vec<u32> = (0..rng.range(1, 2)).map(|_| rng.below(3) as u32).collect();
+                    let mut list: Vec<u32> =
+                        (0..rng.range(1, 2)).map(|_| rng.below(3) as u32).collect();
                     list.sort_unstable();
                     list.dedup();
                     list
@@ -203,7 +204,8 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
                 ms: rng.range(1_000, 10_000),
             },
             74..=77 if !ha => {
-                let mut mid_round: Vec<usize> = (0..config.shards).filter(|_| rng.percent(50)).collect();
+                let mut mid_round: Vec<usize> =
+                    (0..config.shards).filter(|_| rng.percent(50)).collect();
                 mid_round.sort_unstable();
                 Event::Crash {
                     mid_round,

@@ -103,7 +103,11 @@ pub struct Checker {
     last_states: BTreeMap<(usize, TaskId), TaskState>,
 }
 
-fn ensure(ok: bool, invariant: &'static str, detail: impl FnOnce() -> String) -> Result<(), Violation> {
+fn ensure(
+    ok: bool,
+    invariant: &'static str,
+    detail: impl FnOnce() -> String,
+) -> Result<(), Violation> {
     if ok {
         Ok(())
     } else {
@@ -175,18 +179,26 @@ impl Checker {
                 seen.insert(t.id);
                 let key = (inst.instance, t.id);
                 if let Some(&before) = self.last_states.get(&key) {
-                    ensure(before == t.state || reachable(before, t.state), "terminal_is_final", || {
-                        format!(
-                            "instance {} shard {}: task {} of {}/{} was {before}, is now {}{}",
-                            inst.instance,
-                            shard.shard,
-                            t.id,
-                            t.job,
-                            t.instance,
-                            t.state,
-                            if before.is_terminal() { " (a terminal state was left)" } else { " (not reachable)" }
-                        )
-                    })?;
+                    ensure(
+                        before == t.state || reachable(before, t.state),
+                        "terminal_is_final",
+                        || {
+                            format!(
+                                "instance {} shard {}: task {} of {}/{} was {before}, is now {}{}",
+                                inst.instance,
+                                shard.shard,
+                                t.id,
+                                t.job,
+                                t.instance,
+                                t.state,
+                                if before.is_terminal() {
+                                    " (a terminal state was left)"
+                                } else {
+                                    " (not reachable)"
+                                }
+                            )
+                        },
+                    )?;
                 }
                 self.last_states.insert(key, t.state);
             }
@@ -235,7 +247,9 @@ fn holdings(inst: &InstanceAudit) -> (BTreeMap<AgentId, Resources>, BTreeMap<Age
         }
         for a in &shard.home_agents {
             let e = free.entry(a.agent).or_insert(Resources::ZERO);
-            *e = e.plus(&a.free_here.unwrap_or(Resources::ZERO)).plus(&a.released_while_lent);
+            *e = e
+                .plus(&a.free_here.unwrap_or(Resources::ZERO))
+                .plus(&a.released_while_lent);
         }
         for (agent, f) in &shard.borrowed {
             let e = free.entry(*agent).or_insert(Resources::ZERO);
@@ -256,7 +270,10 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
         for j in &shard.jobs {
             let owner = (borealis_core::route_hash_str(&j.key.to_string()) % n) as usize;
             ensure(owner == shard.shard, "task_on_one_shard", || {
-                format!("job {} is on shard {} but shard {owner} owns it", j.key, shard.shard)
+                format!(
+                    "job {} is on shard {} but shard {owner} owns it",
+                    j.key, shard.shard
+                )
             })?;
         }
         let tasks: BTreeMap<TaskId, &borealis_shards::shard::TaskAudit> =
@@ -272,12 +289,18 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
             let Some(job) = jobs.get(&key) else {
                 return Err(Violation::new(
                     "task_on_one_shard",
-                    format!("task {} on shard {} belongs to no job there ({key})", t.id, shard.shard),
+                    format!(
+                        "task {} on shard {} belongs to no job there ({key})",
+                        t.id, shard.shard
+                    ),
                 ));
             };
             let current = job.current.get(t.instance as usize) == Some(&Some(t.id));
             ensure(current == t.current, "task_on_one_shard", || {
-                format!("task {} of {key}: audit says current={}, the job says {current}", t.id, t.current)
+                format!(
+                    "task {} of {key}: audit says current={}, the job says {current}",
+                    t.id, t.current
+                )
             })?;
         }
         for j in &shard.jobs {
@@ -287,7 +310,10 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
                         .get(id)
                         .is_some_and(|t| t.instance as usize == i && t.job == j.key);
                     ensure(ok, "task_on_one_shard", || {
-                        format!("job {} instance {i}: its current task {id} is not on its shard", j.key)
+                        format!(
+                            "job {} instance {i}: its current task {id} is not on its shard",
+                            j.key
+                        )
                     })?;
                 }
             }
@@ -313,7 +339,12 @@ fn state_counts_agree(inst: &InstanceAudit) -> Result<(), Violation> {
                     )
                 })
                 .collect();
-            format!("instance {} shard {}: {}", inst.instance, shard.shard, diff.join(", "))
+            format!(
+                "instance {} shard {}: {}",
+                inst.instance,
+                shard.shard,
+                diff.join(", ")
+            )
         })?;
     }
     Ok(())
@@ -364,7 +395,10 @@ fn acked_facts(view: &View<'_>) -> Result<(), Violation> {
             .collect();
         for key in ledger.acked_creates.iter().filter(|k| ledger.tracks(k)) {
             ensure(jobs.contains_key(key), "acked_create_exists", || {
-                format!("instance {}: job {key} was acknowledged created but is gone", inst.instance)
+                format!(
+                    "instance {}: job {key} was acknowledged created but is gone",
+                    inst.instance
+                )
             })?;
         }
         for (key, job) in &jobs {
@@ -377,10 +411,12 @@ fn acked_facts(view: &View<'_>) -> Result<(), Violation> {
                     ensure(
                         matches!(state, Some(TaskState::Killing | TaskState::Killed)),
                         "acked_kill_stays_killed",
-                        || format!(
+                        || {
+                            format!(
                             "instance {}: {key}/{i} was acknowledged killed, its current task {id} is {state:?}",
                             inst.instance
-                        ),
+                        )
+                        },
                     )?;
                 }
             }
@@ -427,7 +463,8 @@ pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Ve
     let mut ended = Vec::new();
     for inst in instances.iter().filter(|i| i.acting()) {
         for shard in &inst.shards {
-            let mut newest: BTreeMap<(String, u32), &borealis_shards::shard::TaskAudit> = BTreeMap::new();
+            let mut newest: BTreeMap<(String, u32), &borealis_shards::shard::TaskAudit> =
+                BTreeMap::new();
             for t in &shard.tasks {
                 let e = newest.entry((t.job.to_string(), t.instance)).or_insert(t);
                 if t.id > e.id {
@@ -471,7 +508,9 @@ fn ended_instances_stay_ended(view: &View<'_>) -> Result<(), Violation> {
         for shard in &inst.shards {
             for t in shard.tasks.iter().filter(|t| !t.state.is_terminal()) {
                 let key = t.job.to_string();
-                if ledger.tracks(&key) && ledger.ended_instances.contains(&(key.clone(), t.instance)) {
+                if ledger.tracks(&key)
+                    && ledger.ended_instances.contains(&(key.clone(), t.instance))
+                {
                     return Err(Violation::new(
                         "ended_instance_stays_ended",
                         format!(
@@ -491,21 +530,30 @@ fn ended_instances_stay_ended(view: &View<'_>) -> Result<(), Violation> {
 pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
     let ledger = view.ledger;
     for inst in view.instances.iter().filter(|i| i.up && !i.acting()) {
-        let held: usize = inst.shards.iter().map(|s| s.tasks.len() + s.jobs.len()).sum();
+        let held: usize = inst
+            .shards
+            .iter()
+            .map(|s| s.tasks.len() + s.jobs.len())
+            .sum();
         ensure(held == 0, "follower_holds_nothing", || {
-            format!("instance {} follows but holds {held} jobs and tasks", inst.instance)
+            format!(
+                "instance {} follows but holds {held} jobs and tasks",
+                inst.instance
+            )
         })?;
     }
     let Some(leader) = view.instances.iter().find(|i| i.acting()) else {
-        return Err(Violation::new("quiescence_reached", "no scheduler instance acts"));
+        return Err(Violation::new(
+            "quiescence_reached",
+            "no scheduler instance acts",
+        ));
     };
     let (held, _) = holdings(leader);
     for shard in &leader.shards {
         for a in &shard.home_agents {
             let h = held.get(&a.agent).copied().unwrap_or(Resources::ZERO);
-            let exact = !a.lent
-                && !a.adopting
-                && a.free_here.is_some_and(|f| f.plus(&h) == a.total);
+            let exact =
+                !a.lent && !a.adopting && a.free_here.is_some_and(|f| f.plus(&h) == a.total);
             ensure(exact, "agent_accounting_exact_when_quiet", || {
                 format!(
                     "agent {} ({}) on shard {}: tasks hold {h:?}, offer {:?} (lent: {}, adopting: {}, \
@@ -549,7 +597,8 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
             }
             let known = sched.get(id).is_some_and(|s| {
                 s.state.is_active()
-                    && s.agent.and_then(|a| names.get(&a).copied()) == Some(agent.spec.name.as_str())
+                    && s.agent.and_then(|a| names.get(&a).copied())
+                        == Some(agent.spec.name.as_str())
             });
             ensure(known, "agents_agree_with_scheduler", || {
                 format!(
@@ -558,7 +607,9 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
                     t.job_key,
                     t.instance,
                     t.state,
-                    sched.get(id).map(|s| (s.state, s.agent.and_then(|a| names.get(&a).copied())))
+                    sched
+                        .get(id)
+                        .map(|s| (s.state, s.agent.and_then(|a| names.get(&a).copied())))
                 )
             })?;
             let key = t.job_key.clone();
@@ -568,21 +619,33 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
                     .get(&key)
                     .is_some_and(|k| k.contains(&t.instance) || k.contains(&u32::MAX));
                 ensure(!killed, "acked_kill_stays_killed", || {
-                    format!("{key}/{} was acknowledged killed, {} runs it (task {id})", t.instance, agent.spec.name)
+                    format!(
+                        "{key}/{} was acknowledged killed, {} runs it (task {id})",
+                        t.instance, agent.spec.name
+                    )
                 })?;
                 ensure(
                     !ledger.ended_instances.contains(&(key.clone(), t.instance)),
                     "ended_instance_stays_ended",
-                    || format!("{key}/{} ended for good, {} runs it again (task {id})", t.instance, agent.spec.name),
+                    || {
+                        format!(
+                            "{key}/{} ended for good, {} runs it again (task {id})",
+                            t.instance, agent.spec.name
+                        )
+                    },
                 )?;
             }
         }
-        ensure(agent.spec.resources.contains(&used), "agent_not_overcommitted", || {
-            format!(
-                "{} runs tasks using {used:?}, over its resources {:?}",
-                agent.spec.name, agent.spec.resources
-            )
-        })?;
+        ensure(
+            agent.spec.resources.contains(&used),
+            "agent_not_overcommitted",
+            || {
+                format!(
+                    "{} runs tasks using {used:?}, over its resources {:?}",
+                    agent.spec.name, agent.spec.resources
+                )
+            },
+        )?;
         if agent.is_registered() {
             if let Some((id, t)) = agent.tasks.iter().find(|(_, t)| !t.is_live() && !t.acked) {
                 return Err(Violation::new(
@@ -599,7 +662,10 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
         let Some(name) = t.agent.and_then(|a| names.get(&a).copied()) else {
             return Err(Violation::new(
                 "agents_agree_with_scheduler",
-                format!("task {} of {}/{} is {} on no connected agent", t.id, t.job, t.instance, t.state),
+                format!(
+                    "task {} of {}/{} is {} on no connected agent",
+                    t.id, t.job, t.instance, t.state
+                ),
             ));
         };
         let runs = view

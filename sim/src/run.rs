@@ -203,7 +203,10 @@ impl Failure {
             out.push_str(&format!("    #{i:<4} {:?}\n", self.trace[i]));
         }
         if self.shrunk_violation.detail != self.violation.detail {
-            out.push_str(&format!("  the shortest trace fails with: {}\n", self.shrunk_violation.detail));
+            out.push_str(&format!(
+                "  the shortest trace fails with: {}\n",
+                self.shrunk_violation.detail
+            ));
         }
         let mut flags = String::new();
         match self.options.ha {

@@ -68,7 +68,9 @@ impl Sim {
 
     /// An agent named `name` (its `host` attribute too) with extra attributes.
     pub fn agent(mut self, name: &str, resources: Resources, attributes: &[(&str, &str)]) -> Sim {
-        self.config.agents.push(AgentSpec::new(name, resources, attributes));
+        self.config
+            .agents
+            .push(AgentSpec::new(name, resources, attributes));
         self
     }
 
@@ -99,7 +101,11 @@ impl Sim {
         ok(self.try_step(event));
     }
 
-    fn request(&mut self, request: Request, encode: impl FnOnce(&mut borealis_net::Encoder, u64) -> Vec<u8>) -> Reply {
+    fn request(
+        &mut self,
+        request: Request,
+        encode: impl FnOnce(&mut borealis_net::Encoder, u64) -> Vec<u8>,
+    ) -> Reply {
         let world = self.world();
         let id = world.client_request(0, request, encode);
         let mut waited = 0;
@@ -121,9 +127,12 @@ impl Sim {
         let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
         let task = config.task_config(&job_key);
         let instances = config.instances;
-        match self.request(Request::Create { key: key.to_string() }, |e, id| {
-            e.create_job(id, instances, &task).to_vec()
-        }) {
+        match self.request(
+            Request::Create {
+                key: key.to_string(),
+            },
+            |e, id| e.create_job(id, instances, &task).to_vec(),
+        ) {
             Reply::Ack => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -147,9 +156,12 @@ impl Sim {
 
     pub fn job_status(&mut self, key: &str) -> Result<JobStatusView, String> {
         let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
-        match self.request(Request::Query { key: key.to_string() }, |e, id| {
-            e.query_job(id, &job_key).to_vec()
-        }) {
+        match self.request(
+            Request::Query {
+                key: key.to_string(),
+            },
+            |e, id| e.query_job(id, &job_key).to_vec(),
+        ) {
             Reply::Status(status) => Ok(status),
             other => Err(format!("{other:?}")),
         }
@@ -158,7 +170,12 @@ impl Sim {
     /// The tasks of a job by state, as the scheduler reports them (current and history).
     pub fn job_states(&mut self, key: &str) -> Vec<(u32, TaskState)> {
         self.job_status(key)
-            .map(|s| s.tasks.iter().filter_map(|t| t.state.map(|st| (t.instance, st))).collect())
+            .map(|s| {
+                s.tasks
+                    .iter()
+                    .filter_map(|t| t.state.map(|st| (t.instance, st)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -198,9 +215,13 @@ impl Sim {
         let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
         let task = config.task_config(&job_key);
         let instances = config.instances;
-        self.world().client_request(0, Request::Create { key: key.to_string() }, |e, id| {
-            e.create_job(id, instances, &task).to_vec()
-        });
+        self.world().client_request(
+            0,
+            Request::Create {
+                key: key.to_string(),
+            },
+            |e, id| e.create_job(id, instances, &task).to_vec(),
+        );
     }
 
     /// The agent's connection breaks; it reconnects after `down_ms`.

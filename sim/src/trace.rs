@@ -11,16 +11,29 @@ use crate::clients::JobConfig;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Simulated time passes: timers fire, every shard gets a tick each 50 ms.
-    Advance { ms: u64 },
+    Advance {
+        ms: u64,
+    },
     /// The agent process starts and connects.
-    AgentStart { agent: usize },
+    AgentStart {
+        agent: usize,
+    },
     /// The agent's connection breaks; it reconnects after `down_ms` and registers with every
     /// task it knows.
-    AgentDisconnect { agent: usize, down_ms: u64 },
+    AgentDisconnect {
+        agent: usize,
+        down_ms: u64,
+    },
     /// The agent process dies with its tasks and starts again, empty, after `down_ms`.
-    AgentRestart { agent: usize, down_ms: u64 },
+    AgentRestart {
+        agent: usize,
+        down_ms: u64,
+    },
     /// The next `count` `StatusAck`s to the agent are lost (it reports those ends again).
-    LoseAcks { agent: usize, count: u32 },
+    LoseAcks {
+        agent: usize,
+        count: u32,
+    },
     /// For `ms`, the agent duplicates and/or reorders the status updates it sends.
     GarbleStatuses {
         agent: usize,
@@ -39,8 +52,13 @@ pub enum Event {
         key: String,
         instances: Vec<u32>,
     },
-    QueryJob { client: usize, key: String },
-    ListJobs { client: usize },
+    QueryJob {
+        client: usize,
+        key: String,
+    },
+    ListJobs {
+        client: usize,
+    },
     /// Embedded mode: the scheduler process dies (kill -9). The shards in `mid_round` die
     /// between a round's appends and its commit. It restarts after `down_ms`, recovering its
     /// log into `restart_shards` shards.

@@ -67,7 +67,10 @@ pub fn verified(messages: &[Vec<u8>]) -> Vec<Bytes> {
     let mut decoder = FrameDecoder::new();
     decoder.extend(&writer.take());
     let mut out = Vec::with_capacity(messages.len());
-    while let Some(frame) = decoder.next_frame().expect("the simulation frames correctly") {
+    while let Some(frame) = decoder
+        .next_frame()
+        .expect("the simulation frames correctly")
+    {
         for part in split_messages(frame).expect("the simulation frames correctly") {
             decode_message(&part).expect("the simulation encodes verifiable messages");
             out.push(part);
@@ -103,20 +106,20 @@ impl OutputReader {
                 Ok(None) => return Ok(out),
                 Err(e) => return Err(format!("bad frame from a shard: {e}")),
             };
-            let parts = split_messages(frame).map_err(|e| format!("bad frame from a shard: {e}"))?;
+            let parts =
+                split_messages(frame).map_err(|e| format!("bad frame from a shard: {e}"))?;
             for part in parts {
                 let message =
                     decode_message(&part).map_err(|e| format!("bad message from a shard: {e}"))?;
-                let kill_job_key = (message.payload_type() == wire::Payload::KillTask)
-                    .then(|| {
-                        message
-                            .payload_as_kill_task()
-                            .and_then(|k| k.job_key())
-                            .unwrap_or_default()
-                            .to_string()
-                    });
-                let (request_id, message) =
-                    to_owned(message).map_err(|e| format!("undecodable message from a shard: {e}"))?;
+                let kill_job_key = (message.payload_type() == wire::Payload::KillTask).then(|| {
+                    message
+                        .payload_as_kill_task()
+                        .and_then(|k| k.job_key())
+                        .unwrap_or_default()
+                        .to_string()
+                });
+                let (request_id, message) = to_owned(message)
+                    .map_err(|e| format!("undecodable message from a shard: {e}"))?;
                 out.push(Received {
                     request_id,
                     message,

@@ -162,7 +162,11 @@ impl DataDir {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shm = std::path::Path::new("/dev/shm");
-        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
         let dir = base.join(format!("borealis-sim-{}-{seed}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cannot create the simulation's data dir");
@@ -298,7 +302,8 @@ impl World {
 
     fn arm(&mut self, delay_us: u64, timer: Timer) {
         self.timer_seq += 1;
-        self.timers.insert((self.now_us + delay_us, self.timer_seq), timer);
+        self.timers
+            .insert((self.now_us + delay_us, self.timer_seq), timer);
     }
 
     // ----- scheduler processes -----
@@ -389,9 +394,12 @@ impl World {
         for key in keys {
             self.drop_conn(key, false);
         }
-        self.arm(down_ms * 1000, Timer::Restart {
-            shards: restart_shards.clamp(1, 4),
-        });
+        self.arm(
+            down_ms * 1000,
+            Timer::Restart {
+                shards: restart_shards.clamp(1, 4),
+            },
+        );
     }
 
     /// The etcd election makes `next` lead (same term after a pause, or a new term).
@@ -438,7 +446,12 @@ impl World {
                 inst.since_us = self.now_us;
             } else {
                 for s in 0..inst.shard_count {
-                    c.send(s, ToShard::Follow { leader: Some(instance_address(next)) });
+                    c.send(
+                        s,
+                        ToShard::Follow {
+                            leader: Some(instance_address(next)),
+                        },
+                    );
                 }
             }
         }
@@ -551,7 +564,10 @@ impl World {
         }
         for r in requests {
             produced = true;
-            let slow = self.etcd.as_ref().is_some_and(|e| self.now_us < e.slow_until_us);
+            let slow = self
+                .etcd
+                .as_ref()
+                .is_some_and(|e| self.now_us < e.slow_until_us);
             let latency = if slow {
                 let d = self.etcd.as_ref().map_or(0, |e| e.slow_delay_ms) * 1000;
                 self.rng.range(d / 2, d.max(1))
@@ -582,7 +598,9 @@ impl World {
         let key = (i, s, conn);
         let pipe: SharedPipe = Default::default();
         let peer: SocketAddr = match endpoint {
-            Endpoint::Agent(a) => SocketAddr::from(([10, 1, (a / 250) as u8, (a % 250 + 1) as u8], 40_000)),
+            Endpoint::Agent(a) => {
+                SocketAddr::from(([10, 1, (a / 250) as u8, (a % 250 + 1) as u8], 40_000))
+            }
             Endpoint::Client(c) => SocketAddr::from(([10, 2, 0, (c % 250 + 1) as u8], 50_000)),
         };
         self.conns.insert(
@@ -611,7 +629,14 @@ impl World {
         }
         self.stats.messages_to_shards += messages.len() as u64;
         let messages = verified(messages);
-        self.push_inbound(key.0, key.1, Inbound::ConnMessages { conn: key.2, messages });
+        self.push_inbound(
+            key.0,
+            key.1,
+            Inbound::ConnMessages {
+                conn: key.2,
+                messages,
+            },
+        );
     }
 
     /// The connection is gone: its peer learns it, and the shard's reader reports it (when
@@ -641,7 +666,13 @@ impl World {
                     if agent.alive {
                         let delay = agent.next_backoff_ms();
                         let incarnation = agent.incarnation;
-                        self.arm(delay * 1000, Timer::Connect { agent: a, incarnation });
+                        self.arm(
+                            delay * 1000,
+                            Timer::Connect {
+                                agent: a,
+                                incarnation,
+                            },
+                        );
                     }
                 }
             }
@@ -726,7 +757,9 @@ impl World {
                                     .get(id)
                                     .map(|t| (t.job_key.clone(), t.instance))
                                     .unwrap_or_default();
-                                self.ledger.acked_terminals.insert(*id, (*state, job, instance));
+                                self.ledger
+                                    .acked_terminals
+                                    .insert(*id, (*state, job, instance));
                             }
                         }
                     }
@@ -749,7 +782,14 @@ impl World {
             };
             let incarnation = self.agents[a].incarnation;
             for (delay_ms, timer) in timers {
-                self.arm(delay_ms * 1000, Timer::Agent { agent: a, incarnation, timer });
+                self.arm(
+                    delay_ms * 1000,
+                    Timer::Agent {
+                        agent: a,
+                        incarnation,
+                        timer,
+                    },
+                );
             }
         }
         self.flush_agent(a);
@@ -783,7 +823,13 @@ impl World {
             agent.target = (target + 1) % n;
             let delay = agent.next_backoff_ms();
             let incarnation = agent.incarnation;
-            self.arm(delay * 1000, Timer::Connect { agent: a, incarnation });
+            self.arm(
+                delay * 1000,
+                Timer::Connect {
+                    agent: a,
+                    incarnation,
+                },
+            );
             return;
         }
         let s = self.rng.below(self.instances[target].shard_count as u64) as usize;
@@ -797,7 +843,13 @@ impl World {
         let registration = agent.registration();
         let bytes = self.encoder.register_agent(&registration).to_vec();
         self.send_on(key, &[bytes]);
-        self.arm(HEARTBEAT_MS * 1000, Timer::Heartbeat { agent: a, session: key.2 });
+        self.arm(
+            HEARTBEAT_MS * 1000,
+            Timer::Heartbeat {
+                agent: a,
+                session: key.2,
+            },
+        );
     }
 
     fn start_agent(&mut self, a: usize) {
@@ -830,7 +882,13 @@ impl World {
         let agent = &mut self.agents[a];
         agent.on_disconnected();
         let incarnation = agent.incarnation;
-        self.arm(down_ms * 1000, Timer::Connect { agent: a, incarnation });
+        self.arm(
+            down_ms * 1000,
+            Timer::Connect {
+                agent: a,
+                incarnation,
+            },
+        );
     }
 
     fn restart_agent(&mut self, a: usize, down_ms: u64) {
@@ -851,13 +909,24 @@ impl World {
         let agent = &mut self.agents[a];
         agent.die();
         let incarnation = agent.incarnation;
-        self.arm(down_ms * 1000, Timer::AgentBack { agent: a, incarnation });
+        self.arm(
+            down_ms * 1000,
+            Timer::AgentBack {
+                agent: a,
+                incarnation,
+            },
+        );
     }
 
     // ----- clients -----
 
     /// Sends a client request (connecting first); returns its request id.
-    pub fn client_request(&mut self, c: usize, request: Request, encode: impl FnOnce(&mut Encoder, u64) -> Vec<u8>) -> u64 {
+    pub fn client_request(
+        &mut self,
+        c: usize,
+        request: Request,
+        encode: impl FnOnce(&mut Encoder, u64) -> Vec<u8>,
+    ) -> u64 {
         let id = self.clients[c].request_id();
         let n = self.instances.len();
         let target = self.clients[c].target % n;
@@ -966,7 +1035,14 @@ impl World {
                 }
                 let timers = self.agents[agent].on_timer(timer, now_ms);
                 for (delay_ms, timer) in timers {
-                    self.arm(delay_ms * 1000, Timer::Agent { agent, incarnation, timer });
+                    self.arm(
+                        delay_ms * 1000,
+                        Timer::Agent {
+                            agent,
+                            incarnation,
+                            timer,
+                        },
+                    );
                 }
                 self.flush_agent(agent);
                 self.dirty = true;
@@ -1034,8 +1110,12 @@ impl World {
         match event {
             Event::Advance { ms } => return self.advance(*ms).and_then(|()| self.check_now()),
             Event::AgentStart { agent } => self.start_agent(agent % n_agents),
-            Event::AgentDisconnect { agent, down_ms } => self.disconnect_agent(agent % n_agents, *down_ms),
-            Event::AgentRestart { agent, down_ms } => self.restart_agent(agent % n_agents, *down_ms),
+            Event::AgentDisconnect { agent, down_ms } => {
+                self.disconnect_agent(agent % n_agents, *down_ms)
+            }
+            Event::AgentRestart { agent, down_ms } => {
+                self.restart_agent(agent % n_agents, *down_ms)
+            }
             Event::LoseAcks { agent, count } => self.agents[agent % n_agents].lose_acks += count,
             Event::GarbleStatuses {
                 agent,
@@ -1087,9 +1167,11 @@ impl World {
             }
             Event::ListJobs { client } => {
                 let acked_before = self.ledger.acked_creates.iter().cloned().collect();
-                self.client_request(client % n_clients, Request::List { acked_before }, |e, id| {
-                    e.list_jobs(id).to_vec()
-                });
+                self.client_request(
+                    client % n_clients,
+                    Request::List { acked_before },
+                    |e, id| e.list_jobs(id).to_vec(),
+                );
             }
             Event::Crash {
                 mid_round,
@@ -1188,11 +1270,15 @@ impl World {
                 return false;
             }
         }
-        self.agents.iter().enumerate().filter(|(_, a)| a.alive).all(|(idx, a)| {
-            a.is_registered()
-                && !a.busy()
-                && self.agent_conns.get(&idx).is_some_and(|k| k.0 == leader)
-        })
+        self.agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.alive)
+            .all(|(idx, a)| {
+                a.is_registered()
+                    && !a.busy()
+                    && self.agent_conns.get(&idx).is_some_and(|k| k.0 == leader)
+            })
     }
 
     /// Heals every fault, waits (simulated) until the cluster is quiet past the
@@ -1205,7 +1291,12 @@ impl World {
         }
         if let Some(etcd) = self.etcd.as_mut() {
             etcd.slow_until_us = 0;
-            if etcd.leader.is_none() && !self.timers.values().any(|t| matches!(t, Timer::Elect { .. })) {
+            if etcd.leader.is_none()
+                && !self
+                    .timers
+                    .values()
+                    .any(|t| matches!(t, Timer::Elect { .. }))
+            {
                 let next = etcd.last_leader.unwrap_or(0);
                 self.elect(next, true);
             }

@@ -338,6 +338,38 @@ fn preemption_never_crosses_roles_for_production_victims() {
     assert!(s.contains("insufficient cpu"), "pending reason: {s:?}");
     let text = cluster.cli_ok(&["job", "status", b]);
     assert!(text.contains("insufficient cpu"), "human status:\n{text}");
+
+    // Control: the preemptor is on in this cluster. Role A's own production job of a higher
+    // priority may preempt A's lower-priority work, and does (one task: 1 cpu is enough).
+    let a_high = "role-a/prod/urgent";
+    cluster.create_job(
+        a_high,
+        &job_file(
+            1,
+            "while true; do sleep 0.1; done",
+            "service = true\nproduction = true\npriority = 100",
+            1.0,
+            "64MiB",
+            "",
+        ),
+    );
+    let urgent = cluster.wait_for(a_high, "role A's urgent task to be RUNNING", WAIT, |s| {
+        tasks_in(s, "RUNNING")
+            .first()
+            .map(|t| field(t, "task_id").to_string())
+    });
+    let s = cluster.wait_for(a, "one of role A's tasks KILLED by preemption", WAIT, |s| {
+        (tasks_in(s, "KILLED").len() == 1).then(|| s.clone())
+    });
+    let victim = tasks_in(&s, "KILLED")[0];
+    assert_eq!(field(victim, "preempted_by"), urgent, "{s:#}");
+    assert!(a_running.contains(field(victim, "task_id")), "{s:#}");
+    wait_until("the victim's SIGTERM marker", WAIT, POLL, || {
+        (term_markers(&markers).len() == 1).then_some(())
+    });
+    // Role B still waits: role A's urgent production task is not B's to preempt either.
+    let s = cluster.status_json(b);
+    assert_eq!(tasks_in(&s, "PENDING").len(), 1, "{s:#}");
 }
 
 #[test]
@@ -424,6 +456,22 @@ fn job_over_quota_is_refused_and_nothing_is_created() {
         "{line}"
     );
     assert!(!cluster.job_listed(more));
+
+    // Killing the production job gives its quota back, and the bigger job then fits.
+    cluster.cli_ok(&["job", "kill", small]);
+    wait_until("the use of www to drop to zero", WAIT, POLL, || {
+        let q = quota_json(&cluster, "www");
+        (q["used"]["cpu"] == 0.0 && q["used"]["ram_mib"] == 0).then_some(())
+    });
+    cluster.create_job(
+        more,
+        &job_file(1, "sleep 60", "production = true", 1.0, "64MiB", ""),
+    );
+    let q = wait_until("the use of www to show the new job", WAIT, POLL, || {
+        let q = quota_json(&cluster, "www");
+        (q["used"]["cpu"] == 1.0).then_some(q)
+    });
+    assert_eq!(q["used"]["ram_mib"], 64, "{q}");
 }
 
 #[test]

@@ -385,6 +385,9 @@ pub struct Shard {
     /// this shard's tasks with a claimed slot (until when),
     slot_holds: HashMap<TaskId, u64>,
     last_preemption_search_us: u64,
+    /// `--max-schedule-attempts-per-sec`: the token bucket and when it was last refilled.
+    attempt_tokens: f64,
+    attempts_refilled_us: u64,
     /// Every transition, when the simulation asked for them (`record_transitions`).
     transition_log: Option<Vec<Transition>>,
     #[cfg(feature = "sim")]
@@ -494,6 +497,8 @@ impl Shard {
             next_search_token: 0,
             slot_holds: HashMap::default(),
             last_preemption_search_us: clock.mono_us,
+            attempt_tokens: 0.0,
+            attempts_refilled_us: clock.mono_us,
             transition_log: None,
             #[cfg(feature = "sim")]
             injected_bug: None,
@@ -618,7 +623,10 @@ impl Shard {
         self.outbox[to] = batch;
     }
 
+    /// Work to do without waiting for input: pending tasks, unless the attempt rate limit
+    /// (`--max-schedule-attempts-per-sec`) has no attempt left (the next tick refills it).
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()
+            && (self.config.max_schedule_attempts_per_sec <= 0.0 || self.attempt_tokens >= 1.0)
     }
 }

@@ -139,6 +139,27 @@ impl Shard {
         }
     }
 
+    /// Placement attempts this round may make: `ROUND_PLACEMENTS_MAX`, and with Aurora's
+    /// `--max-schedule-attempts-per-sec` set (> 0), what its token bucket holds: the rate split
+    /// evenly over the shards, refilled by the clock, holding at most one second's worth.
+    fn attempt_budget(&mut self) -> usize {
+        let rate = self.config.max_schedule_attempts_per_sec;
+        if rate <= 0.0 {
+            return ROUND_PLACEMENTS_MAX;
+        }
+        let per_shard = (rate / self.shard_count as f64).max(1.0);
+        let elapsed_s = elapsed_us(self.now_us, self.attempts_refilled_us) as f64 / 1e6;
+        self.attempts_refilled_us = self.now_us;
+        self.attempt_tokens = (self.attempt_tokens + elapsed_s * per_shard).min(per_shard);
+        (self.attempt_tokens as usize).min(ROUND_PLACEMENTS_MAX)
+    }
+
+    fn spend_attempts(&mut self, attempts: usize) {
+        if self.config.max_schedule_attempts_per_sec > 0.0 {
+            self.attempt_tokens = (self.attempt_tokens - attempts as f64).max(0.0);
+        }
+    }
+
     /// Places pending tasks against the offers this shard owns. Returns how many were placed.
     pub fn schedule(&mut self) -> usize {
         if !self.acting() {
@@ -150,14 +171,15 @@ impl Shard {
         self.retry_due_jobs();
         let first_delay_us = self.config.first_schedule_delay_ms * 1000;
         let now = self.now_us;
+        let attempts_max = self.attempt_budget();
         let mut run = std::mem::take(&mut self.run_tasks);
         let mut agents = std::mem::take(&mut self.run_agents);
-        while attempts < ROUND_PLACEMENTS_MAX {
+        while attempts < attempts_max {
             // Take the run of pending tasks of one job at the front of the queue: placing
             // them as one batch lets the index skip agents the job's limits already exclude.
             run.clear();
             let mut job = None;
-            while run.len() < PLACEMENT_BATCH_MAX {
+            while run.len() < PLACEMENT_BATCH_MAX && attempts + run.len() < attempts_max {
                 let Some(&task_id) = self.pending.front() else {
                     break;
                 };
@@ -215,6 +237,7 @@ impl Shard {
         }
         self.run_tasks = run;
         self.run_agents = agents;
+        self.spend_attempts(attempts);
         self.placed_since_lend += placed;
         let m = self.metrics();
         m.attempt(AttemptResult::Placed, placed as u64);
