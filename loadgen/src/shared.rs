@@ -240,7 +240,7 @@ impl Shared {
         Shared {
             config,
             started: Instant::now(),
-            key_prefix: format!("loadgen/r{run_id}/j"),
+            key_prefix: format!("loadgen/test/r{run_id}-j"),
             jobs: JobTable::new(),
             next_job: AtomicU32::new(0),
             counters: Counters::default(),
