@@ -8,6 +8,7 @@ pub mod jobfile;
 pub mod lifecycle;
 pub mod model;
 pub mod placement;
+pub mod ports;
 pub mod preemption;
 pub mod quota;
 pub mod state;

@@ -345,6 +345,53 @@ pub fn next_state_on_report(current: TaskState, reported: TaskState) -> Option<T
     current.can_transition_to(next).then_some(next)
 }
 
+/// What the scheduler does with a task an agent reports on a connection other than the one the
+/// task was placed through (the agent reconnected under a new number, or the scheduler
+/// restarted), or at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// The report belongs to the task as placed: apply it.
+    Apply,
+    /// Move the task to the reporting agent, then apply the report (`holds`: whether it still
+    /// holds resources there, false for a task that ended while the scheduler was down).
+    Adopt { holds: bool },
+    /// Not this task's agent: refuse the report, and kill the task there when it is running.
+    Refuse { kill: bool },
+}
+
+/// The adoption rule. A report from the agent the task is on is applied. Otherwise only an
+/// agent's (re-)registration may adopt: a task that was placed (or restored from the log and
+/// awaiting its agent), is not terminal, and is reported running — or reported ended, when it was
+/// restored awaiting adoption (its end while the scheduler was down is the truth: it must not be
+/// marked LOST and run again). Anything else is refused, and a non-terminal report is killed on
+/// that agent, so no instance runs twice.
+pub fn adoption(
+    same_agent: bool,
+    adopting: bool,
+    placed: bool,
+    awaiting_adoption: bool,
+    current: TaskState,
+    reported: TaskState,
+) -> Adoption {
+    if same_agent {
+        return Adoption::Apply;
+    }
+    let ended_while_down = awaiting_adoption && reported.is_terminal();
+    let adoptable = adopting
+        && (placed || awaiting_adoption)
+        && !current.is_terminal()
+        && (!reported.is_terminal() || ended_while_down);
+    if adoptable {
+        Adoption::Adopt {
+            holds: !ended_while_down,
+        }
+    } else {
+        Adoption::Refuse {
+            kill: !reported.is_terminal(),
+        }
+    }
+}
+
 /// The [`Interruption`] to pass to [`on_terminal`] for a task that has just ended in
 /// `final_state`, for a caller that remembers only whether a user killed it.
 ///
@@ -381,6 +428,79 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use TaskState::*;
+
+    #[test]
+    fn adoption_rule() {
+        let check = |same, adopting, placed, awaiting, current, reported, expected| {
+            assert_eq!(
+                adoption(same, adopting, placed, awaiting, current, reported),
+                expected,
+                "same {same} adopting {adopting} placed {placed} awaiting {awaiting} \
+                 {current} reported {reported}"
+            );
+        };
+        // The task's own agent: applied, whatever it says.
+        check(true, false, true, false, Running, Finished, Adoption::Apply);
+        // Re-registration adopts a placed, live task reported running.
+        check(
+            false,
+            true,
+            true,
+            false,
+            Running,
+            Running,
+            Adoption::Adopt { holds: true },
+        );
+        // A restored task that ended while the scheduler was down: adopted, holding nothing.
+        check(
+            false,
+            true,
+            false,
+            true,
+            Running,
+            Finished,
+            Adoption::Adopt { holds: false },
+        );
+        // A placed task reported ended by another agent: refused, nothing to kill.
+        check(
+            false,
+            true,
+            true,
+            false,
+            Running,
+            Finished,
+            Adoption::Refuse { kill: false },
+        );
+        // Not at registration (a stray status), or a PENDING task: refused and killed there.
+        check(
+            false,
+            false,
+            true,
+            false,
+            Running,
+            Running,
+            Adoption::Refuse { kill: true },
+        );
+        check(
+            false,
+            true,
+            false,
+            false,
+            Pending,
+            Running,
+            Adoption::Refuse { kill: true },
+        );
+        // A task already ended here: a running report is killed.
+        check(
+            false,
+            true,
+            true,
+            false,
+            Killed,
+            Running,
+            Adoption::Refuse { kill: true },
+        );
+    }
 
     const MINUTE_MS: u64 = 60_000;
 

@@ -157,21 +157,9 @@ impl Shard {
         if names.is_empty() {
             return Some(Vec::new());
         }
-        let used: HashSet<u16> = a.ports_in_use.values().flatten().copied().collect();
-        let mut assigned = Vec::with_capacity(names.len());
-        'outer: for (begin, end) in a.port_ranges.clone() {
-            for port in begin..=end {
-                if assigned.len() == names.len() {
-                    break 'outer;
-                }
-                if !used.contains(&port) {
-                    assigned.push(port);
-                }
-            }
-        }
-        if assigned.len() < names.len() {
-            return None;
-        }
+        let used: std::collections::BTreeSet<u16> =
+            a.ports_in_use.values().flatten().copied().collect();
+        let assigned = borealis_core::ports::assign_ports(&a.port_ranges, &used, names.len())?;
         a.ports_in_use.insert(task_id, assigned.clone());
         Some(names.iter().cloned().zip(assigned).collect())
     }

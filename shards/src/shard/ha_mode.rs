@@ -144,7 +144,16 @@ impl Shard {
         self.pending.clear();
         self.blocked_jobs.clear();
         self.changed_free_max = None;
-        self.quota_waits.clear();
+        // Creates waiting for a quota verdict will not get one: tell their clients.
+        let waits: Vec<quotas::QuotaWait> = self.quota_waits.drain().map(|(_, w)| w).collect();
+        for wait in waits {
+            // SAFETY: verified by the reader of the client's connection.
+            let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&wait.bytes) };
+            let refusal = self.not_leader(message.request_id());
+            self.reply(wait.reply, refusal);
+        }
+        self.searches.clear();
+        self.slot_holds.clear();
         self.role_usage.clear();
         self.dirty_roles.clear();
         self.quota_settles.clear();
@@ -254,7 +263,7 @@ impl Shard {
         key: &JobKey,
         job: Option<DesiredJob>,
         pending: PendingPersist,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), ClientError> {
         let request = |shard, token| ToControl::Persist {
             shard,
             token,
@@ -270,7 +279,7 @@ impl Shard {
         role: &str,
         quota: Resources,
         pending: PendingPersist,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), ClientError> {
         let request = |shard, token| ToControl::PersistQuota {
             shard,
             token,
@@ -285,7 +294,7 @@ impl Shard {
         &mut self,
         request: impl FnOnce(usize, u64) -> ToControl,
         pending: PendingPersist,
-    ) -> Result<(), (ErrorCode, String)> {
+    ) -> Result<(), ClientError> {
         let Some(links) = &self.links else {
             return Ok(());
         };
@@ -295,8 +304,7 @@ impl Shard {
             .to_control
             .try_send(request(self.id, token))
             .map_err(|_| {
-                (
-                    ErrorCode::Overloaded,
+                ClientError::Overloaded(
                     "too many desired-state writes in flight; retry".to_string(),
                 )
             })?;

@@ -61,7 +61,7 @@ impl Shard {
                         bytes: None,
                         settle: None,
                     };
-                    if let Err((_, e)) = self.persist(&key, None, pending) {
+                    if let Err(e) = self.persist(&key, None, pending) {
                         tracing::warn!(job = %key, "cannot delete a pruned job's desired state: {e}");
                     }
                 }

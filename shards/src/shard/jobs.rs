@@ -15,8 +15,11 @@ impl Shard {
         if let Some(c) = message.payload_as_create_job() {
             // Every other check first; then production work asks its role's quota owner.
             match self.validate_create(c) {
-                Err((code, text)) => {
-                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                Err(e) => {
+                    let bytes = self
+                        .encoder
+                        .error(request_id, e.code(), &e.to_string())
+                        .to_vec();
                     return self.reply(reply, bytes);
                 }
                 Ok((key, instances, config)) => {
@@ -54,8 +57,11 @@ impl Shard {
                     self.persist_quota(role, quota, pending)
                 });
                 self.settle_quota(settle);
-                if let Err((code, text)) = result {
-                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                if let Err(e) = result {
+                    let bytes = self
+                        .encoder
+                        .error(request_id, e.code(), &e.to_string())
+                        .to_vec();
                     self.reply(reply, bytes);
                 }
                 return;
@@ -82,9 +88,12 @@ impl Shard {
                     };
                     self.persist(&key, Some(desired), pending)
                 });
-                if let Err((code, text)) = result {
+                if let Err(e) = result {
                     self.settle_quota(settle_on_error);
-                    let bytes = self.encoder.error(request_id, code, &text).to_vec();
+                    let bytes = self
+                        .encoder
+                        .error(request_id, e.code(), &e.to_string())
+                        .to_vec();
                     self.reply(reply, bytes);
                 }
                 return;
@@ -98,7 +107,7 @@ impl Shard {
     pub(super) fn desired_after_create(
         &self,
         c: wire::CreateJob<'_>,
-    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+    ) -> Result<(JobKey, crate::ha::DesiredJob), ClientError> {
         let (key, instances, config) = self.validate_create(c)?;
         Ok((
             key.clone(),
@@ -115,7 +124,7 @@ impl Shard {
     pub(super) fn desired_after_kill(
         &self,
         k: wire::KillJob<'_>,
-    ) -> Result<(JobKey, crate::ha::DesiredJob), (ErrorCode, String)> {
+    ) -> Result<(JobKey, crate::ha::DesiredJob), ClientError> {
         let (job, instances) = self.kill_targets(k)?;
         let mut desired = self.desired(job);
         desired.retired.extend(instances);
@@ -154,25 +163,25 @@ impl Shard {
                             let status = self.job_status(job);
                             Ok(self.encoder.job_status(request_id, &status).to_vec())
                         }
-                        None => Err((ErrorCode::UnknownJob, format!("unknown job {key}"))),
+                        None => Err(ClientError::UnknownJob(key)),
                     },
-                    Err(e) => Err((ErrorCode::InvalidRequest, e.to_string())),
+                    Err(e) => Err(ClientError::InvalidRequest(e.to_string())),
                 }
             }
-            _ => Err((ErrorCode::InvalidRequest, "not a job request".into())),
+            _ => Err(ClientError::InvalidRequest("not a job request".into())),
         };
         let bytes = match result {
             Ok(bytes) if bytes.is_empty() => self.encoder.ack(request_id).to_vec(),
             Ok(bytes) => bytes,
-            Err((code, text)) => self.encoder.error(request_id, code, &text).to_vec(),
+            Err(e) => self
+                .encoder
+                .error(request_id, e.code(), &e.to_string())
+                .to_vec(),
         };
         self.reply(reply, bytes);
     }
 
-    pub(super) fn create_job(
-        &mut self,
-        c: wire::CreateJob<'_>,
-    ) -> Result<Vec<u8>, (ErrorCode, String)> {
+    pub(super) fn create_job(&mut self, c: wire::CreateJob<'_>) -> Result<Vec<u8>, ClientError> {
         let (key, instances, config) = self.validate_create(c)?;
         if let Some(&existing) = self.job_index.get(&key) {
             // Every instance of the old job has ended (checked): the new job replaces it.
@@ -195,47 +204,41 @@ impl Shard {
     pub(super) fn validate_create(
         &self,
         c: wire::CreateJob<'_>,
-    ) -> Result<(JobKey, u32, TaskConfig), (ErrorCode, String)> {
+    ) -> Result<(JobKey, u32, TaskConfig), ClientError> {
         let key: JobKey = c
             .job_key()
             .parse()
-            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+            .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
         let instances = c.instances();
         if instances == 0 {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!("job {key}: instances must be >= 1"),
-            ));
+            return Err(ClientError::InvalidRequest(format!(
+                "job {key}: instances must be >= 1"
+            )));
         }
         if instances > self.config.max_tasks_per_job {
-            return Err((
-                ErrorCode::TooManyTasks,
-                format!(
-                    "job {key}: {instances} instances exceed --max-tasks-per-job {}",
-                    self.config.max_tasks_per_job
-                ),
-            ));
+            return Err(ClientError::TooManyTasks {
+                key,
+                instances,
+                max: self.config.max_tasks_per_job,
+            });
         }
         if !self.allowed_environments.is_match(&key.environment) {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!(
-                    "job {key}: environment {:?} is not allowed (--allowed-job-environments {})",
-                    key.environment,
-                    self.allowed_environments.as_str()
-                ),
-            ));
+            return Err(ClientError::InvalidRequest(format!(
+                "job {key}: environment {:?} is not allowed (--allowed-job-environments {})",
+                key.environment,
+                self.allowed_environments.as_str()
+            )));
         }
         let mut config = task_config_from_wire(key.clone(), c.config())
-            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
         // A job file that names no tier gets the tier config's (Aurora's `default`).
         let explicit = (!borealis_net::codec::tier_unset(c.config())).then_some(config.tier);
         config.tier = self.tiers.resolve(explicit, config.production);
         self.tiers
             .validate(config.tier, config.production)
-            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
         borealis_core::validate::validate_task_config(&config)
-            .map_err(|e| (ErrorCode::InvalidRequest, format!("job {key}: {e}")))?;
+            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
         if let Some(&existing) = self.job_index.get(&key) {
             let live = self.jobs[existing]
                 .current
@@ -243,7 +246,7 @@ impl Shard {
                 .flatten()
                 .any(|t| self.tasks.get(t).is_some_and(|t| !t.state.is_terminal()));
             if live {
-                return Err((ErrorCode::JobExists, format!("job {key} already exists")));
+                return Err(ClientError::JobExists(key));
             }
         }
         Ok((key, instances, config))
@@ -346,10 +349,7 @@ impl Shard {
         id
     }
 
-    pub(super) fn kill_job(
-        &mut self,
-        k: wire::KillJob<'_>,
-    ) -> Result<Vec<u8>, (ErrorCode, String)> {
+    pub(super) fn kill_job(&mut self, k: wire::KillJob<'_>) -> Result<Vec<u8>, ClientError> {
         let (job, instances) = self.kill_targets(k)?;
         for instance in instances {
             self.retire_instance(job, instance);
@@ -371,13 +371,13 @@ impl Shard {
     pub(super) fn kill_targets(
         &self,
         k: wire::KillJob<'_>,
-    ) -> Result<(JobIdx, Vec<u32>), (ErrorCode, String)> {
+    ) -> Result<(JobIdx, Vec<u32>), ClientError> {
         let key: JobKey = k
             .job_key()
             .parse()
-            .map_err(|e: borealis_core::JobKeyError| (ErrorCode::InvalidRequest, e.to_string()))?;
+            .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
         let Some(&job) = self.job_index.get(&key) else {
-            return Err((ErrorCode::UnknownJob, format!("unknown job {key}")));
+            return Err(ClientError::UnknownJob(key));
         };
         let count = self.jobs[job].current.len() as u32;
         let instances: Vec<u32> = match k.instances() {
@@ -385,10 +385,9 @@ impl Shard {
             _ => (0..count).collect(),
         };
         if let Some(bad) = instances.iter().find(|&&i| i >= count) {
-            return Err((
-                ErrorCode::InvalidRequest,
-                format!("job {key} has no instance {bad} (instances 0..{count})"),
-            ));
+            return Err(ClientError::InvalidRequest(format!(
+                "job {key} has no instance {bad} (instances 0..{count})"
+            )));
         }
         Ok((job, instances))
     }

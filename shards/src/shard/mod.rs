@@ -29,6 +29,7 @@ mod agents;
 mod audit;
 mod conns;
 mod durability;
+mod errors;
 mod ha_mode;
 mod history;
 mod jobs;
@@ -44,6 +45,7 @@ pub use audit::InjectedBug;
 pub use audit::{AgentAudit, JobAudit, ShardAudit, TaskAudit, Transition};
 use borealis_store::image::{JobImage, LogRecord, StateImage, TaskImage, TaskImageRef};
 use borealis_store::wal::Wal;
+pub use errors::ClientError;
 pub use ha_mode::Mode;
 use ha_mode::PendingPersist;
 pub use preemption::{RunningTask, SlotOffer, SlotQuery};
@@ -172,6 +174,8 @@ struct Job {
     pending_kind: Option<borealis_core::placement::PendingReasonKind>,
     /// The explanation being gathered from the other shards.
     explaining: pending::Explaining,
+    /// When the job's last failed attempt was explained (0: never).
+    explained_us: u64,
     /// Production work of a tier that counts against its role's quota.
     counts_quota: bool,
     /// Instances not retired (what the job holds against its quota, per task).
@@ -207,6 +211,7 @@ impl Job {
             pending_reason: None,
             pending_kind: None,
             explaining: pending::Explaining::default(),
+            explained_us: 0,
             counts_quota,
         }
     }

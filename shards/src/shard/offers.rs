@@ -82,14 +82,24 @@ impl Shard {
         let now = self.now_us;
         let j = &mut self.jobs[job];
         j.blocked.extend_from_slice(tasks);
-        if j.blocked_due_us == 0 {
+        let newly_blocked = j.blocked_due_us == 0;
+        if newly_blocked {
             j.schedule_failures = j.schedule_failures.saturating_add(1);
             let penalty_ms =
                 lifecycle::schedule_penalty_ms(&self.config.lifecycle, j.schedule_failures);
             j.blocked_due_us = now + penalty_ms.max(1) * 1000;
             self.blocked_jobs.insert((j.blocked_due_us, job));
         }
-        self.explain_pending(job);
+        // Explaining visits every agent: at most once per initial penalty per job, however
+        // often offers that changed bring the job back early.
+        let explain_every_us = self.config.lifecycle.initial_schedule_penalty_ms.max(1) * 1000;
+        let j = &mut self.jobs[job];
+        if newly_blocked
+            && (j.explained_us == 0 || elapsed_us(now, j.explained_us) >= explain_every_us)
+        {
+            j.explained_us = now.max(1);
+            self.explain_pending(job);
+        }
     }
 
     /// Puts a blocked job's tasks back at the front of the queue (they are the oldest).
@@ -230,9 +240,10 @@ impl Shard {
                 failed_jobs.insert(job);
                 self.block_job(job, &run[n..]);
             } else if self.jobs[job].blocked.is_empty() {
+                // Placed: the penalty starts over. The last explanation is kept (shown only
+                // while the job is blocked), so a job blocked again within the explanation's
+                // rate limit still says why.
                 self.jobs[job].schedule_failures = 0;
-                self.jobs[job].pending_reason = None;
-                self.jobs[job].pending_kind = None;
             }
         }
         self.run_tasks = run;

@@ -368,10 +368,7 @@ impl Shard {
     /// the current use: it refuses further production work only). Durable in its log in
     /// embedded mode; under etcd leadership there is no log (`log` does nothing): the quota
     /// was written to etcd before this runs (`admit_client`).
-    pub(super) fn set_quota(
-        &mut self,
-        q: wire::SetQuota<'_>,
-    ) -> Result<Vec<u8>, (ErrorCode, String)> {
+    pub(super) fn set_quota(&mut self, q: wire::SetQuota<'_>) -> Result<Vec<u8>, ClientError> {
         let (role, quota) = quota_from_wire(q)?;
         self.book(role).quota = Some(quota);
         self.log(&LogRecord::QuotaSet {
@@ -401,16 +398,13 @@ impl Shard {
 /// The role and quota a `SetQuota` names, after every check `set_quota` makes.
 pub(super) fn quota_from_wire<'a>(
     q: wire::SetQuota<'a>,
-) -> Result<(&'a str, Resources), (ErrorCode, String)> {
+) -> Result<(&'a str, Resources), ClientError> {
     let role = q.role();
     JobKey::new(role, "x", "x").map_err(|_| {
-        (
-            ErrorCode::InvalidRequest,
-            format!(
-                "role {role:?} must be 1..={} characters of [A-Za-z0-9_.-]",
-                borealis_core::JOB_KEY_PART_LEN_MAX
-            ),
-        )
+        ClientError::InvalidRequest(format!(
+            "role {role:?} must be 1..={} characters of [A-Za-z0-9_.-]",
+            borealis_core::JOB_KEY_PART_LEN_MAX
+        ))
     })?;
     let quota = Resources {
         cpu_millis: q.cpu_millis(),

@@ -53,46 +53,49 @@ impl Shard {
             }
             return None;
         };
-        if t.agent != Some(agent) {
-            let placed = t.agent.is_some() || t.awaiting_adoption;
-            // A restored task may also have ended while the scheduler was down: its agent's
-            // report is the truth (it must not be marked LOST and run again).
-            let ended_while_down = t.awaiting_adoption && reported.is_terminal();
-            let adoptable = adopting
-                && placed
-                && !t.state.is_terminal()
-                && (!reported.is_terminal() || ended_while_down);
-            if !adoptable {
-                if !reported.is_terminal() {
+        let decision = lifecycle::adoption(
+            t.agent == Some(agent),
+            adopting,
+            t.agent.is_some(),
+            t.awaiting_adoption,
+            t.state,
+            reported,
+        );
+        match decision {
+            lifecycle::Adoption::Apply => {}
+            lifecycle::Adoption::Refuse { kill } => {
+                if kill {
                     let key = self.jobs[t.job].key_text.clone();
                     self.kill_on_agent(agent, task_id, key);
                 }
                 return None;
             }
-            // The agent reconnected under a new number (or the scheduler restarted): move the
-            // task to it.
-            // The job's spread counts the task where it now is.
-            if let Some(old) = t.agent.replace(agent) {
-                if let Some(set) = self.tasks_by_agent.get_mut(&old) {
-                    set.remove(&task_id);
+            lifecycle::Adoption::Adopt { holds } => {
+                // The agent reconnected under a new number (or the scheduler restarted): move the
+                // task to it.
+                // The job's spread counts the task where it now is.
+                if let Some(old) = t.agent.replace(agent) {
+                    if let Some(set) = self.tasks_by_agent.get_mut(&old) {
+                        set.remove(&task_id);
+                    }
+                    if let Some(ids) = self.agent_attr_ids.get(&old) {
+                        self.jobs[t.job].spread.remove_attributes(ids);
+                    }
                 }
-                if let Some(ids) = self.agent_attr_ids.get(&old) {
-                    self.jobs[t.job].spread.remove_attributes(ids);
+                if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                    self.jobs[t.job].spread.add_attributes(ids);
                 }
+                t.awaiting_adoption = false;
+                self.tasks_by_agent
+                    .entry(agent)
+                    .or_default()
+                    .insert(task_id);
+                // A task that ended while the scheduler was down holds nothing any more; its end
+                // is applied below.
+                t.holds = holds;
+                t.host = self.agent_names.get(&agent).cloned();
+                self.log_task(task_id);
             }
-            if let Some(ids) = self.agent_attr_ids.get(&agent) {
-                self.jobs[t.job].spread.add_attributes(ids);
-            }
-            t.awaiting_adoption = false;
-            self.tasks_by_agent
-                .entry(agent)
-                .or_default()
-                .insert(task_id);
-            // A task that ended while the scheduler was down holds nothing any more; its end
-            // is applied below.
-            t.holds = !ended_while_down;
-            t.host = self.agent_names.get(&agent).cloned();
-            self.log_task(task_id);
         }
         let t = self.tasks.get_mut(&task_id).expect("present");
         if !sandbox.is_empty() && t.sandbox.is_empty() {
@@ -296,7 +299,7 @@ impl Shard {
                 bytes: None,
                 settle: None,
             };
-            if let Err((_, e)) = self.persist(&key, Some(desired), pending) {
+            if let Err(e) = self.persist(&key, Some(desired), pending) {
                 tracing::error!(shard = self.id, job = %key, "cannot persist a retired instance: {e}");
             }
         }
