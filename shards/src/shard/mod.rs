@@ -73,7 +73,10 @@ const BORROW_BACKOFF: Duration = Duration::from_millis(200);
 
 const _: () = assert!(ROUND_INBOUND_MAX <= crate::INBOUND_QUEUE_MAX);
 
-type JobIdx = usize;
+/// A job's slot in its shard's [`JobSlab`]: stable for the job's life, reused after it.
+/// Meaningful only on the shard that issued it (never sent to another).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct JobIdx(u32);
 
 /// Jobs in stable slots: a task keeps its job's index for life, and removing a job touches no
 /// other job or task.
@@ -89,19 +92,21 @@ impl JobSlab {
         self.len += 1;
         match self.vacant.pop() {
             Some(idx) => {
-                debug_assert!(self.slots[idx].is_none());
-                self.slots[idx] = Some(job);
+                debug_assert!(self.slots[idx.0 as usize].is_none());
+                self.slots[idx.0 as usize] = Some(job);
                 idx
             }
             None => {
                 self.slots.push(Some(job));
-                self.slots.len() - 1
+                JobIdx(u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 jobs a shard"))
             }
         }
     }
 
     fn remove(&mut self, idx: JobIdx) -> Job {
-        let job = self.slots[idx].take().expect("removing a live job");
+        let job = self.slots[idx.0 as usize]
+            .take()
+            .expect("removing a live job");
         self.vacant.push(idx);
         self.len -= 1;
         job
@@ -119,13 +124,13 @@ impl JobSlab {
 impl std::ops::Index<JobIdx> for JobSlab {
     type Output = Job;
     fn index(&self, idx: JobIdx) -> &Job {
-        self.slots[idx].as_ref().expect("live job")
+        self.slots[idx.0 as usize].as_ref().expect("live job")
     }
 }
 
 impl std::ops::IndexMut<JobIdx> for JobSlab {
     fn index_mut(&mut self, idx: JobIdx) -> &mut Job {
-        self.slots[idx].as_mut().expect("live job")
+        self.slots[idx.0 as usize].as_mut().expect("live job")
     }
 }
 
