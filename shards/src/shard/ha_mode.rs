@@ -29,6 +29,9 @@ pub(super) struct PendingPersist {
     pub bytes: Option<Bytes>,
     /// The quota reservation the request holds (settled once it is applied or refused).
     pub settle: Option<(String, u64)>,
+    /// The job whose desired state this writes (None: a quota), one write per job in flight
+    /// (see `desired`).
+    pub key: Option<JobKey>,
 }
 
 impl Shard {
@@ -171,6 +174,17 @@ impl Shard {
         self.gathers.clear();
         self.pending_acks.clear();
         self.pending_persists.clear();
+        // Changes waiting for a job's write will not be made here: tell their clients.
+        let writes: Vec<desired::JobWrites> = self.job_writes.drain().map(|(_, w)| w).collect();
+        for w in writes {
+            for (reply, bytes, _) in w.waiting_requests() {
+                // SAFETY: verified by the reader of the client's connection.
+                let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
+                let refusal = self.not_leader(message.request_id());
+                self.reply(reply, refusal);
+            }
+        }
+        self.resync_later.clear();
         self.lent_out = 0;
         self.state_counts = [0; TaskState::COUNT];
         self.install_deadline_us = 0;
@@ -270,7 +284,13 @@ impl Shard {
             key: key.clone(),
             job,
         };
-        self.send_persist(request, pending)
+        debug_assert!(
+            !self.job_writes.contains_key(key),
+            "one desired-state write per job in flight"
+        );
+        self.send_persist(request, pending)?;
+        self.job_writes.insert(key.clone(), Default::default());
+        Ok(())
     }
 
     /// Sends a role's quota to etcd (through the control thread); `reply` waits for it.
@@ -313,9 +333,18 @@ impl Shard {
     }
 
     fn persisted(&mut self, token: u64, result: Result<(), String>) {
-        let Some(p) = self.pending_persists.remove(&token) else {
+        let Some(mut p) = self.pending_persists.remove(&token) else {
             return;
         };
+        let done = p.key.take().map(|key| (key, result.is_ok()));
+        self.apply_persisted(p, result);
+        if let Some((key, ok)) = done {
+            self.job_write_done(key, ok);
+        }
+    }
+
+    /// What a done write releases: the client's request is applied (or refused).
+    fn apply_persisted(&mut self, p: PendingPersist, result: Result<(), String>) {
         let Some(reply) = p.reply else {
             if let Err(e) = result {
                 tracing::error!(shard = self.id, "desired-state write failed: {e}");

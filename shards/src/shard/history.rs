@@ -55,15 +55,7 @@ impl Shard {
                 self.drop_job(job);
                 if self.is_ha() {
                     // Nothing of the job is left: neither should its desired state be.
-                    let pending = PendingPersist {
-                        reply: None,
-                        request_id: 0,
-                        bytes: None,
-                        settle: None,
-                    };
-                    if let Err(e) = self.persist(&key, None, pending) {
-                        tracing::warn!(job = %key, "cannot delete a pruned job's desired state: {e}");
-                    }
+                    self.write_job_desired(&key);
                 }
             }
         }

@@ -39,7 +39,7 @@ impl Shard {
         &mut self,
         reply: ReplyTo,
         bytes: Bytes,
-        settle: Option<(String, u64)>,
+        mut settle: Option<(String, u64)>,
     ) {
         // SAFETY: verified by the reader of the client's connection.
         let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
@@ -53,6 +53,7 @@ impl Shard {
                         request_id,
                         bytes: Some(bytes.clone()),
                         settle: None,
+                        key: None,
                     };
                     self.persist_quota(role, quota, pending)
                 });
@@ -65,6 +66,18 @@ impl Shard {
                     self.reply(reply, bytes);
                 }
                 return;
+            }
+            // One write per job in flight: a change of a job being written waits for it.
+            let key = match message.payload_type() {
+                wire::Payload::CreateJob => message.payload_as_create_job().map(|c| c.job_key()),
+                wire::Payload::KillJob => message.payload_as_kill_job().map(|k| k.job_key()),
+                _ => None,
+            }
+            .and_then(|text| text.parse::<JobKey>().ok());
+            if let Some(key) = key {
+                if self.wait_for_job_write(&key, reply, &bytes, &mut settle) {
+                    return;
+                }
             }
             let desired = match message.payload_type() {
                 wire::Payload::CreateJob => {
@@ -85,6 +98,7 @@ impl Shard {
                         request_id,
                         bytes: Some(bytes.clone()),
                         settle,
+                        key: Some(key.clone()),
                     };
                     self.persist(&key, Some(desired), pending)
                 });

@@ -28,6 +28,7 @@ use crate::SchedulerConfig;
 mod agents;
 mod audit;
 mod conns;
+mod desired;
 mod durability;
 mod errors;
 mod ha_mode;
@@ -350,6 +351,10 @@ pub struct Shard {
     links: Option<crate::ha::ShardLinks>,
     next_token: u64,
     pending_persists: HashMap<u64, PendingPersist>,
+    /// Jobs with a desired-state write in flight (see `desired`).
+    job_writes: HashMap<JobKey, desired::JobWrites>,
+    /// Jobs whose write failed, with the acknowledgements waiting for it (retried by the sweep).
+    resync_later: BTreeMap<JobKey, Vec<desired::Ack>>,
     /// After taking the lead: when instances no agent reported get new tasks (0: done).
     install_deadline_us: u64,
     /// Restored tasks not reported by any agent by then are LOST.
@@ -479,6 +484,8 @@ impl Shard {
             links: None,
             next_token: 0,
             pending_persists: HashMap::default(),
+            job_writes: HashMap::default(),
+            resync_later: BTreeMap::new(),
             install_deadline_us: 0,
             reconcile_deadline_us: 0,
             last_snapshot_us: clock.mono_us,

@@ -16,15 +16,13 @@ impl Shard {
         } = *report;
         if reported.is_terminal() {
             // Acknowledged whatever became of it: the agent stops re-reporting it. The ack
-            // leaves only after this round's commit.
-            self.send(
-                agent_home(agent),
-                PeerMsg::StatusAck {
-                    agent,
-                    task_id,
-                    state: reported,
-                },
-            );
+            // leaves only after this round's commit, and under etcd only once the instance's
+            // retirement (if it ended for good) is in etcd.
+            let key = self
+                .tasks
+                .get(&task_id)
+                .map(|t| self.jobs[t.job].key.clone());
+            self.ack_terminal(key.as_ref(), (agent, task_id, reported));
         }
         adopted
     }
@@ -94,7 +92,20 @@ impl Shard {
                 // is applied below.
                 t.holds = holds;
                 t.host = self.agent_names.get(&agent).cloned();
+                let killing = matches!(
+                    t.state,
+                    TaskState::Killing
+                        | TaskState::Preempting
+                        | TaskState::Draining
+                        | TaskState::Restarting
+                );
+                let key = self.jobs[t.job].key_text.clone();
                 self.log_task(task_id);
+                if killing && !reported.is_terminal() {
+                    // Being killed when the scheduler went down: the kill may never have
+                    // reached the agent, so it is sent again (found by the simulation).
+                    self.kill_on_agent(agent, task_id, key);
+                }
             }
         }
         let t = self.tasks.get_mut(&task_id).expect("present");
@@ -291,17 +302,8 @@ impl Shard {
         self.prune_history_over_max(job, now);
         // Ended for good: it no longer holds quota, and a new leader must not start it again.
         if decision.is_none() && self.retire_instance(job, instance) && self.is_ha() {
-            let desired = self.desired(job);
             let key = self.jobs[job].key.clone();
-            let pending = PendingPersist {
-                reply: None,
-                request_id: 0,
-                bytes: None,
-                settle: None,
-            };
-            if let Err(e) = self.persist(&key, Some(desired), pending) {
-                tracing::error!(shard = self.id, job = %key, "cannot persist a retired instance: {e}");
-            }
+            self.write_job_desired(&key);
         }
         if let Some((delay_ms, flaps)) = decision {
             self.new_task(job, instance, failure_count, flaps, delay_ms);

@@ -32,6 +32,7 @@ impl Shard {
             self.maybe_snapshot_and_backup();
             self.check_silent_agents();
             self.expire_slot_holds();
+            self.retry_job_writes();
             self.search_preemption_slots();
         }
     }
