@@ -20,6 +20,10 @@ use super::*;
 /// Client requests waiting behind one job's write in flight.
 const JOB_WRITE_WAITING_MAX: usize = 256;
 
+/// A client request waiting for its job's write: where to answer, the verified request, and
+/// the quota reservation it holds.
+pub(super) type WaitingRequest = (ReplyTo, Bytes, Option<(String, u64)>);
+
 /// A terminal status to acknowledge to an agent once its retirement is durable.
 pub(super) type Ack = (AgentId, TaskId, TaskState);
 
@@ -27,7 +31,7 @@ pub(super) type Ack = (AgentId, TaskId, TaskState);
 #[derive(Default)]
 pub(super) struct JobWrites {
     /// Client requests to admit again, in order, once the write is done.
-    waiting: VecDeque<(ReplyTo, Bytes, Option<(String, u64)>)>,
+    waiting: VecDeque<WaitingRequest>,
     /// The job changed without a client meanwhile: write it once more.
     resync: bool,
     /// Acknowledgements held until a write including their retirements succeeds.
@@ -36,7 +40,7 @@ pub(super) struct JobWrites {
 
 impl JobWrites {
     /// The client requests waiting (for a follower to refuse them).
-    pub(super) fn waiting_requests(self) -> VecDeque<(ReplyTo, Bytes, Option<(String, u64)>)> {
+    pub(super) fn waiting_requests(self) -> VecDeque<WaitingRequest> {
         self.waiting
     }
 }
