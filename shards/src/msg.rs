@@ -76,6 +76,8 @@ pub enum PeerMsg {
         agent: AgentId,
         task_id: TaskId,
         adopted: Option<(Resources, Vec<u16>)>,
+        /// Refused but still running there, being killed: what it holds until it ends.
+        killed: Option<Resources>,
         /// What a preemption search needs to know of the adopted task.
         running: Option<crate::shard::RunningTask>,
     },

@@ -48,7 +48,7 @@ impl AgentSpec {
         );
         AgentSpec {
             name: name.to_string(),
-            port_ranges: vec![(31_000, 31_000 + u16::from(resources.ports.min(1000)) - 1)]
+            port_ranges: vec![(31_000, 31_000 + resources.ports.min(1000) - 1)]
                 .into_iter()
                 .filter(|_| resources.ports > 0)
                 .collect(),
@@ -128,9 +128,17 @@ fn fate(seed: u64, task: TaskId, plan: TaskPlan, is_service: bool) -> Fate {
     Fate { start_ms, end }
 }
 
-/// How long a kill takes on the agent (SIGTERM, the task's finalization, the reap).
-fn kill_ms(seed: u64, task: TaskId) -> u64 {
-    mix(&[seed, task.0, 0x4b11]) % 800
+/// How long a kill takes on the agent (SIGTERM, the task's finalization, the reap): the
+/// command's `kill=MS` when it has one, else drawn from the seed.
+fn kill_ms(seed: u64, task: TaskId, command_kill_ms: Option<u64>) -> u64 {
+    command_kill_ms.unwrap_or_else(|| mix(&[seed, task.0, 0x4b11]) % 800)
+}
+
+/// A command's `kill=MS` word: how long killing the task takes.
+pub fn command_kill_ms(command: &str) -> Option<u64> {
+    command
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("kill=")?.parse().ok())
 }
 
 /// One task as the agent knows it.
@@ -150,6 +158,8 @@ pub struct AgentTask {
     pub starting: bool,
     /// When (ms after RUNNING) and how the task ends by itself; None: runs until killed.
     end: Option<(u64, TaskState)>,
+    /// How long a kill takes, when the command says.
+    kill_ms: Option<u64>,
 }
 
 impl AgentTask {
@@ -201,8 +211,6 @@ pub struct SimAgent {
     pub garble_reorder: bool,
     /// A resend timer is armed.
     pub resend_armed: bool,
-    /// Every `StatusAck` pair this agent received (for the acknowledged-loss invariants).
-    pub acks_received: Vec<(TaskId, TaskState)>,
 }
 
 impl SimAgent {
@@ -223,7 +231,6 @@ impl SimAgent {
             garble_duplicate: false,
             garble_reorder: false,
             resend_armed: false,
-            acks_received: Vec::new(),
         }
     }
 
@@ -326,6 +333,7 @@ impl SimAgent {
                 killing: false,
                 starting: true,
                 end: fate.end,
+                kill_ms: command_kill_ms(&launch.config.command),
             },
         );
         self.report(id, now_ms);
@@ -354,7 +362,8 @@ impl SimAgent {
             return Vec::new();
         }
         t.killing = true;
-        vec![(kill_ms(self.seed, id), AgentTimer::Killed(id))]
+        let ms = kill_ms(self.seed, id, t.kill_ms);
+        vec![(ms, AgentTimer::Killed(id))]
     }
 
     pub fn on_timer(&mut self, timer: AgentTimer, now_ms: u64) -> Vec<(u64, AgentTimer)> {
@@ -431,7 +440,6 @@ impl SimAgent {
             return Vec::new();
         }
         for &(id, state) in acks {
-            self.acks_received.push((id, state));
             let Some(t) = self.tasks.get_mut(&id) else {
                 continue;
             };

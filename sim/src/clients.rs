@@ -20,17 +20,20 @@ pub struct JobConfig {
     pub production: bool,
     pub max_task_failures: i32,
     pub plan: TaskPlan,
+    /// How long killing a task takes on its agent (None: the seed decides, under 800 ms).
+    pub kill_ms: Option<u64>,
 }
 
 impl JobConfig {
-    /// `instances` ad-hoc tasks of `cpu_millis` and `ram_mib` that run until killed.
+    /// `instances` ad-hoc tasks of `cpu_millis`, `ram_mib` (and 64 MiB of disk) that run
+    /// until killed.
     pub fn new(instances: u32, cpu_millis: u32, ram_mib: u32) -> JobConfig {
         JobConfig {
             instances,
             resources: Resources {
                 cpu_millis,
                 ram_mib,
-                disk_mib: 0,
+                disk_mib: 64,
                 ports: 0,
             },
             constraints: Vec::new(),
@@ -38,7 +41,13 @@ impl JobConfig {
             production: false,
             max_task_failures: 1,
             plan: TaskPlan::RunForever,
+            kill_ms: None,
         }
+    }
+
+    pub fn kill_ms(mut self, ms: u64) -> JobConfig {
+        self.kill_ms = Some(ms);
+        self
     }
 
     pub fn service(mut self) -> JobConfig {
@@ -74,7 +83,10 @@ impl JobConfig {
     pub fn task_config(&self, key: &JobKey) -> TaskConfig {
         TaskConfig {
             job: key.clone(),
-            command: self.plan.command(),
+            command: match self.kill_ms {
+                Some(ms) => format!("{} kill={ms}", self.plan.command()),
+                None => self.plan.command(),
+            },
             resources: self.resources,
             port_names: (0..self.resources.ports).map(|i| format!("p{i}")).collect(),
             constraints: self.constraints.clone(),
@@ -138,6 +150,9 @@ pub enum Request {
     },
     Query {
         key: String,
+    },
+    SetQuota {
+        role: String,
     },
     /// The keys whose creation was acknowledged before the list was asked for.
     List {
@@ -232,6 +247,7 @@ impl Ledger {
             },
             OwnedMessage::JobStatus(status) => Reply::Status(status.clone()),
             OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
+            OwnedMessage::QuotaInfo(_) => Reply::Ack,
             other => {
                 return Err(Violation::new(
                     "client_reply_well_formed",

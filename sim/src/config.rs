@@ -50,9 +50,11 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         io_memory_bytes: 1 << 20,
         tier_config: Default::default(),
         enable_preemptor: true,
-        preemption_delay_ms: 3 * 60 * 1000,
-        preemption_slot_hold_time_ms: 5 * 60 * 1000,
-        preemption_slot_search_interval_ms: 60 * 1000,
+        // Seconds instead of Aurora's minutes (3 min, 5 min, 1 min) so that runs of a minute
+        // or two of simulated time exercise preemption.
+        preemption_delay_ms: 5_000,
+        preemption_slot_hold_time_ms: 10_000,
+        preemption_slot_search_interval_ms: 2_000,
         first_schedule_delay_ms: 1,
         max_schedule_attempts_per_sec: 0.0,
         allowed_job_environments: ALLOWED_JOB_ENVIRONMENTS.into(),

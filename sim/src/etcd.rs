@@ -54,6 +54,8 @@ impl Control {
 }
 
 /// What a write changes.
+// Like `ToControl`, which it mirrors: the common variant is the large one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Change {
     /// A job's desired state (None: delete it).
@@ -66,6 +68,9 @@ enum Change {
         quota: Resources,
     },
 }
+
+/// One shard's part of a new term: its desired jobs and the quotas of the roles it owns.
+pub type LeadPart = (Vec<DesiredJob>, Vec<(String, Resources)>);
 
 /// A persist request waiting for etcd.
 #[derive(Debug)]
@@ -194,7 +199,7 @@ impl Etcd {
 
     /// The desired jobs and the quotas of each of `shards` shards (as `watch_leadership`
     /// partitions them: jobs by key, quotas by role).
-    pub fn partition(&self, shards: usize) -> Vec<(Vec<DesiredJob>, Vec<(String, Resources)>)> {
+    pub fn partition(&self, shards: usize) -> Vec<LeadPart> {
         let mut parts = vec![(Vec::new(), Vec::new()); shards];
         for job in self.desired.values() {
             let shard =

@@ -11,7 +11,7 @@ use borealis_shards::shard::InjectedBug;
 use crate::agents::{AgentSpec, TaskPlan};
 use crate::clients::JobConfig;
 use crate::rng::Rng;
-use crate::trace::Event;
+use crate::trace::{CrashPoint, Event};
 use crate::world::{Mode, WorldConfig};
 
 /// What the caller fixes instead of the seed.
@@ -38,7 +38,7 @@ pub fn setup(seed: u64, options: &RunOptions) -> WorldConfig {
             let resources = Resources {
                 cpu_millis: *rng.pick(&[2_000, 4_000, 8_000]),
                 ram_mib: *rng.pick(&[4_096, 8_192, 16_384]),
-                disk_mib: *rng.pick(&[0, 100_000]),
+                disk_mib: *rng.pick(&[20_000, 100_000]),
                 ports: *rng.pick(&[0, 20]),
             };
             let rack = format!("r{}", i % 3);
@@ -72,7 +72,7 @@ fn random_job(rng: &mut Rng) -> JobConfig {
         job = job.ports(rng.range(1, 2) as u16);
     }
     if rng.percent(10) {
-        job.resources.disk_mib = 1_000;
+        job.resources.disk_mib = 30_000;
     }
     if rng.percent(15) {
         let racks: Vec<String> = (0..rng.range(1, 2)).map(|r| format!("r{r}")).collect();
@@ -127,8 +127,19 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
             });
         }
     }
+    for role in 0..3 {
+        if rng.percent(60) {
+            events.push(Event::SetQuota {
+                client: 0,
+                role: format!("role{role}"),
+                cpu_millis: 20_000,
+                ram_mib: 40_000,
+                disk_mib: 400_000,
+            });
+        }
+    }
     let mut keys: Vec<String> = Vec::new();
-    while events.len() < count + agents {
+    while events.len() < count + agents + 3 {
         let roll = rng.below(100);
         let client = rng.below(clients as u64) as usize;
         let agent = rng.below(agents as u64) as usize;
@@ -203,20 +214,24 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
                 reorder: rng.percent(70),
                 ms: rng.range(1_000, 10_000),
             },
-            74..=77 if !ha => {
-                let mut mid_round: Vec<usize> =
-                    (0..config.shards).filter(|_| rng.percent(50)).collect();
-                mid_round.sort_unstable();
-                Event::Crash {
-                    mid_round,
-                    down_ms: rng.range(0, 3_000),
-                    restart_shards: if rng.percent(75) {
-                        config.shards
-                    } else {
-                        rng.range(1, 4) as usize
-                    },
-                }
-            }
+            74..=77 if !ha => Event::Crash {
+                after_rounds: if rng.percent(20) {
+                    0
+                } else {
+                    rng.range(1, 40) as u32
+                },
+                point: *rng.pick(&[
+                    CrashPoint::BetweenRounds,
+                    CrashPoint::BeforeCommit,
+                    CrashPoint::AfterCommit,
+                ]),
+                down_ms: rng.range(0, 3_000),
+                restart_shards: if rng.percent(75) {
+                    config.shards
+                } else {
+                    rng.range(1, 4) as usize
+                },
+            },
             74..=77 => Event::LeaderLoss {
                 pause_ms: rng.range(0, 3_000),
                 next: rng.below(2) as usize,
@@ -228,6 +243,14 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
                 ms: rng.range(2_000, 20_000),
             },
             82 => Event::Settle,
+            86 => Event::ClientDisconnect { client },
+            83..=85 => Event::SetQuota {
+                client,
+                role: format!("role{}", rng.below(3)),
+                cpu_millis: *rng.pick(&[0, 2_000, 8_000, 40_000]),
+                ram_mib: *rng.pick(&[0, 4_096, 40_000]),
+                disk_mib: *rng.pick(&[1_000, 100_000, 1_000_000]),
+            },
             _ => continue,
         };
         events.push(event);

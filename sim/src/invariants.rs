@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use borealis_core::placement::AgentId;
-use borealis_core::{Resources, TaskId, TaskState};
+use borealis_core::{JobKey, Resources, TaskId, TaskState};
 use borealis_shards::shard::{ShardAudit, Transition};
 
 use crate::agents::SimAgent;
@@ -61,6 +61,7 @@ pub const ALL: &[&str] = &[
     "client_reply_well_formed",
     "shard_output_decodes",
     "rounds_terminate",
+    "recovery_succeeds",
     "quiescence_reached",
     "no_panic",
 ];
@@ -157,9 +158,7 @@ impl Checker {
             task_on_one_shard(inst)?;
             state_counts_agree(inst)?;
             instance_active_once(inst)?;
-            for shard in &inst.shards {
-                quotas_never_exceeded(shard)?;
-            }
+            quotas_never_exceeded(&inst.shards)?;
             self.terminal_is_final(inst)?;
         }
         ensure(
@@ -225,8 +224,15 @@ fn agent_not_overcommitted(inst: &InstanceAudit) -> Result<(), Violation> {
             ensure(a.total.contains(&used), "agent_not_overcommitted", || {
                 format!(
                     "instance {} agent {} ({}) on shard {}: tasks hold {h:?} and its offer is {f:?} \
-                     (lent: {}, adopting: {}), together over its total {:?}",
-                    inst.instance, a.agent.0, a.name, shard.shard, a.lent, a.adopting, a.total
+                     (lent: {}, adopting: {}, held: {:?}), together over its total {:?}",
+                    inst.instance,
+                    a.agent.0,
+                    a.name,
+                    shard.shard,
+                    a.lent,
+                    a.adopting,
+                    a.held_free,
+                    a.total
                 )
             })?;
         }
@@ -249,6 +255,7 @@ fn holdings(inst: &InstanceAudit) -> (BTreeMap<AgentId, Resources>, BTreeMap<Age
             let e = free.entry(a.agent).or_insert(Resources::ZERO);
             *e = e
                 .plus(&a.free_here.unwrap_or(Resources::ZERO))
+                .plus(&a.held_free.unwrap_or(Resources::ZERO))
                 .plus(&a.released_while_lent);
         }
         for (agent, f) in &shard.borrowed {
@@ -265,8 +272,8 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
     let n = inst.shards.len() as u64;
     let mut where_: BTreeMap<TaskId, usize> = BTreeMap::new();
     for shard in &inst.shards {
-        let jobs: BTreeMap<String, &borealis_shards::shard::JobAudit> =
-            shard.jobs.iter().map(|j| (j.key.to_string(), j)).collect();
+        let jobs: BTreeMap<&JobKey, &borealis_shards::shard::JobAudit> =
+            shard.jobs.iter().map(|j| (&j.key, j)).collect();
         for j in &shard.jobs {
             let owner = (borealis_core::route_hash_str(&j.key.to_string()) % n) as usize;
             ensure(owner == shard.shard, "task_on_one_shard", || {
@@ -285,8 +292,8 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
                     format!("task {} is on shards {other} and {}", t.id, shard.shard),
                 ));
             }
-            let key = t.job.to_string();
-            let Some(job) = jobs.get(&key) else {
+            let key = &t.job;
+            let Some(job) = jobs.get(key) else {
                 return Err(Violation::new(
                     "task_on_one_shard",
                     format!(
@@ -352,10 +359,10 @@ fn state_counts_agree(inst: &InstanceAudit) -> Result<(), Violation> {
 
 /// At most one task per job instance is not terminal (pending or active) in the scheduler.
 fn instance_active_once(inst: &InstanceAudit) -> Result<(), Violation> {
-    let mut live: BTreeMap<(String, u32), TaskId> = BTreeMap::new();
+    let mut live: BTreeMap<(&JobKey, u32), TaskId> = BTreeMap::new();
     for shard in &inst.shards {
         for t in shard.tasks.iter().filter(|t| !t.state.is_terminal()) {
-            if let Some(other) = live.insert((t.job.to_string(), t.instance), t.id) {
+            if let Some(other) = live.insert((&t.job, t.instance), t.id) {
                 return Err(Violation::new(
                     "instance_active_once",
                     format!(
@@ -369,10 +376,11 @@ fn instance_active_once(inst: &InstanceAudit) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Where a quota invariant goes once quotas exist: a role's production tasks never use more
-/// than its quota. Takes one shard's audit (quotas live on the role's shard); checked after
-/// every step with the others.
-pub fn quotas_never_exceeded(_audit: &ShardAudit) -> Result<(), Violation> {
+/// Where the quota invariant goes once the audits show quotas: a role's production tasks
+/// (pending or active, on every shard) never use more than its quota. Takes one scheduler
+/// instance's audits, one per shard (a role's use is spread over its jobs' shards, its quota
+/// lives on the role's shard); checked after every step with the others.
+pub fn quotas_never_exceeded(_audits: &[ShardAudit]) -> Result<(), Violation> {
     Ok(())
 }
 
@@ -463,10 +471,10 @@ pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Ve
     let mut ended = Vec::new();
     for inst in instances.iter().filter(|i| i.acting()) {
         for shard in &inst.shards {
-            let mut newest: BTreeMap<(String, u32), &borealis_shards::shard::TaskAudit> =
+            let mut newest: BTreeMap<(&JobKey, u32), &borealis_shards::shard::TaskAudit> =
                 BTreeMap::new();
             for t in &shard.tasks {
-                let e = newest.entry((t.job.to_string(), t.instance)).or_insert(t);
+                let e = newest.entry((&t.job, t.instance)).or_insert(t);
                 if t.id > e.id {
                     *e = t;
                 }
@@ -481,7 +489,7 @@ pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Ve
                     if slot.is_some() || ledger.ended_instances.contains(&(key.clone(), i)) {
                         continue;
                     }
-                    let Some(t) = newest.get(&(key.clone(), i)) else {
+                    let Some(t) = newest.get(&(&j.key, i)) else {
                         continue;
                     };
                     let acked = ledger
@@ -504,13 +512,24 @@ fn ended_instances_stay_ended(view: &View<'_>) -> Result<(), Violation> {
     if ledger.ended_instances.is_empty() {
         return Ok(());
     }
+    // The ended instances by job key (few), so that tasks are not turned into strings.
+    let mut ended: BTreeMap<JobKey, BTreeSet<u32>> = BTreeMap::new();
+    for (key, i) in &ledger.ended_instances {
+        if let Ok(k) = key.parse::<JobKey>() {
+            ended.entry(k).or_default().insert(*i);
+        }
+    }
     for inst in view.instances.iter().filter(|i| i.acting()) {
         for shard in &inst.shards {
             for t in shard.tasks.iter().filter(|t| !t.state.is_terminal()) {
-                let key = t.job.to_string();
-                if ledger.tracks(&key)
-                    && ledger.ended_instances.contains(&(key.clone(), t.instance))
+                if !ended
+                    .get(&t.job)
+                    .is_some_and(|set| set.contains(&t.instance))
                 {
+                    continue;
+                }
+                let key = t.job.to_string();
+                if ledger.tracks(&key) {
                     return Err(Violation::new(
                         "ended_instance_stays_ended",
                         format!(

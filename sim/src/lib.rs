@@ -20,6 +20,26 @@
 //! - [`trace`], [`run`]: events, running seeds, shrinking failing traces, reports.
 //! - [`sim`]: the builder API for named scenarios.
 //!
+//! Faults ([`faults::trace`]): agents losing their connection and returning (re-registering
+//! with every task they know), dying with their tasks, losing `StatusAck`s (they report the
+//! ends again), duplicating and reordering their status updates; clients dropping their
+//! connection; the embedded scheduler crashing between rounds, between a round's appends and
+//! its commit, or after its commit before its output left, then recovering its log (possibly
+//! into another shard count); in HA mode leadership lost (a pause in the same term, or a new
+//! term on either instance) and etcd answering persists late or failing them.
+//!
+//! Invariants ([`invariants`]), after every step: agents never over-committed; every task on
+//! one shard, its job's owner, with consistent `current` slots and state counts; every
+//! transition legal and no terminal state left; at most one live task per instance; one acting
+//! instance; acknowledged creates exist, acknowledged kills stay killed, ends acknowledged to
+//! agents stay ends, instances ended for good stay ended (also in etcd's desired state). Once
+//! quiet (past the reconciliation grace): exact accounting, no instance running twice on the
+//! agents, agents and scheduler agree on every task, kills completed, every end acknowledged,
+//! followers empty.
+//!
+//! Reading one run: `SIM_LOG=1 cargo run -p borealis-sim --release -- --seed N [--keep ..]`
+//! prints every event, message, timer and persist.
+//!
 //! Architecture invariant: nothing here reads a clock, an OS random source or a hash map's
 //! iteration order; a run is a pure function of its seed and trace (`BTreeMap` and `Vec`
 //! only). API boundary: the shards' public API with the `sim` feature, `borealis_net`'s
@@ -44,5 +64,5 @@ pub use faults::RunOptions;
 pub use invariants::Violation;
 pub use run::{replay, run_seed, Failure, SeedOutcome};
 pub use sim::Sim;
-pub use trace::Event;
+pub use trace::{CrashPoint, Event};
 pub use world::{Mode, World, WorldConfig};

@@ -11,7 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use borealis_sim::{replay, run_seed, RunOptions};
+use borealis_sim::world::Stats;
+use borealis_sim::{faults, replay, run_seed, RunOptions};
+
+/// Failures of one invariant whose traces are shrunk (the rest are reported unshrunk).
+const SHRUNK_PER_INVARIANT: usize = 3;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
@@ -44,6 +48,9 @@ struct Args {
     /// Stop at the first failure.
     #[arg(long)]
     fail_fast: bool,
+    /// Plant `InjectedBug::ForgetToChargeAgent` in every shard (the self-test's bug).
+    #[arg(long)]
+    inject_forget_to_charge: bool,
     /// Worker threads (default: the machine's cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -60,7 +67,9 @@ fn main() -> ExitCode {
             None
         },
         shards: args.shards.map(|s| s as usize),
-        bug: None,
+        bug: args
+            .inject_forget_to_charge
+            .then_some(borealis_shards::shard::InjectedBug::ForgetToChargeAgent),
         events: args.events,
     };
     let first = args.seed.unwrap_or(0);
@@ -87,11 +96,24 @@ fn main() -> ExitCode {
         .max(1);
     let started = Instant::now();
     let next = AtomicU64::new(0);
-    let events = AtomicU64::new(0);
-    let rounds = AtomicU64::new(0);
-    let simulated_ms = AtomicU64::new(0);
+    let totals = Mutex::new(Stats::default());
     let stop = AtomicBool::new(false);
     let failures = Mutex::new(Vec::new());
+    let shrunk = Mutex::new(std::collections::BTreeMap::<&'static str, usize>::new());
+    if count == 1 {
+        let config = faults::setup(first, &options);
+        println!(
+            "seed {first}: {:?} mode, {} shards, {} agents, {} clients, grace {} ms",
+            config.mode,
+            config.shards,
+            config.agents.len(),
+            config.clients,
+            config.reconciliation_grace_ms
+        );
+        for (i, event) in faults::trace(first, &config, &options).iter().enumerate() {
+            println!("  #{i:<4} {event:?}");
+        }
+    }
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
@@ -103,13 +125,32 @@ fn main() -> ExitCode {
                     return;
                 }
                 let seed = first.wrapping_add(i);
-                let outcome = run_seed(seed, &options, !args.no_shrink);
-                events.fetch_add(outcome.stats.events, Ordering::Relaxed);
-                rounds.fetch_add(outcome.stats.rounds, Ordering::Relaxed);
-                simulated_ms.fetch_add(outcome.stats.simulated_ms, Ordering::Relaxed);
+                let outcome = run_seed(seed, &options, false);
+                totals
+                    .lock()
+                    .expect("no panics hold it")
+                    .add(&outcome.stats);
                 if let Some(failure) = outcome.failure {
+                    // Shrinking costs hundreds of re-runs: the first few failures of each
+                    // invariant are shrunk, the rest reported as they are.
+                    let shrink = !args.no_shrink && {
+                        let mut shrunk = shrunk.lock().expect("no panics hold it");
+                        let n = shrunk.entry(failure.violation.invariant).or_insert(0);
+                        *n += 1;
+                        *n <= SHRUNK_PER_INVARIANT
+                    };
+                    let failure = if shrink {
+                        run_seed(seed, &options, true).failure.unwrap_or(failure)
+                    } else {
+                        failure
+                    };
                     println!("{}", failure.report());
-                    failures.lock().expect("no panics hold it").push(seed);
+                    let mode = faults::setup(seed, &options).mode;
+                    failures.lock().expect("no panics hold it").push((
+                        seed,
+                        mode,
+                        failure.violation.invariant,
+                    ));
                     if args.fail_fast {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -117,14 +158,32 @@ fn main() -> ExitCode {
             });
         }
     });
-    let mut failed = failures.into_inner().expect("no panics hold it");
-    failed.sort_unstable();
+    let mut failures = failures.into_inner().expect("no panics hold it");
+    failures.sort_unstable_by_key(|f| f.0);
+    let failed: Vec<u64> = failures.iter().map(|f| f.0).collect();
+    let mut by_invariant = std::collections::BTreeMap::<String, usize>::new();
+    for (_, mode, invariant) in &failures {
+        *by_invariant
+            .entry(format!("{mode:?} {invariant}"))
+            .or_default() += 1;
+    }
+    for (what, n) in &by_invariant {
+        println!("failures: {n:>5}  {what}");
+    }
     let ran = next.load(Ordering::Relaxed).min(count);
+    let t = totals.into_inner().expect("no panics hold it");
     println!(
-        "seeds run: {ran}, events: {}, rounds: {}, simulated: {} s, failures: {}{}, wall: {:.1} s",
-        events.load(Ordering::Relaxed),
-        rounds.load(Ordering::Relaxed),
-        simulated_ms.load(Ordering::Relaxed) / 1000,
+        "seeds run: {ran}, events: {}, rounds: {}, checks: {}, simulated: {} s, jobs created: {}, \
+         launches: {}, refusals: {}, crashes: {}, elections: {}, failures: {}{}, wall: {:.1} s",
+        t.events,
+        t.rounds,
+        t.checks,
+        t.simulated_ms / 1000,
+        t.creates_acked,
+        t.launches,
+        t.requests_refused,
+        t.crashes,
+        t.elections,
         failed.len(),
         if failed.is_empty() {
             String::new()

@@ -214,6 +214,12 @@ impl Failure {
             Some(false) => flags.push_str(" --embedded"),
             None => {}
         }
+        if self.options.bug.is_some() {
+            flags.push_str(" --inject-forget-to-charge");
+        }
+        if let Some(e) = self.options.events {
+            flags.push_str(&format!(" --events {e}"));
+        }
         if let Some(s) = self.options.shards {
             flags.push_str(&format!(" --shards {s}"));
         }

@@ -6,12 +6,13 @@
 //! use borealis_sim::{JobConfig, Sim};
 //! use borealis_core::Resources;
 //!
-//! let cpu = |cpu_millis| Resources { cpu_millis, ram_mib: 4096, disk_mib: 0, ports: 0 };
+//! let cpu = |cpu_millis| Resources { cpu_millis, ram_mib: 4096, disk_mib: 10_000, ports: 0 };
 //! let mut sim = Sim::new(1).shards(2).agent("a1", cpu(2000), &[("rack", "r1")]);
 //! sim.create_job("www/prod/hello", JobConfig::new(2, 500, 128)).unwrap();
 //! sim.run_until_quiet();
 //! let status = sim.job_status("www/prod/hello").unwrap();
 //! assert_eq!(status.tasks.len(), 2);
+//! assert!(status.tasks.iter().all(|t| t.state == Some(borealis_core::TaskState::Running)));
 //! ```
 
 use borealis_core::{Resources, TaskState};
@@ -21,7 +22,7 @@ use borealis_shards::shard::InjectedBug;
 use crate::agents::{AgentSpec, AgentTask};
 use crate::clients::{JobConfig, Reply, Request};
 use crate::invariants::{InstanceAudit, Violation};
-use crate::trace::Event;
+use crate::trace::{CrashPoint, Event};
 use crate::world::{Mode, World, WorldConfig};
 
 /// How long (simulated) a request may wait for its answer.
@@ -101,24 +102,35 @@ impl Sim {
         ok(self.try_step(event));
     }
 
+    /// Sends a request and waits for its answer; a `NotLeader` refusal is retried at the
+    /// leader it names, as the CLI does.
     fn request(
         &mut self,
         request: Request,
-        encode: impl FnOnce(&mut borealis_net::Encoder, u64) -> Vec<u8>,
+        encode: impl Fn(&mut borealis_net::Encoder, u64) -> Vec<u8>,
     ) -> Reply {
         let world = self.world();
-        let id = world.client_request(0, request, encode);
-        let mut waited = 0;
-        loop {
-            ok(world.apply(&Event::Advance { ms: 0 }));
-            if let Some(reply) = world.reply(0, id) {
-                return reply.clone();
+        let mut attempts = 0;
+        'attempt: loop {
+            attempts += 1;
+            let id = world.client_request(0, request.clone(), &encode);
+            let mut waited = 0;
+            loop {
+                ok(world.apply(&Event::Advance { ms: 0 }));
+                match world.reply(0, id) {
+                    Some(Reply::Error {
+                        code: borealis_net::views::ErrorCode::NotLeader,
+                        ..
+                    }) if attempts < 3 => continue 'attempt,
+                    Some(reply) => return reply.clone(),
+                    None => {}
+                }
+                if waited >= REPLY_WAIT_MS {
+                    return Reply::Lost;
+                }
+                ok(world.advance(10));
+                waited += 10;
             }
-            if waited >= REPLY_WAIT_MS {
-                return Reply::Lost;
-            }
-            ok(world.advance(10));
-            waited += 10;
         }
     }
 
@@ -193,17 +205,18 @@ impl Sim {
         ok(self.try_run_until_quiet());
     }
 
-    /// kill -9 of the scheduler and an immediate restart from its log.
+    /// kill -9 of the scheduler (between rounds) and an immediate restart from its log.
     pub fn crash_and_recover(&mut self) {
         let shards = self.config.shards;
-        self.crash(&[], shards);
+        self.crash(0, CrashPoint::BetweenRounds, shards);
     }
 
-    /// A crash with the given shards dying between a round's appends and its commit, then a
-    /// restart into `restart_shards` shards.
-    pub fn crash(&mut self, mid_round: &[usize], restart_shards: usize) {
+    /// A crash once `after_rounds` more rounds ran, at `point` of the next one, then an
+    /// immediate restart into `restart_shards` shards.
+    pub fn crash(&mut self, after_rounds: u32, point: CrashPoint, restart_shards: usize) {
         self.step(&Event::Crash {
-            mid_round: mid_round.to_vec(),
+            after_rounds,
+            point,
             down_ms: 0,
             restart_shards,
         });
@@ -222,6 +235,25 @@ impl Sim {
             },
             |e, id| e.create_job(id, instances, &task).to_vec(),
         );
+    }
+
+    /// Sends a kill and does not wait for its answer.
+    pub fn send_kill_job(&mut self, key: &str, instances: &[u32]) {
+        let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
+        let list = instances.to_vec();
+        self.world().client_request(
+            0,
+            Request::Kill {
+                key: key.to_string(),
+                instances: list.clone(),
+            },
+            |e, id| e.kill_job(id, &job_key, &list).to_vec(),
+        );
+    }
+
+    /// Lets the rounds that pending input causes run, at the current instant.
+    pub fn run_rounds(&mut self) {
+        self.step(&Event::Advance { ms: 0 });
     }
 
     /// The agent's connection breaks; it reconnects after `down_ms`.

@@ -8,6 +8,19 @@
 
 use crate::clients::JobConfig;
 
+/// Where in a round a crash lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Between two rounds.
+    BetweenRounds,
+    /// After the round's inbound items were applied (and their records appended), before its
+    /// commit: none of it is durable, none of it left.
+    BeforeCommit,
+    /// After the round's commit, before what it wrote to connections and peers left the
+    /// process (the writer tasks and peer channels die with it).
+    AfterCommit,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Simulated time passes: timers fire, every shard gets a tick each 50 ms.
@@ -56,14 +69,28 @@ pub enum Event {
         client: usize,
         key: String,
     },
+    /// Sets a role's production quota.
+    SetQuota {
+        client: usize,
+        role: String,
+        cpu_millis: u32,
+        ram_mib: u32,
+        disk_mib: u32,
+    },
     ListJobs {
         client: usize,
     },
-    /// Embedded mode: the scheduler process dies (kill -9). The shards in `mid_round` die
-    /// between a round's appends and its commit. It restarts after `down_ms`, recovering its
-    /// log into `restart_shards` shards.
+    /// The client's connection breaks (whatever it asked has an unknown outcome).
+    ClientDisconnect {
+        client: usize,
+    },
+    /// Embedded mode: the scheduler process dies (kill -9) once `after_rounds` more shard
+    /// rounds have run (in this step or later ones: a crash lands while messages are in
+    /// flight between shards, agents and clients), at `point` of the round that comes next.
+    /// It restarts after `down_ms`, recovering its log into `restart_shards` shards.
     Crash {
-        mid_round: Vec<usize>,
+        after_rounds: u32,
+        point: CrashPoint,
         down_ms: u64,
         restart_shards: usize,
     },

@@ -67,6 +67,7 @@ impl Shard {
                 },
                 released_while_lent: Resources::ZERO,
                 running: BTreeMap::new(),
+                dying: BTreeMap::new(),
                 last_seen_us: self.now_us,
             },
         );
@@ -193,6 +194,19 @@ impl Shard {
         }
     }
 
+    /// A task refused at registration and being killed has ended on its agent: its room is
+    /// free again.
+    pub(super) fn release_dying(&mut self, agent: AgentId, task_id: TaskId) {
+        let Some(resources) = self
+            .home_agents
+            .get_mut(&agent)
+            .and_then(|a| a.dying.remove(&task_id))
+        else {
+            return;
+        };
+        self.home_release(agent, task_id, resources);
+    }
+
     pub(super) fn home_release(&mut self, agent: AgentId, task_id: TaskId, resources: Resources) {
         let Some(a) = self.home_agents.get_mut(&agent) else {
             return;
@@ -222,12 +236,13 @@ impl Shard {
     }
 
     pub(super) fn check_silent_agents(&mut self) {
-        let silent: Vec<(AgentId, ConnId)> = self
+        let mut silent: Vec<(AgentId, ConnId)> = self
             .home_agents
             .iter()
             .filter(|(_, a)| elapsed_us(self.now_us, a.last_seen_us) > us(AGENT_SILENCE_MAX))
             .map(|(id, a)| (*id, a.conn))
             .collect();
+        silent.sort_unstable();
         for (_, conn) in silent {
             self.protocol_error(conn, "agent silent for too long");
         }

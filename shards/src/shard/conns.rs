@@ -77,6 +77,11 @@ impl Shard {
                     return self.protocol_error(conn, "TaskStatus before RegisterAgent");
                 };
                 let status = message.payload_as_task_status().expect("type checked");
+                if let Ok(state) = state_from_wire(status.state()) {
+                    if state.is_terminal() {
+                        self.release_dying(agent, TaskId(status.task_id()));
+                    }
+                }
                 let owner = self.owner_of(status.job_key());
                 self.send(owner, PeerMsg::Status { agent, bytes });
             }

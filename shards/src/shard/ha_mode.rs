@@ -198,7 +198,9 @@ impl Shard {
         }
         self.install_deadline_us = 0;
         let mut started = 0;
-        let jobs: Vec<JobIdx> = self.job_index.values().copied().collect();
+        let mut jobs: Vec<JobIdx> = self.job_index.values().copied().collect();
+        // In slot order, not the map's: new task ids must not depend on hashing.
+        jobs.sort_unstable();
         for job in jobs {
             for instance in 0..self.jobs[job].current.len() {
                 if self.jobs[job].current[instance].is_none() && !self.jobs[job].retired[instance] {

@@ -265,6 +265,9 @@ struct HomeAgent {
     released_while_lent: Resources,
     /// The tasks running on it, for preemption searches.
     running: BTreeMap<TaskId, preemption::RunningTask>,
+    /// Tasks it reported at registration that the scheduler refused and is killing: they hold
+    /// their resources on it until it reports them ended.
+    dying: BTreeMap<TaskId, Resources>,
     /// When the agent last sent anything (shard clock, µs).
     last_seen_us: u64,
 }
@@ -643,7 +646,10 @@ impl Shard {
     /// Work to do without waiting for input: pending tasks, unless the attempt rate limit
     /// (`--max-schedule-attempts-per-sec`) has no attempt left (the next tick refills it).
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        // A shard that does not act (a follower, a paused leader) places nothing: waiting
+        // for input instead of spinning (found by the simulation).
+        self.acting()
+            && !self.pending.is_empty()
             && (self.config.max_schedule_attempts_per_sec <= 0.0 || self.attempt_tokens >= 1.0)
     }
 }

@@ -14,12 +14,14 @@ impl Shard {
 
     pub(super) fn lend(&mut self, to: ShardId, demand: Resources) {
         let mut offers = Vec::new();
-        let candidates: Vec<AgentId> = self
+        let mut candidates: Vec<AgentId> = self
             .home_agents
             .iter()
             .filter(|(_, a)| matches!(a.offer, OfferWhere::Home))
             .map(|(id, _)| *id)
             .collect();
+        // In agent order, not the map's: which offers are lent must not depend on hashing.
+        candidates.sort_unstable();
         for agent in candidates {
             if offers.len() == LEND_OFFERS_MAX {
                 break;

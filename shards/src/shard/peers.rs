@@ -97,6 +97,13 @@ impl Shard {
                     sandbox: &report.sandbox,
                     adopting: true,
                 });
+                let (adopted, killed) = match adopted {
+                    task_lifecycle::AdoptOutcome::Adopted { resources, ports } => {
+                        (Some((resources, ports)), None)
+                    }
+                    task_lifecycle::AdoptOutcome::Killed { resources } => (None, Some(resources)),
+                    task_lifecycle::AdoptOutcome::Nothing => (None, None),
+                };
                 self.send(
                     from,
                     PeerMsg::AdoptReply {
@@ -104,6 +111,7 @@ impl Shard {
                         task_id: report.task_id,
                         running: running.filter(|_| adopted.is_some()),
                         adopted,
+                        killed,
                     },
                 );
             }
@@ -112,6 +120,7 @@ impl Shard {
                 task_id,
                 adopted,
                 running,
+                killed,
             } => {
                 if let Some(a) = self.home_agents.get_mut(&agent) {
                     if let Some(running) = running {
@@ -122,6 +131,11 @@ impl Shard {
                         if let Some((resources, ports)) = adopted {
                             *used = used.plus(&resources);
                             a.ports_in_use.insert(task_id, ports);
+                        }
+                        if let Some(resources) = killed {
+                            // Still running there until the agent reports its end.
+                            *used = used.plus(&resources);
+                            a.dying.insert(task_id, resources);
                         }
                     }
                     self.maybe_offer_adopted(agent);

@@ -3,10 +3,25 @@
 
 use super::*;
 
+/// What became of a task an agent reported at registration.
+#[derive(Debug)]
+pub(super) enum AdoptOutcome {
+    /// Adopted: it holds these resources and ports on the agent.
+    Adopted {
+        resources: Resources,
+        ports: Vec<u16>,
+    },
+    /// Refused while it still runs there (it ended or moved here; the kill is on its way): it
+    /// holds these resources on the agent until the agent reports it ended.
+    Killed { resources: Resources },
+    /// Refused, holding nothing known (an ended report, or an unknown job).
+    Nothing,
+}
+
 impl Shard {
     /// Applies a status reported by an agent. Returns what an adopted task holds on the
     /// agent (for `Adopt`), `None` when the task was not adopted.
-    pub(super) fn on_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+    pub(super) fn on_status(&mut self, report: &Report<'_>) -> AdoptOutcome {
         let adopted = self.apply_status(report);
         let Report {
             agent,
@@ -27,7 +42,7 @@ impl Shard {
         adopted
     }
 
-    pub(super) fn apply_status(&mut self, report: &Report<'_>) -> Option<(Resources, Vec<u16>)> {
+    pub(super) fn apply_status(&mut self, report: &Report<'_>) -> AdoptOutcome {
         let Report {
             agent,
             task_id,
@@ -49,7 +64,7 @@ impl Shard {
                     },
                 );
             }
-            return None;
+            return AdoptOutcome::Nothing;
         };
         let decision = lifecycle::adoption(
             t.agent == Some(agent),
@@ -62,11 +77,15 @@ impl Shard {
         match decision {
             lifecycle::Adoption::Apply => {}
             lifecycle::Adoption::Refuse { kill } => {
-                if kill {
-                    let key = self.jobs[t.job].key_text.clone();
-                    self.kill_on_agent(agent, task_id, key);
+                if !kill {
+                    return AdoptOutcome::Nothing;
                 }
-                return None;
+                let (key, resources) = (
+                    self.jobs[t.job].key_text.clone(),
+                    self.jobs[t.job].config.resources,
+                );
+                self.kill_on_agent(agent, task_id, key);
+                return AdoptOutcome::Killed { resources };
             }
             lifecycle::Adoption::Adopt { holds } => {
                 // The agent reconnected under a new number (or the scheduler restarted): move the
@@ -113,11 +132,17 @@ impl Shard {
             t.sandbox = sandbox.to_string();
         }
         if t.state.is_terminal() {
-            if !reported.is_terminal() {
-                let key = self.jobs[t.job].key_text.clone();
-                self.kill_on_agent(agent, task_id, key);
+            if reported.is_terminal() {
+                return AdoptOutcome::Nothing;
             }
-            return None;
+            // Ended here (LOST when its agent went), still running there: kill it, and count
+            // what it holds until it is gone, or its room is given twice.
+            let (key, resources) = (
+                self.jobs[t.job].key_text.clone(),
+                self.jobs[t.job].config.resources,
+            );
+            self.kill_on_agent(agent, task_id, key);
+            return AdoptOutcome::Killed { resources };
         }
         if reported.is_terminal() {
             t.exit_code = exit_code;
@@ -131,12 +156,13 @@ impl Shard {
             self.transition(task_id, next, message);
         }
         if adopting {
-            let t = self.tasks.get(&task_id)?;
-            if !t.state.is_terminal() {
-                return Some((resources, ports));
+            if let Some(t) = self.tasks.get(&task_id) {
+                if !t.state.is_terminal() {
+                    return AdoptOutcome::Adopted { resources, ports };
+                }
             }
         }
-        None
+        AdoptOutcome::Nothing
     }
 
     /// Asks the agent's home shard to kill a task on it (a task the agent should not run).
