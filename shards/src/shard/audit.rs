@@ -47,6 +47,10 @@ pub struct JobAudit {
     pub current: Vec<Option<TaskId>>,
     pub resources: Resources,
     pub production: bool,
+    /// Instances that must not run again.
+    pub retired: Vec<bool>,
+    /// What the job holds against its role's quota (zero when it does not count).
+    pub quota_use: Resources,
 }
 
 /// Everything a shard holds that an invariant can be stated over.
@@ -61,6 +65,10 @@ pub struct ShardAudit {
     pub borrowed: Vec<(AgentId, Resources)>,
     /// The per-state counts the shard keeps for its gauge.
     pub state_counts: [u64; TaskState::COUNT],
+    /// The quotas of the roles this shard owns (as the quota owner), by role.
+    pub quotas: Vec<(String, Resources)>,
+    /// Preemption: (victim, preemptor) of every task this shard preempted.
+    pub preempted: Vec<(TaskId, TaskId)>,
 }
 
 /// A transition the shard made.
@@ -94,14 +102,19 @@ impl Shard {
             .collect();
         tasks.sort_by_key(|t| t.id);
         let mut jobs: Vec<JobAudit> = self
-            .jobs
-            .iter()
-            .map(|j| JobAudit {
-                key: j.key.clone(),
-                instances: j.current.len() as u32,
-                current: j.current.clone(),
-                resources: j.config.resources,
-                production: j.config.production,
+            .job_index
+            .values()
+            .map(|&idx| {
+                let j = &self.jobs[idx];
+                JobAudit {
+                    key: j.key.clone(),
+                    instances: j.current.len() as u32,
+                    current: j.current.clone(),
+                    resources: j.config.resources,
+                    production: j.config.production,
+                    retired: j.retired.clone(),
+                    quota_use: self.job_quota_use(idx),
+                }
             })
             .collect();
         jobs.sort_by(|a, b| a.key.cmp(&b.key));
@@ -139,6 +152,20 @@ impl Shard {
             home_agents,
             borrowed,
             state_counts: self.state_counts,
+            quotas: self
+                .quota_book
+                .iter()
+                .filter_map(|(role, book)| book.quota.map(|q| (role.clone(), q)))
+                .collect(),
+            preempted: {
+                let mut preempted: Vec<(TaskId, TaskId)> = self
+                    .tasks
+                    .values()
+                    .filter_map(|t| t.preempted_by.map(|p| (t.id, p)))
+                    .collect();
+                preempted.sort_unstable();
+                preempted
+            },
         }
     }
 
