@@ -406,6 +406,8 @@ pub struct Shard {
     /// `--max-schedule-attempts-per-sec`: the token bucket and when it was last refilled.
     attempt_tokens: f64,
     attempts_refilled_us: u64,
+    /// When `borealis_pending_tasks` by reason was last computed (0: never).
+    last_reasons_published_us: u64,
     /// Every transition, when the simulation asked for them (`record_transitions`).
     transition_log: Option<Vec<Transition>>,
     #[cfg(feature = "sim")]
@@ -519,6 +521,7 @@ impl Shard {
             last_preemption_search_us: clock.mono_us,
             attempt_tokens: 0.0,
             attempts_refilled_us: clock.mono_us,
+            last_reasons_published_us: 0,
             transition_log: None,
             #[cfg(feature = "sim")]
             injected_bug: None,
@@ -596,22 +599,16 @@ impl Shard {
     }
 
     /// Publishes the gauges a scrape reads (end of each round: a few plain stores).
-    pub fn publish_metrics(&self, inbound_queue_depth: usize) {
+    pub fn publish_metrics(&mut self, inbound_queue_depth: usize) {
+        // Pending tasks by reason walk the blocked jobs: at most every 100 ms, not per round.
+        if self.last_reasons_published_us == 0
+            || elapsed_us(self.now_us, self.last_reasons_published_us) >= 100_000
+        {
+            self.last_reasons_published_us = self.now_us.max(1);
+            self.publish_pending_by_reason();
+        }
         let m = self.metrics();
         for (gauge, count) in m.tasks_by_state.iter().zip(self.state_counts) {
-            gauge.set(count);
-        }
-        let mut by_reason = [0u64; crate::metrics::PENDING_REASONS.len()];
-        by_reason[0] = self.pending.len() as u64;
-        for &(_, job) in &self.blocked_jobs {
-            let j = &self.jobs[job];
-            by_reason[crate::metrics::pending_reason_index(j.pending_kind)] +=
-                j.blocked.len() as u64;
-        }
-        by_reason[crate::metrics::pending_reason_index(Some(
-            borealis_core::placement::PendingReasonKind::Throttled,
-        ))] += self.throttled.len() as u64;
-        for (gauge, count) in m.pending_by_reason.iter().zip(by_reason) {
             gauge.set(count);
         }
         m.offers_held.set(self.index.agent_count() as u64);
@@ -641,6 +638,32 @@ impl Shard {
     pub fn restore_outbox(&mut self, to: ShardId, mut batch: PeerBatch) {
         batch.append(&mut self.outbox[to]);
         self.outbox[to] = batch;
+    }
+
+    /// The `borealis_pending_tasks` gauge: queued tasks, blocked ones by the kind of their
+    /// job's last explanation, throttled ones.
+    fn publish_pending_by_reason(&self) {
+        use crate::metrics::pending_reason_index;
+        let mut by_reason = [0u64; crate::metrics::PENDING_REASONS.len()];
+        let blocked = |id: &TaskId| {
+            self.tasks
+                .get(id)
+                .is_some_and(|t| t.state == TaskState::Pending)
+        };
+        // The queue may still hold a few tasks killed since they were queued (dropped at the
+        // next attempt): its length is close enough, and walking it would cost more.
+        by_reason[0] = self.pending.len() as u64;
+        for &(_, job) in &self.blocked_jobs {
+            let j = &self.jobs[job];
+            by_reason[pending_reason_index(j.pending_kind)] +=
+                j.blocked.iter().filter(|id| blocked(id)).count() as u64;
+        }
+        by_reason[pending_reason_index(Some(
+            borealis_core::placement::PendingReasonKind::Throttled,
+        ))] += self.throttled.len() as u64;
+        for (gauge, count) in self.metrics().pending_by_reason.iter().zip(by_reason) {
+            gauge.set(count);
+        }
     }
 
     /// Work to do without waiting for input: pending tasks, unless the attempt rate limit
