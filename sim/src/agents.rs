@@ -160,6 +160,11 @@ pub struct AgentTask {
     end: Option<(u64, TaskState)>,
     /// How long a kill takes, when the command says.
     kill_ms: Option<u64>,
+    /// The tier, priority and production flag the scheduler launched it with (its job's,
+    /// with the tier resolved).
+    pub tier: borealis_core::Tier,
+    pub priority: i32,
+    pub production: bool,
 }
 
 impl AgentTask {
@@ -334,6 +339,9 @@ impl SimAgent {
                 starting: true,
                 end: fate.end,
                 kill_ms: command_kill_ms(&launch.config.command),
+                tier: launch.config.tier,
+                priority: launch.config.priority,
+                production: launch.config.production,
             },
         );
         self.report(id, now_ms);

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
-use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage};
+use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView};
 
 use crate::agents::TaskPlan;
 use crate::invariants::Violation;
@@ -22,6 +22,13 @@ pub struct JobConfig {
     pub plan: TaskPlan,
     /// How long killing a task takes on its agent (None: the seed decides, under 800 ms).
     pub kill_ms: Option<u64>,
+    /// The tier the job names (see `tier_explicit`).
+    pub tier: Tier,
+    /// Whether the job file names its tier; false: the scheduler resolves it (`preferred`
+    /// for production work, else the tier config's default) and `tier` is not used.
+    pub tier_explicit: bool,
+    /// Orders preemption among the role's own tasks.
+    pub priority: i32,
 }
 
 impl JobConfig {
@@ -42,7 +49,28 @@ impl JobConfig {
             max_task_failures: 1,
             plan: TaskPlan::RunForever,
             kill_ms: None,
+            tier: Tier::Preferred,
+            tier_explicit: true,
+            priority: 0,
         }
+    }
+
+    /// Names `tier` explicitly.
+    pub fn tier(mut self, tier: Tier) -> JobConfig {
+        self.tier = tier;
+        self.tier_explicit = true;
+        self
+    }
+
+    /// Names no tier: the scheduler resolves it from its tier config.
+    pub fn no_tier(mut self) -> JobConfig {
+        self.tier_explicit = false;
+        self
+    }
+
+    pub fn priority(mut self, priority: i32) -> JobConfig {
+        self.priority = priority;
+        self
     }
 
     pub fn kill_ms(mut self, ms: u64) -> JobConfig {
@@ -90,8 +118,8 @@ impl JobConfig {
             resources: self.resources,
             port_names: (0..self.resources.ports).map(|i| format!("p{i}")).collect(),
             constraints: self.constraints.clone(),
-            tier: Tier::Preferred,
-            priority: 0,
+            tier: self.tier,
+            priority: self.priority,
             production: self.production,
             is_service: self.service,
             max_task_failures: self.max_task_failures,
@@ -117,6 +145,14 @@ impl std::fmt::Debug for JobConfig {
         }
         if self.production {
             write!(f, " production")?;
+        }
+        if !self.tier_explicit {
+            write!(f, " tier=unset")?;
+        } else if self.tier != Tier::Preferred {
+            write!(f, " tier={}", self.tier.as_str())?;
+        }
+        if self.priority != 0 {
+            write!(f, " priority={}", self.priority)?;
         }
         write!(f, " failures={} {:?}", self.max_task_failures, self.plan)?;
         for c in &self.constraints {
@@ -154,6 +190,9 @@ pub enum Request {
     SetQuota {
         role: String,
     },
+    GetQuota {
+        role: String,
+    },
     /// The keys whose creation was acknowledged before the list was asked for.
     List {
         acked_before: BTreeSet<String>,
@@ -170,6 +209,8 @@ pub enum Reply {
     },
     Status(JobStatusView),
     List(Vec<JobSummaryView>),
+    /// The answer to `GetQuota`.
+    Quota(QuotaView),
     /// The connection closed before the answer came (the outcome is unknown).
     Lost,
 }
@@ -219,6 +260,9 @@ pub struct Ledger {
     /// Instances the scheduler ended for good (no replacement) after an acknowledged end
     /// (a terminal status acked to an agent, or a kill acked to a client).
     pub ended_instances: BTreeSet<(String, u32)>,
+    /// Creates refused for quota (`QuotaExceeded`): a refusal is not an acknowledged create,
+    /// and nothing of it may exist (for the keys the per-job facts apply to).
+    pub refused_creates: BTreeSet<String>,
 }
 
 impl Ledger {
@@ -247,7 +291,7 @@ impl Ledger {
             },
             OwnedMessage::JobStatus(status) => Reply::Status(status.clone()),
             OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
-            OwnedMessage::QuotaInfo(_) => Reply::Ack,
+            OwnedMessage::QuotaInfo(info) => Reply::Quota(info.clone()),
             other => {
                 return Err(Violation::new(
                     "client_reply_well_formed",
@@ -258,6 +302,11 @@ impl Ledger {
         match (request, &reply) {
             (Request::Create { key }, Reply::Ack) => {
                 self.acked_creates.insert(key.clone());
+            }
+            (Request::Create { key }, Reply::Error { code, .. })
+                if *code == ErrorCode::QuotaExceeded =>
+            {
+                self.refused_creates.insert(key.clone());
             }
             (Request::Kill { key, instances }, Reply::Ack) => {
                 let set = self.acked_kills.entry(key.clone()).or_default();

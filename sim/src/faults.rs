@@ -1,15 +1,19 @@
 //! What a seed means: the cluster it builds (mode, shards, agents, clients) and the trace of
-//! workload and faults it runs: jobs of random size, constraints and kind created, killed and
-//! queried; agents lost and returning, dying, losing acks, duplicating and reordering their
-//! status updates; the scheduler crashing (mid-round) and recovering from its log, possibly
-//! into another shard count; leadership lost and regained under etcd, with slow and failing
-//! persist acknowledgements.
+//! workload and faults it runs: jobs of random size, constraints and kind (a share of them
+//! production work, in a named or unnamed tier, some of a higher priority) created, killed and
+//! queried; roles' quotas set, raised, lowered below their use or to zero at random moments
+//! (so that creates are admitted, refused, and their use released); agents lost and
+//! returning, dying, losing acks, duplicating and reordering their status updates; the
+//! scheduler crashing (mid-round) and recovering from its log, possibly into another shard
+//! count; leadership lost and regained under etcd, with slow and failing persist
+//! acknowledgements.
 
-use borealis_core::{Constraint, Resources};
+use borealis_core::{Constraint, Resources, Tier};
 use borealis_shards::shard::InjectedBug;
 
 use crate::agents::{AgentSpec, TaskPlan};
 use crate::clients::JobConfig;
+use crate::config::SchedulerFlags;
 use crate::rng::Rng;
 use crate::trace::{CrashPoint, Event};
 use crate::world::{Mode, WorldConfig};
@@ -59,10 +63,14 @@ pub fn setup(seed: u64, options: &RunOptions) -> WorldConfig {
         agents,
         clients: rng.range(1, 3) as usize,
         bug: options.bug,
+        flags: SchedulerFlags::default(),
     }
 }
 
-fn random_job(rng: &mut Rng) -> JobConfig {
+/// A random job: its size, constraints and kind from the trace's stream `rng`; its policy
+/// (tier named or not, which tier, priority) from `policy`, a stream of its own, so that
+/// traces keep their events when the policy mix changes.
+fn random_job(rng: &mut Rng, policy: &mut Rng) -> JobConfig {
     let mut job = JobConfig::new(
         rng.range(1, 5) as u32,
         *rng.pick(&[100, 250, 500, 1_000, 2_000]),
@@ -98,8 +106,21 @@ fn random_job(rng: &mut Rng) -> JobConfig {
     if rng.percent(35) {
         job = job.service();
     }
-    if rng.percent(20) {
+    // Production work counts against its role's quota: admitted, refused, released.
+    if rng.percent(30) {
         job = job.production();
+    }
+    job = match policy.below(100) {
+        // Named no tier: preferred when production, the config's default (preemptible) else.
+        0..=29 => job.no_tier(),
+        // Production in these is refused (`tier: ...`); other work is preemptible anyway.
+        30..=34 => job.tier(Tier::Preemptible),
+        35..=37 => job.tier(Tier::Revocable),
+        _ => job.tier(Tier::Preferred),
+    };
+    if job.production && policy.percent(40) {
+        // Orders preemption among the role's own production tasks.
+        job = job.priority(policy.range(1, 3) as i32);
     }
     job = job.max_task_failures(*rng.pick(&[-1, 0, 1, 3]));
     job.plan(if rng.percent(85) {
@@ -112,6 +133,7 @@ fn random_job(rng: &mut Rng) -> JobConfig {
 /// The trace of a seed for the cluster `config`.
 pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event> {
     let mut rng = Rng::stream(seed, "trace");
+    let mut policy = Rng::stream(seed, "policy");
     let agents = config.agents.len();
     let clients = config.clients.max(1);
     let ha = config.mode == Mode::Ha;
@@ -167,7 +189,7 @@ pub fn trace(seed: u64, config: &WorldConfig, options: &RunOptions) -> Vec<Event
                 Event::CreateJob {
                     client,
                     key,
-                    job: random_job(&mut rng),
+                    job: random_job(&mut rng, &mut policy),
                 }
             }
             46..=51 if !keys.is_empty() => {

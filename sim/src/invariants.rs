@@ -6,7 +6,7 @@
 //! the last states it saw. A violation names its invariant (a stable string the tests match)
 //! and says what broke it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use borealis_core::placement::AgentId;
 use borealis_core::{JobKey, Resources, TaskId, TaskState};
@@ -52,6 +52,7 @@ pub const ALL: &[&str] = &[
     "ended_instance_stays_ended",
     "single_leader",
     "quotas_never_exceeded",
+    "refused_create_absent",
     "agent_accounting_exact_when_quiet",
     "instance_runs_once_on_agents",
     "agents_agree_with_scheduler",
@@ -96,12 +97,57 @@ pub struct View<'a> {
     pub agents: &'a [SimAgent],
     pub ledger: &'a Ledger,
     pub etcd: Option<&'a Etcd>,
+    /// The simulated clock (µs).
+    pub now_us: u64,
+    /// Crashes of the embedded scheduler so far (its state was recovered from its log).
+    pub crashes: u64,
+    /// Elections so far (HA: a new leader rebuilt its state from etcd, or the leader resumed
+    /// after a pause).
+    pub elections: u64,
 }
 
-/// The checker's memory between steps: the last state of every task it saw, per instance.
+/// How long (simulated) an admitted production create may take to land after the quota
+/// check that admitted it, under etcd: a quota lowered meanwhile does not make it wrong. The
+/// create is written to etcd first (slow etcd: seconds; a create waits behind its job's
+/// write in flight). An embedded scheduler admits and creates in the same instant, within
+/// one step, so there only the quota of the previous check counts.
+pub const QUOTA_ADMISSION_WINDOW_US: u64 = 60_000_000;
+
+/// What the quota check remembers of one role.
+#[derive(Debug, Default)]
+struct RoleMemory {
+    /// The quota and use at the last check.
+    quota: Resources,
+    used: Resources,
+    /// The highest use (per dimension) since the quota last changed.
+    peak: Resources,
+    /// The quotas and uses of recent checks (when each stopped being current, µs), newest
+    /// last, kept for [`QUOTA_ADMISSION_WINDOW_US`].
+    recent: VecDeque<(u64, Resources, Resources)>,
+}
+
+/// Quota traffic seen by the checker (for the seeds' summary).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuotaCounts {
+    /// Production jobs that appeared holding quota.
+    pub admitted: u64,
+    /// Jobs whose quota use went down (instances killed or ended for good, jobs replaced).
+    pub released: u64,
+    /// Checks where a role's use was above its quota (lowered below the use).
+    pub over_quota: u64,
+}
+
+/// The checker's memory between steps: the last state of every task it saw, per instance,
+/// and per role the quotas and uses it saw.
 #[derive(Debug, Default)]
 pub struct Checker {
     last_states: BTreeMap<(usize, TaskId), TaskState>,
+    roles: BTreeMap<String, RoleMemory>,
+    /// What each production job held at the last check.
+    job_use: BTreeMap<JobKey, Resources>,
+    /// (crashes, elections) at the last quota check.
+    lives: (u64, u64),
+    pub quota_counts: QuotaCounts,
 }
 
 fn ensure(
@@ -158,7 +204,6 @@ impl Checker {
             task_on_one_shard(inst)?;
             state_counts_agree(inst)?;
             instance_active_once(inst)?;
-            quotas_never_exceeded(&inst.shards)?;
             self.terminal_is_final(inst)?;
         }
         ensure(
@@ -166,6 +211,26 @@ impl Checker {
             "single_leader",
             || "more than one scheduler instance acts".into(),
         )?;
+        // Quotas: the acting instance, once every shard of it acts (under etcd the shards
+        // take the lead one by one; half of them would show jobs without their quotas).
+        if let Some(inst) = view
+            .instances
+            .iter()
+            .find(|i| i.acting() && i.shards.iter().all(|s| s.acting))
+        {
+            let lives = (view.crashes, view.elections);
+            let before = std::mem::replace(&mut self.lives, lives);
+            let since = Restarted {
+                crash: before.0 != lives.0,
+                election: before.1 != lives.1,
+            };
+            let window_us = if view.etcd.is_some() {
+                QUOTA_ADMISSION_WINDOW_US
+            } else {
+                0
+            };
+            self.quotas_never_exceeded(inst, view.now_us, window_us, since)?;
+        }
         acked_facts(view)?;
         ended_instances_stay_ended(view)?;
         Ok(())
@@ -376,12 +441,153 @@ fn instance_active_once(inst: &InstanceAudit) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Where the quota invariant goes once the audits show quotas: a role's production tasks
-/// (pending or active, on every shard) never use more than its quota. Takes one scheduler
-/// instance's audits, one per shard (a role's use is spread over its jobs' shards, its quota
-/// lives on the role's shard); checked after every step with the others.
-pub fn quotas_never_exceeded(_audits: &[ShardAudit]) -> Result<(), Violation> {
-    Ok(())
+/// Every role's quota (gathered from the shards that own them) and what its production jobs
+/// hold of it (summed over every shard's jobs), ports not metered.
+pub fn quota_ledger(shards: &[ShardAudit]) -> BTreeMap<String, (Option<Resources>, Resources)> {
+    let mut roles: BTreeMap<String, (Option<Resources>, Resources)> = BTreeMap::new();
+    for shard in shards {
+        for (role, quota) in &shard.quotas {
+            let entry = &mut roles.entry(role.clone()).or_default().0;
+            let q = Resources { ports: 0, ..*quota };
+            *entry = Some(entry.map_or(q, |e| max_each(&e, &q)));
+        }
+        for job in &shard.jobs {
+            let entry = &mut roles.entry(job.key.role.clone()).or_default().1;
+            *entry = entry.plus(&Resources {
+                ports: 0,
+                ..job.quota_use
+            });
+        }
+    }
+    roles
+}
+
+fn max_each(a: &Resources, b: &Resources) -> Resources {
+    Resources {
+        cpu_millis: a.cpu_millis.max(b.cpu_millis),
+        ram_mib: a.ram_mib.max(b.ram_mib),
+        disk_mib: a.disk_mib.max(b.disk_mib),
+        ports: a.ports.max(b.ports),
+    }
+}
+
+/// What happened to the acting scheduler since the last quota check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restarted {
+    /// It crashed and recovered its log.
+    pub crash: bool,
+    /// Leadership changed hands (or paused and resumed).
+    pub election: bool,
+}
+
+impl Checker {
+    /// Quotas are never exceeded: per role, what its production jobs hold (every shard's
+    /// `JobAudit::quota_use`) stays within its quota (`ShardAudit::quotas`, on the role's quota
+    /// owner); a role without a quota holds nothing.
+    ///
+    /// Aurora lets an operator lower a quota below the current use: then the use may stay
+    /// above the quota, but must not grow while it is. Two things may still raise it, and are
+    /// allowed: creates admitted before the quota changed, landing within `window_us`
+    /// ([`QUOTA_ADMISSION_WINDOW_US`] under etcd; embedded: since the last check), up to the
+    /// quotas in force in that window, and, when
+    /// leadership changed since the last check (HA), use the role had before (an instance's
+    /// retirement whose etcd write had not landed is undone; the agent's re-report retires
+    /// it again) up to its peak under this quota. A crash of the embedded scheduler allows
+    /// nothing: its log holds exactly what was acknowledged, and a check only ever sees
+    /// committed rounds, so the recovered use is never above what the last checks saw.
+    pub fn quotas_never_exceeded(
+        &mut self,
+        inst: &InstanceAudit,
+        now_us: u64,
+        window_us: u64,
+        since: Restarted,
+    ) -> Result<(), Violation> {
+        let restarted = since.election;
+        // Traffic counters (jobs appearing with quota use, jobs releasing some).
+        let mut job_use: BTreeMap<JobKey, Resources> = BTreeMap::new();
+        for job in inst.shards.iter().flat_map(|s| s.jobs.iter()) {
+            if job.quota_use != Resources::ZERO {
+                job_use.insert(job.key.clone(), job.quota_use);
+            }
+        }
+        for (key, used) in &job_use {
+            match self.job_use.get(key) {
+                None => self.quota_counts.admitted += 1,
+                Some(before) if !used.contains(before) => self.quota_counts.released += 1,
+                Some(_) => {}
+            }
+        }
+        self.quota_counts.released += self
+            .job_use
+            .keys()
+            .filter(|k| !job_use.contains_key(*k))
+            .count() as u64;
+        self.job_use = job_use;
+
+        let ledger = quota_ledger(&inst.shards);
+        let horizon = now_us.saturating_sub(window_us);
+        let roles: BTreeSet<String> = ledger.keys().chain(self.roles.keys()).cloned().collect();
+        for role in roles {
+            let (quota, used) = ledger.get(&role).copied().unwrap_or_default();
+            let memory = self.roles.entry(role.clone()).or_default();
+            let q = quota.unwrap_or(Resources::ZERO);
+            // The last check's state stops being current now.
+            if memory.quota != q || memory.used != used {
+                memory.recent.push_back((now_us, memory.quota, memory.used));
+            }
+            while memory.recent.front().is_some_and(|e| e.0 < horizon) {
+                memory.recent.pop_front();
+            }
+            if !q.contains(&used) {
+                self.quota_counts.over_quota += 1;
+                // Growing while above the quota: only by what the rules above allow.
+                let mut allowed = memory.used;
+                for (_, old_quota, old_used) in &memory.recent {
+                    if *old_quota != q {
+                        allowed = max_each(&allowed, old_quota);
+                    }
+                    if restarted {
+                        allowed = max_each(&allowed, old_used);
+                    }
+                }
+                if restarted {
+                    allowed = max_each(&allowed, &memory.peak);
+                }
+                ensure(allowed.contains(&used), "quotas_never_exceeded", || {
+                    let show = |r: &Resources| {
+                        format!("cpu {} ram {} disk {}", r.cpu_millis, r.ram_mib, r.disk_mib)
+                    };
+                    format!(
+                        "instance {}: role {role}'s production jobs hold {} against its quota \
+                         {} ({}); at the last check they held {} under quota {}{}",
+                        inst.instance,
+                        show(&used),
+                        show(&q),
+                        if quota.is_some() {
+                            "set"
+                        } else {
+                            "none set: it should hold nothing"
+                        },
+                        show(&memory.used),
+                        show(&memory.quota),
+                        match (since.crash, since.election) {
+                            (true, _) => " (the scheduler restarted from its log since)",
+                            (_, true) => " (leadership changed since)",
+                            _ => "",
+                        }
+                    )
+                })?;
+            }
+            memory.peak = if q != memory.quota {
+                used
+            } else {
+                max_each(&memory.peak, &used)
+            };
+            memory.quota = q;
+            memory.used = used;
+        }
+        Ok(())
+    }
 }
 
 /// What was acknowledged stays: created jobs exist, killed instances stay killed, ends
@@ -405,6 +611,14 @@ fn acked_facts(view: &View<'_>) -> Result<(), Violation> {
             ensure(jobs.contains_key(key), "acked_create_exists", || {
                 format!(
                     "instance {}: job {key} was acknowledged created but is gone",
+                    inst.instance
+                )
+            })?;
+        }
+        for key in ledger.refused_creates.iter().filter(|k| ledger.tracks(k)) {
+            ensure(!jobs.contains_key(key), "refused_create_absent", || {
+                format!(
+                    "instance {}: job {key} was refused for quota, yet it exists",
                     inst.instance
                 )
             })?;
@@ -704,6 +918,159 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use borealis_shards::shard::JobAudit;
+
+    fn cpu(cpu_millis: u32) -> Resources {
+        Resources {
+            cpu_millis,
+            ..Resources::ZERO
+        }
+    }
+
+    /// One acting instance of two shards: `quota` of role `www` on shard 0 (None: unset),
+    /// and jobs of `www` holding `uses` spread over both shards.
+    fn instance(quota: Option<u32>, uses: &[u32]) -> InstanceAudit {
+        let mut shards = vec![
+            ShardAudit {
+                shard: 0,
+                acting: true,
+                ..ShardAudit::default()
+            },
+            ShardAudit {
+                shard: 1,
+                acting: true,
+                ..ShardAudit::default()
+            },
+        ];
+        if let Some(q) = quota {
+            shards[0].quotas.push(("www".into(), cpu(q)));
+        }
+        for (i, used) in uses.iter().enumerate() {
+            shards[i % 2].jobs.push(JobAudit {
+                key: format!("www/prod/j{i}").parse().unwrap(),
+                instances: 1,
+                current: vec![None],
+                resources: cpu(*used),
+                production: true,
+                retired: vec![false],
+                quota_use: cpu(*used),
+            });
+        }
+        InstanceAudit {
+            instance: 0,
+            up: true,
+            shards,
+        }
+    }
+
+    fn check(
+        checker: &mut Checker,
+        at_s: u64,
+        quota: Option<u32>,
+        uses: &[u32],
+        window_s: u64,
+        since: Restarted,
+    ) -> Result<(), &'static str> {
+        checker
+            .quotas_never_exceeded(
+                &instance(quota, uses),
+                at_s * 1_000_000,
+                window_s * 1_000_000,
+                since,
+            )
+            .map_err(|v| v.invariant)
+    }
+
+    const CALM: Restarted = Restarted {
+        crash: false,
+        election: false,
+    };
+
+    #[test]
+    fn use_summed_over_shards_stays_within_the_quota() {
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, Some(1000), &[400, 600], 0, CALM), Ok(()));
+        assert_eq!(
+            check(&mut c, 2, Some(1000), &[400, 600, 1], 0, CALM),
+            Err("quotas_never_exceeded")
+        );
+    }
+
+    #[test]
+    fn a_role_without_a_quota_holds_nothing() {
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, None, &[], 0, CALM), Ok(()));
+        assert_eq!(
+            check(&mut c, 2, None, &[100], 0, CALM),
+            Err("quotas_never_exceeded")
+        );
+    }
+
+    #[test]
+    fn a_lowered_quota_lets_use_stay_but_not_grow() {
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, Some(2000), &[1000, 500], 0, CALM), Ok(()));
+        // Lowered below the use: it stays, and may shrink.
+        assert_eq!(check(&mut c, 2, Some(500), &[1000, 500], 0, CALM), Ok(()));
+        assert_eq!(check(&mut c, 3, Some(500), &[1000], 0, CALM), Ok(()));
+        // Growing back while above: refused work was admitted.
+        assert_eq!(
+            check(&mut c, 4, Some(500), &[1000, 100], 0, CALM),
+            Err("quotas_never_exceeded")
+        );
+    }
+
+    #[test]
+    fn a_create_admitted_before_the_quota_was_lowered_may_land_after() {
+        // Embedded: within the step that lowered the quota.
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, Some(2000), &[1000], 0, CALM), Ok(()));
+        assert_eq!(check(&mut c, 1, Some(500), &[1000, 800], 0, CALM), Ok(()));
+        assert_eq!(
+            check(&mut c, 2, Some(500), &[1000, 800, 1], 0, CALM),
+            Err("quotas_never_exceeded")
+        );
+        // Never beyond the quota it was admitted under.
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, Some(2000), &[1000], 0, CALM), Ok(()));
+        assert_eq!(
+            check(&mut c, 1, Some(500), &[1000, 1200], 0, CALM),
+            Err("quotas_never_exceeded")
+        );
+        // Under etcd: within the admission window, not after it.
+        let mut c = Checker::default();
+        assert_eq!(check(&mut c, 1, Some(2000), &[1000], 60, CALM), Ok(()));
+        assert_eq!(check(&mut c, 2, Some(500), &[1000], 60, CALM), Ok(()));
+        assert_eq!(check(&mut c, 10, Some(500), &[1000, 800], 60, CALM), Ok(()));
+        assert_eq!(
+            check(&mut c, 100, Some(500), &[1000, 800, 100], 60, CALM),
+            Err("quotas_never_exceeded")
+        );
+    }
+
+    #[test]
+    fn a_new_leader_may_bring_back_use_it_had_not_a_crash() {
+        let election = Restarted {
+            crash: false,
+            election: true,
+        };
+        let crash = Restarted {
+            crash: true,
+            election: false,
+        };
+        for (since, expected) in [(election, Ok(())), (crash, Err("quotas_never_exceeded"))] {
+            let mut c = Checker::default();
+            assert_eq!(check(&mut c, 1, Some(2000), &[1000, 500], 0, CALM), Ok(()));
+            assert_eq!(check(&mut c, 2, Some(500), &[1000, 500], 0, CALM), Ok(()));
+            // An instance ended for good: its retirement...
+            assert_eq!(check(&mut c, 3, Some(500), &[1000], 0, CALM), Ok(()));
+            // ... undone by the state rebuilt after a restart.
+            assert_eq!(
+                check(&mut c, 4, Some(500), &[1000, 500], 0, since),
+                expected
+            );
+        }
+    }
 
     #[test]
     fn reachability_follows_the_table() {

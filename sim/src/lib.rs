@@ -8,7 +8,8 @@
 //!
 //! Layout, one responsibility per module:
 //! - [`rng`]: the only randomness (xoshiro256** streams from one seed, a stateless mixer).
-//! - [`config`]: the one `SchedulerConfig` the simulation builds.
+//! - [`config`]: the one `SchedulerConfig` the simulation builds, and the policy flags a
+//!   scenario may set ([`SchedulerFlags`]).
 //! - [`wire`]: connections as the shards see them (`ConnOut`), framing and verification.
 //! - [`world`]: the world and its driver (rounds, timers, ticks, connections, crashes,
 //!   elections).
@@ -18,7 +19,8 @@
 //! - [`faults`]: what a seed means: the cluster and the trace of workload and faults.
 //! - [`invariants`]: the checks.
 //! - [`trace`], [`run`]: events, running seeds, shrinking failing traces, reports.
-//! - [`sim`]: the builder API for named scenarios.
+//! - [`sim`]: the builder API for named scenarios (scheduler flags per scenario, quotas,
+//!   tiers, the history of transitions and policy messages between shards).
 //!
 //! Faults ([`faults::trace`]): agents losing their connection and returning (re-registering
 //! with every task they know), dying with their tasks, losing `StatusAck`s (they report the
@@ -32,7 +34,10 @@
 //! one shard, its job's owner, with consistent `current` slots and state counts; every
 //! transition legal and no terminal state left; at most one live task per instance; one acting
 //! instance; acknowledged creates exist, acknowledged kills stay killed, ends acknowledged to
-//! agents stay ends, instances ended for good stay ended (also in etcd's desired state). Once
+//! agents stay ends, instances ended for good stay ended (also in etcd's desired state);
+//! quotas never exceeded (a role's production use, summed over every shard, within its quota;
+//! below a lowered quota it may stay but not grow); a create refused for quota left nothing.
+//! Once
 //! quiet (past the reconciliation grace): exact accounting, no instance running twice on the
 //! agents, agents and scheduler agree on every task, kills completed, every end acknowledged,
 //! followers empty.
@@ -59,10 +64,11 @@ pub mod wire;
 pub mod world;
 
 pub use agents::{AgentSpec, TaskPlan};
-pub use clients::JobConfig;
+pub use clients::{JobConfig, Reply};
+pub use config::SchedulerFlags;
 pub use faults::RunOptions;
 pub use invariants::Violation;
 pub use run::{replay, run_seed, Failure, SeedOutcome};
 pub use sim::Sim;
 pub use trace::{CrashPoint, Event};
-pub use world::{Mode, World, WorldConfig};
+pub use world::{History, Mode, PeerRecord, TransitionRecord, World, WorldConfig};

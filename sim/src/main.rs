@@ -174,7 +174,9 @@ fn main() -> ExitCode {
     let t = totals.into_inner().expect("no panics hold it");
     println!(
         "seeds run: {ran}, events: {}, rounds: {}, checks: {}, simulated: {} s, jobs created: {}, \
-         launches: {}, refusals: {}, crashes: {}, elections: {}, failures: {}{}, wall: {:.1} s",
+         launches: {}, refusals: {} ({} for quota), production jobs admitted: {}, quota \
+         releases: {}, checks above a lowered quota: {}, crashes: {}, elections: {}, \
+         failures: {}{}, wall: {:.1} s",
         t.events,
         t.rounds,
         t.checks,
@@ -182,6 +184,10 @@ fn main() -> ExitCode {
         t.creates_acked,
         t.launches,
         t.requests_refused,
+        t.quota_refusals,
+        t.quota_admitted,
+        t.quota_released,
+        t.over_quota_checks,
         t.crashes,
         t.elections,
         failed.len(),

@@ -14,16 +14,38 @@
 //! assert_eq!(status.tasks.len(), 2);
 //! assert!(status.tasks.iter().all(|t| t.state == Some(borealis_core::TaskState::Running)));
 //! ```
+//!
+//! Policy scenarios set the scheduler's flags and quotas, and read back what happened:
+//!
+//! ```
+//! use borealis_sim::{JobConfig, Sim};
+//! use borealis_core::{Resources, TaskState};
+//!
+//! let r = |cpu_millis| Resources { cpu_millis, ram_mib: 4096, disk_mib: 10_000, ports: 0 };
+//! let mut sim = Sim::new(1)
+//!     .settings(|s| s.preemption_delay_ms = 1_000)
+//!     .agent("a1", r(2000), &[]);
+//! sim.set_quota("www", r(1000)).unwrap();
+//! sim.create_job("www/prod/p", JobConfig::new(1, 500, 128).production()).unwrap();
+//! sim.run_until_quiet();
+//! assert_eq!(sim.get_quota("www").unwrap().used.cpu_millis, 500);
+//! let task = borealis_core::TaskId(sim.job_status("www/prod/p").unwrap().tasks[0].task_id);
+//! let path: Vec<TaskState> = sim.transitions_of(task).iter().map(|t| t.2).collect();
+//! assert_eq!(&path[..2], &[TaskState::Pending, TaskState::Assigned]);
+//! ```
 
-use borealis_core::{Resources, TaskState};
-use borealis_net::views::JobStatusView;
+use std::collections::BTreeSet;
+
+use borealis_core::{Resources, TaskId, TaskState};
+use borealis_net::views::{JobStatusView, QuotaView};
 use borealis_shards::shard::InjectedBug;
 
 use crate::agents::{AgentSpec, AgentTask};
 use crate::clients::{JobConfig, Reply, Request};
+use crate::config::SchedulerFlags;
 use crate::invariants::{InstanceAudit, Violation};
 use crate::trace::{CrashPoint, Event};
-use crate::world::{Mode, World, WorldConfig};
+use crate::world::{History, Mode, World, WorldConfig};
 
 /// How long (simulated) a request may wait for its answer.
 const REPLY_WAIT_MS: u64 = 30_000;
@@ -31,6 +53,8 @@ const REPLY_WAIT_MS: u64 = 30_000;
 pub struct Sim {
     config: WorldConfig,
     world: Option<World>,
+    /// Agents that do not start with the world (see [`Sim::agent_later`]).
+    deferred: BTreeSet<usize>,
 }
 
 impl Sim {
@@ -46,9 +70,18 @@ impl Sim {
                 agents: Vec::new(),
                 clients: 1,
                 bug: None,
+                flags: SchedulerFlags::default(),
             },
             world: None,
+            deferred: BTreeSet::new(),
         }
+    }
+
+    /// Sets scheduler flags: `Sim::new(1).settings(|s| s.preemption_delay_ms = 1_000)`.
+    /// Every (re)start of the scheduler uses them.
+    pub fn settings(mut self, set: impl FnOnce(&mut SchedulerFlags)) -> Sim {
+        set(&mut self.config.flags);
+        self
     }
 
     pub fn shards(mut self, shards: usize) -> Sim {
@@ -75,16 +108,35 @@ impl Sim {
         self
     }
 
+    /// An agent that starts only when [`Sim::start_agent`] says so.
+    pub fn agent_later(
+        mut self,
+        name: &str,
+        resources: Resources,
+        attributes: &[(&str, &str)],
+    ) -> Sim {
+        self.deferred.insert(self.config.agents.len());
+        self.agent(name, resources, attributes)
+    }
+
+    /// Starts an agent declared with [`Sim::agent_later`]; it connects and registers.
+    pub fn start_agent(&mut self, name: &str) {
+        let agent = self.agent_index(name);
+        self.step(&Event::AgentStart { agent });
+    }
+
     pub fn inject_bug(mut self, bug: InjectedBug) -> Sim {
         self.config.bug = Some(bug);
         self
     }
 
-    /// The world, built (agents started and registered) on first use.
+    /// The world, built (agents started and registered) on first use. It keeps its history
+    /// (every transition, the policy messages between shards: [`Sim::history`]).
     pub fn world(&mut self) -> &mut World {
         if self.world.is_none() {
             let mut world = World::new(self.config.clone());
-            for agent in 0..self.config.agents.len() {
+            world.keep_history();
+            for agent in (0..self.config.agents.len()).filter(|a| !self.deferred.contains(a)) {
                 ok(world.apply(&Event::AgentStart { agent }));
             }
             ok(world.advance(100));
@@ -136,16 +188,48 @@ impl Sim {
 
     /// Creates a job; Ok once the scheduler acknowledged it.
     pub fn create_job(&mut self, key: &str, config: JobConfig) -> Result<(), String> {
-        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        match self.create_job_reply(key, config) {
+            Reply::Ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Creates a job and returns the scheduler's answer as it came (`Ack`, or `Error` with
+    /// its code and exact message).
+    pub fn create_job_reply(&mut self, key: &str, config: JobConfig) -> Reply {
+        let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
         let task = config.task_config(&job_key);
-        let instances = config.instances;
-        match self.request(
+        let (instances, explicit) = (config.instances, config.tier_explicit);
+        self.request(
             Request::Create {
                 key: key.to_string(),
             },
-            |e, id| e.create_job(id, instances, &task).to_vec(),
+            |e, id| e.create_job_spec(id, instances, &task, explicit).to_vec(),
+        )
+    }
+
+    /// Sets a role's quota (`borealis quota set`); Ok once acknowledged.
+    pub fn set_quota(&mut self, role: &str, quota: Resources) -> Result<(), String> {
+        match self.request(
+            Request::SetQuota {
+                role: role.to_string(),
+            },
+            |e, id| e.set_quota(id, role, &quota).to_vec(),
         ) {
             Reply::Ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// A role's quota and what its production jobs use of it, as its quota owner answers.
+    pub fn get_quota(&mut self, role: &str) -> Result<QuotaView, String> {
+        match self.request(
+            Request::GetQuota {
+                role: role.to_string(),
+            },
+            |e, id| e.get_quota(id, role).to_vec(),
+        ) {
+            Reply::Quota(view) => Ok(view),
             other => Err(format!("{other:?}")),
         }
     }
@@ -223,18 +307,35 @@ impl Sim {
         self.advance(0);
     }
 
-    /// Sends a create and does not wait for its answer (to crash while it is in flight).
-    pub fn send_create_job(&mut self, key: &str, config: JobConfig) {
+    /// Sends a create and does not wait for its answer (to crash while it is in flight, or
+    /// to race another request); returns the request's id for [`Sim::wait_reply`].
+    pub fn send_create_job(&mut self, key: &str, config: JobConfig) -> u64 {
         let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
         let task = config.task_config(&job_key);
-        let instances = config.instances;
+        let (instances, explicit) = (config.instances, config.tier_explicit);
         self.world().client_request(
             0,
             Request::Create {
                 key: key.to_string(),
             },
-            |e, id| e.create_job(id, instances, &task).to_vec(),
-        );
+            |e, id| e.create_job_spec(id, instances, &task, explicit).to_vec(),
+        )
+    }
+
+    /// Waits (simulated, up to 30 s) for the answer to a request sent with a `send_` form.
+    pub fn wait_reply(&mut self, id: u64) -> Reply {
+        let mut waited = 0;
+        loop {
+            self.run_rounds();
+            if let Some(reply) = self.world().reply(0, id) {
+                return reply.clone();
+            }
+            if waited >= REPLY_WAIT_MS {
+                return Reply::Lost;
+            }
+            self.advance(10);
+            waited += 10;
+        }
     }
 
     /// Sends a kill and does not wait for its answer.
@@ -295,6 +396,27 @@ impl Sim {
 
     pub fn audits(&mut self) -> Vec<InstanceAudit> {
         self.world().audits()
+    }
+
+    /// Simulated milliseconds (the clock starts at 1 000), the time base of [`Sim::history`].
+    pub fn now_ms(&mut self) -> u64 {
+        self.world().sim_ms()
+    }
+
+    /// Every transition the shards made and every policy message between shards so far.
+    pub fn history(&mut self) -> History {
+        self.world().history().clone()
+    }
+
+    /// The transitions of one task, in order: (simulated ms, from, to).
+    pub fn transitions_of(&mut self, task: TaskId) -> Vec<(u64, TaskState, TaskState)> {
+        self.world()
+            .history()
+            .transitions
+            .iter()
+            .filter(|t| t.task == task)
+            .map(|t| (t.at_ms, t.from, t.to))
+            .collect()
     }
 }
 

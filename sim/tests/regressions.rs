@@ -195,3 +195,49 @@ fn ha_new_leader_adopts_tasks_being_killed_over_capacity() {
     let quiet = sim.try_run_until_quiet();
     assert!(quiet.is_ok(), "{quiet:?}");
 }
+
+/// Embedded, `Shard::restore` (shards/src/shard/durability.rs): a kill retires the
+/// instances at once (their quota use is released: `kill_job` → `retire_instance`) while
+/// their tasks are KILLING. The log keeps no retirement: `restore` derives `retired` from
+/// "the instance has no current task", and a KILLING task is still current (its
+/// `killed_by_user` is in the log but not used there). After a restart, until the kills
+/// complete on the agents, the killed instances count against their role's quota again:
+/// a use the role had given back, above a quota lowered meanwhile (`quotas_never_exceeded`,
+/// seed 879: quota disk lowered to 1000 MiB, the role's 90000 MiB job killed, then the
+/// crash), and creates that fit the quota the kill freed are refused.
+/// Open: not fixed yet (listed in `seeds.rs`'s `KNOWN_BUGS`).
+#[test]
+#[ignore = "bug: killed instances count against their role's quota again after a restart (shards/src/shard/durability.rs restore)"]
+fn killed_instances_count_against_quota_after_a_restart() {
+    assert_replay_passes(879, &[0, 5, 15, 38, 41, 42, 44]);
+
+    let quota = Resources {
+        cpu_millis: 1000,
+        ram_mib: 4096,
+        disk_mib: 10_000,
+        ports: 0,
+    };
+    let mut sim = Sim::new(1).agent("a1", res(8000, 8192), &[]);
+    sim.set_quota("www", quota).unwrap();
+    // Kills take 5 s on the agent.
+    let job = || {
+        JobConfig::new(2, 500, 128)
+            .service()
+            .production()
+            .kill_ms(5_000)
+    };
+    sim.create_job("www/prod/old", job()).unwrap();
+    sim.run_until_quiet();
+    sim.kill_job("www/prod/old", &[]).unwrap();
+    assert_eq!(sim.get_quota("www").unwrap().used, Resources::ZERO);
+    sim.crash_and_recover();
+    let used = sim.get_quota("www").unwrap().used;
+    assert_eq!(
+        used,
+        Resources::ZERO,
+        "the killed instances hold no quota after the restart either"
+    );
+    // What the kill gave back can be used at once.
+    let reply = sim.create_job_reply("www/prod/new", job());
+    assert_eq!(reply, borealis_sim::Reply::Ack);
+}

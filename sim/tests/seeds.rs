@@ -3,7 +3,8 @@
 //! and faults, every invariant checked after every step. A failure prints its seed, invariant
 //! and shrunk trace.
 //!
-//! Real bugs the simulation found and that are not fixed yet are listed in [`KNOWN_BUGS`]: a
+//! Real bugs the simulation found and that are not fixed yet are listed in [`KNOWN_BUGS`]
+//! (mode, invariant and what the violation says): a
 //! seed failing one of them is reported (seed and invariant) without failing the test, so the
 //! run still guards everything else. `SIM_STRICT=1` fails on them too. When a bug is fixed,
 //! delete its entry and un-ignore its test in `regressions.rs`.
@@ -14,9 +15,18 @@ use std::time::Instant;
 use borealis_sim::world::Stats;
 use borealis_sim::{faults, run_seed, Mode, RunOptions};
 
-/// (mode, invariant, the `regressions.rs` test that reproduces the bug).
-const KNOWN_BUGS: &[(Mode, &str, &str)] = &[
-    // None open: the five the simulation found are fixed and guarded by `regressions.rs`.
+/// (mode, invariant, what the violation's detail says, the `regressions.rs` test that
+/// reproduces the bug).
+const KNOWN_BUGS: &[(Mode, &str, &str, &str)] = &[
+    // Killed instances count against their role's quota again after a restart, until their
+    // kills complete (shards/src/shard/durability.rs `restore`). Seeds 90, 390, 854, 872,
+    // 879, 904, 991 of the first 1000.
+    (
+        Mode::Embedded,
+        "quotas_never_exceeded",
+        "the scheduler restarted from its log since",
+        "killed_instances_count_against_quota_after_a_restart",
+    ),
 ];
 
 fn env(name: &str, default: u64) -> u64 {
@@ -51,11 +61,13 @@ fn seeds() {
                         continue;
                     };
                     let mode = faults::setup(seed, options).mode;
-                    let bug = KNOWN_BUGS.iter().find(|(m, invariant, _)| {
-                        *m == mode && *invariant == failure.violation.invariant
+                    let bug = KNOWN_BUGS.iter().find(|(m, invariant, detail, _)| {
+                        *m == mode
+                            && *invariant == failure.violation.invariant
+                            && failure.violation.detail.contains(detail)
                     });
                     match bug {
-                        Some((_, invariant, test)) if !strict => {
+                        Some((_, invariant, _, test)) if !strict => {
                             known.lock().unwrap().push((seed, *invariant, *test));
                         }
                         _ => {
@@ -74,7 +86,8 @@ fn seeds() {
     let unknown = unknown.into_inner().unwrap();
     println!(
         "{count} seeds in {:.1} s: {} events, {} rounds, {} checks, {} s simulated, {} jobs \
-         created, {} launches, {} crashes, {} elections",
+         created, {} launches, {} crashes, {} elections; quotas: {} creates refused, {} \
+         production jobs admitted, {} releases, {} checks above a lowered quota",
         started.elapsed().as_secs_f64(),
         totals.events,
         totals.rounds,
@@ -83,7 +96,11 @@ fn seeds() {
         totals.creates_acked,
         totals.launches,
         totals.crashes,
-        totals.elections
+        totals.elections,
+        totals.quota_refusals,
+        totals.quota_admitted,
+        totals.quota_released,
+        totals.over_quota_checks
     );
     for (seed, invariant, test) in &known {
         println!("known bug: seed {seed} breaks {invariant} (see regressions::{test})");

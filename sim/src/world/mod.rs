@@ -24,7 +24,7 @@ use borealis_shards::shard::{InjectedBug, RoundClock, Shard, ROUND_INBOUND_MAX};
 
 use crate::agents::{AgentSpec, AgentTimer, Link, SimAgent, HEARTBEAT_MS};
 use crate::clients::{Ledger, Reply, Request, SimClient};
-use crate::config::{scheduler_config, SimSchedulerSettings};
+use crate::config::{scheduler_config, SchedulerFlags, SimSchedulerSettings};
 use crate::etcd::{Control, Etcd};
 use crate::invariants::{self, Checker, InstanceAudit, View, Violation};
 use crate::rng::Rng;
@@ -66,6 +66,8 @@ pub struct WorldConfig {
     pub agents: Vec<AgentSpec>,
     pub clients: usize,
     pub bug: Option<InjectedBug>,
+    /// The scheduler's policy flags.
+    pub flags: SchedulerFlags,
 }
 
 /// Counters for the summary.
@@ -82,6 +84,13 @@ pub struct Stats {
     pub creates_acked: u64,
     pub requests_refused: u64,
     pub launches: u64,
+    /// Creates refused for quota.
+    pub quota_refusals: u64,
+    /// Production jobs that appeared holding quota, jobs whose quota use went down, and
+    /// checks that found a role above its (lowered) quota.
+    pub quota_admitted: u64,
+    pub quota_released: u64,
+    pub over_quota_checks: u64,
     /// FNV-1a over every message the shards received and sent, in order: equal runs have
     /// equal fingerprints (the determinism test compares them).
     pub fingerprint: u64,
@@ -101,6 +110,10 @@ impl Stats {
         self.creates_acked += other.creates_acked;
         self.requests_refused += other.requests_refused;
         self.launches += other.launches;
+        self.quota_refusals += other.quota_refusals;
+        self.quota_admitted += other.quota_admitted;
+        self.quota_released += other.quota_released;
+        self.over_quota_checks += other.over_quota_checks;
     }
 }
 
@@ -114,6 +127,83 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
         h = (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// A transition a shard made, with when (simulated ms, see [`World::sim_ms`]) and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransitionRecord {
+    pub at_ms: u64,
+    pub instance: usize,
+    pub shard: usize,
+    pub task: borealis_core::TaskId,
+    pub from: borealis_core::TaskState,
+    pub to: borealis_core::TaskState,
+}
+
+/// A policy message one shard sent another (a shard's messages to itself are handled inline
+/// and never seen): `what` is a one-line summary, e.g. `Explain www/prod/x`,
+/// `Preempt 0001.. by 0002..`, `QuotaCheck www`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub at_ms: u64,
+    pub instance: usize,
+    pub from: usize,
+    pub to: usize,
+    pub what: String,
+}
+
+/// What a scenario can look back on (kept only when asked for: [`World::keep_history`]).
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub transitions: Vec<TransitionRecord>,
+    pub peer_messages: Vec<PeerRecord>,
+}
+
+/// The one-line summary of a policy message between shards (None: not a policy message).
+fn describe_peer(m: &borealis_shards::msg::PeerMsg) -> Option<String> {
+    use borealis_shards::msg::PeerMsg;
+    Some(match m {
+        PeerMsg::Explain { job_key, .. } => format!("Explain {job_key}"),
+        PeerMsg::Explained {
+            job_key, reasons, ..
+        } => format!("Explained {job_key}: {reasons}"),
+        PeerMsg::QuotaCheck { role, demand, .. } => format!(
+            "QuotaCheck {role} cpu={} ram={} disk={}",
+            demand.cpu_millis, demand.ram_mib, demand.disk_mib
+        ),
+        PeerMsg::QuotaVerdict { result, .. } => match result {
+            Ok(()) => "QuotaVerdict admitted".to_string(),
+            Err(e) => format!("QuotaVerdict refused: {e}"),
+        },
+        PeerMsg::SlotSearch(query) => format!("SlotSearch {}", query.task_id),
+        PeerMsg::SlotFound { slot, fits, .. } => format!(
+            "SlotFound fits={fits} victims={:?}",
+            slot.as_ref().map(|s| s
+                .victims
+                .iter()
+                .map(|(v, _)| v.to_string())
+                .collect::<Vec<_>>())
+        ),
+        PeerMsg::SlotClaim {
+            task_id, victims, ..
+        } => format!(
+            "SlotClaim {task_id} victims={:?}",
+            victims
+                .iter()
+                .map(|(v, _)| v.to_string())
+                .collect::<Vec<_>>()
+        ),
+        PeerMsg::Preempt { task_id, preemptor } => format!("Preempt {task_id} by {preemptor}"),
+        PeerMsg::Borrow { .. } => "Borrow".to_string(),
+        PeerMsg::Lend {
+            offers,
+            reserved_for,
+        } => match reserved_for {
+            Some(t) => format!("Lend {} reserved for {t}", offers.len()),
+            None => format!("Lend {}", offers.len()),
+        },
+        _ => return None,
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +333,8 @@ pub struct World {
     verbose: bool,
     /// A crash armed to land after some more rounds.
     pending_crash: Option<PendingCrash>,
+    /// Transitions and policy messages, for scenarios (None in seeded runs: not kept).
+    history: Option<History>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -308,6 +400,7 @@ impl World {
             rounds_this_step: 0,
             verbose: std::env::var_os("SIM_LOG").is_some_and(|v| v != "0"),
             pending_crash: None,
+            history: None,
             cfg,
         };
         for i in 0..instances {
@@ -369,6 +462,25 @@ impl World {
 
     pub fn agent_index(&self, name: &str) -> Option<usize> {
         self.agents.iter().position(|a| a.spec.name == name)
+    }
+
+    /// Simulated milliseconds (the clock starts at 1 000): what history records carry.
+    pub fn sim_ms(&self) -> u64 {
+        self.now_us / 1000
+    }
+
+    /// From now on, keep every transition and policy message between shards.
+    pub fn keep_history(&mut self) {
+        self.history.get_or_insert_with(History::default);
+    }
+
+    /// What was kept since [`World::keep_history`] (empty when it was not called).
+    pub fn history(&self) -> &History {
+        static EMPTY: History = History {
+            transitions: Vec::new(),
+            peer_messages: Vec::new(),
+        };
+        self.history.as_ref().unwrap_or(&EMPTY)
     }
 }
 

@@ -421,6 +421,16 @@ impl World {
                 Ok(reply) => {
                     match (&request, &reply) {
                         (Request::Create { .. }, Reply::Ack) => self.stats.creates_acked += 1,
+                        (
+                            Request::Create { .. },
+                            Reply::Error {
+                                code: ErrorCode::QuotaExceeded,
+                                ..
+                            },
+                        ) => {
+                            self.stats.requests_refused += 1;
+                            self.stats.quota_refusals += 1;
+                        }
                         (_, Reply::Error { .. }) => self.stats.requests_refused += 1,
                         _ => {}
                     }

@@ -24,6 +24,7 @@ impl World {
             data_dir: self.data_dir.as_ref().map(|d| d.0.clone()),
             epoch: self.epoch,
             reconciliation_grace_ms: self.cfg.reconciliation_grace_ms,
+            flags: self.cfg.flags.clone(),
         });
         self.epoch += 1;
         let metrics = Metrics::new(shards, &config.cluster_name);

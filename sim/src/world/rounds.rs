@@ -97,11 +97,38 @@ impl World {
             }
             if let Some(batch) = inst.shards[s].take_outbox(peer) {
                 produced = true;
+                if let Some(history) = self.history.as_mut() {
+                    let at_ms = self.now_us / 1000;
+                    for m in &batch {
+                        if let Some(what) = describe_peer(m) {
+                            history.peer_messages.push(PeerRecord {
+                                at_ms,
+                                instance: i,
+                                from: s,
+                                to: peer,
+                                what,
+                            });
+                        }
+                    }
+                }
                 inst.inbound[peer].push_back(Inbound::Peer { from: s, batch });
                 inst.stalled[peer] = false;
             }
         }
         let transitions = inst.shards[s].take_transitions();
+        if let Some(history) = self.history.as_mut() {
+            let at_ms = self.now_us / 1000;
+            history
+                .transitions
+                .extend(transitions.iter().map(|t| TransitionRecord {
+                    at_ms,
+                    instance: i,
+                    shard: s,
+                    task: t.task,
+                    from: t.from,
+                    to: t.to,
+                }));
+        }
         if let Err(v) = self.checker.transitions(s, &transitions) {
             self.fail(v);
         }

@@ -157,11 +157,11 @@ impl World {
             Event::CreateJob { client, key, job } => {
                 if let Ok(job_key) = key.parse::<borealis_core::JobKey>() {
                     let config = job.task_config(&job_key);
-                    let instances = job.instances;
+                    let (instances, explicit) = (job.instances, job.tier_explicit);
                     self.client_request(
                         client % n_clients,
                         Request::Create { key: key.clone() },
-                        |e, id| e.create_job(id, instances, &config).to_vec(),
+                        |e, id| e.create_job_spec(id, instances, &config, explicit).to_vec(),
                     );
                 }
             }
@@ -298,8 +298,16 @@ impl World {
             agents: &self.agents,
             ledger: &self.ledger,
             etcd: self.etcd.as_ref(),
+            now_us: self.now_us,
+            crashes: self.stats.crashes,
+            elections: self.stats.elections,
         };
-        if let Err(v) = self.checker.step(&view) {
+        let result = self.checker.step(&view);
+        let counts = self.checker.quota_counts;
+        self.stats.quota_admitted = counts.admitted;
+        self.stats.quota_released = counts.released;
+        self.stats.over_quota_checks = counts.over_quota;
+        if let Err(v) = result {
             self.fail(v);
         }
     }
@@ -408,6 +416,9 @@ impl World {
             agents: &self.agents,
             ledger: &self.ledger,
             etcd: self.etcd.as_ref(),
+            now_us: self.now_us,
+            crashes: self.stats.crashes,
+            elections: self.stats.elections,
         };
         if let Err(v) = invariants::quiet(&view) {
             self.fail(v);
