@@ -810,7 +810,6 @@ fn allowed_job_environments_flag_is_enforced() {
 /// an offer that changed could now hold it." Observed (seed 0 of `on_two_shards`, initial
 /// penalty 1 s, max 8 s): 100 borrowed offers, so 100 attempts, in 20 s, instead of about 5.
 #[test]
-#[ignore = "bug: a constraint-blocked job is retried every 200 ms through borrowed offers, its schedule penalty ignored (shards/src/shard/offers.rs retry_due_jobs, peers.rs Lend)"]
 fn schedule_penalty_holds_for_a_job_blocked_by_constraints() {
     let mut sim = on_two_shards(|seed| {
         Sim::new(seed)
@@ -864,7 +863,6 @@ fn schedule_penalty_holds_for_a_job_blocked_by_constraints() {
 /// that sweep sets victims 2 and 3 PREEMPTING: four tasks killed
 /// where two made room ("the fewest and cheapest set that makes room is chosen").
 #[test]
-#[ignore = "bug: a slot hold that expires before its victims end makes the next search preempt a second set of victims (shards/src/shard/preemption.rs find_slot)"]
 fn a_slot_hold_that_expires_before_its_victims_end_preempts_no_more() {
     let mut sim = Sim::new(1)
         .settings(|s| {

@@ -207,7 +207,6 @@ fn ha_new_leader_adopts_tasks_being_killed_over_capacity() {
 /// crash), and creates that fit the quota the kill freed are refused.
 /// Open: not fixed yet (listed in `seeds.rs`'s `KNOWN_BUGS`).
 #[test]
-#[ignore = "bug: killed instances count against their role's quota again after a restart (shards/src/shard/durability.rs restore)"]
 fn killed_instances_count_against_quota_after_a_restart() {
     assert_replay_passes(879, &[0, 5, 15, 38, 41, 42, 44]);
 

@@ -51,6 +51,16 @@ impl Shard {
                 state = TaskState::Pending;
             }
             let awaiting = state.is_active();
+            // A user killed it (it may still be KILLING, so current): its instance is retired,
+            // and holds no quota (found by the simulation).
+            let instance = ti.instance as usize;
+            if ti.killed_by_user && self.jobs[job].current.get(instance) == Some(&Some(id)) {
+                let j = &mut self.jobs[job];
+                if !j.retired[instance] {
+                    j.retired[instance] = true;
+                    j.unretired -= 1;
+                }
+            }
             let host = match (ti.agent_name, ti.hostname) {
                 (Some(name), hostname) => Some(Arc::new(AgentNames {
                     hostname: hostname.unwrap_or_else(|| name.clone()).into(),

@@ -147,6 +147,7 @@ impl Shard {
         self.pending.clear();
         self.blocked_jobs.clear();
         self.changed_free_max = None;
+        self.lent_free_max = None;
         // Creates waiting for a quota verdict will not get one: tell their clients.
         let waits: Vec<quotas::QuotaWait> = self.quota_waits.drain().map(|(_, w)| w).collect();
         for wait in waits {

@@ -182,6 +182,8 @@ struct Job {
     explaining: pending::Explaining,
     /// When the job's last failed attempt was explained (0: never).
     explained_us: u64,
+    /// It was retried against offers a peer lent since its penalty last ended.
+    lend_tried: bool,
     /// Production work of a tier that counts against its role's quota.
     counts_quota: bool,
     /// Instances not retired (what the job holds against its quota, per task).
@@ -218,6 +220,7 @@ impl Job {
             pending_kind: None,
             explaining: pending::Explaining::default(),
             explained_us: 0,
+            lend_tried: false,
             counts_quota,
         }
     }
@@ -322,6 +325,8 @@ pub struct Shard {
     /// The most any offer that changed this round has free (per dimension): blocked jobs
     /// that fit it are retried early.
     changed_free_max: Option<Resources>,
+    /// The same for offers peers lent this round (each job tries a loan once per penalty).
+    lent_free_max: Option<Resources>,
     /// Terminal tasks in the order they ended, for pruning by age.
     ended: VecDeque<(u64, TaskId)>,
     throttled: BTreeMap<(u64, TaskId), ()>,
@@ -468,6 +473,7 @@ impl Shard {
             pending: VecDeque::new(),
             blocked_jobs: std::collections::BTreeSet::new(),
             changed_free_max: None,
+            lent_free_max: None,
             ended: VecDeque::new(),
             throttled: BTreeMap::new(),
             index: PlacementIndex::new(),
@@ -658,9 +664,9 @@ impl Shard {
             by_reason[pending_reason_index(j.pending_kind)] +=
                 j.blocked.iter().filter(|id| blocked(id)).count() as u64;
         }
-        by_reason[pending_reason_index(Some(
-            borealis_core::placement::PendingReasonKind::Throttled,
-        ))] += self.throttled.len() as u64;
+        by_reason
+            [pending_reason_index(Some(borealis_core::placement::PendingReasonKind::Throttled))] +=
+            self.throttled.len() as u64;
         for (gauge, count) in self.metrics().pending_by_reason.iter().zip(by_reason) {
             gauge.set(count);
         }

@@ -131,24 +131,55 @@ impl Shard {
             if due > now {
                 break;
             }
+            // Its penalty ended: it may borrow once more.
+            self.jobs[job].lend_tried = false;
             retried += self.unblock_job(job);
         }
-        let Some(changed) = self.changed_free_max.take() else {
-            return;
-        };
-        let fitting: Vec<JobIdx> = self
-            .blocked_jobs
-            .iter()
-            .map(|&(_, job)| job)
-            .filter(|&job| changed.contains(&self.jobs[job].config.resources))
-            .take(BLOCKED_RETRY_MAX)
-            .collect();
-        for job in fitting {
-            if retried >= BLOCKED_RETRY_MAX {
-                break;
+        if let Some(changed) = self.changed_free_max.take() {
+            let fitting: Vec<JobIdx> = self
+                .blocked_jobs
+                .iter()
+                .map(|&(_, job)| job)
+                .filter(|&job| changed.contains(&self.jobs[job].config.resources))
+                .take(BLOCKED_RETRY_MAX)
+                .collect();
+            for job in fitting {
+                if retried >= BLOCKED_RETRY_MAX {
+                    break;
+                }
+                retried += self.unblock_job(job);
             }
-            retried += self.unblock_job(job);
         }
+        // Offers lent by a peer: each blocked job tries them once per penalty (a peer lends
+        // what fits the demand, not the constraints, so a constraint-blocked job would
+        // otherwise retry at every loan: found by the simulation).
+        if let Some(lent) = self.lent_free_max.take() {
+            let fitting: Vec<JobIdx> = self
+                .blocked_jobs
+                .iter()
+                .map(|&(_, job)| job)
+                .filter(|&job| {
+                    !self.jobs[job].lend_tried && lent.contains(&self.jobs[job].config.resources)
+                })
+                .take(BLOCKED_RETRY_MAX)
+                .collect();
+            for job in fitting {
+                if retried >= BLOCKED_RETRY_MAX {
+                    break;
+                }
+                self.jobs[job].lend_tried = true;
+                retried += self.unblock_job(job);
+            }
+        }
+    }
+
+    /// Notes an offer a peer lent and what it has free (see `retry_due_jobs`).
+    pub(super) fn retry_blocked_lent(&mut self, free: Resources) {
+        let max = self.lent_free_max.get_or_insert(Resources::ZERO);
+        max.cpu_millis = max.cpu_millis.max(free.cpu_millis);
+        max.ram_mib = max.ram_mib.max(free.ram_mib);
+        max.disk_mib = max.disk_mib.max(free.disk_mib);
+        max.ports = max.ports.max(free.ports);
     }
 
     /// Placement attempts this round may make: `ROUND_PLACEMENTS_MAX`, and with Aurora's
@@ -265,7 +296,13 @@ impl Shard {
             && !self.borrow_outstanding
             && self.now_us >= self.next_borrow_at_us
         {
-            if let Some(&(_, job)) = self.blocked_jobs.first() {
+            // For the first blocked job that has not tried a loan since its last penalty.
+            let asking = self
+                .blocked_jobs
+                .iter()
+                .map(|&(_, job)| job)
+                .find(|&job| !self.jobs[job].lend_tried);
+            if let Some(job) = asking {
                 let demand = self.jobs[job].config.resources;
                 self.borrow_outstanding = true;
                 let lender = if self.next_lender == self.id {

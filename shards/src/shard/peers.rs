@@ -265,7 +265,7 @@ impl Shard {
                     );
                     self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
                     self.borrowed.insert(o.agent);
-                    self.retry_blocked(o.free);
+                    self.retry_blocked_lent(o.free);
                 }
                 self.placed_since_lend = 0;
                 self.metrics().offers_borrowed_total.add(got as u64);

@@ -179,6 +179,28 @@ impl Shard {
                 break;
             }
             let a = &self.home_agents[&agent];
+            // Victims already being preempted here (a hold that expired before they ended)
+            // free their room soon: count it, or a second set of victims would be taken.
+            let dying = a
+                .running
+                .values()
+                .filter(|r| r.preempting)
+                .fold(Resources::ZERO, |sum, r| sum.plus(&r.resources));
+            if free.plus(&dying).contains(&config.resources) {
+                let slot = SlotOffer {
+                    agent,
+                    victims: Vec::new(),
+                    cost: (0, 0, 0),
+                };
+                if best
+                    .as_ref()
+                    .is_none_or(|b| (slot.cost, slot.agent) < (b.cost, b.agent))
+                {
+                    best = Some(slot);
+                }
+                continue;
+            }
+            let free = free.plus(&dying);
             let mut running: Vec<(&TaskId, &RunningTask)> =
                 a.running.iter().filter(|(_, r)| !r.preempting).collect();
             running.sort_by_key(|(id, _)| **id);
@@ -297,10 +319,15 @@ impl Shard {
         let still_there = victims
             .iter()
             .all(|(v, _)| a.running.get(v).is_some_and(|r| !r.preempting));
+        let dying = a
+            .running
+            .values()
+            .filter(|r| r.preempting)
+            .fold(free, |sum, r| sum.plus(&r.resources));
         let freed = victims
             .iter()
             .filter_map(|(v, _)| a.running.get(v))
-            .fold(free, |sum, r| sum.plus(&r.resources));
+            .fold(dying, |sum, r| sum.plus(&r.resources));
         if !still_there || !freed.contains(&demand) {
             return; // the search finds another slot next interval
         }

@@ -146,8 +146,19 @@ impl Shard {
         }
         if reported.is_terminal() {
             t.exit_code = exit_code;
-            t.message.clear();
-            t.message.push_str(message);
+            // A task the scheduler was killing keeps why (`killed by user`, `preempted by
+            // production task ...`); other ends say what the agent saw.
+            let killing = matches!(
+                t.state,
+                TaskState::Killing
+                    | TaskState::Preempting
+                    | TaskState::Draining
+                    | TaskState::Restarting
+            );
+            if !killing || t.message.is_empty() {
+                t.message.clear();
+                t.message.push_str(message);
+            }
         }
         let resources = self.jobs[t.job].config.resources;
         let ports: Vec<u16> = t.ports.iter().map(|(_, p)| *p).collect();
