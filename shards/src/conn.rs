@@ -23,7 +23,7 @@ const READ_BYTES_MAX: usize = 256 * 1024;
 const WRITE_COALESCE_BYTES_MAX: usize = 4 << 20;
 
 pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>>) {
-    let mut next_conn: ConnId = 1;
+    let mut next_conn = ConnId(1);
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -34,7 +34,7 @@ pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>
             }
         };
         let conn = next_conn;
-        next_conn += 1;
+        next_conn.0 += 1;
         let inbound = inbound.clone();
         glommio::spawn_local(serve_connection(conn, stream, inbound)).detach();
     }

@@ -323,7 +323,14 @@ async fn run_shard(
         let in_tx = in_tx.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = rx.recv().await {
-                if in_tx.send(Inbound::Peer { from, batch }).await.is_err() {
+                if in_tx
+                    .send(Inbound::Peer {
+                        from: msg::ShardId(from),
+                        batch,
+                    })
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -351,7 +358,13 @@ async fn run_shard(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let mut shard = Shard::new(id, shard_count, config, metrics.clone(), clock());
+    let mut shard = Shard::new(
+        msg::ShardId(id),
+        shard_count,
+        config,
+        metrics.clone(),
+        clock(),
+    );
     if let Some((image, wal)) = restored {
         shard.restore(image, wal);
     }
@@ -388,12 +401,12 @@ async fn run_shard(
             if peer == id {
                 continue;
             }
-            if let Some(batch) = shard.take_outbox(peer) {
+            if let Some(batch) = shard.take_outbox(msg::ShardId(peer)) {
                 match senders.try_send_to(peer, batch) {
                     Ok(()) => {}
                     // The peer is saturated: keep the batch and retry next round.
                     Err(GlommioError::WouldBlock(ResourceType::Channel(batch))) => {
-                        shard.restore_outbox(peer, batch)
+                        shard.restore_outbox(msg::ShardId(peer), batch)
                     }
                     Err(e) => tracing::error!(shard = id, peer, "peer channel failed: {e}"),
                 }

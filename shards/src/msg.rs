@@ -12,10 +12,31 @@ use borealis_net::views::{JobSummaryView, TaskStatusReport};
 use bytes::Bytes;
 
 /// Index of a shard, `0..shard_count`.
-pub type ShardId = usize;
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShardId(pub usize);
+
+impl ShardId {
+    /// Every shard of `shard_count`, in order.
+    pub fn all(shard_count: usize) -> impl Iterator<Item = ShardId> {
+        (0..shard_count).map(ShardId)
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A connection, unique within its shard.
-pub type ConnId = u64;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Where a client's response goes: the connection's shard and the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +50,7 @@ pub struct ReplyTo {
 pub const AGENT_HOME_SHIFT: u32 = 24;
 
 pub fn agent_home(agent: AgentId) -> ShardId {
-    (agent.0 >> AGENT_HOME_SHIFT) as ShardId
+    ShardId((agent.0 >> AGENT_HOME_SHIFT) as usize)
 }
 
 /// An agent's offer as it moves between shards.

@@ -341,7 +341,7 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
             shard.jobs.iter().map(|j| (&j.key, j)).collect();
         for j in &shard.jobs {
             let owner = (borealis_core::route_hash_str(&j.key.to_string()) % n) as usize;
-            ensure(owner == shard.shard, "task_on_one_shard", || {
+            ensure(owner == shard.shard.0, "task_on_one_shard", || {
                 format!(
                     "job {} is on shard {} but shard {owner} owns it",
                     j.key, shard.shard
@@ -351,7 +351,7 @@ fn task_on_one_shard(inst: &InstanceAudit) -> Result<(), Violation> {
         let tasks: BTreeMap<TaskId, &borealis_shards::shard::TaskAudit> =
             shard.tasks.iter().map(|t| (t.id, t)).collect();
         for t in &shard.tasks {
-            if let Some(other) = where_.insert(t.id, shard.shard) {
+            if let Some(other) = where_.insert(t.id, shard.shard.0) {
                 return Err(Violation::new(
                     "task_on_one_shard",
                     format!("task {} is on shards {other} and {}", t.id, shard.shard),
@@ -932,12 +932,12 @@ mod tests {
     fn instance(quota: Option<u32>, uses: &[u32]) -> InstanceAudit {
         let mut shards = vec![
             ShardAudit {
-                shard: 0,
+                shard: borealis_shards::msg::ShardId(0),
                 acting: true,
                 ..ShardAudit::default()
             },
             ShardAudit {
-                shard: 1,
+                shard: borealis_shards::msg::ShardId(1),
                 acting: true,
                 ..ShardAudit::default()
             },

@@ -394,6 +394,22 @@ impl Sim {
             .collect()
     }
 
+    /// The home shard of each agent, by name, sorted.
+    pub fn agent_homes(&mut self) -> Vec<(String, usize)> {
+        let mut homes: Vec<(String, usize)> = self
+            .audits()
+            .iter()
+            .flat_map(|i| i.shards.iter())
+            .flat_map(|s| {
+                s.home_agents
+                    .iter()
+                    .map(move |a| (a.name.clone(), s.shard.0))
+            })
+            .collect();
+        homes.sort();
+        homes
+    }
+
     pub fn audits(&mut self) -> Vec<InstanceAudit> {
         self.world().audits()
     }

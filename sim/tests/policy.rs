@@ -35,25 +35,13 @@ fn quota(cpu_millis: u32, ram_mib: u32, disk_mib: u32) -> Resources {
     }
 }
 
-/// The home shard of each agent, by name.
-fn homes(sim: &mut Sim) -> Vec<(String, usize)> {
-    let mut homes: Vec<(String, usize)> = sim
-        .audits()
-        .iter()
-        .flat_map(|i| i.shards.iter())
-        .flat_map(|s| s.home_agents.iter().map(move |a| (a.name.clone(), s.shard)))
-        .collect();
-    homes.sort();
-    homes
-}
-
 /// A two-shard cluster built by `build` from the first seed that puts its two agents on
 /// different shards (the seed picks which shard accepts each agent's connection).
 fn on_two_shards(build: impl Fn(u64) -> Sim) -> Sim {
     (0..64)
         .map(|seed| {
             let mut sim = build(seed);
-            let homes = homes(&mut sim);
+            let homes = sim.agent_homes();
             (sim, homes)
         })
         .find(|(_, homes)| homes.len() == 2 && homes[0].1 != homes[1].1)

@@ -13,18 +13,6 @@ fn res(cpu_millis: u32, ram_mib: u32) -> Resources {
     }
 }
 
-/// The home shard of each agent, by name.
-fn homes(sim: &mut Sim) -> Vec<(String, usize)> {
-    let mut homes: Vec<(String, usize)> = sim
-        .audits()
-        .iter()
-        .flat_map(|i| i.shards.iter())
-        .flat_map(|s| s.home_agents.iter().map(move |a| (a.name.clone(), s.shard)))
-        .collect();
-    homes.sort();
-    homes
-}
-
 fn running(states: &[(u32, TaskState)]) -> usize {
     states
         .iter()
@@ -41,7 +29,7 @@ fn a_job_placed_on_two_shards_agents() {
                 .shards(2)
                 .agent("a1", res(1000, 4096), &[("rack", "r1")])
                 .agent("a2", res(1000, 4096), &[("rack", "r2")]);
-            let homes = homes(&mut sim);
+            let homes = sim.agent_homes();
             (sim, homes)
         })
         .find(|(_, homes)| homes[0].1 != homes[1].1)

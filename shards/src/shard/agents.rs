@@ -9,7 +9,7 @@ impl Shard {
             self.next_agent < (1 << AGENT_HOME_SHIFT),
             "agent numbers exhausted"
         );
-        let agent = AgentId(((self.id as u32) << AGENT_HOME_SHIFT) | self.next_agent);
+        let agent = AgentId(((self.id.0 as u32) << AGENT_HOME_SHIFT) | self.next_agent);
         self.next_agent += 1;
         let attributes: borealis_core::Attributes = r
             .attributes()
@@ -28,7 +28,7 @@ impl Shard {
             .map(|p| (p.begin(), p.end()))
             .collect();
         tracing::info!(
-            shard = self.id,
+            shard = %self.id,
             agent = %name,
             host = %hostname,
             ?total,
@@ -135,7 +135,7 @@ impl Shard {
         let Some(a) = self.home_agents.remove(&agent) else {
             return;
         };
-        tracing::warn!(shard = self.id, agent = %a.name, host = %a.hostname, "agent lost: {reason}");
+        tracing::warn!(shard = %self.id, agent = %a.name, host = %a.hostname, "agent lost: {reason}");
         match a.offer {
             OfferWhere::Home => {
                 self.index.remove_agent(agent);
@@ -143,7 +143,7 @@ impl Shard {
             OfferWhere::Lent => self.lent_out -= 1,
             OfferWhere::Adopting { .. } | OfferWhere::Held { .. } => {}
         }
-        for shard in 0..self.shard_count {
+        for shard in ShardId::all(self.shard_count) {
             self.send(shard, PeerMsg::AgentLost { agent });
         }
     }

@@ -27,7 +27,7 @@ impl Shard {
     pub(super) fn protocol_error(&mut self, conn: ConnId, what: &str) {
         self.metrics().protocol_errors_total.inc();
         if let Some(c) = self.conns.get(&conn) {
-            tracing::error!(shard = self.id, peer = %c.peer, "protocol error, disconnecting: {what}");
+            tracing::error!(shard = %self.id, peer = %c.peer, "protocol error, disconnecting: {what}");
         }
         // Dropping the sender ends the writer; the reader ends when the peer goes.
         if let Some(c) = self.conns.remove(&conn) {
@@ -124,7 +124,7 @@ impl Shard {
                     shard: self.id,
                     conn,
                 };
-                for shard in 0..self.shard_count {
+                for shard in ShardId::all(self.shard_count) {
                     self.send(shard, PeerMsg::ListJobs { reply, request_id });
                 }
             }
@@ -155,7 +155,7 @@ impl Shard {
 
     pub(super) fn conn_closed(&mut self, conn: ConnId, reason: &str) {
         if let Some(c) = self.conns.remove(&conn) {
-            tracing::debug!(shard = self.id, peer = %c.peer, "connection closed: {reason}");
+            tracing::debug!(shard = %self.id, peer = %c.peer, "connection closed: {reason}");
             if let Some(agent) = c.agent {
                 self.agent_disconnected(agent, reason);
             }

@@ -94,7 +94,7 @@ impl Shard {
             key: Some(key.clone()),
         };
         if let Err(e) = self.persist(key, desired, pending) {
-            tracing::warn!(shard = self.id, job = %key, "desired-state write deferred: {e}");
+            tracing::warn!(shard = %self.id, job = %key, "desired-state write deferred: {e}");
             self.resync_later.entry(key.clone()).or_default();
         }
     }

@@ -100,7 +100,7 @@ impl Shard {
             restored += 1;
         }
         tracing::info!(
-            shard = self.id,
+            shard = %self.id,
             jobs = self.jobs.len(),
             tasks = restored,
             "state restored from the log"
@@ -145,7 +145,7 @@ impl Shard {
             return;
         };
         if let Err(e) = wal.commit() {
-            tracing::error!(shard = self.id, "cannot write the log, stopping: {e}");
+            tracing::error!(shard = %self.id, "cannot write the log, stopping: {e}");
             std::process::exit(70);
         }
     }
@@ -189,7 +189,7 @@ impl Shard {
             self.last_snapshot_us = self.now_us;
             let wal = self.wal.as_mut().expect("checked");
             if let Err(e) = wal.snapshot(&image) {
-                tracing::error!(shard = self.id, "cannot write a snapshot, stopping: {e}");
+                tracing::error!(shard = %self.id, "cannot write a snapshot, stopping: {e}");
                 std::process::exit(70);
             }
         }
@@ -197,13 +197,13 @@ impl Shard {
             match borealis_store::backup::write_backup(
                 &self.config.backup_dir,
                 &name,
-                self.id,
+                self.id.0,
                 &image,
             ) {
-                Ok(()) => tracing::info!(shard = self.id, backup = %name, "backup written"),
-                Err(e) => tracing::error!(shard = self.id, backup = %name, "backup failed: {e}"),
+                Ok(()) => tracing::info!(shard = %self.id, backup = %name, "backup written"),
+                Err(e) => tracing::error!(shard = %self.id, backup = %name, "backup failed: {e}"),
             }
-            if self.id == 0 {
+            if self.id == ShardId(0) {
                 if let Err(e) = borealis_store::backup::prune_backups(
                     &self.config.backup_dir,
                     self.config.max_saved_backups,

@@ -71,7 +71,7 @@ impl Shard {
             Mode::Leader { fence: f } if f == fence => return,
             Mode::Paused { fence: f } if f == fence => {
                 tracing::info!(
-                    shard = self.id,
+                    shard = %self.id,
                     fence,
                     "leadership confirmed again: resuming"
                 );
@@ -84,7 +84,7 @@ impl Shard {
         self.mode = Mode::Leader { fence };
         // Terms are numbered by etcd (the fence only grows): ids issued in this term can
         // collide with no earlier leader's, whatever the clocks say.
-        self.ids = TaskIdGen::new(fence as u32, self.id as u8);
+        self.ids = TaskIdGen::new(fence as u32, self.id.0 as u8);
         let count = jobs.len();
         for d in jobs {
             let job = self.install_job(d.key, d.instances, d.config);
@@ -100,7 +100,7 @@ impl Shard {
         // Agents re-register with their tasks during the grace; then what is missing starts.
         self.install_deadline_us = self.now_us + self.config.reconciliation_grace_ms * 1000;
         tracing::info!(
-            shard = self.id,
+            shard = %self.id,
             jobs = count,
             quotas = quota_count,
             "leading: desired jobs and quotas installed"
@@ -110,7 +110,7 @@ impl Shard {
     fn follow(&mut self, leader: Option<Arc<str>>) {
         if let (None, Mode::Leader { fence }) = (&leader, &self.mode) {
             // Unsure, not deposed: stop acting, keep the state for the same term.
-            tracing::warn!(shard = self.id, "leadership unsure: pausing");
+            tracing::warn!(shard = %self.id, "leadership unsure: pausing");
             self.mode = Mode::Paused { fence: *fence };
             return;
         }
@@ -124,7 +124,7 @@ impl Shard {
             return;
         }
         if matches!(self.mode, Mode::Leader { .. } | Mode::Paused { .. }) {
-            tracing::warn!(shard = self.id, leader = ?leader, "no longer leading: dropping all state");
+            tracing::warn!(shard = %self.id, leader = ?leader, "no longer leading: dropping all state");
         }
         self.reset_state();
         self.mode = new_mode;
@@ -211,7 +211,7 @@ impl Shard {
             }
         }
         tracing::info!(
-            shard = self.id,
+            shard = %self.id,
             started,
             "reconciliation grace over: missing instances started"
         );
@@ -325,7 +325,7 @@ impl Shard {
         let token = self.next_token;
         links
             .to_control
-            .try_send(request(self.id, token))
+            .try_send(request(self.id.0, token))
             .map_err(|_| {
                 ClientError::Overloaded(
                     "too many desired-state writes in flight; retry".to_string(),
@@ -350,7 +350,7 @@ impl Shard {
     fn apply_persisted(&mut self, p: PendingPersist, result: Result<(), String>) {
         let Some(reply) = p.reply else {
             if let Err(e) = result {
-                tracing::error!(shard = self.id, "desired-state write failed: {e}");
+                tracing::error!(shard = %self.id, "desired-state write failed: {e}");
             }
             return;
         };

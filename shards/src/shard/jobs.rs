@@ -210,7 +210,7 @@ impl Shard {
         for instance in 0..instances {
             self.new_task(job, instance, 0, 0, 0);
         }
-        tracing::info!(shard = self.id, job = %key, instances, "job created");
+        tracing::info!(shard = %self.id, job = %key, instances, "job created");
         Ok(Vec::new())
     }
 

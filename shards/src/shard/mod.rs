@@ -462,7 +462,7 @@ impl Shard {
         Shard {
             id,
             shard_count,
-            ids: TaskIdGen::new(config.epoch, id as u8),
+            ids: TaskIdGen::new(config.epoch, id.0 as u8),
             config,
             encoder: Encoder::new(),
             next_agent: 1,
@@ -485,7 +485,7 @@ impl Shard {
             next_borrow_at_us: clock.mono_us,
             placed_since_lend: 0,
             last_sweep_us: clock.mono_us,
-            next_lender: (id + 1) % shard_count.max(1),
+            next_lender: ShardId((id.0 + 1) % shard_count.max(1)),
             conns: HashMap::default(),
             metrics,
             now_us: clock.mono_us,
@@ -535,23 +535,23 @@ impl Shard {
     }
 
     fn owner_of(&self, key_text: &str) -> ShardId {
-        (borealis_core::route_hash_str(key_text) % self.shard_count as u64) as ShardId
+        ShardId((borealis_core::route_hash_str(key_text) % self.shard_count as u64) as usize)
     }
 
     fn send(&mut self, to: ShardId, msg: PeerMsg) {
         if to == self.id {
             self.handle_peer(self.id, msg);
         } else {
-            self.outbox[to].push(msg);
+            self.outbox[to.0].push(msg);
         }
     }
 
     /// Peer batches to send at the end of the round (taken by the loop).
     pub fn take_outbox(&mut self, to: ShardId) -> Option<PeerBatch> {
-        if self.outbox[to].is_empty() {
+        if self.outbox[to.0].is_empty() {
             None
         } else {
-            Some(std::mem::take(&mut self.outbox[to]))
+            Some(std::mem::take(&mut self.outbox[to.0]))
         }
     }
 
@@ -563,7 +563,7 @@ impl Shard {
                 }
             }
             Inbound::ConnOpened { conn, peer, out } => {
-                tracing::debug!(shard = self.id, conn, %peer, "connection opened");
+                tracing::debug!(shard = %self.id, %conn, %peer, "connection opened");
                 self.conns.insert(
                     conn,
                     Conn {
@@ -591,7 +591,7 @@ impl Shard {
     }
 
     fn metrics(&self) -> &ShardMetrics {
-        &self.metrics.shards[self.id]
+        &self.metrics.shards[self.id.0]
     }
 
     /// Keeps the per-state task counts (a gauge) and the transition counter.
@@ -642,8 +642,8 @@ impl Shard {
 
     /// Puts back a batch the peer's queue could not take; newer messages stay behind it.
     pub fn restore_outbox(&mut self, to: ShardId, mut batch: PeerBatch) {
-        batch.append(&mut self.outbox[to]);
-        self.outbox[to] = batch;
+        batch.append(&mut self.outbox[to.0]);
+        self.outbox[to.0] = batch;
     }
 
     /// The `borealis_pending_tasks` gauge: queued tasks, blocked ones by the kind of their

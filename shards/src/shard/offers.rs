@@ -5,11 +5,11 @@ use super::*;
 
 impl Shard {
     pub(super) fn next_peer(&self, after: ShardId) -> ShardId {
-        let mut next = (after + 1) % self.shard_count;
-        if next == self.id {
+        let mut next = (after.0 + 1) % self.shard_count;
+        if next == self.id.0 {
             next = (next + 1) % self.shard_count;
         }
-        next
+        ShardId(next)
     }
 
     pub(super) fn lend(&mut self, to: ShardId, demand: Resources) {

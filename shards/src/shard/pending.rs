@@ -58,7 +58,7 @@ impl Shard {
         };
         let spread = self.index.spread_named(&j.spread);
         let (job_key, config) = (j.key_text.clone(), j.config.clone());
-        for peer in 0..self.shard_count {
+        for peer in ShardId::all(self.shard_count) {
             if peer != self.id {
                 self.send(
                     peer,

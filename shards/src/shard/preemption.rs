@@ -137,7 +137,7 @@ impl Shard {
                     fits_somewhere: false,
                 },
             );
-            for shard in 0..self.shard_count {
+            for shard in ShardId::all(self.shard_count) {
                 self.send(shard, PeerMsg::SlotSearch(query.clone()));
             }
             started += 1;
@@ -346,7 +346,7 @@ impl Shard {
             }
         }
         tracing::info!(
-            shard = self.id,
+            shard = %self.id,
             agent = %a.name,
             preemptor = %task_id,
             victims = victims.len(),
@@ -417,7 +417,7 @@ impl Shard {
                 },
             );
         } else if now >= expires_us {
-            tracing::info!(shard = self.id, agent = %a.name, preemptor = %preemptor, "preemption slot expired");
+            tracing::info!(shard = %self.id, agent = %a.name, preemptor = %preemptor, "preemption slot expired");
             a.offer = OfferWhere::Home;
             let (attributes, total) = (a.attributes.clone(), a.total);
             self.upsert_offer(agent, &attributes, total, free);

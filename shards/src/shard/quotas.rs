@@ -81,7 +81,7 @@ fn minus_saturating(a: Resources, b: Resources) -> Resources {
 
 impl Shard {
     fn quota_owner(&self, role: &str) -> ShardId {
-        (borealis_core::route_hash_str(role) % self.shard_count as u64) as ShardId
+        ShardId((borealis_core::route_hash_str(role) % self.shard_count as u64) as usize)
     }
 
     /// What one job holds against its role's quota: its resources times its instances that
@@ -256,9 +256,10 @@ impl Shard {
     pub(super) fn send_usage_snapshot(&mut self, to: Option<ShardId>) {
         let mut parts: Vec<Vec<(Arc<str>, Resources)>> = vec![Vec::new(); self.shard_count];
         for (role, used) in &self.role_usage {
-            parts[self.quota_owner(role)].push((role.as_str().into(), *used));
+            parts[self.quota_owner(role).0].push((role.as_str().into(), *used));
         }
         for (shard, usage) in parts.into_iter().enumerate() {
+            let shard = ShardId(shard);
             if to.is_none_or(|t| t == shard) {
                 self.send(shard, PeerMsg::UsageSnapshot { usage });
             }
@@ -284,7 +285,7 @@ impl Shard {
         }
         self.usage_reported = vec![false; self.shard_count];
         self.usage_snapshot_due = true;
-        for shard in 0..self.shard_count {
+        for shard in ShardId::all(self.shard_count) {
             self.send(shard, PeerMsg::UsageRequest);
         }
     }
@@ -339,7 +340,7 @@ impl Shard {
         settled: &[u64],
     ) {
         let book = self.book(role);
-        book.used[from] = used;
+        book.used[from.0] = used;
         for token in settled {
             book.reserved.remove(&(from, *token));
         }
@@ -350,12 +351,12 @@ impl Shard {
         // Reservations stay: they are settled by the shard that holds them (a quota owner that
         // restarted dropped all of its own in `rebuild_quota_ledger`).
         for book in self.quota_book.values_mut() {
-            book.used[from] = Resources::ZERO;
+            book.used[from.0] = Resources::ZERO;
         }
         for (role, used) in usage {
-            self.book(&role).used[from] = used;
+            self.book(&role).used[from.0] = used;
         }
-        self.usage_reported[from] = true;
+        self.usage_reported[from.0] = true;
         if self.usage_reported.iter().all(|r| *r) {
             let deferred = std::mem::take(&mut self.deferred_checks);
             for (from, role, token, demand) in deferred {
@@ -375,7 +376,7 @@ impl Shard {
             role: role.to_string(),
             quota,
         });
-        tracing::info!(shard = self.id, role, ?quota, "quota set");
+        tracing::info!(shard = %self.id, role, ?quota, "quota set");
         Ok(Vec::new())
     }
 

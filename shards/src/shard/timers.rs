@@ -72,7 +72,7 @@ impl Shard {
         lost.sort();
         if !lost.is_empty() {
             tracing::warn!(
-                shard = self.id,
+                shard = %self.id,
                 tasks = lost.len(),
                 "tasks not reported by any agent since the restart are LOST"
             );

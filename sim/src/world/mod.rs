@@ -20,6 +20,7 @@ use borealis_net::Encoder;
 use borealis_shards::ha::ToShard;
 use borealis_shards::metrics::Metrics;
 use borealis_shards::msg::Inbound;
+use borealis_shards::msg::{ConnId, ShardId};
 use borealis_shards::shard::{InjectedBug, RoundClock, Shard, ROUND_INBOUND_MAX};
 
 use crate::agents::{AgentSpec, AgentTimer, Link, SimAgent, HEARTBEAT_MS};

@@ -29,7 +29,7 @@ impl World {
             i,
             s,
             Inbound::ConnOpened {
-                conn,
+                conn: ConnId(conn),
                 peer,
                 out: Box::new(SimConnOut::new(pipe)),
             },
@@ -59,7 +59,7 @@ impl World {
             key.0,
             key.1,
             Inbound::ConnMessages {
-                conn: key.2,
+                conn: ConnId(key.2),
                 messages,
             },
         );
@@ -76,7 +76,7 @@ impl World {
                 key.0,
                 key.1,
                 Inbound::ConnClosed {
-                    conn: key.2,
+                    conn: ConnId(key.2),
                     reason: "peer closed the connection".into(),
                 },
             );
@@ -319,7 +319,7 @@ impl World {
             key.0,
             key.1,
             Inbound::ConnClosed {
-                conn: key.2,
+                conn: ConnId(key.2),
                 reason: "simulated network failure".into(),
             },
         );
@@ -345,7 +345,7 @@ impl World {
                 key.0,
                 key.1,
                 Inbound::ConnClosed {
-                    conn: key.2,
+                    conn: ConnId(key.2),
                     reason: "agent died".into(),
                 },
             );

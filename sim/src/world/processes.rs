@@ -38,7 +38,7 @@ impl World {
         let clock = self.clock();
         let mut list = Vec::with_capacity(shards);
         for (id, (restored, links)) in recovered.into_iter().zip(links).enumerate() {
-            let mut shard = Shard::new(id, shards, config.clone(), metrics.clone(), clock);
+            let mut shard = Shard::new(ShardId(id), shards, config.clone(), metrics.clone(), clock);
             if let Some((image, wal)) = restored {
                 shard.restore(image, wal);
             }

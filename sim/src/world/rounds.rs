@@ -95,7 +95,7 @@ impl World {
             if peer == s {
                 continue;
             }
-            if let Some(batch) = inst.shards[s].take_outbox(peer) {
+            if let Some(batch) = inst.shards[s].take_outbox(ShardId(peer)) {
                 produced = true;
                 if let Some(history) = self.history.as_mut() {
                     let at_ms = self.now_us / 1000;
@@ -111,7 +111,10 @@ impl World {
                         }
                     }
                 }
-                inst.inbound[peer].push_back(Inbound::Peer { from: s, batch });
+                inst.inbound[peer].push_back(Inbound::Peer {
+                    from: ShardId(s),
+                    batch,
+                });
                 inst.stalled[peer] = false;
             }
         }
