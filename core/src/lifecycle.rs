@@ -334,7 +334,7 @@ pub fn transient_timed_out(
 /// the task's own timeouts resolve it.
 pub fn next_state_on_report(current: TaskState, reported: TaskState) -> Option<TaskState> {
     use TaskState::*;
-    let killing = matches!(current, Killing | Preempting | Draining | Restarting);
+    let killing = current.is_being_killed();
     let next = match reported {
         Starting if current == Assigned => Starting,
         Running if matches!(current, Assigned | Starting) => Running,

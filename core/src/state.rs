@@ -204,6 +204,18 @@ impl TaskState {
             .filter(move |&next| self.can_transition_to(next))
     }
 
+    /// Being ended by the scheduler (KILLING, PREEMPTING, DRAINING, RESTARTING): whatever end
+    /// its agent reports, the task is KILLED, and the reason it is being ended is kept.
+    pub fn is_being_killed(self) -> bool {
+        matches!(
+            self,
+            TaskState::Killing
+                | TaskState::Preempting
+                | TaskState::Draining
+                | TaskState::Restarting
+        )
+    }
+
     /// Whether the task occupies, or may occupy, resources on an agent: ASSIGNED, STARTING,
     /// RUNNING, KILLING, RESTARTING, PREEMPTING, DRAINING and PARTITIONED.
     ///

@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// Raises `max` to `free` in every dimension.
+fn max_each(max: &mut Option<Resources>, free: Resources) {
+    let max = max.get_or_insert(Resources::ZERO);
+    max.cpu_millis = max.cpu_millis.max(free.cpu_millis);
+    max.ram_mib = max.ram_mib.max(free.ram_mib);
+    max.disk_mib = max.disk_mib.max(free.disk_mib);
+    max.ports = max.ports.max(free.ports);
+}
+
 impl Shard {
     pub(super) fn next_peer(&self, after: ShardId) -> ShardId {
         let mut next = (after.0 + 1) % self.shard_count;
@@ -10,6 +19,21 @@ impl Shard {
             next = (next + 1) % self.shard_count;
         }
         ShardId(next)
+    }
+
+    /// A home agent's offer (out of the index already) goes to a peer: the loan it travels as.
+    pub(super) fn mark_lent(&mut self, agent: AgentId, free: Resources) -> LentOffer {
+        let a = self.home_agents.get_mut(&agent).expect("a home agent");
+        a.offer = OfferWhere::Lent;
+        self.lent_out += 1;
+        LentOffer {
+            agent,
+            agent_name: a.name.clone(),
+            hostname: a.hostname.clone(),
+            attributes: a.attributes.clone(),
+            total: a.total,
+            free,
+        }
     }
 
     pub(super) fn lend(&mut self, to: ShardId, demand: Resources) {
@@ -33,17 +57,7 @@ impl Shard {
                 continue;
             }
             self.index.remove_agent(agent);
-            let a = self.home_agents.get_mut(&agent).expect("listed");
-            a.offer = OfferWhere::Lent;
-            self.lent_out += 1;
-            offers.push(LentOffer {
-                agent,
-                agent_name: a.name.clone(),
-                hostname: a.hostname.clone(),
-                attributes: a.attributes.clone(),
-                total: a.total,
-                free,
-            });
+            offers.push(self.mark_lent(agent, free));
         }
         self.send(
             to,
@@ -70,11 +84,7 @@ impl Shard {
     /// Notes that an offer changed and how much it now has free: blocked jobs whose demand fits
     /// what changed are retried before their penalty ends (see `schedule`).
     pub(super) fn retry_blocked(&mut self, free: Resources) {
-        let max = self.changed_free_max.get_or_insert(Resources::ZERO);
-        max.cpu_millis = max.cpu_millis.max(free.cpu_millis);
-        max.ram_mib = max.ram_mib.max(free.ram_mib);
-        max.disk_mib = max.disk_mib.max(free.disk_mib);
-        max.ports = max.ports.max(free.ports);
+        max_each(&mut self.changed_free_max, free);
     }
 
     /// Puts a job that could not place all its tasks under Aurora's schedule penalty: its
@@ -175,11 +185,7 @@ impl Shard {
 
     /// Notes an offer a peer lent and what it has free (see `retry_due_jobs`).
     pub(super) fn retry_blocked_lent(&mut self, free: Resources) {
-        let max = self.lent_free_max.get_or_insert(Resources::ZERO);
-        max.cpu_millis = max.cpu_millis.max(free.cpu_millis);
-        max.ram_mib = max.ram_mib.max(free.ram_mib);
-        max.disk_mib = max.disk_mib.max(free.disk_mib);
-        max.ports = max.ports.max(free.ports);
+        max_each(&mut self.lent_free_max, free);
     }
 
     /// Placement attempts this round may make: `ROUND_PLACEMENTS_MAX`, and with Aurora's

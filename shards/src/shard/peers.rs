@@ -227,15 +227,7 @@ impl Shard {
                 reserved_for: Some(preemptor),
             } => {
                 for o in offers {
-                    self.agent_names.insert(
-                        o.agent,
-                        Arc::new(AgentNames {
-                            name: o.agent_name.clone(),
-                            hostname: o.hostname.clone(),
-                        }),
-                    );
-                    self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
-                    self.borrowed.insert(o.agent);
+                    self.take_lent_offer(&o);
                 }
                 self.place_preemptor(preemptor);
             }
@@ -256,15 +248,7 @@ impl Shard {
                 self.borrow_outstanding = false;
                 let got = offers.len();
                 for o in offers {
-                    self.agent_names.insert(
-                        o.agent,
-                        Arc::new(AgentNames {
-                            name: o.agent_name.clone(),
-                            hostname: o.hostname.clone(),
-                        }),
-                    );
-                    self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
-                    self.borrowed.insert(o.agent);
+                    self.take_lent_offer(&o);
                     self.retry_blocked_lent(o.free);
                 }
                 self.placed_since_lend = 0;
@@ -287,5 +271,18 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// An offer a peer lent is placed against here until the round ends (`return_borrowed`).
+    fn take_lent_offer(&mut self, o: &LentOffer) {
+        self.agent_names.insert(
+            o.agent,
+            Arc::new(AgentNames {
+                name: o.agent_name.clone(),
+                hostname: o.hostname.clone(),
+            }),
+        );
+        self.upsert_offer(o.agent, &o.attributes, o.total, o.free);
+        self.borrowed.insert(o.agent);
     }
 }

@@ -399,16 +399,7 @@ impl Shard {
             return;
         };
         if free.contains(&demand) {
-            a.offer = OfferWhere::Lent;
-            self.lent_out += 1;
-            let offer = LentOffer {
-                agent,
-                agent_name: a.name.clone(),
-                hostname: a.hostname.clone(),
-                attributes: a.attributes.clone(),
-                total: a.total,
-                free,
-            };
+            let offer = self.mark_lent(agent, free);
             self.send(
                 owner,
                 PeerMsg::Lend {

@@ -111,13 +111,7 @@ impl Shard {
                 // is applied below.
                 t.holds = holds;
                 t.host = self.agent_names.get(&agent).cloned();
-                let killing = matches!(
-                    t.state,
-                    TaskState::Killing
-                        | TaskState::Preempting
-                        | TaskState::Draining
-                        | TaskState::Restarting
-                );
+                let killing = t.state.is_being_killed();
                 let key = self.jobs[t.job].key_text.clone();
                 self.log_task(task_id);
                 if killing && !reported.is_terminal() {
@@ -148,13 +142,7 @@ impl Shard {
             t.exit_code = exit_code;
             // A task the scheduler was killing keeps why (`killed by user`, `preempted by
             // production task ...`); other ends say what the agent saw.
-            let killing = matches!(
-                t.state,
-                TaskState::Killing
-                    | TaskState::Preempting
-                    | TaskState::Draining
-                    | TaskState::Restarting
-            );
+            let killing = t.state.is_being_killed();
             if !killing || t.message.is_empty() {
                 t.message.clear();
                 t.message.push_str(message);
@@ -242,10 +230,7 @@ impl Shard {
         let agent = t.agent;
         self.log_task(task_id);
         match next {
-            TaskState::Killing
-            | TaskState::Preempting
-            | TaskState::Draining
-            | TaskState::Restarting => {
+            _ if next.is_being_killed() => {
                 if let Some(agent) = agent {
                     let key = self.jobs[job].key_text.clone();
                     self.send(
