@@ -66,7 +66,7 @@ impl Shard {
                     used: Resources::ZERO,
                 },
                 released_while_lent: Resources::ZERO,
-                running: BTreeMap::new(),
+                running: HashMap::default(),
                 dying: BTreeMap::new(),
                 last_seen_us: self.now_us,
             },

@@ -266,8 +266,9 @@ struct HomeAgent {
     offer: OfferWhere,
     /// Resources released while the offer was lent; added back on return.
     released_while_lent: Resources,
-    /// The tasks running on it, for preemption searches.
-    running: BTreeMap<TaskId, preemption::RunningTask>,
+    /// The tasks running on it, for preemption searches (a hash map: a search sorts what it
+    /// weighs; launches and ends only insert and remove).
+    running: HashMap<TaskId, preemption::RunningTask>,
     /// Tasks it reported at registration that the scheduler refused and is killing: they hold
     /// their resources on it until it reports them ended.
     dying: BTreeMap<TaskId, Resources>,
