@@ -145,8 +145,8 @@ impl Shard {
         self.dirty_roles.insert(role);
     }
 
-    /// Step 1 of a production create: ask the quota owner. Returns false (and replies) when
-    /// the request cannot wait.
+    /// Step 1 of a production create: ask the quota owner (the request waits for its verdict;
+    /// it is refused at once when too many already wait).
     pub(super) fn request_quota(
         &mut self,
         reply: ReplyTo,
