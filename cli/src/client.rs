@@ -273,36 +273,18 @@ pub fn parse_quota_cpu(text: &str) -> anyhow::Result<u32> {
 /// unit, one of B, KiB, MiB, GiB, TiB, or KB, MB, GB, TB meaning the same), and also 0 without
 /// a unit.
 pub fn parse_quota_size(flag: &str, text: &str) -> anyhow::Result<u32> {
-    const MIB_BYTES: u128 = 1 << 20;
-    let malformed = || {
-        anyhow!(
-            "invalid {flag} {text:?}: expected an integer and a unit, one of B, KiB, MiB, GiB, \
-             TiB (or KB, MB, GB, TB), e.g. \"512MiB\""
-        )
-    };
-    let trimmed = text.trim();
-    if trimmed == "0" {
+    if text.trim() == "0" {
         return Ok(0);
     }
-    let digits_end = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (digits, unit) = trimmed.split_at(digits_end);
-    if digits.is_empty() {
-        return Err(malformed());
-    }
-    let unit_bytes: u128 = match unit.trim_start() {
-        "B" => 1,
-        "KiB" | "KB" => 1 << 10,
-        "MiB" | "MB" => 1 << 20,
-        "GiB" | "GB" => 1 << 30,
-        "TiB" | "TB" => 1 << 40,
-        _ => return Err(malformed()),
-    };
-    let too_large = || anyhow!("invalid {flag} {text:?}: must be at most {}MiB", u32::MAX);
-    let count: u128 = digits.parse().map_err(|_| too_large())?;
-    let bytes = count.checked_mul(unit_bytes).ok_or_else(too_large)?;
-    u32::try_from(bytes.div_ceil(MIB_BYTES)).map_err(|_| too_large())
+    borealis_core::jobfile::size_mib(text).map_err(|e| match e {
+        borealis_core::jobfile::SizeError::Malformed => anyhow!(
+            "invalid {flag} {text:?}: expected an integer and a unit, one of B, KiB, MiB, GiB, \
+             TiB (or KB, MB, GB, TB), e.g. \"512MiB\""
+        ),
+        borealis_core::jobfile::SizeError::TooLarge => {
+            anyhow!("invalid {flag} {text:?}: must be at most {}MiB", u32::MAX)
+        }
+    })
 }
 
 /// Parses an instance list such as `"0-3,7"`: comma-separated numbers and inclusive ranges.

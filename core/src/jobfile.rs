@@ -284,23 +284,26 @@ fn parse_cpu_millis(cores: f64) -> Result<u32, JobFileError> {
 }
 
 /// A size such as `"64MiB"`, in MiB rounded up.
-fn parse_size_mib(field: &str, text: &str) -> Result<u32, JobFileError> {
-    let malformed = || {
-        JobFileError::invalid(
-            field,
-            format!(
-                "invalid size {text:?}: expected an integer and a unit, \
-                 one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. \"64MiB\""
-            ),
-        )
-    };
+/// Why a size did not parse (see [`size_mib`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizeError {
+    /// Not an integer followed by one of the units.
+    Malformed,
+    /// More than `u32::MAX` MiB.
+    TooLarge,
+}
+
+/// A size in MiB, rounded up: an integer and a unit, one of B, KiB, MiB, GiB, TiB (KB, MB, GB,
+/// TB mean the same). The one grammar of sizes, for job files and the CLI's flags alike; `0B`
+/// is 0 (callers that need more say so).
+pub fn size_mib(text: &str) -> Result<u32, SizeError> {
     let text_trimmed = text.trim();
     let digits_end = text_trimmed
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text_trimmed.len());
     let (digits, unit) = text_trimmed.split_at(digits_end);
     if digits.is_empty() {
-        return Err(malformed());
+        return Err(SizeError::Malformed);
     }
     let unit_bytes: u128 = match unit.trim_start() {
         "B" => 1,
@@ -308,23 +311,32 @@ fn parse_size_mib(field: &str, text: &str) -> Result<u32, JobFileError> {
         "MiB" | "MB" => 1 << 20,
         "GiB" | "GB" => 1 << 30,
         "TiB" | "TB" => 1 << 40,
-        _ => return Err(malformed()),
+        _ => return Err(SizeError::Malformed),
     };
-    let too_large = || {
-        JobFileError::invalid(
-            field,
-            format!("must be at most {}MiB (got {text:?})", u32::MAX),
-        )
-    };
-    let count: u128 = digits.parse().map_err(|_| too_large())?;
-    let bytes = count.checked_mul(unit_bytes).ok_or_else(too_large)?;
-    if bytes == 0 {
-        return Err(JobFileError::invalid(
+    let count: u128 = digits.parse().map_err(|_| SizeError::TooLarge)?;
+    let bytes = count.checked_mul(unit_bytes).ok_or(SizeError::TooLarge)?;
+    u32::try_from(bytes.div_ceil(MIB_BYTES)).map_err(|_| SizeError::TooLarge)
+}
+
+fn parse_size_mib(field: &str, text: &str) -> Result<u32, JobFileError> {
+    match size_mib(text) {
+        Ok(0) => Err(JobFileError::invalid(
             field,
             format!("must be > 0 (got {text:?})"),
-        ));
+        )),
+        Ok(mib) => Ok(mib),
+        Err(SizeError::Malformed) => Err(JobFileError::invalid(
+            field,
+            format!(
+                "invalid size {text:?}: expected an integer and a unit, \
+                 one of B, KiB, MiB, GiB, TiB (or KB, MB, GB, TB), e.g. \"64MiB\""
+            ),
+        )),
+        Err(SizeError::TooLarge) => Err(JobFileError::invalid(
+            field,
+            format!("must be at most {}MiB (got {text:?})", u32::MAX),
+        )),
     }
-    u32::try_from(bytes.div_ceil(MIB_BYTES)).map_err(|_| too_large())
 }
 
 /// The constraint a raw `[[constraints]]` table describes: exactly one of `limit` and `values`,

@@ -171,7 +171,7 @@ impl Shard {
         agent: AgentId,
         task_id: TaskId,
         instance: u32,
-        config: &TaskConfig,
+        config: &Arc<TaskConfig>,
     ) {
         let conn = self.home_agents.get(&agent).map(|a| a.conn);
         let ports = conn.and_then(|_| self.assign_ports(agent, task_id, &config.port_names));

@@ -50,24 +50,20 @@ pub struct SlotOffer {
 #[derive(Clone, Debug)]
 pub struct RunningTask {
     pub owner: ShardId,
-    pub role: Arc<str>,
-    pub priority: i32,
-    pub production: bool,
+    /// Its job's config (shared with the launch: no copy per task): role, priority,
+    /// production, resources.
+    pub config: Arc<TaskConfig>,
     pub preemptible: bool,
-    pub resources: Resources,
     /// Already chosen as a victim (not offered twice).
     pub preempting: bool,
 }
 
 impl RunningTask {
-    pub(super) fn of(owner: ShardId, config: &TaskConfig, tiers: &TierConfig) -> RunningTask {
+    pub(super) fn of(owner: ShardId, config: &Arc<TaskConfig>, tiers: &TierConfig) -> RunningTask {
         RunningTask {
             owner,
-            role: config.job.role.as_str().into(),
-            priority: config.priority,
-            production: config.production,
+            config: config.clone(),
             preemptible: tiers.is_preemptible(config),
-            resources: config.resources,
             preempting: false,
         }
     }
@@ -185,7 +181,7 @@ impl Shard {
                 .running
                 .values()
                 .filter(|r| r.preempting)
-                .fold(Resources::ZERO, |sum, r| sum.plus(&r.resources));
+                .fold(Resources::ZERO, |sum, r| sum.plus(&r.config.resources));
             if free.plus(&dying).contains(&config.resources) {
                 let slot = SlotOffer {
                     agent,
@@ -208,21 +204,24 @@ impl Shard {
                 .iter()
                 .map(|(id, r)| Candidate {
                     task_id: **id,
-                    role: &r.role,
-                    priority: r.priority,
-                    production: r.production,
+                    role: &r.config.job.role,
+                    priority: r.config.priority,
+                    production: r.config.production,
                     preemptible: r.preemptible,
-                    resources: r.resources,
+                    resources: r.config.resources,
                 })
                 .collect();
             let Some(victims) = preemption::find_victims(&preemptor, &free, &candidates) else {
                 continue;
             };
-            let production = victims.iter().filter(|v| a.running[v].production).count();
+            let production = victims
+                .iter()
+                .filter(|v| a.running[v].config.production)
+                .count();
             let size: u64 = victims
                 .iter()
                 .map(|v| {
-                    let r = &a.running[v].resources;
+                    let r = &a.running[v].config.resources;
                     u64::from(r.cpu_millis) + u64::from(r.ram_mib) + u64::from(r.disk_mib)
                 })
                 .sum();
@@ -323,11 +322,11 @@ impl Shard {
             .running
             .values()
             .filter(|r| r.preempting)
-            .fold(free, |sum, r| sum.plus(&r.resources));
+            .fold(free, |sum, r| sum.plus(&r.config.resources));
         let freed = victims
             .iter()
             .filter_map(|(v, _)| a.running.get(v))
-            .fold(dying, |sum, r| sum.plus(&r.resources));
+            .fold(dying, |sum, r| sum.plus(&r.config.resources));
         if !still_there || !freed.contains(&demand) {
             return; // the search finds another slot next interval
         }
