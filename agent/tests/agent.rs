@@ -206,6 +206,10 @@ fn task_config(command: &str, finalization_wait_secs: u32) -> TaskConfig {
         is_service: false,
         max_task_failures: 1,
         finalization_wait_secs,
+        health_check: None,
+        http_lifecycle: None,
+        sla_policy: None,
+        partition_policy: None,
     }
 }
 

@@ -32,6 +32,10 @@ fn config(key: &JobKey) -> TaskConfig {
         is_service: true,
         max_task_failures: 1,
         finalization_wait_secs: 30,
+        health_check: None,
+        http_lifecycle: None,
+        sla_policy: None,
+        partition_policy: None,
     }
 }
 

@@ -230,6 +230,10 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         is_service: raw.service,
         max_task_failures,
         finalization_wait_secs,
+        health_check: None,
+        http_lifecycle: None,
+        sla_policy: None,
+        partition_policy: None,
     };
     validate_task_config(&config).map_err(|e| JobFileError::invalid(e.field, e.reason))?;
     Ok(JobSpec { instances, config })
@@ -454,6 +458,10 @@ disk = "1GiB"
                 is_service: false,
                 max_task_failures: 1,
                 finalization_wait_secs: 30,
+                health_check: None,
+                http_lifecycle: None,
+                sla_policy: None,
+                partition_policy: None,
             },
         }
     }
@@ -598,6 +606,10 @@ values = ["www/hello"]
                 is_service: true,
                 max_task_failures: -1,
                 finalization_wait_secs: 3600,
+                health_check: None,
+                http_lifecycle: None,
+                sla_policy: None,
+                partition_policy: None,
             },
         };
         assert_eq!(parse_job_file(job(), text), Ok(expected));
@@ -862,6 +874,10 @@ values = ["www/hello"]
                             is_service,
                             max_task_failures: failures,
                             finalization_wait_secs: wait,
+                            health_check: None,
+                            http_lifecycle: None,
+                            sla_policy: None,
+                            partition_policy: None,
                         },
                     }
                 },

@@ -6,17 +6,21 @@
 
 pub mod jobfile;
 pub mod lifecycle;
+pub mod maintenance;
 pub mod model;
 pub mod placement;
 pub mod ports;
 pub mod preemption;
 pub mod quota;
+pub mod service;
 pub mod state;
 pub mod tier;
 pub mod validate;
 
+pub use maintenance::{HostMode, MaintenanceOp};
 pub use model::*;
 pub use quota::{check_quota, counts_against_quota, job_demand, Quota, QuotaError, QuotaLedger};
+pub use service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
 pub use state::TaskState;
 pub use tier::{TierConfig, TierConfigError, TierSettings};
 pub use validate::{validate_task_config, ConfigError};

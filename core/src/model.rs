@@ -269,6 +269,19 @@ pub struct TaskConfig {
     pub max_task_failures: i32,
     /// Seconds between SIGTERM and SIGKILL when killing.
     pub finalization_wait_secs: u32,
+    /// When set, the agent reports RUNNING only once the task is healthy, and kills it when it
+    /// becomes unhealthy.
+    #[serde(default)]
+    pub health_check: Option<crate::service::HealthCheck>,
+    /// When set, a kill first asks the task to stop over HTTP.
+    #[serde(default)]
+    pub http_lifecycle: Option<crate::service::HttpLifecycle>,
+    /// What maintenance must leave of the job (None: the tier's default, see [`crate::sla`]).
+    #[serde(default)]
+    pub sla_policy: Option<crate::service::SlaPolicy>,
+    /// What a partition does to the job's tasks under `--partition-aware` (None: LOST at once).
+    #[serde(default)]
+    pub partition_policy: Option<crate::service::PartitionPolicy>,
 }
 
 /// An agent's attributes, in registration order (`host`, `rack`, `zone`, `dedicated`, ...).

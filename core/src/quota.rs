@@ -345,6 +345,10 @@ mod tests {
             is_service: true,
             max_task_failures: 1,
             finalization_wait_secs: 0,
+            health_check: None,
+            http_lifecycle: None,
+            sla_policy: None,
+            partition_policy: None,
         };
         for (tier, production, expected) in [
             (Tier::Preferred, true, true),

@@ -266,6 +266,10 @@ mod tests {
             is_service: true,
             max_task_failures: -1,
             finalization_wait_secs: FINALIZATION_WAIT_SECS_MAX,
+            health_check: None,
+            http_lifecycle: None,
+            sla_policy: None,
+            partition_policy: None,
         }
     }
 

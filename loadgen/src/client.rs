@@ -81,6 +81,10 @@ pub fn job_spec(shared: &Shared, index: u32) -> (TaskConfig, JobRecord) {
         // FAILED is final: every instance ends exactly once.
         max_task_failures: 1,
         finalization_wait_secs: 0,
+        health_check: None,
+        http_lifecycle: None,
+        sla_policy: None,
+        partition_policy: None,
     };
     let instances = config.instances_per_job;
     let record = JobRecord {

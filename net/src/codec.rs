@@ -1,6 +1,9 @@
 //! Builders for every message and the verified decode of one.
 
-use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
+use borealis_core::{
+    Constraint, HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, MaintenanceOp,
+    PartitionPolicy, Resources, SlaPolicy, TaskConfig, TaskId, TaskState, Tier,
+};
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
 use crate::views::*;
@@ -143,7 +146,71 @@ pub fn task_config_from_wire(
         is_service: c.is_service(),
         max_task_failures: c.max_task_failures(),
         finalization_wait_secs: c.finalization_wait_secs(),
+        health_check: c.health_check().map(health_check_from_wire).transpose()?,
+        http_lifecycle: c.http_lifecycle().map(|h| HttpLifecycle {
+            port: h.port().to_string(),
+            graceful_shutdown_endpoint: h.graceful_shutdown_endpoint().to_string(),
+            shutdown_endpoint: h.shutdown_endpoint().to_string(),
+            graceful_shutdown_wait_secs: h.graceful_shutdown_wait_secs(),
+            shutdown_wait_secs: h.shutdown_wait_secs(),
+        }),
+        sla_policy: c.sla_policy().map(sla_policy_from_wire).transpose()?,
+        partition_policy: c.partition_policy().map(|p| PartitionPolicy {
+            reschedule: p.reschedule(),
+            delay_secs: p.delay_secs(),
+        }),
     })
+}
+
+fn health_check_from_wire(h: wire::HealthCheck<'_>) -> Result<HealthCheck, WireError> {
+    let checker = if let Some(http) = h.checker_as_http_health_check() {
+        HealthChecker::Http {
+            port: http.port().to_string(),
+            endpoint: http.endpoint().to_string(),
+            expected_status: http.expected_status(),
+        }
+    } else if let Some(shell) = h.checker_as_shell_health_check() {
+        HealthChecker::Shell {
+            command: shell.command().to_string(),
+        }
+    } else {
+        return Err(WireError::InvalidField {
+            field: "health_check",
+            reason: "unknown health checker kind".into(),
+        });
+    };
+    Ok(HealthCheck {
+        checker,
+        initial_interval_secs: h.initial_interval_secs(),
+        interval_secs: h.interval_secs(),
+        timeout_secs: h.timeout_secs(),
+        max_consecutive_failures: h.max_consecutive_failures(),
+        min_consecutive_successes: h.min_consecutive_successes(),
+    })
+}
+
+fn sla_policy_from_wire(p: wire::SlaPolicy<'_>) -> Result<SlaPolicy, WireError> {
+    if let Some(c) = p.kind_as_count_sla() {
+        Ok(SlaPolicy::Count {
+            count: c.count(),
+            duration_secs: c.duration_secs(),
+        })
+    } else if let Some(c) = p.kind_as_percentage_sla() {
+        Ok(SlaPolicy::Percentage {
+            percentage_millis: c.percentage_millis(),
+            duration_secs: c.duration_secs(),
+        })
+    } else if let Some(c) = p.kind_as_coordinator_sla() {
+        Ok(SlaPolicy::Coordinator {
+            coordinator_url: c.coordinator_url().to_string(),
+            status_key: c.status_key().to_string(),
+        })
+    } else {
+        Err(WireError::InvalidField {
+            field: "sla_policy",
+            reason: "unknown SLA policy kind".into(),
+        })
+    }
 }
 
 fn task_status_from_wire(s: wire::TaskStatus<'_>) -> Result<TaskStatusReport, WireError> {
@@ -215,6 +282,150 @@ fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
 }
 
 /// Decodes any message into owned values, returning its request id too.
+fn maintenance_op_from_wire(op: wire::MaintenanceOp) -> Result<MaintenanceOp, WireError> {
+    match op {
+        wire::MaintenanceOp::Start => Ok(MaintenanceOp::Start),
+        wire::MaintenanceOp::Drain => Ok(MaintenanceOp::Drain),
+        wire::MaintenanceOp::Status => Ok(MaintenanceOp::Status),
+        wire::MaintenanceOp::End => Ok(MaintenanceOp::End),
+        other => Err(WireError::InvalidField {
+            field: "op",
+            reason: format!("unknown maintenance operation {}", other.0),
+        }),
+    }
+}
+
+fn maintenance_op_to_wire(op: MaintenanceOp) -> wire::MaintenanceOp {
+    match op {
+        MaintenanceOp::Start => wire::MaintenanceOp::Start,
+        MaintenanceOp::Drain => wire::MaintenanceOp::Drain,
+        MaintenanceOp::Status => wire::MaintenanceOp::Status,
+        MaintenanceOp::End => wire::MaintenanceOp::End,
+    }
+}
+
+pub fn host_mode_from_wire(mode: wire::HostMode) -> Result<HostMode, WireError> {
+    HostMode::from_u8(mode.0).ok_or_else(|| WireError::InvalidField {
+        field: "mode",
+        reason: format!("unknown host mode {}", mode.0),
+    })
+}
+
+pub fn host_mode_to_wire(mode: HostMode) -> wire::HostMode {
+    wire::HostMode(mode as u8)
+}
+
+fn health_check_to_wire(
+    fbb: &mut FlatBufferBuilder<'static>,
+    h: &HealthCheck,
+) -> WIPOffset<wire::HealthCheck<'static>> {
+    let (checker_type, checker) = match &h.checker {
+        HealthChecker::Http {
+            port,
+            endpoint,
+            expected_status,
+        } => {
+            let port = fbb.create_string(port);
+            let endpoint = fbb.create_string(endpoint);
+            let http = wire::HttpHealthCheck::create(
+                fbb,
+                &wire::HttpHealthCheckArgs {
+                    port: Some(port),
+                    endpoint: Some(endpoint),
+                    expected_status: *expected_status,
+                },
+            );
+            (wire::HealthChecker::HttpHealthCheck, http.as_union_value())
+        }
+        HealthChecker::Shell { command } => {
+            let command = fbb.create_string(command);
+            let shell = wire::ShellHealthCheck::create(
+                fbb,
+                &wire::ShellHealthCheckArgs {
+                    command: Some(command),
+                },
+            );
+            (
+                wire::HealthChecker::ShellHealthCheck,
+                shell.as_union_value(),
+            )
+        }
+    };
+    wire::HealthCheck::create(
+        fbb,
+        &wire::HealthCheckArgs {
+            checker_type,
+            checker: Some(checker),
+            initial_interval_secs: h.initial_interval_secs,
+            interval_secs: h.interval_secs,
+            timeout_secs: h.timeout_secs,
+            max_consecutive_failures: h.max_consecutive_failures,
+            min_consecutive_successes: h.min_consecutive_successes,
+        },
+    )
+}
+
+fn sla_policy_to_wire(
+    fbb: &mut FlatBufferBuilder<'static>,
+    p: &SlaPolicy,
+) -> WIPOffset<wire::SlaPolicy<'static>> {
+    let (kind_type, kind) = match p {
+        SlaPolicy::Count {
+            count,
+            duration_secs,
+        } => (
+            wire::SlaKind::CountSla,
+            wire::CountSla::create(
+                fbb,
+                &wire::CountSlaArgs {
+                    count: *count,
+                    duration_secs: *duration_secs,
+                },
+            )
+            .as_union_value(),
+        ),
+        SlaPolicy::Percentage {
+            percentage_millis,
+            duration_secs,
+        } => (
+            wire::SlaKind::PercentageSla,
+            wire::PercentageSla::create(
+                fbb,
+                &wire::PercentageSlaArgs {
+                    percentage_millis: *percentage_millis,
+                    duration_secs: *duration_secs,
+                },
+            )
+            .as_union_value(),
+        ),
+        SlaPolicy::Coordinator {
+            coordinator_url,
+            status_key,
+        } => {
+            let url = fbb.create_string(coordinator_url);
+            let key = fbb.create_string(status_key);
+            (
+                wire::SlaKind::CoordinatorSla,
+                wire::CoordinatorSla::create(
+                    fbb,
+                    &wire::CoordinatorSlaArgs {
+                        coordinator_url: Some(url),
+                        status_key: Some(key),
+                    },
+                )
+                .as_union_value(),
+            )
+        }
+    };
+    wire::SlaPolicy::create(
+        fbb,
+        &wire::SlaPolicyArgs {
+            kind_type,
+            kind: Some(kind),
+        },
+    )
+}
+
 pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireError> {
     use wire::Payload as P;
     let owned = match message.payload_type() {
@@ -381,6 +592,46 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .map(job_summary_from_wire)
                 .collect(),
         ),
+        P::HostMaintenance => {
+            let m = message.payload_as_host_maintenance().expect("type checked");
+            OwnedMessage::HostMaintenance {
+                op: maintenance_op_from_wire(m.op())?,
+                hosts: m.hosts().iter().flatten().map(str::to_string).collect(),
+                drain_timeout_secs: m.drain_timeout_secs(),
+            }
+        }
+        P::HostStatusList => {
+            let l = message.payload_as_host_status_list().expect("type checked");
+            let mut hosts = Vec::new();
+            for h in l.hosts().iter().flatten() {
+                hosts.push(HostStatusView {
+                    host: h.host().to_string(),
+                    mode: host_mode_from_wire(h.mode())?,
+                    active_tasks: h.active_tasks(),
+                    blocked: h
+                        .blocked()
+                        .iter()
+                        .flatten()
+                        .map(|b| HostBlockerView {
+                            task_id: TaskId(b.task_id()),
+                            job_key: b.job_key().to_string(),
+                            instance: b.instance(),
+                            reason: b.reason().unwrap_or_default().to_string(),
+                        })
+                        .collect(),
+                    drain_deadline_ms: h.drain_deadline_ms(),
+                    forced: h.forced(),
+                });
+            }
+            OwnedMessage::HostStatusList(hosts)
+        }
+        P::RestartJob => {
+            let r = message.payload_as_restart_job().expect("type checked");
+            OwnedMessage::RestartJob {
+                job_key: parse_job_key(r.job_key())?,
+                instances: r.instances().iter().flatten().collect(),
+            }
+        }
         P::Ack => OwnedMessage::Ack,
         P::Error => {
             let e = message.payload_as_error().expect("type checked");
@@ -458,12 +709,49 @@ impl Encoder {
     }
 
     /// A wire task config; `tier_unset`: see [`tier_unset`].
+    /// A wire task config; `tier_unset`: see [`tier_unset`]. `for_agent`: a launch, which
+    /// leaves out what only the scheduler reads (the SLA and partition policies).
     fn task_config(
         &mut self,
         c: &TaskConfig,
         tier_unset: bool,
+        for_agent: bool,
     ) -> WIPOffset<wire::TaskConfig<'static>> {
         let fbb = &mut self.fbb;
+        let health_check = c
+            .health_check
+            .as_ref()
+            .map(|h| health_check_to_wire(fbb, h));
+        let http_lifecycle = c.http_lifecycle.as_ref().map(|h| {
+            let port = fbb.create_string(&h.port);
+            let graceful = fbb.create_string(&h.graceful_shutdown_endpoint);
+            let shutdown = fbb.create_string(&h.shutdown_endpoint);
+            wire::HttpLifecycle::create(
+                fbb,
+                &wire::HttpLifecycleArgs {
+                    port: Some(port),
+                    graceful_shutdown_endpoint: Some(graceful),
+                    shutdown_endpoint: Some(shutdown),
+                    graceful_shutdown_wait_secs: h.graceful_shutdown_wait_secs,
+                    shutdown_wait_secs: h.shutdown_wait_secs,
+                },
+            )
+        });
+        let (sla_policy, partition_policy) = if for_agent {
+            (None, None)
+        } else {
+            let sla = c.sla_policy.as_ref().map(|p| sla_policy_to_wire(fbb, p));
+            let partition = c.partition_policy.map(|p| {
+                wire::PartitionPolicy::create(
+                    fbb,
+                    &wire::PartitionPolicyArgs {
+                        reschedule: p.reschedule,
+                        delay_secs: p.delay_secs,
+                    },
+                )
+            });
+            (sla, partition)
+        };
         let command = fbb.create_string(&c.command);
         let names: Vec<_> = c.port_names.iter().map(|n| fbb.create_string(n)).collect();
         let port_names = fbb.create_vector(&names);
@@ -524,6 +812,10 @@ impl Encoder {
                 max_task_failures: c.max_task_failures,
                 finalization_wait_secs: c.finalization_wait_secs,
                 tier_unset,
+                health_check,
+                http_lifecycle,
+                sla_policy,
+                partition_policy,
             },
         )
     }
@@ -653,7 +945,7 @@ impl Encoder {
     ) -> &[u8] {
         self.begin();
         let job_key = self.fbb.create_string(&config.job.to_string());
-        let config_offset = self.task_config(config, false);
+        let config_offset = self.task_config(config, false, true);
         let ports = self.ports(ports);
         let payload = wire::LaunchTask::create(
             &mut self.fbb,
@@ -736,7 +1028,7 @@ impl Encoder {
         self.begin();
         let key = config.job.to_string();
         let job_key = self.fbb.create_string(&key);
-        let config_offset = self.task_config(config, !tier_explicit);
+        let config_offset = self.task_config(config, !tier_explicit, false);
         let payload = wire::CreateJob::create(
             &mut self.fbb,
             &wire::CreateJobArgs {
@@ -939,6 +1231,97 @@ impl Encoder {
         )
     }
 
+    pub fn host_maintenance(
+        &mut self,
+        request_id: u64,
+        op: MaintenanceOp,
+        hosts: &[String],
+        drain_timeout_secs: u64,
+    ) -> &[u8] {
+        self.begin();
+        let names: Vec<_> = hosts.iter().map(|h| self.fbb.create_string(h)).collect();
+        let hosts = self.fbb.create_vector(&names);
+        let payload = wire::HostMaintenance::create(
+            &mut self.fbb,
+            &wire::HostMaintenanceArgs {
+                op: maintenance_op_to_wire(op),
+                hosts: Some(hosts),
+                drain_timeout_secs,
+            },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::HostMaintenance,
+            payload.as_union_value(),
+        )
+    }
+
+    pub fn host_status_list(&mut self, request_id: u64, hosts: &[HostStatusView]) -> &[u8] {
+        self.begin();
+        let mut tables = Vec::with_capacity(hosts.len());
+        for h in hosts {
+            let host = self.fbb.create_string(&h.host);
+            let mut blocked = Vec::with_capacity(h.blocked.len());
+            for b in &h.blocked {
+                let job_key = self.fbb.create_string(&b.job_key);
+                let reason = self.fbb.create_string(&b.reason);
+                blocked.push(wire::HostBlocker::create(
+                    &mut self.fbb,
+                    &wire::HostBlockerArgs {
+                        task_id: b.task_id.0,
+                        job_key: Some(job_key),
+                        instance: b.instance,
+                        reason: Some(reason),
+                    },
+                ));
+            }
+            let blocked = self.fbb.create_vector(&blocked);
+            tables.push(wire::HostStatus::create(
+                &mut self.fbb,
+                &wire::HostStatusArgs {
+                    host: Some(host),
+                    mode: host_mode_to_wire(h.mode),
+                    active_tasks: h.active_tasks,
+                    blocked: Some(blocked),
+                    drain_deadline_ms: h.drain_deadline_ms,
+                    forced: h.forced,
+                },
+            ));
+        }
+        let hosts = self.fbb.create_vector(&tables);
+        let payload = wire::HostStatusList::create(
+            &mut self.fbb,
+            &wire::HostStatusListArgs { hosts: Some(hosts) },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::HostStatusList,
+            payload.as_union_value(),
+        )
+    }
+
+    pub fn restart_job(&mut self, request_id: u64, job_key: &JobKey, instances: &[u32]) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let instances = self.fbb.create_vector(instances);
+        let payload = wire::RestartJob::create(
+            &mut self.fbb,
+            &wire::RestartJobArgs {
+                job_key: Some(key),
+                instances: Some(instances),
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::RestartJob,
+            payload.as_union_value(),
+        )
+    }
+
     pub fn ack(&mut self, request_id: u64) -> &[u8] {
         self.begin();
         let payload = wire::Ack::create(&mut self.fbb, &wire::AckArgs {});
@@ -1024,6 +1407,23 @@ mod tests {
             is_service: true,
             max_task_failures: 2,
             finalization_wait_secs: 5,
+            health_check: Some(HealthCheck::with_defaults(HealthChecker::Http {
+                port: "http".into(),
+                endpoint: "/health".into(),
+                expected_status: 200,
+            })),
+            http_lifecycle: Some(HttpLifecycle {
+                port: "http".into(),
+                ..HttpLifecycle::default()
+            }),
+            sla_policy: Some(SlaPolicy::Count {
+                count: 2,
+                duration_secs: 60,
+            }),
+            partition_policy: Some(PartitionPolicy {
+                reschedule: false,
+                delay_secs: 30,
+            }),
         }
     }
 
@@ -1055,6 +1455,55 @@ mod tests {
     }
 
     #[test]
+    fn maintenance_and_restart_roundtrip() {
+        let mut enc = Encoder::new();
+        let hosts = vec!["h1".to_string(), "h2.example.com".to_string()];
+        let bytes = enc
+            .host_maintenance(4, MaintenanceOp::Drain, &hosts, 600)
+            .to_vec();
+        assert_eq!(
+            roundtrip(&bytes),
+            (
+                4,
+                OwnedMessage::HostMaintenance {
+                    op: MaintenanceOp::Drain,
+                    hosts,
+                    drain_timeout_secs: 600,
+                }
+            )
+        );
+        let status = vec![HostStatusView {
+            host: "h1".into(),
+            mode: HostMode::Draining,
+            active_tasks: 3,
+            blocked: vec![HostBlockerView {
+                task_id: TaskId(7),
+                job_key: "www/prod/web".into(),
+                instance: 2,
+                reason: "SLA".into(),
+            }],
+            drain_deadline_ms: 1_700_000_000_000,
+            forced: true,
+        }];
+        let bytes = enc.host_status_list(5, &status).to_vec();
+        assert_eq!(roundtrip(&bytes), (5, OwnedMessage::HostStatusList(status)));
+        let key: JobKey = "www/prod/web".parse().unwrap();
+        let bytes = enc.restart_job(6, &key, &[0, 3]).to_vec();
+        let message = decode_message(&bytes).unwrap();
+        assert_eq!(message.route_key(), Some("www/prod/web"));
+        assert_eq!(
+            roundtrip(&bytes),
+            (
+                6,
+                OwnedMessage::RestartJob {
+                    job_key: key,
+                    instances: vec![0, 3],
+                }
+            )
+        );
+    }
+
+    #[test]
     fn launch_and_status_roundtrip() {
         let mut enc = Encoder::new();
         let config = sample_config();
@@ -1064,7 +1513,14 @@ mod tests {
             OwnedMessage::LaunchTask(l) => {
                 assert_eq!(l.task_id, TaskId(9));
                 assert_eq!(l.instance, 3);
-                assert_eq!(l.config, config);
+                // A launch carries what the agent reads, not the scheduler's policies.
+                let for_agent = TaskConfig {
+                    sla_policy: None,
+                    partition_policy: None,
+                    ..config.clone()
+                };
+                assert_eq!(l.config, for_agent);
+                assert!(l.config.health_check.is_some() && l.config.http_lifecycle.is_some());
                 assert_eq!(l.ports, ports);
             }
             other => panic!("{other:?}"),

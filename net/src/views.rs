@@ -1,7 +1,9 @@
 //! Owned forms of the wire messages, for peers off the hot path (the agent, the CLI, tests).
 //! The scheduler's shards do not use these: they read the flatbuffers in place.
 
-use borealis_core::{Attributes, JobKey, Resources, TaskConfig, TaskId, TaskState};
+use borealis_core::{
+    Attributes, HostMode, JobKey, MaintenanceOp, Resources, TaskConfig, TaskId, TaskState,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TaskStatusReport {
@@ -84,6 +86,30 @@ pub struct JobStatusView {
     pub tasks: Vec<TaskInfoView>,
 }
 
+/// A task that keeps a draining host from being DRAINED, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostBlockerView {
+    pub task_id: TaskId,
+    pub job_key: String,
+    pub instance: u32,
+    pub reason: String,
+}
+
+/// A host's maintenance status (the answer to `HostMaintenance`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostStatusView {
+    pub host: String,
+    pub mode: HostMode,
+    /// Active tasks still on the host (draining hosts, as last counted).
+    pub active_tasks: u32,
+    /// Tasks the drain waits for, with the reason (at most a few per host).
+    pub blocked: Vec<HostBlockerView>,
+    /// When the drain forces what is left (unix ms; 0: no timeout).
+    pub drain_deadline_ms: u64,
+    /// The drain's timeout passed and it no longer waits for SLAs.
+    pub forced: bool,
+}
+
 /// The machine-readable code of an error response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -144,6 +170,17 @@ pub enum OwnedMessage {
         role: String,
     },
     QuotaInfo(QuotaView),
+    HostMaintenance {
+        op: MaintenanceOp,
+        hosts: Vec<String>,
+        /// Drain only: force what is left after this long (0: never).
+        drain_timeout_secs: u64,
+    },
+    HostStatusList(Vec<HostStatusView>),
+    RestartJob {
+        job_key: JobKey,
+        instances: Vec<u32>,
+    },
     JobStatus(JobStatusView),
     JobList(Vec<JobSummaryView>),
     Ack,

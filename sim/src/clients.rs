@@ -124,6 +124,10 @@ impl JobConfig {
             is_service: self.service,
             max_task_failures: self.max_task_failures,
             finalization_wait_secs: 1,
+            health_check: None,
+            http_lifecycle: None,
+            sla_policy: None,
+            partition_policy: None,
         }
     }
 }

@@ -161,6 +161,10 @@ mod tests {
             is_service: true,
             max_task_failures: 1,
             finalization_wait_secs: 5,
+            health_check: None,
+            http_lifecycle: None,
+            sla_policy: None,
+            partition_policy: None,
         }
     }
 

@@ -29,6 +29,10 @@ pub fn config(key: &JobKey) -> TaskConfig {
         is_service: true,
         max_task_failures: 3,
         finalization_wait_secs: 5,
+        health_check: None,
+        http_lifecycle: None,
+        sla_policy: None,
+        partition_policy: None,
     }
 }
 
