@@ -26,11 +26,49 @@
 //! attribute = "zone"
 //! values = ["us-east-1a"]          # a value constraint: the agent's zone is one of these
 //! negated = false                  # true: the agent's zone is none of these
+//!
+//! [health_check]                   # optional: RUNNING only once healthy, killed when unhealthy
+//! type = "http"                    # "http" (default) or "shell"
+//! port = "health"                  # http: one of resources.ports (default "health")
+//! endpoint = "/health"             # http: a path starting with "/" (default "/health")
+//! expected_status = 200            # http: 100..=599 (default 200)
+//! # command = "curl -sf ..."       # shell: required, not blank; `sh -c` in the sandbox
+//! initial_interval_secs = 15       # default 15, 0..=3600: failures in this grace do not count
+//! interval_secs = 10               # default 10, 1..=3600
+//! timeout_secs = 1                 # default 1, 1..=3600 and <= interval_secs
+//! max_consecutive_failures = 0     # default 0, 0..=1000
+//! min_consecutive_successes = 1    # default 1, 1..=1000
+//!
+//! [lifecycle.http]                 # optional: ask the task over HTTP to stop before SIGTERM
+//! port = "health"                  # one of resources.ports (default "health")
+//! graceful_shutdown_endpoint = "/quitquitquit"     # default; POSTed first
+//! shutdown_endpoint = "/abortabortabort"           # default; POSTed second
+//! graceful_shutdown_wait_secs = 5  # default 5, 0..=3600
+//! shutdown_wait_secs = 5           # default 5, 0..=3600
+//!
+//! [sla_policy]                     # optional: what maintenance must leave of the job
+//! type = "count"                   # required: "count", "percentage" or "coordinator"
+//! count = 2                        # count: required, >= 1 (may exceed instances, as in Aurora)
+//! # percentage = 99.9              # percentage: required, > 0 and <= 100, at most 3 decimals
+//! duration_secs = 1800             # count, percentage: required, 1..=2592000 (30 days)
+//! # coordinator_url = "http://coord.example.com:8080/sla"  # coordinator: required, http://
+//! # status_key = "drain"           # coordinator: default "drain", [A-Za-z0-9_.-]+
+//!
+//! [partition_policy]               # optional; used under --partition-aware
+//! reschedule = true                # default true; false: wait out the partition for ever
+//! delay_secs = 0                   # default 0, 0..=2592000: PARTITIONED this long, then LOST
 //! ```
 //!
 //! A constraint has exactly one of `limit` and `values`. A constraint on `dedicated` must be a
 //! plain (not negated) value constraint with exactly one value. Sizes are rounded up to whole
 //! MiB. Ports are handed out by the agent and reach the task as `BOREALIS_PORT_<NAME>`.
+//!
+//! In `[health_check]` and `[sla_policy]`, a field that does not belong to the chosen `type`
+//! is an error (`port` with a shell check, `count` with a percentage), as is a missing required
+//! one. A job without `[sla_policy]` is held to the default SLA of its tier (see
+//! [`crate::sla`]); a count larger than the job's instances is accepted, as Aurora accepts it,
+//! and means maintenance never takes one of its tasks. A job without `[partition_policy]` has
+//! its partitioned tasks LOST (and replaced) at once.
 //!
 //! Parsing is pure: the caller reads the file and supplies the job key (it comes from the
 //! command line, not the file, so one file can describe the same job in several environments).
@@ -43,7 +81,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Constraint, JobKey, Resources, TaskConfig, Tier};
-use crate::validate::{validate_task_config, CONSTRAINT_LIMIT_MIN, MAX_TASK_FAILURES_MIN};
+use crate::service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
+use crate::validate::{
+    validate_task_config, CONSTRAINT_LIMIT_MIN, HEALTH_CHECK_CONSECUTIVE_MAX,
+    HEALTH_CHECK_INTERVAL_SECS_MIN, HEALTH_CHECK_SECS_MAX, HEALTH_CHECK_SUCCESSES_MIN,
+    HTTP_STATUS_MAX, HTTP_STATUS_MIN, LIFECYCLE_WAIT_SECS_MAX, MAX_TASK_FAILURES_MIN,
+    PARTITION_DELAY_SECS_MAX, SLA_COUNT_MIN, SLA_DURATION_SECS_MAX, SLA_PERCENTAGE_MILLIS_MAX,
+};
 
 // The bounds are the validator's; re-exported here, where job-file users have always found them.
 pub use crate::validate::{
@@ -144,6 +188,14 @@ struct RawJob {
     resources: RawResources,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     constraints: Vec<RawConstraint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    health_check: Option<RawHealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lifecycle: Option<RawLifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sla_policy: Option<RawSlaPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partition_policy: Option<RawPartitionPolicy>,
 }
 
 fn default_max_task_failures() -> i64 {
@@ -174,6 +226,122 @@ struct RawConstraint {
     values: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     negated: Option<bool>,
+}
+
+// The service sections. Every field but the kinds is optional here, so that a field given for
+// the wrong kind can be named in the error and a missing one gets the default (or an error
+// naming it, when required); `to_toml` writes every field of the chosen kind.
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    #[serde(rename = "type", default)]
+    kind: RawCheckKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected_status: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    initial_interval_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_consecutive_failures: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_consecutive_successes: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RawCheckKind {
+    #[default]
+    Http,
+    Shell,
+}
+
+impl RawCheckKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RawCheckKind::Http => "http",
+            RawCheckKind::Shell => "shell",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawLifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<RawHttpLifecycle>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpLifecycle {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graceful_shutdown_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shutdown_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    graceful_shutdown_wait_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shutdown_wait_secs: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlaPolicy {
+    #[serde(rename = "type")]
+    kind: RawSlaKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    percentage: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duration_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coordinator_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status_key: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RawSlaKind {
+    Count,
+    Percentage,
+    Coordinator,
+}
+
+impl RawSlaKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            RawSlaKind::Count => "count",
+            RawSlaKind::Percentage => "percentage",
+            RawSlaKind::Coordinator => "coordinator",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartitionPolicy {
+    #[serde(default = "default_partition_reschedule")]
+    reschedule: bool,
+    #[serde(default)]
+    delay_secs: i64,
+}
+
+fn default_partition_reschedule() -> bool {
+    PartitionPolicy::default().reschedule
 }
 
 /// Parses and validates a job file for the job `job`.
@@ -218,6 +386,17 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         .enumerate()
         .map(|(index, c)| build_constraint(index, c))
         .collect::<Result<Vec<_>, _>>()?;
+    let health_check = raw.health_check.map(build_health_check).transpose()?;
+    let http_lifecycle = raw
+        .lifecycle
+        .and_then(|lifecycle| lifecycle.http)
+        .map(build_http_lifecycle)
+        .transpose()?;
+    let sla_policy = raw.sla_policy.map(build_sla_policy).transpose()?;
+    let partition_policy = raw
+        .partition_policy
+        .map(build_partition_policy)
+        .transpose()?;
     let config = TaskConfig {
         job,
         command: raw.command,
@@ -230,10 +409,10 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         is_service: raw.service,
         max_task_failures,
         finalization_wait_secs,
-        health_check: None,
-        http_lifecycle: None,
-        sla_policy: None,
-        partition_policy: None,
+        health_check,
+        http_lifecycle,
+        sla_policy,
+        partition_policy,
     };
     validate_task_config(&config).map_err(|e| JobFileError::invalid(e.field, e.reason))?;
     Ok(JobSpec { instances, config })
@@ -371,6 +550,317 @@ fn build_constraint(index: usize, raw: RawConstraint) -> Result<Constraint, JobF
     }
 }
 
+/// `field` (in `section`) must be absent: it does not belong to the section's `type`.
+fn forbid<T>(
+    section: &str,
+    field: &str,
+    value: &Option<T>,
+    kind: &str,
+) -> Result<(), JobFileError> {
+    match value {
+        Some(_) => Err(JobFileError::invalid(
+            format!("{section}.{field}"),
+            format!("not allowed with type {kind:?}"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `field` (in `section`) must be present: the section's `type` needs it.
+fn require<T>(section: &str, field: &str, value: Option<T>, kind: &str) -> Result<T, JobFileError> {
+    value.ok_or_else(|| {
+        JobFileError::invalid(
+            format!("{section}.{field}"),
+            format!("required with type {kind:?}"),
+        )
+    })
+}
+
+/// An optional integer of a section, defaulted, narrowed within the validator's bounds.
+fn int_or<T: TryFrom<i64>>(
+    field: &str,
+    value: Option<i64>,
+    default: T,
+    min: i64,
+    max: i64,
+) -> Result<T, JobFileError> {
+    match value {
+        None => Ok(default),
+        Some(value) => int_in_range(field, value, min, max),
+    }
+}
+
+fn build_health_check(raw: RawHealthCheck) -> Result<HealthCheck, JobFileError> {
+    const SECTION: &str = "health_check";
+    let kind = raw.kind.as_str();
+    let checker = match raw.kind {
+        RawCheckKind::Http => {
+            forbid(SECTION, "command", &raw.command, kind)?;
+            HealthChecker::Http {
+                port: raw
+                    .port
+                    .unwrap_or_else(|| HealthCheck::DEFAULT_HTTP_PORT.to_string()),
+                endpoint: raw
+                    .endpoint
+                    .unwrap_or_else(|| HealthCheck::DEFAULT_HTTP_ENDPOINT.to_string()),
+                expected_status: int_or(
+                    "health_check.expected_status",
+                    raw.expected_status,
+                    HealthCheck::DEFAULT_EXPECTED_STATUS,
+                    i64::from(HTTP_STATUS_MIN),
+                    i64::from(HTTP_STATUS_MAX),
+                )?,
+            }
+        }
+        RawCheckKind::Shell => {
+            forbid(SECTION, "port", &raw.port, kind)?;
+            forbid(SECTION, "endpoint", &raw.endpoint, kind)?;
+            forbid(SECTION, "expected_status", &raw.expected_status, kind)?;
+            HealthChecker::Shell {
+                command: require(SECTION, "command", raw.command, kind)?,
+            }
+        }
+    };
+    let secs = |field: &str, value, default, min| {
+        int_or(field, value, default, min, i64::from(HEALTH_CHECK_SECS_MAX))
+    };
+    let counted = |field: &str, value, default, min| {
+        int_or(
+            field,
+            value,
+            default,
+            min,
+            i64::from(HEALTH_CHECK_CONSECUTIVE_MAX),
+        )
+    };
+    let interval_min = i64::from(HEALTH_CHECK_INTERVAL_SECS_MIN);
+    Ok(HealthCheck {
+        checker,
+        initial_interval_secs: secs(
+            "health_check.initial_interval_secs",
+            raw.initial_interval_secs,
+            HealthCheck::DEFAULT_INITIAL_INTERVAL_SECS,
+            0,
+        )?,
+        interval_secs: secs(
+            "health_check.interval_secs",
+            raw.interval_secs,
+            HealthCheck::DEFAULT_INTERVAL_SECS,
+            interval_min,
+        )?,
+        timeout_secs: secs(
+            "health_check.timeout_secs",
+            raw.timeout_secs,
+            HealthCheck::DEFAULT_TIMEOUT_SECS,
+            interval_min,
+        )?,
+        max_consecutive_failures: counted(
+            "health_check.max_consecutive_failures",
+            raw.max_consecutive_failures,
+            HealthCheck::DEFAULT_MAX_CONSECUTIVE_FAILURES,
+            0,
+        )?,
+        min_consecutive_successes: counted(
+            "health_check.min_consecutive_successes",
+            raw.min_consecutive_successes,
+            HealthCheck::DEFAULT_MIN_CONSECUTIVE_SUCCESSES,
+            i64::from(HEALTH_CHECK_SUCCESSES_MIN),
+        )?,
+    })
+}
+
+fn build_http_lifecycle(raw: RawHttpLifecycle) -> Result<HttpLifecycle, JobFileError> {
+    let defaults = HttpLifecycle::default();
+    let wait = |field: &str, value, default| {
+        int_or(field, value, default, 0, i64::from(LIFECYCLE_WAIT_SECS_MAX))
+    };
+    Ok(HttpLifecycle {
+        port: raw.port.unwrap_or(defaults.port),
+        graceful_shutdown_endpoint: raw
+            .graceful_shutdown_endpoint
+            .unwrap_or(defaults.graceful_shutdown_endpoint),
+        shutdown_endpoint: raw.shutdown_endpoint.unwrap_or(defaults.shutdown_endpoint),
+        graceful_shutdown_wait_secs: wait(
+            "lifecycle.http.graceful_shutdown_wait_secs",
+            raw.graceful_shutdown_wait_secs,
+            defaults.graceful_shutdown_wait_secs,
+        )?,
+        shutdown_wait_secs: wait(
+            "lifecycle.http.shutdown_wait_secs",
+            raw.shutdown_wait_secs,
+            defaults.shutdown_wait_secs,
+        )?,
+    })
+}
+
+fn build_sla_policy(raw: RawSlaPolicy) -> Result<SlaPolicy, JobFileError> {
+    const SECTION: &str = "sla_policy";
+    let kind = raw.kind.as_str();
+    let duration_secs = |duration: Option<i64>| -> Result<u64, JobFileError> {
+        int_in_range(
+            "sla_policy.duration_secs",
+            require(SECTION, "duration_secs", duration, kind)?,
+            1,
+            i64::try_from(SLA_DURATION_SECS_MAX).expect("30 days fit an i64"),
+        )
+    };
+    match raw.kind {
+        RawSlaKind::Count => {
+            forbid(SECTION, "percentage", &raw.percentage, kind)?;
+            forbid(SECTION, "coordinator_url", &raw.coordinator_url, kind)?;
+            forbid(SECTION, "status_key", &raw.status_key, kind)?;
+            Ok(SlaPolicy::Count {
+                count: int_in_range(
+                    "sla_policy.count",
+                    require(SECTION, "count", raw.count, kind)?,
+                    i64::from(SLA_COUNT_MIN),
+                    i64::from(u32::MAX),
+                )?,
+                duration_secs: duration_secs(raw.duration_secs)?,
+            })
+        }
+        RawSlaKind::Percentage => {
+            forbid(SECTION, "count", &raw.count, kind)?;
+            forbid(SECTION, "coordinator_url", &raw.coordinator_url, kind)?;
+            forbid(SECTION, "status_key", &raw.status_key, kind)?;
+            Ok(SlaPolicy::Percentage {
+                percentage_millis: parse_percentage_millis(require(
+                    SECTION,
+                    "percentage",
+                    raw.percentage,
+                    kind,
+                )?)?,
+                duration_secs: duration_secs(raw.duration_secs)?,
+            })
+        }
+        RawSlaKind::Coordinator => {
+            forbid(SECTION, "count", &raw.count, kind)?;
+            forbid(SECTION, "percentage", &raw.percentage, kind)?;
+            forbid(SECTION, "duration_secs", &raw.duration_secs, kind)?;
+            Ok(SlaPolicy::Coordinator {
+                coordinator_url: require(SECTION, "coordinator_url", raw.coordinator_url, kind)?,
+                status_key: raw
+                    .status_key
+                    .unwrap_or_else(|| SlaPolicy::DEFAULT_STATUS_KEY.to_string()),
+            })
+        }
+    }
+}
+
+/// A percentage such as `99.9`, exactly, in thousandths of a percent (`99_900`).
+///
+/// "At most 3 decimals" is exact, not a tolerance: the percentage must be the double nearest to
+/// some `k / 1000`, which is what the TOML parser makes of any decimal with up to three digits
+/// after the point (division is correctly rounded, so `k / 1000.0` is that same double).
+fn parse_percentage_millis(percentage: f64) -> Result<u32, JobFileError> {
+    const FIELD: &str = "sla_policy.percentage";
+    let max = f64::from(SLA_PERCENTAGE_MILLIS_MAX) / 1000.0;
+    // NaN compares false with everything, so it fails `> 0` here.
+    if !(percentage > 0.0 && percentage <= max) {
+        return Err(JobFileError::invalid(
+            FIELD,
+            format!("must be > 0 and <= 100 (got {percentage})"),
+        ));
+    }
+    let millis = (percentage * 1000.0).round();
+    if millis < 1.0 || millis / 1000.0 != percentage {
+        return Err(JobFileError::invalid(
+            FIELD,
+            format!("must have at most 3 decimals (got {percentage})"),
+        ));
+    }
+    // In 1..=100_000 and integral, so the cast is exact.
+    Ok(millis as u32)
+}
+
+fn build_partition_policy(raw: RawPartitionPolicy) -> Result<PartitionPolicy, JobFileError> {
+    Ok(PartitionPolicy {
+        reschedule: raw.reschedule,
+        delay_secs: int_in_range(
+            "partition_policy.delay_secs",
+            raw.delay_secs,
+            0,
+            i64::try_from(PARTITION_DELAY_SECS_MAX).expect("30 days fit an i64"),
+        )?,
+    })
+}
+
+impl RawHealthCheck {
+    fn from_config(check: &HealthCheck) -> RawHealthCheck {
+        let mut raw = RawHealthCheck {
+            kind: RawCheckKind::Http,
+            port: None,
+            endpoint: None,
+            expected_status: None,
+            command: None,
+            initial_interval_secs: Some(i64::from(check.initial_interval_secs)),
+            interval_secs: Some(i64::from(check.interval_secs)),
+            timeout_secs: Some(i64::from(check.timeout_secs)),
+            max_consecutive_failures: Some(i64::from(check.max_consecutive_failures)),
+            min_consecutive_successes: Some(i64::from(check.min_consecutive_successes)),
+        };
+        match &check.checker {
+            HealthChecker::Http {
+                port,
+                endpoint,
+                expected_status,
+            } => {
+                raw.port = Some(port.clone());
+                raw.endpoint = Some(endpoint.clone());
+                raw.expected_status = Some(i64::from(*expected_status));
+            }
+            HealthChecker::Shell { command } => {
+                raw.kind = RawCheckKind::Shell;
+                raw.command = Some(command.clone());
+            }
+        }
+        raw
+    }
+}
+
+impl RawSlaPolicy {
+    fn from_config(policy: &SlaPolicy) -> RawSlaPolicy {
+        let mut raw = RawSlaPolicy {
+            kind: RawSlaKind::Count,
+            count: None,
+            percentage: None,
+            duration_secs: None,
+            coordinator_url: None,
+            status_key: None,
+        };
+        // Durations above i64::MAX are refused by the validator's 30 days; saturating keeps
+        // the rendering total for a spec that was never validated.
+        let duration = |secs: u64| Some(i64::try_from(secs).unwrap_or(i64::MAX));
+        match policy {
+            SlaPolicy::Count {
+                count,
+                duration_secs,
+            } => {
+                raw.count = Some(i64::from(*count));
+                raw.duration_secs = duration(*duration_secs);
+            }
+            SlaPolicy::Percentage {
+                percentage_millis,
+                duration_secs,
+            } => {
+                raw.kind = RawSlaKind::Percentage;
+                // The double nearest the decimal, which `parse_percentage_millis` reads back.
+                raw.percentage = Some(f64::from(*percentage_millis) / 1000.0);
+                raw.duration_secs = duration(*duration_secs);
+            }
+            SlaPolicy::Coordinator {
+                coordinator_url,
+                status_key,
+            } => {
+                raw.kind = RawSlaKind::Coordinator;
+                raw.coordinator_url = Some(coordinator_url.clone());
+                raw.status_key = Some(status_key.clone());
+            }
+        }
+        raw
+    }
+}
+
 impl JobSpec {
     /// Renders the spec as a job file that [`parse_job_file`] reads back to an equal spec
     /// (given the same job key, which is not part of the file). Every field is written out.
@@ -414,6 +904,22 @@ impl JobSpec {
                     },
                 })
                 .collect(),
+            health_check: c.health_check.as_ref().map(RawHealthCheck::from_config),
+            lifecycle: c.http_lifecycle.as_ref().map(|l| RawLifecycle {
+                http: Some(RawHttpLifecycle {
+                    port: Some(l.port.clone()),
+                    graceful_shutdown_endpoint: Some(l.graceful_shutdown_endpoint.clone()),
+                    shutdown_endpoint: Some(l.shutdown_endpoint.clone()),
+                    graceful_shutdown_wait_secs: Some(i64::from(l.graceful_shutdown_wait_secs)),
+                    shutdown_wait_secs: Some(i64::from(l.shutdown_wait_secs)),
+                }),
+            }),
+            sla_policy: c.sla_policy.as_ref().map(RawSlaPolicy::from_config),
+            partition_policy: c.partition_policy.map(|p| RawPartitionPolicy {
+                reschedule: p.reschedule,
+                // Above i64::MAX is refused by the validator's 30 days; saturate, as above.
+                delay_secs: i64::try_from(p.delay_secs).unwrap_or(i64::MAX),
+            }),
         };
         toml::to_string(&raw).expect("a job file always serializes")
     }
@@ -423,6 +929,7 @@ impl JobSpec {
 mod tests {
     use super::*;
     use crate::model::DEDICATED_ATTRIBUTE;
+    use crate::validate::{COORDINATOR_URL_BYTES_MAX, ENDPOINT_BYTES_MAX, STATUS_KEY_BYTES_MAX};
     use proptest::prelude::*;
 
     const MINIMAL: &str = r#"
@@ -536,6 +1043,26 @@ disk = "1GiB"
         format!("{MINIMAL}[[constraints]]\n{body}\n")
     }
 
+    /// The minimal file with the ports `health` and `http`, and `sections` appended.
+    fn service(sections: &str) -> String {
+        let with_ports = with("disk", "disk = \"1GiB\"\nports = [\"health\", \"http\"]");
+        format!("{with_ports}{sections}\n")
+    }
+
+    /// The spec of [`service`]'s ports, for a row's edit to start from.
+    fn service_ports(spec: &mut JobSpec) {
+        spec.config.port_names = vec!["health".into(), "http".into()];
+        spec.config.resources.ports = 2;
+    }
+
+    fn http_check(port: &str, endpoint: &str, expected_status: u16) -> HealthCheck {
+        HealthCheck::with_defaults(HealthChecker::Http {
+            port: port.into(),
+            endpoint: endpoint.into(),
+            expected_status,
+        })
+    }
+
     #[test]
     fn minimal_file_takes_defaults() {
         check(MINIMAL, Expect::Spec(|_| {}));
@@ -571,6 +1098,33 @@ negated = true
 [[constraints]]
 attribute = "dedicated"
 values = ["www/hello"]
+
+[health_check]
+type = "http"
+port = "admin_2"
+endpoint = "/ready"
+expected_status = 204
+initial_interval_secs = 0
+interval_secs = 30
+timeout_secs = 5
+max_consecutive_failures = 3
+min_consecutive_successes = 2
+
+[lifecycle.http]
+port = "http"
+graceful_shutdown_endpoint = "/quit"
+shutdown_endpoint = "/abort"
+graceful_shutdown_wait_secs = 10
+shutdown_wait_secs = 0
+
+[sla_policy]
+type = "percentage"
+percentage = 99.9
+duration_secs = 3600
+
+[partition_policy]
+reschedule = false
+delay_secs = 600
 "#;
         let expected = JobSpec {
             instances: 20,
@@ -606,13 +1160,42 @@ values = ["www/hello"]
                 is_service: true,
                 max_task_failures: -1,
                 finalization_wait_secs: 3600,
-                health_check: None,
-                http_lifecycle: None,
-                sla_policy: None,
-                partition_policy: None,
+                health_check: Some(HealthCheck {
+                    checker: HealthChecker::Http {
+                        port: "admin_2".into(),
+                        endpoint: "/ready".into(),
+                        expected_status: 204,
+                    },
+                    initial_interval_secs: 0,
+                    interval_secs: 30,
+                    timeout_secs: 5,
+                    max_consecutive_failures: 3,
+                    min_consecutive_successes: 2,
+                }),
+                http_lifecycle: Some(HttpLifecycle {
+                    port: "http".into(),
+                    graceful_shutdown_endpoint: "/quit".into(),
+                    shutdown_endpoint: "/abort".into(),
+                    graceful_shutdown_wait_secs: 10,
+                    shutdown_wait_secs: 0,
+                }),
+                sla_policy: Some(SlaPolicy::Percentage {
+                    percentage_millis: 99_900,
+                    duration_secs: 3600,
+                }),
+                partition_policy: Some(PartitionPolicy {
+                    reschedule: false,
+                    delay_secs: 600,
+                }),
             },
         };
-        assert_eq!(parse_job_file(job(), text), Ok(expected));
+        assert_eq!(parse_job_file(job(), text), Ok(expected.clone()));
+        let rendered = expected.to_toml();
+        assert_eq!(
+            parse_job_file(job(), &rendered),
+            Ok(expected),
+            "rendered:\n{rendered}"
+        );
     }
 
     #[test]
@@ -703,7 +1286,7 @@ values = ["www/hello"]
             ("x = [1,".into(), "line 1, column 8: invalid array; expected `]`"),
             // Columns count characters, not bytes.
             (top("tier = \"é\" x"), "line 4, column 12: expected newline, `#`"),
-            (top("comand = \"x\""), "line 4, column 1: unknown field `comand`, expected one of `instances`, `command`, `service`, `tier`, `priority`, `production`, `max_task_failures`, `finalization_wait_secs`, `resources`, `constraints`"),
+            (top("comand = \"x\""), "line 4, column 1: unknown field `comand`, expected one of `instances`, `command`, `service`, `tier`, `priority`, `production`, `max_task_failures`, `finalization_wait_secs`, `resources`, `constraints`, `health_check`, `lifecycle`, `sla_policy`, `partition_policy`"),
             (with("command", ""), "line 1, column 1: missing field `command`"),
             (with("instances", "instances = \"2\""), "line 2, column 13: invalid type: string \"2\", expected i64"),
             (top("tier = \"gold\""), "line 4, column 8: unknown variant `gold`, expected one of `preferred`, `preemptible`, `revocable`"),
@@ -755,6 +1338,255 @@ values = ["www/hello"]
                 "constraints[1]: has both limit and values",
             ),
             (many_constraints, "constraints: at most 32 constraints (got 33)"),
+        ];
+        check_all(
+            table
+                .into_iter()
+                .map(|(text, line)| (text, Expect::Error(line)))
+                .collect(),
+        );
+    }
+
+    #[test]
+    fn service_sections_take_defaults() {
+        let table: Vec<(String, Expect)> = vec![
+            // An empty [health_check] is Aurora's HTTP check on the `health` port.
+            (
+                service("[health_check]"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.health_check = Some(http_check("health", "/health", 200));
+                }),
+            ),
+            (
+                service("[health_check]\ntype = \"shell\"\ncommand = \"test -f ready\""),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.health_check =
+                        Some(HealthCheck::with_defaults(HealthChecker::Shell {
+                            command: "test -f ready".into(),
+                        }));
+                }),
+            ),
+            (
+                service("[health_check]\nport = \"http\"\ninterval_secs = 1\ntimeout_secs = 1"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    let mut check = http_check("http", "/health", 200);
+                    check.interval_secs = 1;
+                    s.config.health_check = Some(check);
+                }),
+            ),
+            (
+                service("[lifecycle.http]"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.http_lifecycle = Some(HttpLifecycle::default());
+                }),
+            ),
+            // A [lifecycle] without its http table asks for nothing.
+            (
+                service("[lifecycle]"),
+                Expect::Spec(service_ports),
+            ),
+            (
+                service("[sla_policy]\ntype = \"count\"\ncount = 2\nduration_secs = 1800"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Count {
+                        count: 2,
+                        duration_secs: 1800,
+                    });
+                }),
+            ),
+            // More than the job's 2 instances: accepted, as Aurora does.
+            (
+                service("[sla_policy]\ntype = \"count\"\ncount = 3\nduration_secs = 1"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Count {
+                        count: 3,
+                        duration_secs: 1,
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"percentage\"\npercentage = 95\nduration_secs = 2592000"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Percentage {
+                        percentage_millis: 95_000,
+                        duration_secs: 2_592_000,
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"percentage\"\npercentage = 0.001\nduration_secs = 1"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Percentage {
+                        percentage_millis: 1,
+                        duration_secs: 1,
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"percentage\"\npercentage = 100.0\nduration_secs = 1"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Percentage {
+                        percentage_millis: 100_000,
+                        duration_secs: 1,
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"percentage\"\npercentage = 33.333\nduration_secs = 1"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Percentage {
+                        percentage_millis: 33_333,
+                        duration_secs: 1,
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"coordinator\"\ncoordinator_url = \"http://coord.example.com:8080/sla\""),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Coordinator {
+                        coordinator_url: "http://coord.example.com:8080/sla".into(),
+                        status_key: "drain".into(),
+                    });
+                }),
+            ),
+            (
+                service("[sla_policy]\ntype = \"coordinator\"\ncoordinator_url = \"http://c\"\nstatus_key = \"may_go\""),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.sla_policy = Some(SlaPolicy::Coordinator {
+                        coordinator_url: "http://c".into(),
+                        status_key: "may_go".into(),
+                    });
+                }),
+            ),
+            (
+                service("[partition_policy]"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.partition_policy = Some(PartitionPolicy {
+                        reschedule: true,
+                        delay_secs: 0,
+                    });
+                }),
+            ),
+            (
+                service("[partition_policy]\ndelay_secs = 2592000"),
+                Expect::Spec(|s| {
+                    service_ports(s);
+                    s.config.partition_policy = Some(PartitionPolicy {
+                        reschedule: true,
+                        delay_secs: 2_592_000,
+                    });
+                }),
+            ),
+        ];
+        check_all(table);
+    }
+
+    #[test]
+    fn rejected_service_sections() {
+        let sla = |body: &str| service(&format!("[sla_policy]\n{body}"));
+        let check = |body: &str| service(&format!("[health_check]\n{body}"));
+        let long_endpoint = check(&format!(
+            "endpoint = \"/{}\"",
+            "e".repeat(ENDPOINT_BYTES_MAX)
+        ));
+        let long_url = sla(&format!(
+            "type = \"coordinator\"\ncoordinator_url = \"http://c/{}\"",
+            "u".repeat(COORDINATOR_URL_BYTES_MAX)
+        ));
+        let long_key = sla(&format!(
+            "type = \"coordinator\"\ncoordinator_url = \"http://c\"\nstatus_key = \"{}\"",
+            "k".repeat(STATUS_KEY_BYTES_MAX + 1)
+        ));
+        let table: Vec<(String, &str)> = vec![
+            (long_endpoint, "health_check.endpoint: must be at most 1024 bytes (got 1025)"),
+            (long_url, "sla_policy.coordinator_url: must be at most 2048 bytes (got 2057)"),
+            (long_key, "sla_policy.status_key: \"kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk\" must be 1..=128 characters of [A-Za-z0-9_.-]"),
+            // Shapes, from toml.
+            (check("typ = \"http\""), "line 10, column 1: unknown field `typ`, expected one of `type`, `port`, `endpoint`, `expected_status`, `command`, `initial_interval_secs`, `interval_secs`, `timeout_secs`, `max_consecutive_failures`, `min_consecutive_successes`"),
+            (check("type = \"tcp\""), "line 10, column 8: unknown variant `tcp`, expected `http` or `shell`"),
+            (check("interval_secs = \"10s\""), "line 10, column 17: invalid type: string \"10s\", expected i64"),
+            (service("[lifecycle.http]\nwait = 1"), "line 10, column 1: unknown field `wait`, expected one of `port`, `graceful_shutdown_endpoint`, `shutdown_endpoint`, `graceful_shutdown_wait_secs`, `shutdown_wait_secs`"),
+            (service("[lifecycle.tcp]"), "line 9, column 12: unknown field `tcp`, expected `http`"),
+            (sla("count = 2\nduration_secs = 60"), "line 9, column 1: missing field `type`"),
+            (sla("type = \"counted\""), "line 10, column 8: unknown variant `counted`, expected one of `count`, `percentage`, `coordinator`"),
+            (sla("type = \"count\"\nminimum = 1"), "line 11, column 1: unknown field `minimum`, expected one of `type`, `count`, `percentage`, `duration_secs`, `coordinator_url`, `status_key`"),
+            (service("[partition_policy]\ndelay = 1"), "line 10, column 1: unknown field `delay`, expected `reschedule` or `delay_secs`"),
+            // Health check: fields of the other kind, missing fields, bounds.
+            (check("command = \"true\""), "health_check.command: not allowed with type \"http\""),
+            (check("type = \"shell\""), "health_check.command: required with type \"shell\""),
+            (check("type = \"shell\"\ncommand = \"true\"\nport = \"http\""), "health_check.port: not allowed with type \"shell\""),
+            (check("type = \"shell\"\ncommand = \"true\"\nendpoint = \"/h\""), "health_check.endpoint: not allowed with type \"shell\""),
+            (check("type = \"shell\"\ncommand = \"true\"\nexpected_status = 200"), "health_check.expected_status: not allowed with type \"shell\""),
+            (check("type = \"shell\"\ncommand = \" \""), "health_check.command: must not be empty"),
+            (check("port = \"admin\""), "health_check.port: \"admin\" is not one of resources.ports"),
+            (format!("{MINIMAL}[health_check]\n"), "health_check.port: \"health\" is not one of resources.ports"),
+            (check("endpoint = \"health\""), "health_check.endpoint: must start with \"/\" (got \"health\")"),
+            (check("endpoint = \"/a b\""), "health_check.endpoint: must not contain whitespace or control characters (got \"/a b\")"),
+            (check("expected_status = 99"), "health_check.expected_status: must be >= 100 (got 99)"),
+            (check("expected_status = 70000"), "health_check.expected_status: must be <= 599 (got 70000)"),
+            (check("initial_interval_secs = -1"), "health_check.initial_interval_secs: must be >= 0 (got -1)"),
+            (check("initial_interval_secs = 3601"), "health_check.initial_interval_secs: must be <= 3600 (got 3601)"),
+            (check("interval_secs = 0"), "health_check.interval_secs: must be >= 1 (got 0)"),
+            (check("interval_secs = 99999999999"), "health_check.interval_secs: must be <= 3600 (got 99999999999)"),
+            (check("timeout_secs = 0"), "health_check.timeout_secs: must be >= 1 (got 0)"),
+            (check("timeout_secs = 11"), "health_check.timeout_secs: must be <= interval_secs (got 11 > 10)"),
+            (check("max_consecutive_failures = -1"), "health_check.max_consecutive_failures: must be >= 0 (got -1)"),
+            (check("max_consecutive_failures = 1001"), "health_check.max_consecutive_failures: must be <= 1000 (got 1001)"),
+            (check("min_consecutive_successes = 0"), "health_check.min_consecutive_successes: must be >= 1 (got 0)"),
+            // HTTP lifecycle.
+            (format!("{MINIMAL}[lifecycle.http]\n"), "lifecycle.http.port: \"health\" is not one of resources.ports"),
+            (service("[lifecycle.http]\nport = \"admin\""), "lifecycle.http.port: \"admin\" is not one of resources.ports"),
+            (service("[lifecycle.http]\ngraceful_shutdown_endpoint = \"quit\""), "lifecycle.http.graceful_shutdown_endpoint: must start with \"/\" (got \"quit\")"),
+            (service("[lifecycle.http]\nshutdown_endpoint = \"/\\tabort\""), "lifecycle.http.shutdown_endpoint: must not contain whitespace or control characters (got \"/\\tabort\")"),
+            (service("[lifecycle.http]\ngraceful_shutdown_wait_secs = -5"), "lifecycle.http.graceful_shutdown_wait_secs: must be >= 0 (got -5)"),
+            (service("[lifecycle.http]\nshutdown_wait_secs = 3601"), "lifecycle.http.shutdown_wait_secs: must be <= 3600 (got 3601)"),
+            // SLA policy: the kind's fields only, the required ones present, the bounds.
+            (sla("type = \"count\"\nduration_secs = 60"), "sla_policy.count: required with type \"count\""),
+            (sla("type = \"count\"\ncount = 2"), "sla_policy.duration_secs: required with type \"count\""),
+            (sla("type = \"count\"\ncount = 2\nduration_secs = 60\npercentage = 50"), "sla_policy.percentage: not allowed with type \"count\""),
+            (sla("type = \"count\"\ncount = 2\nduration_secs = 60\ncoordinator_url = \"http://c\""), "sla_policy.coordinator_url: not allowed with type \"count\""),
+            (sla("type = \"count\"\ncount = 2\nduration_secs = 60\nstatus_key = \"drain\""), "sla_policy.status_key: not allowed with type \"count\""),
+            (sla("type = \"count\"\ncount = 0\nduration_secs = 60"), "sla_policy.count: must be >= 1 (got 0)"),
+            (sla("type = \"count\"\ncount = 4294967296\nduration_secs = 60"), "sla_policy.count: must be <= 4294967295 (got 4294967296)"),
+            (sla("type = \"count\"\ncount = 1\nduration_secs = 0"), "sla_policy.duration_secs: must be >= 1 (got 0)"),
+            (sla("type = \"count\"\ncount = 1\nduration_secs = 2592001"), "sla_policy.duration_secs: must be <= 2592000 (got 2592001)"),
+            (sla("type = \"percentage\"\nduration_secs = 60"), "sla_policy.percentage: required with type \"percentage\""),
+            (sla("type = \"percentage\"\npercentage = 50"), "sla_policy.duration_secs: required with type \"percentage\""),
+            (sla("type = \"percentage\"\npercentage = 50\nduration_secs = 60\ncount = 1"), "sla_policy.count: not allowed with type \"percentage\""),
+            (sla("type = \"percentage\"\npercentage = 50\nduration_secs = 60\nstatus_key = \"k\""), "sla_policy.status_key: not allowed with type \"percentage\""),
+            (sla("type = \"percentage\"\npercentage = 120\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got 120)"),
+            (sla("type = \"percentage\"\npercentage = 100.0001\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got 100.0001)"),
+            (sla("type = \"percentage\"\npercentage = 0\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got 0)"),
+            (sla("type = \"percentage\"\npercentage = -5\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got -5)"),
+            (sla("type = \"percentage\"\npercentage = nan\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got NaN)"),
+            (sla("type = \"percentage\"\npercentage = inf\nduration_secs = 60"), "sla_policy.percentage: must be > 0 and <= 100 (got inf)"),
+            (sla("type = \"percentage\"\npercentage = 99.9999\nduration_secs = 60"), "sla_policy.percentage: must have at most 3 decimals (got 99.9999)"),
+            (sla("type = \"percentage\"\npercentage = 0.0004\nduration_secs = 60"), "sla_policy.percentage: must have at most 3 decimals (got 0.0004)"),
+            (sla("type = \"percentage\"\npercentage = 1e-5\nduration_secs = 60"), "sla_policy.percentage: must have at most 3 decimals (got 0.00001)"),
+            (sla("type = \"coordinator\""), "sla_policy.coordinator_url: required with type \"coordinator\""),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"http://c\"\nduration_secs = 60"), "sla_policy.duration_secs: not allowed with type \"coordinator\""),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"http://c\"\ncount = 1"), "sla_policy.count: not allowed with type \"coordinator\""),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"http://c\"\npercentage = 1"), "sla_policy.percentage: not allowed with type \"coordinator\""),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"https://c\""), "sla_policy.coordinator_url: must start with \"http://\" (got \"https://c\")"),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"http://c d/\""), "sla_policy.coordinator_url: must be http://host[:port][/path], without spaces (got \"http://c d/\")"),
+            (sla("type = \"coordinator\"\ncoordinator_url = \"http://c\"\nstatus_key = \"\""), "sla_policy.status_key: \"\" must be 1..=128 characters of [A-Za-z0-9_.-]"),
+            // Partition policy.
+            (service("[partition_policy]\ndelay_secs = -1"), "partition_policy.delay_secs: must be >= 0 (got -1)"),
+            (service("[partition_policy]\ndelay_secs = 2592001"), "partition_policy.delay_secs: must be <= 2592000 (got 2592001)"),
+            (service("[partition_policy]\nreschedule = 1"), "line 10, column 14: invalid type: integer `1`, expected a boolean"),
         ];
         check_all(
             table
@@ -884,9 +1716,149 @@ values = ["www/hello"]
             )
     }
 
+    /// An endpoint path: `/` then printable characters, no whitespace.
+    fn arb_endpoint() -> impl Strategy<Value = String> {
+        "/[!-~\u{e9}]{0,20}"
+    }
+
+    fn arb_health_check(ports: Vec<String>) -> BoxedStrategy<Option<HealthCheck>> {
+        let shell = "[ -~\t\n\u{e9}]{0,40}"
+            .prop_filter("not blank", |c| !c.trim().is_empty())
+            .prop_map(|command| HealthChecker::Shell { command });
+        let checker = if ports.is_empty() {
+            shell.boxed()
+        } else {
+            prop_oneof![
+                (
+                    prop::sample::select(ports),
+                    arb_endpoint(),
+                    HTTP_STATUS_MIN..=HTTP_STATUS_MAX
+                )
+                    .prop_map(|(port, endpoint, expected_status)| {
+                        HealthChecker::Http {
+                            port,
+                            endpoint,
+                            expected_status,
+                        }
+                    }),
+                shell,
+            ]
+            .boxed()
+        };
+        let timings = (1..=HEALTH_CHECK_SECS_MAX).prop_flat_map(|interval| {
+            (
+                Just(interval),
+                1..=interval,
+                0..=HEALTH_CHECK_SECS_MAX,
+                0..=HEALTH_CHECK_CONSECUTIVE_MAX,
+                1..=HEALTH_CHECK_CONSECUTIVE_MAX,
+            )
+        });
+        proptest::option::of((checker, timings).prop_map(
+            |(checker, (interval, timeout, initial, failures, successes))| HealthCheck {
+                checker,
+                initial_interval_secs: initial,
+                interval_secs: interval,
+                timeout_secs: timeout,
+                max_consecutive_failures: failures,
+                min_consecutive_successes: successes,
+            },
+        ))
+        .boxed()
+    }
+
+    fn arb_http_lifecycle(ports: Vec<String>) -> BoxedStrategy<Option<HttpLifecycle>> {
+        if ports.is_empty() {
+            return Just(None).boxed();
+        }
+        proptest::option::of(
+            (
+                prop::sample::select(ports),
+                arb_endpoint(),
+                arb_endpoint(),
+                0..=LIFECYCLE_WAIT_SECS_MAX,
+                0..=LIFECYCLE_WAIT_SECS_MAX,
+            )
+                .prop_map(|(port, graceful, shutdown, graceful_wait, wait)| {
+                    HttpLifecycle {
+                        port,
+                        graceful_shutdown_endpoint: graceful,
+                        shutdown_endpoint: shutdown,
+                        graceful_shutdown_wait_secs: graceful_wait,
+                        shutdown_wait_secs: wait,
+                    }
+                }),
+        )
+        .boxed()
+    }
+
+    fn arb_sla_policy() -> impl Strategy<Value = Option<SlaPolicy>> {
+        let duration = 1..=SLA_DURATION_SECS_MAX;
+        proptest::option::of(prop_oneof![
+            (SLA_COUNT_MIN..=u32::MAX, duration.clone()).prop_map(|(count, duration_secs)| {
+                SlaPolicy::Count {
+                    count,
+                    duration_secs,
+                }
+            }),
+            (
+                prop_oneof![
+                    1..=SLA_PERCENTAGE_MILLIS_MAX,
+                    Just(1),
+                    Just(99_900),
+                    Just(SLA_PERCENTAGE_MILLIS_MAX)
+                ],
+                duration
+            )
+                .prop_map(|(percentage_millis, duration_secs)| SlaPolicy::Percentage {
+                    percentage_millis,
+                    duration_secs,
+                }),
+            (
+                "http://([a-z0-9.-]{1,20}|\\[[0-9a-f:]{1,10}\\])(:[1-9][0-9]{0,3})?(/[!-~]{0,30})?",
+                "[A-Za-z0-9_.-]{1,20}"
+            )
+                .prop_map(|(coordinator_url, status_key)| SlaPolicy::Coordinator {
+                    coordinator_url,
+                    status_key,
+                }),
+        ])
+    }
+
+    fn arb_partition_policy() -> impl Strategy<Value = Option<PartitionPolicy>> {
+        proptest::option::of((any::<bool>(), 0..=PARTITION_DELAY_SECS_MAX).prop_map(
+            |(reschedule, delay_secs)| PartitionPolicy {
+                reschedule,
+                delay_secs,
+            },
+        ))
+    }
+
+    /// [`arb_spec`] with any service sections, their ports among the spec's.
+    fn arb_service_spec() -> impl Strategy<Value = JobSpec> {
+        arb_spec()
+            .prop_flat_map(|spec| {
+                let ports = spec.config.port_names.clone();
+                (
+                    Just(spec),
+                    arb_health_check(ports.clone()),
+                    arb_http_lifecycle(ports),
+                    arb_sla_policy(),
+                    arb_partition_policy(),
+                )
+            })
+            .prop_map(|(mut spec, health_check, http_lifecycle, sla, partition)| {
+                spec.config.health_check = health_check;
+                spec.config.http_lifecycle = http_lifecycle;
+                spec.config.sla_policy = sla;
+                spec.config.partition_policy = partition;
+                spec
+            })
+    }
+
     proptest! {
         #[test]
-        fn valid_specs_roundtrip_through_toml(spec in arb_spec()) {
+        fn valid_specs_roundtrip_through_toml(spec in arb_service_spec()) {
             let text = spec.to_toml();
             prop_assert_eq!(parse_job_file(job(), &text), Ok(spec), "rendered:\n{}", text);
         }

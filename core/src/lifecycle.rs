@@ -1,16 +1,19 @@
 //! What a task's arrival in a state causes: whether an ended task is replaced, how long a
-//! replacement is held back, how long an unplaceable task waits, and when a task stuck in a
-//! transient state is given up as LOST.
+//! replacement is held back, how long an unplaceable task waits, when a task stuck in a
+//! transient state is given up as LOST, and what a lost agent connection does to its tasks
+//! (LOST, or PARTITIONED until the job's partition policy gives up on them).
 //!
 //! These rules follow Apache Aurora (`TaskStateMachine`'s side effects, `RescheduleCalculator`,
 //! `TaskGroups` and `TaskTimeout`). They are pure functions of their inputs, so the shard can call
 //! them while applying a status update and the simulation can replay them exactly: time arrives as
-//! `*_ms` arguments, and Aurora's random jitter on backoffs is left out on purpose.
+//! `*_ms` arguments (`*_us` for partition deadlines, as the shard's clock), and Aurora's random
+//! jitter on backoffs is left out on purpose.
 //!
 //! Where Borealis departs from Aurora it says so at the rule, with the reason.
 
 use serde::{Deserialize, Serialize};
 
+use crate::service::PartitionPolicy;
 use crate::state::TaskState;
 
 /// The scheduler's lifecycle knobs, all in milliseconds, named after Aurora's flags.
@@ -329,20 +332,69 @@ pub fn transient_timed_out(
 ///   PREEMPTING, DRAINING, RESTARTING) is KILLED: the kill worked, however the process exited;
 /// - any other end is taken as reported.
 ///
+/// A PARTITIONED task whose agent is back takes whatever the agent reports: STARTING or RUNNING
+/// (it kept running through the partition), or how it ended, LOST included (the agent does not
+/// know the task). The one exception is KILLED, for which the table has no edge out of
+/// PARTITIONED: it becomes LOST, which [`on_terminal`] treats alike (replaced, unless a user
+/// killed it), where ignoring the report would leave a task its agent says is gone PARTITIONED,
+/// for ever under a policy that never reschedules.
+///
 /// Every answer is a legal edge of the state machine: a report that would need an edge the
-/// table lacks (KILLED from PARTITIONED, an end of a task already ended) changes nothing, and
-/// the task's own timeouts resolve it.
+/// table lacks (an end of a task already ended) changes nothing.
 pub fn next_state_on_report(current: TaskState, reported: TaskState) -> Option<TaskState> {
     use TaskState::*;
     let killing = current.is_being_killed();
     let next = match reported {
-        Starting if current == Assigned => Starting,
-        Running if matches!(current, Assigned | Starting) => Running,
+        Starting if matches!(current, Assigned | Partitioned) => Starting,
+        Running if matches!(current, Assigned | Starting | Partitioned) => Running,
         Finished | Failed | Killed | Lost if killing => Killed,
+        Killed if current == Partitioned => Lost,
         Finished | Failed | Killed | Lost => reported,
         _ => return None,
     };
     current.can_transition_to(next).then_some(next)
+}
+
+/// What a task on an agent becomes when the agent's connection is lost: without partition
+/// awareness LOST; with it, RUNNING becomes PARTITIONED and every other active state LOST (the
+/// reference: tasks in transient states go straight to LOST). None for states not on an agent
+/// (PENDING, THROTTLED, INIT, terminal).
+///
+/// A task already PARTITIONED stays so under partition awareness (None: its
+/// [deadline](partition_deadline_us) stands); without it (the scheduler restarted without
+/// `--partition-aware`) it is LOST, as every other task.
+///
+/// Aurora only partitions what runs: a task being started, killed, restarted, preempted or
+/// drained is LOST at once, so that no one's action waits on a partition that may never heal.
+pub fn on_agent_lost(state: TaskState, partition_aware: bool) -> Option<TaskState> {
+    let next = match state {
+        _ if !state.is_active() => return None,
+        TaskState::Running if partition_aware => TaskState::Partitioned,
+        TaskState::Partitioned if partition_aware => return None,
+        _ => TaskState::Lost,
+    };
+    debug_assert!(state.can_transition_to(next), "{state} -> {next}");
+    Some(next)
+}
+
+/// When a PARTITIONED task becomes LOST: `partitioned_at_us + delay` when the job's policy
+/// reschedules (no policy: at once, i.e. `partitioned_at_us`), None when it never does (waits
+/// for the agent).
+///
+/// The deadline saturates at `u64::MAX` rather than overflowing. At the deadline the task is
+/// LOST, and [`on_terminal`] replaces it as any lost task.
+pub fn partition_deadline_us(
+    policy: Option<&PartitionPolicy>,
+    partitioned_at_us: u64,
+) -> Option<u64> {
+    const US_PER_SEC: u64 = 1_000_000;
+    match policy {
+        None => Some(partitioned_at_us),
+        Some(policy) if policy.reschedule => {
+            Some(partitioned_at_us.saturating_add(policy.delay_secs.saturating_mul(US_PER_SEC)))
+        }
+        Some(_) => None,
+    }
 }
 
 /// What the scheduler does with a task an agent reports on a connection other than the one the
@@ -363,8 +415,9 @@ pub enum Adoption {
 /// agent's (re-)registration may adopt: a task that was placed (or restored from the log and
 /// awaiting its agent), is not terminal, and is reported running — or reported ended, when it was
 /// restored awaiting adoption (its end while the scheduler was down is the truth: it must not be
-/// marked LOST and run again). Anything else is refused, and a non-terminal report is killed on
-/// that agent, so no instance runs twice.
+/// marked LOST and run again) or is PARTITIONED (its end while its agent was away is the truth,
+/// LOST included: the agent does not know it). Anything else is refused, and a non-terminal
+/// report is killed on that agent, so no instance runs twice.
 pub fn adoption(
     same_agent: bool,
     adopting: bool,
@@ -376,14 +429,15 @@ pub fn adoption(
     if same_agent {
         return Adoption::Apply;
     }
-    let ended_while_down = awaiting_adoption && reported.is_terminal();
+    let away = awaiting_adoption || current == TaskState::Partitioned;
+    let ended_while_away = away && reported.is_terminal();
     let adoptable = adopting
         && (placed || awaiting_adoption)
         && !current.is_terminal()
-        && (!reported.is_terminal() || ended_while_down);
+        && (!reported.is_terminal() || ended_while_away);
     if adoptable {
         Adoption::Adopt {
-            holds: !ended_while_down,
+            holds: !ended_while_away,
         }
     } else {
         Adoption::Refuse {
@@ -489,6 +543,66 @@ mod tests {
             Pending,
             Running,
             Adoption::Refuse { kill: true },
+        );
+        // A PARTITIONED task's agent re-registers: running, it is adopted holding what it
+        // held; ended (or unknown to the agent, LOST), its end is adopted, holding nothing.
+        check(
+            false,
+            true,
+            true,
+            false,
+            Partitioned,
+            Running,
+            Adoption::Adopt { holds: true },
+        );
+        check(
+            false,
+            true,
+            true,
+            false,
+            Partitioned,
+            Starting,
+            Adoption::Adopt { holds: true },
+        );
+        for ended in [Finished, Failed, Killed, Lost] {
+            check(
+                false,
+                true,
+                true,
+                false,
+                Partitioned,
+                ended,
+                Adoption::Adopt { holds: false },
+            );
+        }
+        // Its own agent's report is applied as any.
+        check(
+            true,
+            false,
+            true,
+            false,
+            Partitioned,
+            Running,
+            Adoption::Apply,
+        );
+        // Not at registration: a stray report about a partitioned task is refused.
+        check(
+            false,
+            false,
+            true,
+            false,
+            Partitioned,
+            Running,
+            Adoption::Refuse { kill: true },
+        );
+        check(
+            false,
+            false,
+            true,
+            false,
+            Partitioned,
+            Finished,
+            Adoption::Refuse { kill: false },
         );
         // A task already ended here: a running report is killed.
         check(
@@ -1049,11 +1163,147 @@ mod tests {
         check_report(Running, Running, None);
         check_report(Starting, Starting, None);
         // Ends the state machine has no edge for change nothing either.
-        check_report(Partitioned, Killed, None);
         check_report(Partitioned, Failed, Some(Failed));
         check_report(Pending, Finished, None);
         check_report(Finished, Lost, None);
         check_report(Killed, Killed, None);
+    }
+
+    /// A PARTITIONED task whose agent is back takes the agent's word for what became of it.
+    #[test]
+    fn partitioned_task_takes_its_returning_agents_report() {
+        check_report(Partitioned, Starting, Some(Starting));
+        check_report(Partitioned, Running, Some(Running));
+        check_report(Partitioned, Finished, Some(Finished));
+        check_report(Partitioned, Failed, Some(Failed));
+        // The agent does not know the task.
+        check_report(Partitioned, Lost, Some(Lost));
+        // The table has no PARTITIONED -> KILLED: the task is gone all the same.
+        check_report(Partitioned, Killed, Some(Lost));
+        // Not reports an agent makes; nothing changes.
+        for reported in [
+            Init,
+            Pending,
+            Throttled,
+            Assigned,
+            Partitioned,
+            Killing,
+            Draining,
+        ] {
+            check_report(Partitioned, reported, None);
+        }
+    }
+
+    /// What the end of a PARTITIONED task leads to: replaced when it was lost or killed on its
+    /// agent, unless a user killed it before the partition.
+    #[test]
+    fn partitioned_ends_are_replaced_as_their_reports_say() {
+        for (reported, interruption, expected) in [
+            (Lost, Interruption::None, Reschedule::Now),
+            (Killed, Interruption::None, Reschedule::Now),
+            (Failed, Interruption::None, Reschedule::Now),
+            (Finished, Interruption::None, Reschedule::No),
+            (Killed, Interruption::UserKill, Reschedule::No),
+            (Lost, Interruption::Operator, Reschedule::Now),
+        ] {
+            let final_state = next_state_on_report(Partitioned, reported).unwrap();
+            let case = TaskEnd {
+                interruption,
+                ..end(Partitioned, final_state)
+            };
+            check(case, expected);
+        }
+    }
+
+    /// Aurora reschedules drained and restarted tasks although they were killed; a user's kill
+    /// is final. Through the whole path: the agent's report, then the end's decision.
+    #[test]
+    fn killed_while_draining_or_restarting_is_replaced_unlike_a_user_kill() {
+        for (previous, expected) in [
+            (Draining, Reschedule::Now),
+            (Restarting, Reschedule::Now),
+            (Preempting, Reschedule::Now),
+            (Killing, Reschedule::No),
+        ] {
+            for reported in [Killed, Finished, Failed, Lost] {
+                let final_state = next_state_on_report(previous, reported);
+                assert_eq!(final_state, Some(Killed), "{previous} reported {reported}");
+                for is_service in [false, true] {
+                    // A short run: a drain or restart is still not a flap, so not throttled.
+                    let case = TaskEnd {
+                        interruption: end_interruption(previous == Killing, Killed),
+                        is_service,
+                        ran_for_ms: Some(1),
+                        ..end(previous, Killed)
+                    };
+                    check(case, expected);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn agent_loss_partitions_only_running_tasks() {
+        for state in TaskState::ALL {
+            let expected_unaware = state.is_active().then_some(Lost);
+            let expected_aware = match state {
+                Running => Some(Partitioned),
+                Partitioned => None,
+                _ => expected_unaware,
+            };
+            assert_eq!(on_agent_lost(state, false), expected_unaware, "{state}");
+            assert_eq!(on_agent_lost(state, true), expected_aware, "{state} aware");
+            for next in [on_agent_lost(state, false), on_agent_lost(state, true)]
+                .into_iter()
+                .flatten()
+            {
+                assert!(state.can_transition_to(next), "{state} -> {next}");
+            }
+        }
+        // Spelled out: transient states go straight to LOST, and nothing off an agent moves.
+        for state in [
+            Assigned, Starting, Killing, Restarting, Preempting, Draining,
+        ] {
+            assert_eq!(on_agent_lost(state, true), Some(Lost), "{state}");
+        }
+        for state in [Init, Pending, Throttled, Finished, Failed, Killed, Lost] {
+            assert_eq!(on_agent_lost(state, true), None, "{state}");
+            assert_eq!(on_agent_lost(state, false), None, "{state}");
+        }
+        assert_eq!(on_agent_lost(Partitioned, false), Some(Lost));
+    }
+
+    #[test]
+    fn partition_deadlines() {
+        let policy = |reschedule, delay_secs| PartitionPolicy {
+            reschedule,
+            delay_secs,
+        };
+        const AT: u64 = 5_000_000;
+        for (policy, expected) in [
+            // No policy: LOST at once, Aurora's default.
+            (None, Some(AT)),
+            (Some(policy(true, 0)), Some(AT)),
+            (Some(policy(true, 30)), Some(AT + 30_000_000)),
+            (Some(policy(true, u64::MAX)), Some(u64::MAX)),
+            // Never rescheduled: waits out the partition.
+            (Some(policy(false, 0)), None),
+            (Some(policy(false, 30)), None),
+        ] {
+            assert_eq!(
+                partition_deadline_us(policy.as_ref(), AT),
+                expected,
+                "{policy:?}"
+            );
+        }
+        assert_eq!(
+            partition_deadline_us(Some(&policy(true, 1)), u64::MAX - 1),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            partition_deadline_us(Some(&PartitionPolicy::default()), AT),
+            Some(AT)
+        );
     }
 
     #[test]

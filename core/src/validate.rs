@@ -9,11 +9,14 @@
 //!
 //! Not checked here, because it needs the cluster's configuration: whether the task's tier admits
 //! production work ([`TierConfig::validate`](crate::tier::TierConfig::validate)) and quota
-//! ([`crate::quota`]).
+//! ([`crate::quota`]). Nor whether an SLA can ever be met: a count above the job's instances is
+//! accepted, as Aurora accepts it (such a job simply never lets maintenance take a task).
 
 use crate::model::{
     job_key_part_valid, Constraint, TaskConfig, DEDICATED_ATTRIBUTE, JOB_KEY_PART_LEN_MAX,
 };
+use crate::service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
+use crate::sla::percent_text;
 
 /// Longest accepted command, in bytes. The command travels in every `LaunchTask` and is kept
 /// with the job, so a pasted script belongs in the task's package, not the job file.
@@ -33,6 +36,38 @@ pub const FINALIZATION_WAIT_SECS_MAX: u32 = 3600;
 pub const MAX_TASK_FAILURES_MIN: i32 = -1;
 /// The smallest limit constraint: a limit of 0 would admit no agent at all.
 pub const CONSTRAINT_LIMIT_MIN: u32 = 1;
+
+/// Longest health-check interval, initial grace or check timeout, in seconds. A check an hour
+/// apart no longer tells anyone anything about the task's health.
+pub const HEALTH_CHECK_SECS_MAX: u32 = 3600;
+/// The shortest health-check interval and timeout, in seconds (the initial grace may be 0).
+pub const HEALTH_CHECK_INTERVAL_SECS_MIN: u32 = 1;
+/// Most consecutive failures tolerated, or successes required, by a health check.
+pub const HEALTH_CHECK_CONSECUTIVE_MAX: u32 = 1000;
+/// The fewest consecutive successes that make a task healthy: 0 would make it healthy unchecked.
+pub const HEALTH_CHECK_SUCCESSES_MIN: u32 = 1;
+/// The lowest HTTP status a health check may expect (the lowest status HTTP defines).
+pub const HTTP_STATUS_MIN: u16 = 100;
+/// The highest HTTP status a health check may expect (the highest status HTTP defines).
+pub const HTTP_STATUS_MAX: u16 = 599;
+/// Longest health-check or lifecycle endpoint path, in bytes; it goes in an HTTP request line.
+pub const ENDPOINT_BYTES_MAX: usize = 1024;
+/// Longest wait of the HTTP kill sequence, per step, in seconds (as `finalization_wait_secs`).
+pub const LIFECYCLE_WAIT_SECS_MAX: u32 = 3600;
+/// The smallest SLA count: a count of 0 is no SLA, which is said by leaving the policy out.
+pub const SLA_COUNT_MIN: u32 = 1;
+/// The largest SLA percentage, in thousandths of a percent (100 %).
+pub const SLA_PERCENTAGE_MILLIS_MAX: u32 = 100_000;
+/// The longest SLA window, in seconds: 30 days. The scheduler caps the window it enforces much
+/// lower (`--max-sla-duration-secs`, Aurora's 2 h), so this bound only stops nonsense.
+pub const SLA_DURATION_SECS_MAX: u64 = 30 * 24 * 3600;
+/// Longest coordinator URL, in bytes (what browsers and proxies reliably pass).
+pub const COORDINATOR_URL_BYTES_MAX: usize = 2048;
+/// Longest coordinator status key, in bytes.
+pub const STATUS_KEY_BYTES_MAX: usize = 128;
+/// The longest a task may stay PARTITIONED before it is replaced, in seconds: 30 days (a task
+/// that must never be replaced says `reschedule = false`).
+pub const PARTITION_DELAY_SECS_MAX: u64 = 30 * 24 * 3600;
 
 /// Why a task configuration was refused: the field (as the job file names it) and what is wrong,
 /// shown as `field: reason`.
@@ -140,7 +175,334 @@ pub fn validate_task_config(config: &TaskConfig) -> Result<(), ConfigError> {
     for (index, constraint) in config.constraints.iter().enumerate() {
         validate_constraint(index, constraint)?;
     }
+    if let Some(check) = &config.health_check {
+        validate_health_check(check, &config.port_names)?;
+    }
+    if let Some(lifecycle) = &config.http_lifecycle {
+        validate_http_lifecycle(lifecycle, &config.port_names)?;
+    }
+    if let Some(policy) = &config.sla_policy {
+        validate_sla_policy(policy)?;
+    }
+    if let Some(policy) = &config.partition_policy {
+        validate_partition_policy(policy)?;
+    }
     Ok(())
+}
+
+/// `value` within `min..=max`, or an error naming `field` with the bound it broke, in the job-file
+/// parser's words (`must be >= 1 (got 0)`), so a file and the wire read the same.
+fn check_range(field: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::new(
+            field,
+            format!("must be >= {min} (got {value})"),
+        ));
+    }
+    if value > max {
+        return Err(ConfigError::new(
+            field,
+            format!("must be <= {max} (got {value})"),
+        ));
+    }
+    Ok(())
+}
+
+/// `port` must be one of the task's named ports: the agent knows no other.
+fn check_port_named(field: &str, port: &str, port_names: &[String]) -> Result<(), ConfigError> {
+    if port_names.iter().any(|name| name == port) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            field,
+            format!("{port:?} is not one of resources.ports"),
+        ))
+    }
+}
+
+/// An HTTP path the agent requests: starts with `/`, at most [`ENDPOINT_BYTES_MAX`] bytes, and
+/// no whitespace or control characters, which would break the request line.
+fn check_endpoint(field: &str, endpoint: &str) -> Result<(), ConfigError> {
+    if endpoint.len() > ENDPOINT_BYTES_MAX {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "must be at most {ENDPOINT_BYTES_MAX} bytes (got {})",
+                endpoint.len()
+            ),
+        ));
+    }
+    if !endpoint.starts_with('/') {
+        return Err(ConfigError::new(
+            field,
+            format!("must start with \"/\" (got {endpoint:?})"),
+        ));
+    }
+    if endpoint
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("must not contain whitespace or control characters (got {endpoint:?})"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_health_check(check: &HealthCheck, port_names: &[String]) -> Result<(), ConfigError> {
+    match &check.checker {
+        HealthChecker::Http {
+            port,
+            endpoint,
+            expected_status,
+        } => {
+            check_port_named("health_check.port", port, port_names)?;
+            check_endpoint("health_check.endpoint", endpoint)?;
+            check_range(
+                "health_check.expected_status",
+                u64::from(*expected_status),
+                u64::from(HTTP_STATUS_MIN),
+                u64::from(HTTP_STATUS_MAX),
+            )?;
+        }
+        HealthChecker::Shell { command } => {
+            if command.trim().is_empty() {
+                return Err(ConfigError::new(
+                    "health_check.command",
+                    "must not be empty",
+                ));
+            }
+            if command.len() > COMMAND_BYTES_MAX {
+                return Err(ConfigError::new(
+                    "health_check.command",
+                    format!(
+                        "must be at most {COMMAND_BYTES_MAX} bytes (got {})",
+                        command.len()
+                    ),
+                ));
+            }
+        }
+    }
+    let secs = u64::from(HEALTH_CHECK_SECS_MAX);
+    let interval_min = u64::from(HEALTH_CHECK_INTERVAL_SECS_MIN);
+    let count_max = u64::from(HEALTH_CHECK_CONSECUTIVE_MAX);
+    for (field, value, min, max) in [
+        (
+            "health_check.initial_interval_secs",
+            check.initial_interval_secs,
+            0,
+            secs,
+        ),
+        (
+            "health_check.interval_secs",
+            check.interval_secs,
+            interval_min,
+            secs,
+        ),
+        (
+            "health_check.timeout_secs",
+            check.timeout_secs,
+            interval_min,
+            secs,
+        ),
+        (
+            "health_check.max_consecutive_failures",
+            check.max_consecutive_failures,
+            0,
+            count_max,
+        ),
+        (
+            "health_check.min_consecutive_successes",
+            check.min_consecutive_successes,
+            u64::from(HEALTH_CHECK_SUCCESSES_MIN),
+            count_max,
+        ),
+    ] {
+        check_range(field, u64::from(value), min, max)?;
+    }
+    // A check that may take longer than the gap between checks would overlap the next one.
+    if check.timeout_secs > check.interval_secs {
+        return Err(ConfigError::new(
+            "health_check.timeout_secs",
+            format!(
+                "must be <= interval_secs (got {} > {})",
+                check.timeout_secs, check.interval_secs
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_http_lifecycle(
+    lifecycle: &HttpLifecycle,
+    port_names: &[String],
+) -> Result<(), ConfigError> {
+    check_port_named("lifecycle.http.port", &lifecycle.port, port_names)?;
+    check_endpoint(
+        "lifecycle.http.graceful_shutdown_endpoint",
+        &lifecycle.graceful_shutdown_endpoint,
+    )?;
+    check_endpoint(
+        "lifecycle.http.shutdown_endpoint",
+        &lifecycle.shutdown_endpoint,
+    )?;
+    for (field, value) in [
+        (
+            "lifecycle.http.graceful_shutdown_wait_secs",
+            lifecycle.graceful_shutdown_wait_secs,
+        ),
+        (
+            "lifecycle.http.shutdown_wait_secs",
+            lifecycle.shutdown_wait_secs,
+        ),
+    ] {
+        check_range(
+            field,
+            u64::from(value),
+            0,
+            u64::from(LIFECYCLE_WAIT_SECS_MAX),
+        )?;
+    }
+    Ok(())
+}
+
+fn validate_sla_policy(policy: &SlaPolicy) -> Result<(), ConfigError> {
+    let check_duration = |duration_secs: u64| {
+        check_range(
+            "sla_policy.duration_secs",
+            duration_secs,
+            1,
+            SLA_DURATION_SECS_MAX,
+        )
+    };
+    match policy {
+        SlaPolicy::Count {
+            count,
+            duration_secs,
+        } => {
+            check_range(
+                "sla_policy.count",
+                u64::from(*count),
+                u64::from(SLA_COUNT_MIN),
+                u64::from(u32::MAX),
+            )?;
+            check_duration(*duration_secs)
+        }
+        SlaPolicy::Percentage {
+            percentage_millis,
+            duration_secs,
+        } => {
+            if !(1..=SLA_PERCENTAGE_MILLIS_MAX).contains(percentage_millis) {
+                return Err(ConfigError::new(
+                    "sla_policy.percentage",
+                    format!(
+                        "must be > 0 and <= 100 (got {})",
+                        percent_text(u64::from(*percentage_millis))
+                    ),
+                ));
+            }
+            check_duration(*duration_secs)
+        }
+        SlaPolicy::Coordinator {
+            coordinator_url,
+            status_key,
+        } => {
+            validate_coordinator_url(coordinator_url)?;
+            let key_valid = !status_key.is_empty()
+                && status_key.len() <= STATUS_KEY_BYTES_MAX
+                && status_key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+            if !key_valid {
+                return Err(ConfigError::new(
+                    "sla_policy.status_key",
+                    format!(
+                        "{status_key:?} must be 1..={STATUS_KEY_BYTES_MAX} characters of \
+                         [A-Za-z0-9_.-]"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A coordinator URL: `http://host[:port][/path][?query]`, printable ASCII without spaces, the
+/// host a name, an IPv4 address or a bracketed IPv6 address. Plain HTTP only: the scheduler
+/// speaks no TLS, and a URL it cannot call would block maintenance of the job for ever.
+fn validate_coordinator_url(url: &str) -> Result<(), ConfigError> {
+    const FIELD: &str = "sla_policy.coordinator_url";
+    if url.len() > COORDINATOR_URL_BYTES_MAX {
+        return Err(ConfigError::new(
+            FIELD,
+            format!(
+                "must be at most {COORDINATOR_URL_BYTES_MAX} bytes (got {})",
+                url.len()
+            ),
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(ConfigError::new(
+            FIELD,
+            format!("must start with \"http://\" (got {url:?})"),
+        ));
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if !url.bytes().all(|b| b.is_ascii_graphic()) || !authority_valid(authority) {
+        return Err(ConfigError::new(
+            FIELD,
+            format!("must be http://host[:port][/path], without spaces (got {url:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// `host[:port]`: a host of `[A-Za-z0-9.-]` or `[` IPv6 `]`, and a port of 1..=65535.
+fn authority_valid(authority: &str) -> bool {
+    let (host_valid, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return false;
+        };
+        let host_valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        let port = match after {
+            "" => None,
+            after => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        (host_valid, port)
+    } else {
+        let (host, port) = match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        };
+        let host_valid = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        (host_valid, port)
+    };
+    let port_valid = port.is_none_or(|port| {
+        !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| (1..=65535).contains(&p))
+    });
+    host_valid && port_valid
+}
+
+fn validate_partition_policy(policy: &PartitionPolicy) -> Result<(), ConfigError> {
+    check_range(
+        "partition_policy.delay_secs",
+        policy.delay_secs,
+        0,
+        PARTITION_DELAY_SECS_MAX,
+    )
 }
 
 fn validate_port_names(names: &[String]) -> Result<(), ConfigError> {
@@ -237,6 +599,7 @@ fn validate_constraint(index: usize, constraint: &Constraint) -> Result<(), Conf
 mod tests {
     use super::*;
     use crate::model::{JobKey, Resources, Tier};
+    use crate::service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
 
     fn valid() -> TaskConfig {
         TaskConfig {
@@ -273,11 +636,42 @@ mod tests {
         }
     }
 
+    /// [`valid`] with every service field set: an HTTP health check and lifecycle on its one
+    /// port, a count SLA and a partition policy.
+    fn valid_service() -> TaskConfig {
+        TaskConfig {
+            health_check: Some(HealthCheck::with_defaults(HealthChecker::Http {
+                port: "http".into(),
+                endpoint: "/health".into(),
+                expected_status: 200,
+            })),
+            http_lifecycle: Some(HttpLifecycle {
+                port: "http".into(),
+                ..HttpLifecycle::default()
+            }),
+            sla_policy: Some(SlaPolicy::Count {
+                count: 2,
+                duration_secs: 1800,
+            }),
+            partition_policy: Some(PartitionPolicy::default()),
+            ..valid()
+        }
+    }
+
     /// Applies `edit` to a valid config and validates it; an expected error is a prefix of the
     /// message (the full text where it matters).
     #[track_caller]
     fn check(edit: impl FnOnce(&mut TaskConfig), expected: Result<(), &str>) {
-        let mut config = valid();
+        check_from(valid(), edit, expected);
+    }
+
+    /// [`check`], from `config` rather than [`valid`].
+    #[track_caller]
+    fn check_from(
+        mut config: TaskConfig,
+        edit: impl FnOnce(&mut TaskConfig),
+        expected: Result<(), &str>,
+    ) {
         edit(&mut config);
         let got = validate_task_config(&config).map_err(|e| e.to_string());
         match (got, expected) {
@@ -484,5 +878,417 @@ mod tests {
         for (edit, message) in table {
             check(edit, Err(message));
         }
+    }
+
+    fn shell(command: &str) -> Option<HealthCheck> {
+        Some(HealthCheck::with_defaults(HealthChecker::Shell {
+            command: command.into(),
+        }))
+    }
+
+    fn http_check(c: &mut TaskConfig) -> &mut HealthCheck {
+        c.health_check
+            .as_mut()
+            .expect("valid_service has a health check")
+    }
+
+    fn set_http(c: &mut TaskConfig, edit: impl FnOnce(&mut String, &mut String, &mut u16)) {
+        match &mut http_check(c).checker {
+            HealthChecker::Http {
+                port,
+                endpoint,
+                expected_status,
+            } => edit(port, endpoint, expected_status),
+            HealthChecker::Shell { .. } => unreachable!("valid_service checks over HTTP"),
+        }
+    }
+
+    fn lifecycle(c: &mut TaskConfig) -> &mut HttpLifecycle {
+        c.http_lifecycle
+            .as_mut()
+            .expect("valid_service has a lifecycle")
+    }
+
+    fn coordinator(url: &str, key: &str) -> Option<SlaPolicy> {
+        Some(SlaPolicy::Coordinator {
+            coordinator_url: url.into(),
+            status_key: key.into(),
+        })
+    }
+
+    fn percentage(percentage_millis: u32, duration_secs: u64) -> Option<SlaPolicy> {
+        Some(SlaPolicy::Percentage {
+            percentage_millis,
+            duration_secs,
+        })
+    }
+
+    #[test]
+    fn accepted_service_fields() {
+        let long_url = format!(
+            "http://c.example.com/{}",
+            "a".repeat(COORDINATOR_URL_BYTES_MAX - 21)
+        );
+        assert_eq!(long_url.len(), COORDINATOR_URL_BYTES_MAX);
+        let long_endpoint = format!("/{}", "e".repeat(ENDPOINT_BYTES_MAX - 1));
+        let table: Vec<Edit<'_>> = vec![
+            Box::new(|_| {}),
+            Box::new(|c| c.health_check = shell("curl -sf localhost")),
+            Box::new(|c| c.health_check = shell(&"x".repeat(COMMAND_BYTES_MAX))),
+            Box::new(|c| {
+                let h = http_check(c);
+                h.initial_interval_secs = 0;
+                h.interval_secs = 1;
+                h.timeout_secs = 1;
+                h.max_consecutive_failures = 0;
+                h.min_consecutive_successes = 1;
+            }),
+            Box::new(|c| {
+                let h = http_check(c);
+                h.initial_interval_secs = HEALTH_CHECK_SECS_MAX;
+                h.interval_secs = HEALTH_CHECK_SECS_MAX;
+                h.timeout_secs = HEALTH_CHECK_SECS_MAX;
+                h.max_consecutive_failures = HEALTH_CHECK_CONSECUTIVE_MAX;
+                h.min_consecutive_successes = HEALTH_CHECK_CONSECUTIVE_MAX;
+            }),
+            Box::new(|c| set_http(c, |_, _, status| *status = HTTP_STATUS_MIN)),
+            Box::new(|c| set_http(c, |_, _, status| *status = HTTP_STATUS_MAX)),
+            Box::new(|c| set_http(c, |_, endpoint, _| *endpoint = "/".into())),
+            Box::new(move |c| set_http(c, |_, endpoint, _| *endpoint = long_endpoint)),
+            Box::new(|c| set_http(c, |_, e, _| *e = "/status?verbose=1&x=%20".into())),
+            Box::new(|c| {
+                let l = lifecycle(c);
+                l.graceful_shutdown_wait_secs = 0;
+                l.shutdown_wait_secs = LIFECYCLE_WAIT_SECS_MAX;
+            }),
+            // Aurora allows a count above the job's instances: it just never lets a task go.
+            Box::new(|c| {
+                c.sla_policy = Some(SlaPolicy::Count {
+                    count: u32::MAX,
+                    duration_secs: SLA_DURATION_SECS_MAX,
+                })
+            }),
+            Box::new(|c| c.sla_policy = percentage(1, 1)),
+            Box::new(|c| c.sla_policy = percentage(SLA_PERCENTAGE_MILLIS_MAX, 1)),
+            Box::new(|c| c.sla_policy = coordinator("http://coord.example.com:8080/sla", "drain")),
+            Box::new(|c| c.sla_policy = coordinator("http://10.0.0.1", "a.B-9_")),
+            Box::new(|c| c.sla_policy = coordinator("http://[::1]:65535/x?y=z", "k")),
+            Box::new(|c| c.sla_policy = coordinator("http://c?task=1", "k")),
+            Box::new(move |c| c.sla_policy = coordinator(&long_url, "k")),
+            Box::new(|c| c.sla_policy = coordinator("http://c", &"k".repeat(STATUS_KEY_BYTES_MAX))),
+            Box::new(|c| {
+                c.partition_policy = Some(PartitionPolicy {
+                    reschedule: false,
+                    delay_secs: PARTITION_DELAY_SECS_MAX,
+                })
+            }),
+            // Every service field is optional.
+            Box::new(|c| {
+                c.health_check = None;
+                c.http_lifecycle = None;
+                c.sla_policy = None;
+                c.partition_policy = None;
+            }),
+        ];
+        for edit in table {
+            check_from(valid_service(), edit, Ok(()));
+        }
+    }
+
+    #[test]
+    fn rejected_service_fields() {
+        let long_endpoint = format!("/{}", "e".repeat(ENDPOINT_BYTES_MAX));
+        let long_url = format!("http://c/{}", "a".repeat(COORDINATOR_URL_BYTES_MAX));
+        let table: Vec<(Edit<'_>, &str)> = vec![
+            // Health check.
+            (
+                Box::new(|c| set_http(c, |port, _, _| *port = "health".into())),
+                "health_check.port: \"health\" is not one of resources.ports",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, endpoint, _| *endpoint = "health".into())),
+                "health_check.endpoint: must start with \"/\" (got \"health\")",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, endpoint, _| *endpoint = "".into())),
+                "health_check.endpoint: must start with \"/\" (got \"\")",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, endpoint, _| *endpoint = "/a b".into())),
+                "health_check.endpoint: must not contain whitespace or control characters (got \"/a b\")",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, endpoint, _| *endpoint = "/a\r\nX: y".into())),
+                "health_check.endpoint: must not contain whitespace or control characters",
+            ),
+            (
+                Box::new(move |c| set_http(c, |_, endpoint, _| *endpoint = long_endpoint)),
+                "health_check.endpoint: must be at most 1024 bytes (got 1025)",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, _, status| *status = 99)),
+                "health_check.expected_status: must be >= 100 (got 99)",
+            ),
+            (
+                Box::new(|c| set_http(c, |_, _, status| *status = 600)),
+                "health_check.expected_status: must be <= 599 (got 600)",
+            ),
+            (
+                Box::new(|c| c.health_check = shell(" \t")),
+                "health_check.command: must not be empty",
+            ),
+            (
+                Box::new(|c| c.health_check = shell(&"x".repeat(COMMAND_BYTES_MAX + 1))),
+                "health_check.command: must be at most 65536 bytes (got 65537)",
+            ),
+            (
+                Box::new(|c| http_check(c).initial_interval_secs = 3601),
+                "health_check.initial_interval_secs: must be <= 3600 (got 3601)",
+            ),
+            (
+                Box::new(|c| http_check(c).interval_secs = 0),
+                "health_check.interval_secs: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| http_check(c).interval_secs = 3601),
+                "health_check.interval_secs: must be <= 3600 (got 3601)",
+            ),
+            (
+                Box::new(|c| http_check(c).timeout_secs = 0),
+                "health_check.timeout_secs: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| http_check(c).timeout_secs = u32::MAX),
+                "health_check.timeout_secs: must be <= 3600 (got 4294967295)",
+            ),
+            (
+                Box::new(|c| http_check(c).timeout_secs = 11),
+                "health_check.timeout_secs: must be <= interval_secs (got 11 > 10)",
+            ),
+            (
+                Box::new(|c| http_check(c).max_consecutive_failures = 1001),
+                "health_check.max_consecutive_failures: must be <= 1000 (got 1001)",
+            ),
+            (
+                Box::new(|c| http_check(c).min_consecutive_successes = 0),
+                "health_check.min_consecutive_successes: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| http_check(c).min_consecutive_successes = 1001),
+                "health_check.min_consecutive_successes: must be <= 1000 (got 1001)",
+            ),
+            // HTTP lifecycle.
+            (
+                Box::new(|c| lifecycle(c).port = "admin".into()),
+                "lifecycle.http.port: \"admin\" is not one of resources.ports",
+            ),
+            (
+                Box::new(|c| {
+                    c.port_names.clear();
+                    c.resources.ports = 0;
+                    c.health_check = None;
+                }),
+                "lifecycle.http.port: \"http\" is not one of resources.ports",
+            ),
+            (
+                Box::new(|c| lifecycle(c).graceful_shutdown_endpoint = "quit".into()),
+                "lifecycle.http.graceful_shutdown_endpoint: must start with \"/\" (got \"quit\")",
+            ),
+            (
+                Box::new(|c| lifecycle(c).shutdown_endpoint = "/abort now".into()),
+                "lifecycle.http.shutdown_endpoint: must not contain whitespace",
+            ),
+            (
+                Box::new(|c| lifecycle(c).graceful_shutdown_wait_secs = 3601),
+                "lifecycle.http.graceful_shutdown_wait_secs: must be <= 3600 (got 3601)",
+            ),
+            (
+                Box::new(|c| lifecycle(c).shutdown_wait_secs = 3601),
+                "lifecycle.http.shutdown_wait_secs: must be <= 3600 (got 3601)",
+            ),
+            // SLA policy.
+            (
+                Box::new(|c| {
+                    c.sla_policy = Some(SlaPolicy::Count {
+                        count: 0,
+                        duration_secs: 1,
+                    })
+                }),
+                "sla_policy.count: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| {
+                    c.sla_policy = Some(SlaPolicy::Count {
+                        count: 1,
+                        duration_secs: 0,
+                    })
+                }),
+                "sla_policy.duration_secs: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| {
+                    c.sla_policy = Some(SlaPolicy::Count {
+                        count: 1,
+                        duration_secs: SLA_DURATION_SECS_MAX + 1,
+                    })
+                }),
+                "sla_policy.duration_secs: must be <= 2592000 (got 2592001)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = percentage(0, 60)),
+                "sla_policy.percentage: must be > 0 and <= 100 (got 0)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = percentage(100_001, 60)),
+                "sla_policy.percentage: must be > 0 and <= 100 (got 100.001)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = percentage(120_000, 60)),
+                "sla_policy.percentage: must be > 0 and <= 100 (got 120)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = percentage(95_000, 0)),
+                "sla_policy.duration_secs: must be >= 1 (got 0)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = percentage(95_000, u64::MAX)),
+                "sla_policy.duration_secs: must be <= 2592000 (got 18446744073709551615)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("https://c.example.com", "drain")),
+                "sla_policy.coordinator_url: must start with \"http://\" (got \"https://c.example.com\")",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("", "drain")),
+                "sla_policy.coordinator_url: must start with \"http://\" (got \"\")",
+            ),
+            (
+                Box::new(move |c| c.sla_policy = coordinator(&long_url, "drain")),
+                "sla_policy.coordinator_url: must be at most 2048 bytes (got 2057)",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path], without spaces (got \"http://\")",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http:///sla", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c .example.com", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c/a b", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c\u{e9}/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://user@c/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c:0/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c:65536/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c:/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c:1:2/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://[::1/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://[]:80/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://[::1]x/", "drain")),
+                "sla_policy.coordinator_url: must be http://host[:port][/path]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c/", "")),
+                "sla_policy.status_key: \"\" must be 1..=128 characters of [A-Za-z0-9_.-]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c/", "may drain")),
+                "sla_policy.status_key: \"may drain\" must be 1..=128 characters of [A-Za-z0-9_.-]",
+            ),
+            (
+                Box::new(|c| c.sla_policy = coordinator("http://c/", &"k".repeat(129))),
+                "sla_policy.status_key: ",
+            ),
+            // Partition policy.
+            (
+                Box::new(|c| {
+                    c.partition_policy = Some(PartitionPolicy {
+                        reschedule: true,
+                        delay_secs: PARTITION_DELAY_SECS_MAX + 1,
+                    })
+                }),
+                "partition_policy.delay_secs: must be <= 2592000 (got 2592001)",
+            ),
+        ];
+        for (edit, message) in table {
+            check_from(valid_service(), edit, Err(message));
+        }
+    }
+
+    /// The service fields are checked after the fields the job file lists before them, in the
+    /// file's order, so the first error is the first the user reads.
+    #[test]
+    fn service_fields_are_checked_in_file_order() {
+        check_from(
+            valid_service(),
+            |c| {
+                c.finalization_wait_secs = 3601;
+                http_check(c).interval_secs = 0;
+            },
+            Err("finalization_wait_secs: "),
+        );
+        check_from(
+            valid_service(),
+            |c| {
+                http_check(c).interval_secs = 0;
+                lifecycle(c).port = "x".into();
+                c.sla_policy = percentage(0, 1);
+                c.partition_policy = Some(PartitionPolicy {
+                    reschedule: true,
+                    delay_secs: u64::MAX,
+                });
+            },
+            Err("health_check.interval_secs: "),
+        );
+        check_from(
+            valid_service(),
+            |c| {
+                lifecycle(c).port = "x".into();
+                c.sla_policy = percentage(0, 1);
+            },
+            Err("lifecycle.http.port: "),
+        );
+        check_from(
+            valid_service(),
+            |c| {
+                c.sla_policy = percentage(0, 1);
+                c.partition_policy = Some(PartitionPolicy {
+                    reschedule: true,
+                    delay_secs: u64::MAX,
+                });
+            },
+            Err("sla_policy.percentage: "),
+        );
     }
 }

@@ -282,7 +282,7 @@ fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
 }
 
 /// Decodes any message into owned values, returning its request id too.
-fn maintenance_op_from_wire(op: wire::MaintenanceOp) -> Result<MaintenanceOp, WireError> {
+pub fn maintenance_op_from_wire(op: wire::MaintenanceOp) -> Result<MaintenanceOp, WireError> {
     match op {
         wire::MaintenanceOp::Start => Ok(MaintenanceOp::Start),
         wire::MaintenanceOp::Drain => Ok(MaintenanceOp::Drain),

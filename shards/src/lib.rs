@@ -6,6 +6,7 @@
 //! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
 pub mod conn;
+pub mod coordinator;
 pub mod ha;
 pub mod metrics;
 pub mod msg;
@@ -93,6 +94,59 @@ pub struct SchedulerConfig {
     pub max_schedule_attempts_per_sec: f64,
     /// Aurora: `allowed_job_environments`, a regular expression (the CLI checks it compiles).
     pub allowed_job_environments: String,
+    /// Drains under SLAs, kill retries, partitions and reconciliation.
+    pub service: ServiceSettings,
+}
+
+/// How the scheduler keeps services up through maintenance and faults (Aurora's flags, same
+/// meanings and defaults).
+#[derive(Clone, Debug)]
+pub struct ServiceSettings {
+    /// `--min-required-instances-for-sla-check` (20), `--max-sla-duration-secs` (2 h).
+    pub sla: borealis_core::sla::SlaSettings,
+    /// `--sla-aware-kill-retry-min-delay` (1 min): the first wait before a drain asks a job's SLA
+    /// again for a task it refused; doubling up to `--sla-aware-kill-retry-max-delay` (5 min).
+    pub sla_kill_retry_min_ms: u64,
+    pub sla_kill_retry_max_ms: u64,
+    /// `--initial-task-kill-retry-interval` (5 s): a kill not answered is sent again after this,
+    /// doubling up to `--transient-task-state-timeout`.
+    pub initial_task_kill_retry_interval_ms: u64,
+    /// `--partition-aware` (false): a lost agent's RUNNING tasks go PARTITIONED (and their
+    /// job's partition policy decides when they are LOST) instead of LOST at once.
+    pub partition_aware: bool,
+    /// `--reconciliation-initial-delay` (1 min).
+    pub reconciliation_initial_delay_ms: u64,
+    /// `--reconciliation-explicit-interval` (60 min).
+    pub reconciliation_explicit_interval_ms: u64,
+    /// `--reconciliation-explicit-batch-size` (1000).
+    pub reconciliation_explicit_batch_size: usize,
+    /// `--reconciliation-explicit-batch-interval` (5 s).
+    pub reconciliation_explicit_batch_interval_ms: u64,
+    /// `--reconciliation-implicit-interval` (60 min).
+    pub reconciliation_implicit_interval_ms: u64,
+    /// `--reconciliation-schedule-spread` (30 min): implicit rounds start this long after the
+    /// explicit ones.
+    pub reconciliation_schedule_spread_ms: u64,
+}
+
+impl Default for ServiceSettings {
+    /// Aurora's defaults.
+    fn default() -> ServiceSettings {
+        const MIN: u64 = 60_000;
+        ServiceSettings {
+            sla: borealis_core::sla::SlaSettings::default(),
+            sla_kill_retry_min_ms: MIN,
+            sla_kill_retry_max_ms: 5 * MIN,
+            initial_task_kill_retry_interval_ms: 5_000,
+            partition_aware: false,
+            reconciliation_initial_delay_ms: MIN,
+            reconciliation_explicit_interval_ms: 60 * MIN,
+            reconciliation_explicit_batch_size: 1000,
+            reconciliation_explicit_batch_interval_ms: 5_000,
+            reconciliation_implicit_interval_ms: 60 * MIN,
+            reconciliation_schedule_spread_ms: 30 * MIN,
+        }
+    }
 }
 
 /// Takes the data directory's lock (created if missing): one scheduler per data dir, and
@@ -122,6 +176,9 @@ pub struct Scheduler {
     /// Held for the scheduler's life (see `lock_data_dir`).
     _data_dir_lock: Option<std::fs::File>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The coordinator service's ends of the shards' channels: the caller runs the service
+    /// (`CoordinatorSlaPolicy` requests, on its control thread) and takes this to do so.
+    pub coordinator: Option<coordinator::CoordinatorService>,
 }
 
 impl Scheduler {
@@ -209,8 +266,12 @@ pub fn start_with_metrics(
         }
         None => (0..config.shards).map(|_| None).collect(),
     };
+    let (coordinator_links, coordinator_service) = coordinator::coordinator_channels(config.shards);
+    let mut coordinator_links: Vec<Option<coordinator::CoordinatorLinks>> =
+        coordinator_links.into_iter().map(Some).collect();
     for (id, restored) in durable.into_iter().enumerate() {
         let links = ha_links[id].take();
+        let coordinator = coordinator_links[id].take().expect("one per shard");
         let placement = if config.pin_shards {
             Placement::Fixed(id % cores)
         } else {
@@ -225,6 +286,10 @@ pub fn start_with_metrics(
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
+                let links = ShardSideLinks {
+                    ha: links,
+                    coordinator,
+                };
                 run_shard(id, config, metrics, restored, links, addr, mesh, ready).await
             })
             .map_err(|e| anyhow!("cannot start shard {id}: {e}"))?;
@@ -242,7 +307,15 @@ pub fn start_with_metrics(
         metrics,
         _data_dir_lock: data_dir_lock,
         handles,
+        coordinator: Some(coordinator_service),
     })
+}
+
+/// What a shard talks to off its thread: the etcd control thread (HA only) and the
+/// coordinator service.
+struct ShardSideLinks {
+    ha: Option<ha::ShardLinks>,
+    coordinator: coordinator::CoordinatorLinks,
 }
 
 /// A shard's recovered state and its log, ready for [`Shard::restore`].
@@ -296,7 +369,7 @@ async fn run_shard(
     config: Arc<SchedulerConfig>,
     metrics: Arc<Metrics>,
     restored: Option<(borealis_store::image::StateImage, borealis_store::wal::Wal)>,
-    links: Option<ha::ShardLinks>,
+    links: ShardSideLinks,
     addr: SocketAddr,
     mesh: MeshBuilder<PeerBatch, glommio::channels::channel_mesh::Full>,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -368,9 +441,10 @@ async fn run_shard(
     if let Some((image, wal)) = restored {
         shard.restore(image, wal);
     }
-    if let Some(links) = links {
-        shard.set_links(links);
+    if let Some(ha) = links.ha {
+        shard.set_links(ha);
     }
+    shard.set_coordinator(links.coordinator);
     let shard_metrics = &metrics.shards[id];
     loop {
         // Begin: wait for input unless work is already pending.

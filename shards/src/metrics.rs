@@ -133,6 +133,12 @@ pub struct ShardMetrics {
     /// Preemption slots claimed (a search found room) and tasks preempted.
     pub preemption_slots_claimed_total: LocalCounter,
     pub preemptions_total: LocalCounter,
+    /// Reconciliation rounds started with this shard's agents: [explicit, implicit].
+    pub reconciliations_total: [LocalCounter; 2],
+    /// Kills sent again because the agent had not answered.
+    pub kill_retries_total: LocalCounter,
+    /// Tasks moved off draining hosts (to DRAINING).
+    pub drained_total: LocalCounter,
     pub agents_connected: LocalGauge,
     pub connections: LocalGauge,
     pub jobs: LocalGauge,
@@ -293,6 +299,32 @@ impl Metrics {
             "borealis_preemptions_total",
             "Tasks preempted (moved to PREEMPTING) for production tasks, per shard of the victim.",
             per_shard(&|s| s.preemptions_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_reconciliations_total",
+            "Reconciliation rounds started with the agents, by kind.",
+            ["explicit", "implicit"]
+                .iter()
+                .enumerate()
+                .map(|(i, kind)| {
+                    let total: u64 = self
+                        .shards
+                        .iter()
+                        .map(|s| s.reconciliations_total[i].get())
+                        .sum();
+                    (vec![("kind", kind.to_string())], total as f64)
+                })
+                .collect(),
+        ));
+        families.push(counter_family(
+            "borealis_kill_retries_total",
+            "Kills sent again to an agent that had not answered, per shard of the task.",
+            per_shard(&|s| s.kill_retries_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_drained_tasks_total",
+            "Tasks moved off hosts being drained for maintenance, per shard of the task.",
+            per_shard(&|s| s.drained_total.get()),
         ));
         families.push(gauge_family(
             "borealis_agents_connected",

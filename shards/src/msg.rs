@@ -68,11 +68,20 @@ pub struct LentOffer {
 #[derive(Debug)]
 pub enum PeerMsg {
     /// A client request for a job this shard owns; `bytes` is the verified message.
-    Client { reply: ReplyTo, bytes: Bytes },
+    Client {
+        reply: ReplyTo,
+        bytes: Bytes,
+    },
     /// A finished response to write on a connection of the receiving shard.
-    ClientReply { conn: ConnId, bytes: Vec<u8> },
+    ClientReply {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
     /// Scatter part of `ListJobs`: answer with this shard's jobs.
-    ListJobs { reply: ReplyTo, request_id: u64 },
+    ListJobs {
+        reply: ReplyTo,
+        request_id: u64,
+    },
     /// Gather part of `ListJobs`.
     ListPart {
         conn: ConnId,
@@ -82,7 +91,10 @@ pub enum PeerMsg {
         refused: bool,
     },
     /// A verified `TaskStatus` message from `agent` for a job the receiver owns.
-    Status { agent: AgentId, bytes: Bytes },
+    Status {
+        agent: AgentId,
+        bytes: Bytes,
+    },
     /// A task an agent reported on (re-)registration; the job's owner adopts or rejects it.
     Adopt {
         agent: AgentId,
@@ -121,7 +133,9 @@ pub enum PeerMsg {
         state: borealis_core::TaskState,
     },
     /// The agent is gone: the task was not launched.
-    LaunchFailed { task_id: TaskId },
+    LaunchFailed {
+        task_id: TaskId,
+    },
     /// Kill a task on an agent whose connection the receiver holds.
     Kill {
         agent: AgentId,
@@ -135,9 +149,13 @@ pub enum PeerMsg {
         resources: Resources,
     },
     /// The agent's connection closed: its tasks are LOST.
-    AgentLost { agent: AgentId },
+    AgentLost {
+        agent: AgentId,
+    },
     /// The sender has pending work that fits nothing it owns: lend it offers that fit `demand`.
-    Borrow { demand: Resources },
+    Borrow {
+        demand: Resources,
+    },
     /// Answer to `Borrow` (possibly empty). Ownership of these offers moves to the receiver.
     /// With `reserved_for`, not an answer: a held preemption slot is ready for that task.
     Lend {
@@ -161,9 +179,15 @@ pub enum PeerMsg {
         hold_ms: u64,
     },
     /// Preempt this task (of a job the receiver owns) for `preemptor`.
-    Preempt { task_id: TaskId, preemptor: TaskId },
+    Preempt {
+        task_id: TaskId,
+        preemptor: TaskId,
+    },
     /// A borrowed offer goes back to its home with what is left of it.
-    Return { agent: AgentId, free: Resources },
+    Return {
+        agent: AgentId,
+        free: Resources,
+    },
     /// Why pending: explain why the sender's job fits none of the receiver's offers. The
     /// job's limit spread travels by attribute and value names (interned ids are per shard).
     Explain {
@@ -193,7 +217,9 @@ pub enum PeerMsg {
     },
     /// Everything the sender's production jobs hold of the roles the receiver owns (after
     /// a restart, a new lead, or on request).
-    UsageSnapshot { usage: Vec<(Arc<str>, Resources)> },
+    UsageSnapshot {
+        usage: Vec<(Arc<str>, Resources)>,
+    },
     /// Send me a `UsageSnapshot` (this shard rebuilds its quota ledger).
     UsageRequest,
     /// The answer to `Explain`.
@@ -201,6 +227,39 @@ pub enum PeerMsg {
         job_key: Arc<str>,
         epoch: u64,
         reasons: borealis_core::placement::PendingReasons,
+    },
+    /// Maintenance: set these hosts' modes (the receiver owns them), for a client of the
+    /// sender; answered with `HostModesSet` once every shard applied the change.
+    SetHostModes {
+        reply: ReplyTo,
+        request_id: u64,
+        op: borealis_core::MaintenanceOp,
+        hosts: Vec<Arc<str>>,
+        drain_deadline_unix_ms: u64,
+    },
+    /// The owner's answer to `SetHostModes` (`refusal`: the error to send the client).
+    HostModesSet {
+        conn: ConnId,
+        request_id: u64,
+        refusal: Option<Vec<u8>>,
+    },
+    /// The owner announces a host's mode (None: back in service) or drain progress; with
+    /// `ack`, answer `HostUpdateApplied` once applied.
+    HostUpdate {
+        host: Arc<str>,
+        state: Option<crate::shard::HostState>,
+        ack: Option<u64>,
+    },
+    HostUpdateApplied {
+        token: u64,
+    },
+    /// To a draining host's owner: the sender's tasks still active on it, and some that wait
+    /// for their job's SLA, as of the host's `epoch`.
+    HostProgress {
+        host: Arc<str>,
+        epoch: u64,
+        active: u32,
+        blocked: Vec<borealis_net::views::HostBlockerView>,
     },
 }
 

@@ -274,6 +274,33 @@ impl SimAgent {
         }
     }
 
+    /// Answers the scheduler's reconciliation, as the real agent does: the status of each
+    /// named task (one it does not know as LOST, with no job key), or of every task it knows.
+    pub fn on_reconcile(&mut self, task_ids: &[TaskId]) {
+        if task_ids.is_empty() {
+            let all: Vec<TaskStatusReport> =
+                self.tasks.iter().map(|(id, t)| status(*id, t, 0)).collect();
+            self.outbox.extend(all);
+            return;
+        }
+        for id in task_ids {
+            let report = match self.tasks.get(id) {
+                Some(t) => status(*id, t, 0),
+                None => TaskStatusReport {
+                    task_id: *id,
+                    job_key: String::new(),
+                    instance: 0,
+                    state: TaskState::Lost,
+                    exit_code: -1,
+                    message: "unknown to the agent".into(),
+                    timestamp_ms: 0,
+                    sandbox: String::new(),
+                },
+            };
+            self.outbox.push(report);
+        }
+    }
+
     /// The next reconnect delay (doubling, capped).
     pub fn next_backoff_ms(&mut self) -> u64 {
         let ms = self.backoff_ms;

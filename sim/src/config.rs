@@ -45,6 +45,8 @@ pub struct SchedulerFlags {
     pub max_tasks_per_job: u32,
     /// `--max-schedule-attempts-per-sec` (0: unlimited).
     pub max_schedule_attempts_per_sec: f64,
+    /// Drains, SLAs, kill retries, partitions, reconciliation.
+    pub service: borealis_shards::ServiceSettings,
 }
 
 impl Default for SchedulerFlags {
@@ -68,7 +70,30 @@ impl Default for SchedulerFlags {
             allowed_job_environments: ALLOWED_JOB_ENVIRONMENTS.into(),
             max_tasks_per_job: 4000,
             max_schedule_attempts_per_sec: 0.0,
+            service: sim_service_settings(),
         }
+    }
+}
+
+/// Aurora's service flags scaled from minutes to seconds, so that a run of a simulated minute
+/// or two drains, retries SLA checks and kills, and reconciles several times; SLAs apply to
+/// jobs of any size (Aurora's 20-instance floor would exempt every simulated job).
+fn sim_service_settings() -> borealis_shards::ServiceSettings {
+    borealis_shards::ServiceSettings {
+        sla: borealis_core::sla::SlaSettings {
+            min_required_instances: 1,
+            max_sla_duration_secs: 7200,
+        },
+        sla_kill_retry_min_ms: 2_000,
+        sla_kill_retry_max_ms: 8_000,
+        initial_task_kill_retry_interval_ms: 5_000,
+        partition_aware: false,
+        reconciliation_initial_delay_ms: 10_000,
+        reconciliation_explicit_interval_ms: 30_000,
+        reconciliation_explicit_batch_size: 8,
+        reconciliation_explicit_batch_interval_ms: 1_000,
+        reconciliation_implicit_interval_ms: 40_000,
+        reconciliation_schedule_spread_ms: 5_000,
     }
 }
 
@@ -136,5 +161,6 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         first_schedule_delay_ms: flags.first_schedule_delay_ms,
         max_schedule_attempts_per_sec: flags.max_schedule_attempts_per_sec,
         allowed_job_environments: flags.allowed_job_environments.clone(),
+        service: flags.service.clone(),
     })
 }

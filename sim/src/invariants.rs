@@ -321,6 +321,7 @@ fn holdings(inst: &InstanceAudit) -> (BTreeMap<AgentId, Resources>, BTreeMap<Age
             *e = e
                 .plus(&a.free_here.unwrap_or(Resources::ZERO))
                 .plus(&a.held_free.unwrap_or(Resources::ZERO))
+                .plus(&a.parked_free.unwrap_or(Resources::ZERO))
                 .plus(&a.released_while_lent);
         }
         for (agent, f) in &shard.borrowed {

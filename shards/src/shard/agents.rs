@@ -110,10 +110,7 @@ impl Shard {
                 tracing::warn!(agent = %a.name, "adopted tasks exceed the agent's resources");
                 Resources::ZERO
             };
-            a.offer = OfferWhere::Home;
-            let (attributes, total) = (a.attributes.clone(), a.total);
-            self.upsert_offer(agent, &attributes, total, free);
-            self.retry_blocked(free);
+            self.offer_home(agent, free);
         }
     }
 
@@ -141,7 +138,7 @@ impl Shard {
                 self.index.remove_agent(agent);
             }
             OfferWhere::Lent => self.lent_out -= 1,
-            OfferWhere::Adopting { .. } | OfferWhere::Held { .. } => {}
+            OfferWhere::Adopting { .. } | OfferWhere::Held { .. } | OfferWhere::Parked { .. } => {}
         }
         for shard in ShardId::all(self.shard_count) {
             self.send(shard, PeerMsg::AgentLost { agent });
@@ -232,6 +229,7 @@ impl Shard {
                 *free = free.plus(&resources);
                 self.maybe_release_hold(agent);
             }
+            OfferWhere::Parked { free } => *free = free.plus(&resources),
         }
     }
 
@@ -258,14 +256,36 @@ impl Shard {
             .map(|set| set.into_iter().collect())
             .unwrap_or_default();
         tasks.sort();
+        let partition_aware = self.config.service.partition_aware;
         for task_id in tasks {
-            if let Some(t) = self.tasks.get_mut(&task_id) {
-                // The agent is gone with whatever the task held.
-                t.holds = false;
+            let Some(t) = self.tasks.get_mut(&task_id) else {
+                continue;
+            };
+            // The agent is gone with whatever the task held.
+            t.holds = false;
+            match lifecycle::on_agent_lost(t.state, partition_aware) {
+                Some(TaskState::Partitioned) => {
+                    // Waits for its agent (or its job's partition policy). It no longer counts
+                    // in its job's spread: it is on no agent this shard knows.
+                    let job = t.job;
+                    if let Some(ids) = self.agent_attr_ids.get(&agent) {
+                        self.jobs[job].spread.remove_attributes(ids);
+                    }
+                    self.set_state(task_id, TaskState::Partitioned);
+                    let t = self.tasks.get_mut(&task_id).expect("present");
+                    t.message.clear();
+                    t.message.push_str("agent partitioned away");
+                    self.log_task(task_id);
+                }
+                Some(next) if self.may_transition(task_id, next) => {
+                    self.transition(task_id, next, "agent lost");
+                }
+                _ => {}
             }
-            if self.may_transition(task_id, TaskState::Lost) {
-                self.transition(task_id, TaskState::Lost, "agent lost");
-            }
+        }
+        if partition_aware {
+            // A job whose policy does not wait: LOST now rather than at the next sweep.
+            self.expire_partitions();
         }
         self.agent_names.remove(&agent);
         self.agent_attr_ids.remove(&agent);

@@ -37,6 +37,8 @@ pub struct AgentAudit {
     pub released_while_lent: Resources,
     /// Held for a preemptor (out of placement): what is free of it so far.
     pub held_free: Option<Resources>,
+    /// Out of placement while its host is under maintenance: what is free of it.
+    pub parked_free: Option<Resources>,
 }
 
 /// A job as the shard holds it.
@@ -133,6 +135,10 @@ impl Shard {
                 released_while_lent: a.released_while_lent,
                 held_free: match a.offer {
                     OfferWhere::Held { free, .. } => Some(free),
+                    _ => None,
+                },
+                parked_free: match a.offer {
+                    OfferWhere::Parked { free } => Some(free),
                     _ => None,
                 },
             })

@@ -50,7 +50,9 @@ impl Shard {
                 | P::QueryJob
                 | P::ListJobs
                 | P::SetQuota
-                | P::GetQuota => {
+                | P::GetQuota
+                | P::HostMaintenance
+                | P::RestartJob => {
                     let refusal = self.not_leader(message.request_id());
                     self.write_conn(conn, &refusal);
                     if message.payload_type() == P::RegisterAgent {
@@ -82,7 +84,20 @@ impl Shard {
                         self.release_dying(agent, TaskId(status.task_id()));
                     }
                 }
-                let owner = self.owner_of(status.job_key());
+                let owner = if status.job_key().is_empty() {
+                    // An agent's answer to reconciliation about a task it does not know
+                    // (LOST) names no job: its owner is whoever launched it here.
+                    match self
+                        .home_agents
+                        .get(&agent)
+                        .and_then(|a| a.running.get(&TaskId(status.task_id())))
+                    {
+                        Some(r) => r.owner,
+                        None => return,
+                    }
+                } else {
+                    self.owner_of(status.job_key())
+                };
                 self.send(owner, PeerMsg::Status { agent, bytes });
             }
             P::Heartbeat => {
@@ -92,7 +107,14 @@ impl Shard {
                     }
                 }
             }
-            P::CreateJob | P::KillJob | P::QueryJob | P::SetQuota | P::GetQuota => {
+            P::HostMaintenance => {
+                if is_agent.is_some() {
+                    return self.protocol_error(conn, "HostMaintenance from an agent");
+                }
+                let m = message.payload_as_host_maintenance().expect("type checked");
+                self.host_maintenance(conn, m, message.request_id());
+            }
+            P::CreateJob | P::KillJob | P::QueryJob | P::SetQuota | P::GetQuota | P::RestartJob => {
                 // Job requests go to the job's owner, quota requests to the role's quota
                 // owner: both route on the text (`route_hash_str`).
                 let key = match message.payload_type() {
@@ -100,6 +122,7 @@ impl Shard {
                     P::KillJob => message.payload_as_kill_job().map(|m| m.job_key()),
                     P::SetQuota => message.payload_as_set_quota().map(|m| m.role()),
                     P::GetQuota => message.payload_as_get_quota().map(|m| m.role()),
+                    P::RestartJob => message.payload_as_restart_job().map(|m| m.job_key()),
                     _ => message.payload_as_query_job().map(|m| m.job_key()),
                 }
                 .expect("type checked");
@@ -161,6 +184,7 @@ impl Shard {
             }
         }
         self.gathers.retain(|(c, _), _| *c != conn);
+        self.host_requests.retain(|(c, _), _| *c != conn);
     }
 
     /// Writes each connection's batched frames (one queued write per connection per round).

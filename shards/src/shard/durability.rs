@@ -14,6 +14,12 @@ impl Shard {
         for (role, quota) in image.quotas {
             self.book(&role).quota = Some(quota);
         }
+        let hosts = image
+            .hosts
+            .into_iter()
+            .map(|(host, h)| (host, h.mode, h.drain_deadline_unix_ms))
+            .collect();
+        self.restore_hosts(hosts);
         for (key, ji) in image.jobs {
             let JobImage {
                 config,
@@ -89,6 +95,8 @@ impl Shard {
                     killed_by_user: ti.killed_by_user,
                     awaiting_adoption: awaiting,
                     preempted_by: ti.preempted_by,
+                    next_kill_retry_us: 0,
+                    kill_retries: 0,
                 },
             );
             self.state_counts[state as usize] += 1;
@@ -116,6 +124,15 @@ impl Shard {
             if let Some(quota) = book.quota {
                 image.quotas.insert(role.clone(), quota);
             }
+        }
+        for (host, mode, drain_deadline_unix_ms) in self.owned_host_images() {
+            image.hosts.insert(
+                host,
+                borealis_store::image::HostImage {
+                    mode,
+                    drain_deadline_unix_ms,
+                },
+            );
         }
         for job in self.jobs.iter() {
             image.jobs.insert(

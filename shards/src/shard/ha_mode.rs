@@ -35,6 +35,11 @@ pub(super) struct PendingPersist {
 }
 
 impl Shard {
+    /// The coordinator service's channels (see `crate::coordinator`).
+    pub fn set_coordinator(&mut self, links: crate::coordinator::CoordinatorLinks) {
+        self.coordinator = Some(links);
+    }
+
     pub fn set_links(&mut self, links: ShardLinks) {
         self.links = Some(links);
         self.mode = Mode::Follower { leader: None };
@@ -186,6 +191,27 @@ impl Shard {
             }
         }
         self.resync_later.clear();
+        // Maintenance: the new term's hosts come with the lead; requests in flight are refused.
+        self.hosts.clear();
+        self.host_progress.clear();
+        let host_waits: Vec<(ReplyTo, u64)> = self
+            .host_acks
+            .drain()
+            .map(|(_, w)| w.into_reply())
+            .collect();
+        for (reply, request_id) in host_waits {
+            let refusal = self.not_leader(request_id);
+            self.send(
+                reply.shard,
+                PeerMsg::HostModesSet {
+                    conn: reply.conn,
+                    request_id,
+                    refusal: Some(refusal),
+                },
+            );
+        }
+        self.drain_waits.clear();
+        self.coordinator_waits.clear();
         self.lent_out = 0;
         self.state_counts = [0; TaskState::COUNT];
         self.install_deadline_us = 0;
@@ -263,6 +289,8 @@ impl Shard {
                 killed_by_user: false,
                 awaiting_adoption: false,
                 preempted_by: None,
+                next_kill_retry_us: 0,
+                kill_retries: 0,
             },
         );
         self.jobs[job].current[instance] = Some(id);

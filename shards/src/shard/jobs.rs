@@ -159,6 +159,9 @@ impl Shard {
             wire::Payload::KillJob => {
                 self.kill_job(message.payload_as_kill_job().expect("type checked"))
             }
+            wire::Payload::RestartJob => {
+                self.restart_job(message.payload_as_restart_job().expect("type checked"))
+            }
             wire::Payload::SetQuota => {
                 self.set_quota(message.payload_as_set_quota().expect("type checked"))
             }
@@ -344,6 +347,8 @@ impl Shard {
                 killed_by_user: false,
                 awaiting_adoption: false,
                 preempted_by: None,
+                next_kill_retry_us: 0,
+                kill_retries: 0,
             },
         );
         self.jobs[job].current[instance as usize] = Some(id);
@@ -381,20 +386,48 @@ impl Shard {
         Ok(Vec::new())
     }
 
+    /// Aurora's `restartShards`: each named instance's task on an agent goes RESTARTING, is
+    /// killed, and is replaced (an instance not running now is left as it is). Batching and
+    /// watching are the client's, as Aurora's `job restart` is.
+    pub(super) fn restart_job(&mut self, r: wire::RestartJob<'_>) -> Result<Vec<u8>, ClientError> {
+        let (job, instances) = self.instance_targets(r.job_key(), r.instances())?;
+        for instance in instances {
+            let Some(task_id) = self.jobs[job].current[instance as usize] else {
+                continue;
+            };
+            let state = self.tasks[&task_id].state;
+            if matches!(
+                state,
+                TaskState::Assigned | TaskState::Starting | TaskState::Running
+            ) {
+                self.transition(task_id, TaskState::Restarting, "restarted by user");
+            }
+        }
+        Ok(Vec::new())
+    }
+
     /// The job and instances a KillJob names, after every check.
     pub(super) fn kill_targets(
         &self,
         k: wire::KillJob<'_>,
     ) -> Result<(JobIdx, Vec<u32>), ClientError> {
-        let key: JobKey = k
-            .job_key()
+        self.instance_targets(k.job_key(), k.instances())
+    }
+
+    /// A job and instances a request names (none: all of them), after every check.
+    fn instance_targets(
+        &self,
+        key: &str,
+        instances: Option<flatbuffers::Vector<'_, u32>>,
+    ) -> Result<(JobIdx, Vec<u32>), ClientError> {
+        let key: JobKey = key
             .parse()
             .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
         let Some(&job) = self.job_index.get(&key) else {
             return Err(ClientError::UnknownJob(key));
         };
         let count = self.jobs[job].current.len() as u32;
-        let instances: Vec<u32> = match k.instances() {
+        let instances: Vec<u32> = match instances {
             Some(list) if !list.is_empty() => list.iter().collect(),
             _ => (0..count).collect(),
         };

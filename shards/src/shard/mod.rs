@@ -29,16 +29,19 @@ mod agents;
 mod audit;
 mod conns;
 mod desired;
+mod drains;
 mod durability;
 mod errors;
 mod ha_mode;
 mod history;
 mod jobs;
+mod maintenance;
 mod offers;
 mod peers;
 mod pending;
 mod preemption;
 mod quotas;
+mod reconcile;
 mod task_lifecycle;
 mod timers;
 #[cfg(feature = "sim")]
@@ -49,6 +52,7 @@ use borealis_store::wal::Wal;
 pub use errors::ClientError;
 pub use ha_mode::Mode;
 use ha_mode::PendingPersist;
+pub use maintenance::{HostState, HOSTS_PER_REQUEST_MAX};
 pub use preemption::{RunningTask, SlotOffer, SlotQuery};
 
 /// Inbound items handled per round before placing and flushing.
@@ -250,6 +254,9 @@ struct Task {
     awaiting_adoption: bool,
     /// The production task this one was preempted for.
     preempted_by: Option<TaskId>,
+    /// Being killed: when the kill is sent again if the agent has not answered (0: never).
+    next_kill_retry_us: u64,
+    kill_retries: u32,
 }
 
 /// An agent whose connection this shard holds.
@@ -291,6 +298,10 @@ enum OfferWhere {
         /// What is free so far (released victims add to it).
         free: Resources,
         expires_us: u64,
+    },
+    /// Out of placement while the agent's host is under maintenance, with what is free.
+    Parked {
+        free: Resources,
     },
 }
 
@@ -414,6 +425,23 @@ pub struct Shard {
     attempts_refilled_us: u64,
     /// When `borealis_pending_tasks` by reason was last computed (0: never).
     last_reasons_published_us: u64,
+    // Host maintenance (see `maintenance`): every host not in NONE, as its owner announced it,
+    hosts: BTreeMap<Arc<str>, maintenance::HostState>,
+    /// as an owner: draining hosts' progress, changes waiting for every shard to apply them,
+    host_progress: BTreeMap<Arc<str>, maintenance::HostProgress>,
+    host_acks: HashMap<u64, maintenance::HostAckWait>,
+    next_host_token: u64,
+    next_host_epoch: u64,
+    /// and this shard's clients' requests waiting for the owners.
+    host_requests: HashMap<(ConnId, u64), maintenance::HostRequest>,
+    // Drains (see `drains`): tasks waiting for their SLA,
+    drain_waits: HashMap<TaskId, drains::DrainWait>,
+    /// the coordinator service's links, and its requests in flight by token.
+    coordinator: Option<crate::coordinator::CoordinatorLinks>,
+    coordinator_waits: HashMap<u64, TaskId>,
+    next_coordinator_token: u64,
+    /// Explicit and implicit reconciliation with this shard's agents (see `reconcile`).
+    reconciliation: reconcile::Reconciliation,
     /// Every transition, when the simulation asked for them (`record_transitions`).
     transition_log: Option<Vec<Transition>>,
     #[cfg(feature = "sim")]
@@ -460,6 +488,7 @@ impl Shard {
         let last_backup_request = config
             .backup_requests
             .load(std::sync::atomic::Ordering::Relaxed);
+        let reconciliation = reconcile::Reconciliation::new(clock.mono_us, &config.service);
         Shard {
             id,
             shard_count,
@@ -529,6 +558,17 @@ impl Shard {
             attempt_tokens: 0.0,
             attempts_refilled_us: clock.mono_us,
             last_reasons_published_us: 0,
+            hosts: BTreeMap::new(),
+            host_progress: BTreeMap::new(),
+            host_acks: HashMap::default(),
+            next_host_token: 0,
+            next_host_epoch: 0,
+            host_requests: HashMap::default(),
+            drain_waits: HashMap::default(),
+            coordinator: None,
+            coordinator_waits: HashMap::default(),
+            next_coordinator_token: 0,
+            reconciliation,
             transition_log: None,
             #[cfg(feature = "sim")]
             injected_bug: None,
@@ -634,6 +674,7 @@ impl Shard {
     /// Nothing of the round leaves before the commit: acknowledgements, launches and answers
     /// are written to the connections here, peer batches are taken by the caller after it.
     pub fn end_round(&mut self) {
+        self.poll_coordinator();
         self.schedule();
         self.return_borrowed();
         self.flush_quota_usage();

@@ -217,6 +217,26 @@ impl Shard {
                     self.send_usage_snapshot(Some(from));
                 }
             }
+            PeerMsg::SetHostModes {
+                reply,
+                request_id,
+                op,
+                hosts,
+                drain_deadline_unix_ms,
+            } => self.set_host_modes(reply, request_id, op, hosts, drain_deadline_unix_ms),
+            PeerMsg::HostModesSet {
+                conn,
+                request_id,
+                refusal,
+            } => self.host_modes_set(conn, request_id, refusal),
+            PeerMsg::HostUpdate { host, state, ack } => self.host_update(from, host, state, ack),
+            PeerMsg::HostUpdateApplied { token } => self.host_update_applied(token),
+            PeerMsg::HostProgress {
+                host,
+                epoch,
+                active,
+                blocked,
+            } => self.host_progress(from, host, epoch, active, blocked),
             PeerMsg::Explained {
                 job_key,
                 epoch,
@@ -263,11 +283,8 @@ impl Shard {
                 if let Some(a) = self.home_agents.get_mut(&agent) {
                     let free = free.plus(&a.released_while_lent);
                     a.released_while_lent = Resources::ZERO;
-                    a.offer = OfferWhere::Home;
                     self.lent_out -= 1;
-                    let (attributes, total) = (a.attributes.clone(), a.total);
-                    self.upsert_offer(agent, &attributes, total, free);
-                    self.retry_blocked(free);
+                    self.offer_home(agent, free);
                 }
             }
         }
@@ -275,6 +292,17 @@ impl Shard {
 
     /// An offer a peer lent is placed against here until the round ends (`return_borrowed`).
     fn take_lent_offer(&mut self, o: &LentOffer) {
+        if !self.host_schedulable(&o.hostname) {
+            // Lent before its host went into maintenance: straight back.
+            self.send(
+                agent_home(o.agent),
+                PeerMsg::Return {
+                    agent: o.agent,
+                    free: o.free,
+                },
+            );
+            return;
+        }
         self.agent_names.insert(
             o.agent,
             Arc::new(AgentNames {

@@ -408,10 +408,7 @@ impl Shard {
             );
         } else if now >= expires_us {
             tracing::info!(shard = %self.id, agent = %a.name, preemptor = %preemptor, "preemption slot expired");
-            a.offer = OfferWhere::Home;
-            let (attributes, total) = (a.attributes.clone(), a.total);
-            self.upsert_offer(agent, &attributes, total, free);
-            self.retry_blocked(free);
+            self.offer_home(agent, free);
         }
         // Else: still waiting for the victims to end.
     }

@@ -232,6 +232,10 @@ impl Shard {
         match next {
             _ if next.is_being_killed() => {
                 if let Some(agent) = agent {
+                    let retry_us = self.config.service.initial_task_kill_retry_interval_ms * 1000;
+                    let t = self.tasks.get_mut(&task_id).expect("just changed");
+                    t.next_kill_retry_us = now + retry_us.max(1);
+                    t.kill_retries = 0;
                     let key = self.jobs[job].key_text.clone();
                     self.send(
                         agent_home(agent),

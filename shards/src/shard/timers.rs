@@ -1,5 +1,6 @@
 //! What the shard does on its ticks: throttled tasks whose delay ended, blocked retries, and
-//! the sweep (transient timeouts, history pruning, unadopted tasks, snapshots, silent agents).
+//! the sweep (transient timeouts, history pruning, unadopted tasks, snapshots, silent agents,
+//! kill retries, partitions, drains, reconciliation).
 
 use super::*;
 
@@ -34,6 +35,12 @@ impl Shard {
             self.expire_slot_holds();
             self.retry_job_writes();
             self.search_preemption_slots();
+            self.retry_kills();
+            if self.acting() {
+                self.expire_partitions();
+                self.drain_hosts();
+                self.reconcile_agents();
+            }
         }
     }
 

@@ -92,6 +92,9 @@ pub struct Stats {
     pub quota_admitted: u64,
     pub quota_released: u64,
     pub over_quota_checks: u64,
+    /// Reconciliation requests the agents answered; tasks drained off hosts under maintenance.
+    pub reconciliations: u64,
+    pub drains: u64,
     /// FNV-1a over every message the shards received and sent, in order: equal runs have
     /// equal fingerprints (the determinism test compares them).
     pub fingerprint: u64,
@@ -115,6 +118,8 @@ impl Stats {
         self.quota_admitted += other.quota_admitted;
         self.quota_released += other.quota_released;
         self.over_quota_checks += other.over_quota_checks;
+        self.reconciliations += other.reconciliations;
+        self.drains += other.drains;
     }
 }
 

@@ -186,6 +186,11 @@ impl World {
                     self.stats.launches += 1;
                     self.agents[a].on_launch(launch, now_ms)
                 }
+                OwnedMessage::Reconcile { task_ids } => {
+                    self.stats.reconciliations += 1;
+                    self.agents[a].on_reconcile(&task_ids);
+                    Vec::new()
+                }
                 OwnedMessage::KillTask { task_id } => {
                     let job_key = r.kill_job_key.unwrap_or_default();
                     self.agents[a].on_kill(task_id, &job_key, now_ms)
