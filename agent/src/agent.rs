@@ -1,6 +1,16 @@
 //! The agent's event loop: the scheduler connection (register, reconnect with backoff), the
 //! task table, launches, kills, reconciliation and batched status updates.
 //!
+//! # A task's states
+//!
+//! STARTING is reported when the launch arrives, before the process starts. Without a health
+//! check, RUNNING follows as soon as the process started. With one, the task stays STARTING
+//! (reported again, now with its sandbox) until its watcher reports it healthy, and only then
+//! becomes RUNNING (`health.rs`). A kill request starts the kill sequence (`kill.rs`) once: a
+//! repeated request for a task being killed changes nothing, one for an ended task resends its
+//! end, one for an unknown task answers LOST. A task ends KILLED after a kill request, FAILED
+//! with the health check's reason after an unhealthy kill, else FINISHED or FAILED by its exit.
+//!
 //! # Several schedulers (high availability)
 //!
 //! `--scheduler A,B,C` lists the schedulers; one leads, the others refuse a registration with
@@ -52,7 +62,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
-use crate::process::{self, Exit, Lifeline};
+use crate::health::Monitor;
+use crate::http::LoopbackClient;
+use crate::kill::KillPlan;
+use crate::process::{self, Lifeline};
+use crate::watch::{self, Event, Exit, Watched};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -73,8 +87,8 @@ const UNACKED_TERMINAL_MAX: usize = 100_000;
 const RUNNING_TASKS_MAX: usize = 100_000;
 /// Queued status updates that force a flush in the middle of a turn.
 const OUTBOX_FLUSH_AT: usize = 4096;
-/// Exit reports waiting for the event loop (watchers wait when it is full).
-const EXIT_QUEUE: usize = 1024;
+/// Watcher events (healthy, ended) waiting for the event loop (watchers wait when it is full).
+const EVENT_QUEUE: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long shutdown waits for killed tasks to be reaped.
 const SHUTDOWN_REAP_WAIT: Duration = Duration::from_secs(2);
@@ -124,8 +138,7 @@ struct Task {
     /// While the process runs: its process group.
     pgid: Option<i32>,
     /// While the process runs and no kill was requested: the watcher's kill trigger.
-    kill: Option<oneshot::Sender<Duration>>,
-    finalization_wait: Duration,
+    kill: Option<oneshot::Sender<()>>,
     /// While the terminal status waits for the scheduler's acknowledgement: its key in
     /// [`Agent::unacked`]. None while the task runs, and once acknowledged (or given up).
     unacked: Option<u64>,
@@ -156,8 +169,10 @@ pub(crate) struct Agent {
     history_max: usize,
     /// Status updates to send at the end of this turn.
     outbox: Vec<TaskStatusReport>,
-    exits_tx: mpsc::Sender<Exit>,
-    exits_rx: mpsc::Receiver<Exit>,
+    events_tx: mpsc::Sender<Event>,
+    events_rx: mpsc::Receiver<Event>,
+    /// Health checks and lifecycle requests to the tasks' ports.
+    client: LoopbackClient,
     encoder: Encoder,
     writer: FrameWriter,
     backoff: Duration,
@@ -193,7 +208,7 @@ fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
 
 impl Agent {
     pub fn new(config: Config) -> std::io::Result<Agent> {
-        let (exits_tx, exits_rx) = mpsc::channel(EXIT_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let lifeline = Lifeline::new()?;
         Ok(Agent {
             config,
@@ -206,8 +221,9 @@ impl Agent {
             unacked_max: UNACKED_TERMINAL_MAX,
             history_max: TERMINAL_HISTORY_MAX,
             outbox: Vec::new(),
-            exits_tx,
-            exits_rx,
+            events_tx,
+            events_rx,
+            client: LoopbackClient::new(),
             encoder: Encoder::new(),
             writer: FrameWriter::new(),
             backoff: BACKOFF_MIN,
@@ -248,7 +264,7 @@ impl Agent {
         Ok(())
     }
 
-    /// Sleeps the current backoff (handling task exits meanwhile) and doubles it. False when
+    /// Sleeps the current backoff (handling watcher events meanwhile) and doubles it. False when
     /// shutdown came first.
     async fn pause<F: Future<Output = ()>>(&mut self, shutdown: &mut Pin<&mut F>) -> bool {
         self.pause_at_most(BACKOFF_MAX, shutdown).await
@@ -267,7 +283,7 @@ impl Agent {
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return false,
-                Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
+                Some(event) = self.events_rx.recv() => self.on_event_offline(event),
                 _ = &mut sleep => return true,
             }
         }
@@ -309,7 +325,7 @@ impl Agent {
         }
     }
 
-    /// One connection attempt (bounded by [`CONNECT_TIMEOUT`]), handling task exits meanwhile:
+    /// One connection attempt (bounded by [`CONNECT_TIMEOUT`]), handling watcher events meanwhile:
     /// `Some(None)` when it failed (logged), None on shutdown.
     async fn connect_to<F: Future<Output = ()>>(
         &mut self,
@@ -324,7 +340,7 @@ impl Agent {
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return None,
-                Some(exit) = self.exits_rx.recv() => self.on_exit_offline(exit),
+                Some(event) = self.events_rx.recv() => self.on_event_offline(event),
                 result = &mut attempt => break result,
             }
         };
@@ -372,10 +388,10 @@ impl Agent {
                 _ = heartbeat.tick() => {
                     self.writer.push(self.encoder.heartbeat(now_ms()));
                 }
-                Some(exit) = self.exits_rx.recv() => {
-                    self.on_exit(exit);
-                    while let Ok(exit) = self.exits_rx.try_recv() {
-                        self.on_exit(exit);
+                Some(event) = self.events_rx.recv() => {
+                    self.on_event(event);
+                    while let Ok(event) = self.events_rx.try_recv() {
+                        self.on_event(event);
                     }
                 }
                 read = reader.read(&mut buf) => {
@@ -596,7 +612,6 @@ impl Agent {
                 status,
                 pgid: None,
                 kill: None,
-                finalization_wait: Duration::ZERO,
                 unacked: None,
             },
         );
@@ -633,20 +648,41 @@ impl Agent {
         self.report(status.clone());
         match process::start(&self.config.work_dir, &launch, &self.lifeline) {
             Ok(started) => {
+                let health_checked = launch.config.health_check.is_some();
                 tracing::info!(task = %launch.task_id, job = %status.job_key, instance = launch.instance,
-                    pid = started.pgid, sandbox = %started.sandbox.display(), "task running");
-                status.state = TaskState::Running;
+                    pid = started.pgid, sandbox = %started.sandbox.display(), health_checked,
+                    "task started");
+                // Health-checked: STARTING again, now with the sandbox, until it is healthy.
+                if !health_checked {
+                    status.state = TaskState::Running;
+                }
                 status.timestamp_ms = now_ms();
                 status.sandbox = started.sandbox.to_string_lossy().into_owned();
+                let health = launch.config.health_check.as_ref().map(|check| {
+                    Monitor::new(
+                        check,
+                        &launch.ports,
+                        started.sandbox.clone(),
+                        started.env.clone(),
+                        self.client.clone(),
+                    )
+                });
                 let (kill_tx, kill_rx) = oneshot::channel();
-                tokio::spawn(process::watch(
-                    launch.task_id,
-                    started.child,
-                    started.pgid,
-                    started.guard,
-                    kill_rx,
-                    self.exits_tx.clone(),
-                ));
+                tokio::spawn(watch::watch(Watched {
+                    task_id: launch.task_id,
+                    child: started.child,
+                    pgid: started.pgid,
+                    guard: started.guard,
+                    kill: kill_rx,
+                    health,
+                    kill_plan: KillPlan::new(
+                        launch.config.http_lifecycle.as_ref(),
+                        launch.config.finalization_wait_secs,
+                        &launch.ports,
+                    ),
+                    client: self.client.clone(),
+                    events: self.events_tx.clone(),
+                }));
                 self.running += 1;
                 self.tasks.insert(
                     launch.task_id,
@@ -654,9 +690,6 @@ impl Agent {
                         status: status.clone(),
                         pgid: Some(started.pgid),
                         kill: Some(kill_tx),
-                        finalization_wait: Duration::from_secs(u64::from(
-                            launch.config.finalization_wait_secs,
-                        )),
                         unacked: None,
                     },
                 );
@@ -686,9 +719,10 @@ impl Agent {
         }
         match task.kill.take() {
             Some(trigger) => {
-                tracing::info!(task = %task_id, wait = ?task.finalization_wait, "killing task");
-                // A closed watcher means the exit is already on its way.
-                let _ = trigger.send(task.finalization_wait);
+                tracing::info!(task = %task_id, "kill requested");
+                // A closed watcher means the exit is already on its way; a watcher already
+                // killing the task as unhealthy goes on with that.
+                let _ = trigger.send(());
             }
             None => tracing::debug!(task = %task_id, "task already being killed"),
         }
@@ -726,7 +760,7 @@ impl Agent {
             tracing::error!(task = %exit.task_id, "exit of a task the agent does not know");
             return None;
         };
-        let (state, exit_code, message) = process::outcome(&exit.status, exit.killed);
+        let (state, exit_code, message) = process::outcome(&exit.status, &exit.end);
         tracing::info!(task = %exit.task_id, job = %task.status.job_key, %state, exit_code, %message, "task ended");
         if task.pgid.take().is_some() {
             self.running -= 1;
@@ -741,15 +775,35 @@ impl Agent {
         Some(status)
     }
 
-    fn on_exit(&mut self, exit: Exit) {
-        if let Some(status) = self.record_exit(exit) {
+    /// Records that a health-checked task passed its checks: RUNNING, unless a kill was
+    /// requested meanwhile (it stays STARTING until its end). Returns the new status.
+    fn record_healthy(&mut self, task_id: TaskId) -> Option<TaskStatusReport> {
+        let task = self.tasks.get_mut(&task_id)?;
+        if task.status.state != TaskState::Starting || task.kill.is_none() {
+            return None;
+        }
+        tracing::info!(task = %task_id, job = %task.status.job_key, "task healthy: running");
+        task.status.state = TaskState::Running;
+        task.status.timestamp_ms = now_ms();
+        Some(task.status.clone())
+    }
+
+    fn record_event(&mut self, event: Event) -> Option<TaskStatusReport> {
+        match event {
+            Event::Healthy(task_id) => self.record_healthy(task_id),
+            Event::Ended(exit) => self.record_exit(exit),
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        if let Some(status) = self.record_event(event) {
             self.report(status);
         }
     }
 
     /// While disconnected the status stays in the task table; the next registration carries it.
-    fn on_exit_offline(&mut self, exit: Exit) {
-        self.record_exit(exit);
+    fn on_event_offline(&mut self, event: Event) {
+        self.record_event(event);
     }
 
     /// Writes the queued status updates (and anything else batched) as one write.
@@ -851,8 +905,8 @@ impl Agent {
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_REAP_WAIT;
         while self.running > 0 {
-            match tokio::time::timeout_at(deadline, self.exits_rx.recv()).await {
-                Ok(Some(exit)) => self.on_exit_offline(exit),
+            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
+                Ok(Some(event)) => self.on_event_offline(event),
                 _ => {
                     tracing::warn!(tasks = self.running, "tasks not reaped at shutdown");
                     break;

@@ -3,8 +3,10 @@
 //!
 //! It connects to the scheduler, registers its resources and attributes, runs the tasks the
 //! scheduler launches as real processes (`sh -c <command>`, one process group each, in a
-//! sandbox directory), kills them on request (SIGTERM, `finalization_wait_secs`, SIGKILL) and
-//! reports their states (STARTING, RUNNING, then FINISHED, FAILED, KILLED or LOST).
+//! sandbox directory), checks their health (HTTP or shell; RUNNING only once healthy, killed
+//! when unhealthy), kills them on request (with an HTTP lifecycle: POST the graceful, then the
+//! shutdown endpoint; then SIGTERM, `finalization_wait_secs`, SIGKILL) and reports their
+//! states (STARTING, RUNNING, then FINISHED, FAILED, KILLED or LOST).
 //!
 //! Design:
 //! - One task (future) owns all agent state; no locks. Children are spawned from the thread
@@ -14,8 +16,10 @@
 //!   holds a guard (`sh` reading the agent's never-written "lifeline" pipe) that kills the
 //!   whole group when the agent process dies and the pipe ends: background children and
 //!   grandchildren die with the agent too (see `process.rs`).
-//! - Each child has a small watcher task that waits for it, carries out the kill escalation
-//!   and reports the exit on a bounded channel.
+//! - Each child has a small watcher task (`watch.rs`) that waits for it, runs its health
+//!   checks (`health.rs`, one in flight per task), carries out the kill sequence (`kill.rs`)
+//!   and reports "healthy" and the exit on one bounded channel; the event loop never waits on
+//!   a task. HTTP to a task (`http.rs`) goes only to 127.0.0.1 and the task's own ports.
 //! - Status updates are queued and flushed as one frame batch per event-loop turn.
 //! - The connection is re-established forever with capped exponential backoff; on every
 //!   (re)connect the agent re-registers with the statuses of every running task and of every
@@ -24,7 +28,11 @@
 
 mod agent;
 mod config;
+mod health;
+mod http;
+mod kill;
 mod process;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;

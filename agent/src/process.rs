@@ -1,5 +1,6 @@
-//! Task processes: the sandbox, the spawn (own process group, parent-death signal, guard),
-//! the watcher that waits for the exit and carries out the kill escalation.
+//! Task processes: the sandbox, the environment, the spawn (own process group, parent-death
+//! signal, guard), signalling a group, and what an exit means. The watcher that waits for the
+//! exit, runs the health checks and carries out kills is `watch.rs`.
 //!
 //! # Why every task has a guard process
 //!
@@ -37,18 +38,17 @@
 //! cover: a process that leaves the group on purpose (`setsid`, `setpgid`), and a task that
 //! stops or SIGKILLs its own guard (`kill -STOP 0`); both need cgroups (or a PID namespace).
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
 
-use borealis_core::{TaskId, TaskState};
+use borealis_core::TaskState;
 use borealis_net::views::LaunchView;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
 
 /// The guard's script (see the module documentation). It ignores the signals a task's group
 /// is sent (the agent's SIGTERM, a user's `kill 0`), waits for its stdin, the lifeline, to
@@ -92,6 +92,8 @@ pub(crate) struct Started {
     /// The task's guard, in the same process group.
     pub guard: Child,
     pub sandbox: PathBuf,
+    /// What the task's environment adds to the agent's (shell health checks get it too).
+    pub env: Vec<(String, OsString)>,
 }
 
 /// `<work_dir>/sandboxes/<role>.<env>.<name>/<instance>/<task_id hex>`. Job key parts are
@@ -120,46 +122,35 @@ pub(crate) fn port_env_name(name: &str) -> String {
     format!("BOREALIS_PORT_{name}")
 }
 
-/// Creates the sandbox, spawns `sh -c <command>` in it, then the task's guard in its process
-/// group. Must run on the agent's long-lived thread: the child gets SIGKILL when the thread
-/// that forked it exits.
-pub(crate) fn start(
-    work_dir: &Path,
-    launch: &LaunchView,
-    lifeline: &Lifeline,
-) -> Result<Started, String> {
-    let sandbox = sandbox_path(work_dir, launch);
-    std::fs::create_dir_all(&sandbox)
-        .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
-    let stdout = File::create(sandbox.join("stdout"))
-        .map_err(|e| format!("cannot create {}/stdout: {e}", sandbox.display()))?;
-    let stderr = File::create(sandbox.join("stderr"))
-        .map_err(|e| format!("cannot create {}/stderr: {e}", sandbox.display()))?;
-
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(&launch.config.command)
-        .current_dir(&sandbox)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(false)
-        .env("BOREALIS_TASK_ID", launch.task_id.to_string())
-        .env("BOREALIS_INSTANCE_ID", launch.instance.to_string())
-        .env("BOREALIS_JOB_KEY", launch.job_key.to_string())
-        .env("BOREALIS_SANDBOX", &sandbox)
-        .env("PWD", &sandbox);
+/// What a task's environment adds to the agent's: `BOREALIS_TASK_ID`, `_INSTANCE_ID`,
+/// `_JOB_KEY`, `_SANDBOX`, `PWD`, one `BOREALIS_PORT_<NAME>` per named port and
+/// `BOREALIS_PORTS` (`name=port,...`).
+pub(crate) fn task_environment(launch: &LaunchView, sandbox: &Path) -> Vec<(String, OsString)> {
+    let mut env: Vec<(String, OsString)> = vec![
+        ("BOREALIS_TASK_ID".into(), launch.task_id.to_string().into()),
+        (
+            "BOREALIS_INSTANCE_ID".into(),
+            launch.instance.to_string().into(),
+        ),
+        ("BOREALIS_JOB_KEY".into(), launch.job_key.to_string().into()),
+        ("BOREALIS_SANDBOX".into(), sandbox.into()),
+        ("PWD".into(), sandbox.into()),
+    ];
     let mut ports = String::new();
     for (name, port) in &launch.ports {
-        command.env(port_env_name(name), port.to_string());
+        env.push((port_env_name(name), port.to_string().into()));
         if !ports.is_empty() {
             ports.push(',');
         }
         ports.push_str(&format!("{name}={port}"));
     }
-    command.env("BOREALIS_PORTS", ports);
-    command.process_group(0);
+    env.push(("BOREALIS_PORTS".into(), ports.into()));
+    env
+}
+
+/// Makes the child get SIGKILL when the agent's thread that forks it exits (and refuses to
+/// start when the agent is already gone).
+pub(crate) fn die_with_agent(command: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls; it allocates nothing.
@@ -182,6 +173,37 @@ pub(crate) fn start(
             Ok(())
         });
     }
+}
+
+/// Creates the sandbox, spawns `sh -c <command>` in it, then the task's guard in its process
+/// group. Must run on the agent's long-lived thread: the child gets SIGKILL when the thread
+/// that forked it exits.
+pub(crate) fn start(
+    work_dir: &Path,
+    launch: &LaunchView,
+    lifeline: &Lifeline,
+) -> Result<Started, String> {
+    let sandbox = sandbox_path(work_dir, launch);
+    std::fs::create_dir_all(&sandbox)
+        .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
+    let stdout = File::create(sandbox.join("stdout"))
+        .map_err(|e| format!("cannot create {}/stdout: {e}", sandbox.display()))?;
+    let stderr = File::create(sandbox.join("stderr"))
+        .map_err(|e| format!("cannot create {}/stderr: {e}", sandbox.display()))?;
+
+    let env = task_environment(launch, &sandbox);
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&launch.config.command)
+        .current_dir(&sandbox)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .kill_on_drop(false)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .process_group(0);
+    die_with_agent(&mut command);
     let child = command
         .spawn()
         .map_err(|e| format!("cannot start sh -c in {}: {e}", sandbox.display()))?;
@@ -208,6 +230,7 @@ pub(crate) fn start(
         pgid,
         guard,
         sandbox,
+        env,
     })
 }
 
@@ -269,63 +292,20 @@ pub(crate) fn signal_group(pgid: i32, signal: libc::c_int) {
     }
 }
 
-/// What a watcher reports when its process has exited.
-#[derive(Debug)]
-pub(crate) struct Exit {
-    pub task_id: TaskId,
-    pub status: io::Result<ExitStatus>,
-    /// True when the process ended after a kill request (SIGTERM, maybe SIGKILL) was sent.
-    pub killed: bool,
+/// Why a task's process ended, as far as the agent had a hand in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// By itself: no kill was under way.
+    Exited,
+    /// During the kill sequence of a kill request.
+    Killed,
+    /// During the kill sequence of a failed health check; the reason (`unhealthy: ...`).
+    Unhealthy(String),
 }
 
-/// Waits for the task's process. When a kill request arrives (carrying the finalization
-/// wait), SIGTERMs the group, waits at most that long, then SIGKILLs it. Once the process is
-/// gone, SIGKILLs whatever is left of its group (background children, the guard), reaps the
-/// guard and reports the exit.
-pub(crate) async fn watch(
-    task_id: TaskId,
-    mut child: Child,
-    pgid: i32,
-    mut guard: Child,
-    kill: oneshot::Receiver<Duration>,
-    exits: mpsc::Sender<Exit>,
-) {
-    let mut killed = false;
-    let status = tokio::select! {
-        status = child.wait() => status,
-        Ok(wait) = kill => {
-            killed = true;
-            tracing::debug!(task = %task_id, pgid, ?wait, "SIGTERM");
-            signal_group(pgid, libc::SIGTERM);
-            match tokio::time::timeout(wait, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    tracing::info!(task = %task_id, pgid, ?wait, "still running after the finalization wait: SIGKILL");
-                    signal_group(pgid, libc::SIGKILL);
-                    child.wait().await
-                }
-            }
-        }
-    };
-    // The guard is still in the group (it ignores everything but SIGKILL), so the group id
-    // cannot have been reused yet.
-    signal_group(pgid, libc::SIGKILL);
-    // Unreaped, so its pid is still ours; SIGKILL also covers a guard a user stopped.
-    let _ = guard.start_kill();
-    if let Err(e) = guard.wait().await {
-        tracing::warn!(task = %task_id, pgid, error = %e, "cannot reap the task's guard");
-    }
-    let _ = exits
-        .send(Exit {
-            task_id,
-            status,
-            killed,
-        })
-        .await;
-}
-
-/// The terminal state, exit code and message for an exit.
-pub(crate) fn outcome(status: &io::Result<ExitStatus>, killed: bool) -> (TaskState, i32, String) {
+/// The terminal state, exit code and message for an exit: KILLED after a kill request, FAILED
+/// with the health check's reason after an unhealthy kill, else by the exit status.
+pub(crate) fn outcome(status: &io::Result<ExitStatus>, end: &End) -> (TaskState, i32, String) {
     let (code, message) = match status {
         Err(e) => (-1, format!("cannot wait for the process: {e}")),
         Ok(s) => match (s.code(), s.signal()) {
@@ -334,14 +314,12 @@ pub(crate) fn outcome(status: &io::Result<ExitStatus>, killed: bool) -> (TaskSta
             (None, None) => (-1, format!("ended with {s}")),
         },
     };
-    let state = if killed {
-        TaskState::Killed
-    } else if code == 0 && status.is_ok() {
-        TaskState::Finished
-    } else {
-        TaskState::Failed
-    };
-    (state, code, message)
+    match end {
+        End::Killed => (TaskState::Killed, code, message),
+        End::Unhealthy(reason) => (TaskState::Failed, code, reason.clone()),
+        End::Exited if code == 0 && status.is_ok() => (TaskState::Finished, code, message),
+        End::Exited => (TaskState::Failed, code, message),
+    }
 }
 
 #[cfg(test)]
@@ -353,27 +331,38 @@ mod tests {
         let exited = |c: i32| Ok(ExitStatus::from_raw(c << 8));
         let signalled = |s: i32| Ok(ExitStatus::from_raw(s));
         assert_eq!(
-            outcome(&exited(0), false),
+            outcome(&exited(0), &End::Exited),
             (TaskState::Finished, 0, "exited with status 0".into())
         );
         assert_eq!(
-            outcome(&exited(3), false),
+            outcome(&exited(3), &End::Exited),
             (TaskState::Failed, 3, "exited with status 3".into())
         );
         assert_eq!(
-            outcome(&signalled(9), false),
+            outcome(&signalled(9), &End::Exited),
             (TaskState::Failed, -1, "killed by signal 9".into())
         );
         assert_eq!(
-            outcome(&signalled(15), true),
+            outcome(&signalled(15), &End::Killed),
             (TaskState::Killed, -1, "killed by signal 15".into())
         );
         assert_eq!(
-            outcome(&exited(0), true),
+            outcome(&exited(0), &End::Killed),
             (TaskState::Killed, 0, "exited with status 0".into())
         );
+        // An unhealthy task fails with the reason, whatever its exit: even a clean one.
+        let unhealthy = End::Unhealthy("unhealthy: GET /health answered 503 (1 failure)".into());
+        assert_eq!(
+            outcome(&exited(0), &unhealthy),
+            (
+                TaskState::Failed,
+                0,
+                "unhealthy: GET /health answered 503 (1 failure)".into()
+            )
+        );
+        assert_eq!(outcome(&signalled(15), &unhealthy).1, -1);
         let err: io::Result<ExitStatus> = Err(io::Error::other("boom"));
-        assert_eq!(outcome(&err, false).0, TaskState::Failed);
+        assert_eq!(outcome(&err, &End::Exited).0, TaskState::Failed);
     }
 
     #[test]

@@ -133,11 +133,21 @@ impl Conn {
         wait: u32,
         ports: &[(&str, u16)],
     ) {
-        let config = task_config(command, wait);
+        self.launch_config(task, instance, &task_config(command, wait), ports)
+            .await;
+    }
+
+    async fn launch_config(
+        &mut self,
+        task: u64,
+        instance: u32,
+        config: &TaskConfig,
+        ports: &[(&str, u16)],
+    ) {
         let ports: Vec<(String, u16)> = ports.iter().map(|(n, p)| (n.to_string(), *p)).collect();
         let bytes = self
             .encoder
-            .launch_task(TaskId(task), instance, &config, &ports)
+            .launch_task(TaskId(task), instance, config, &ports)
             .to_vec();
         self.send(&bytes).await;
     }
@@ -1181,4 +1191,488 @@ async fn the_whole_task_process_tree_dies_when_the_agent_process_is_killed() {
     )
     .await;
     assert!(!status.success());
+}
+
+// ---- Health checks and the kill sequence ----
+
+/// A request a [`TaskEndpoints`] server received: when, and its `METHOD PATH`.
+type Received = (Instant, String);
+
+/// What a [`TaskEndpoints`] server shares with its test.
+#[derive(Default)]
+struct EndpointsState {
+    /// Every request, in arrival order.
+    received: std::sync::Mutex<Vec<Received>>,
+    /// What `GET /health` answers (0: not set yet, 503).
+    health_status: std::sync::atomic::AtomicU16,
+    /// On this `METHOD PATH`, create this file (e.g. in a task's sandbox, to make it exit).
+    touch_on: std::sync::Mutex<Option<(String, PathBuf)>>,
+}
+
+/// A small HTTP/1.1 server on 127.0.0.1 standing in for a task's endpoints (the task itself
+/// is a plain shell command): `GET /health` answers the status it is set to, anything else
+/// 200; every request is recorded with the time it arrived; one connection per request.
+struct TaskEndpoints {
+    port: u16,
+    state: std::sync::Arc<EndpointsState>,
+    server: JoinHandle<()>,
+}
+
+impl TaskEndpoints {
+    async fn start() -> TaskEndpoints {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(EndpointsState::default());
+        let shared = state.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(serve_one(stream, shared.clone()));
+            }
+        });
+        TaskEndpoints {
+            port,
+            state,
+            server,
+        }
+    }
+
+    fn set_health(&self, status: u16) {
+        self.state
+            .health_status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn touch_on(&self, request: &str, path: PathBuf) {
+        *self.state.touch_on.lock().unwrap() = Some((request.to_string(), path));
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// The requests other than health checks.
+    fn posts(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|(_, r)| r.starts_with("POST "))
+            .collect()
+    }
+
+    fn count(&self, request: &str) -> usize {
+        self.received().iter().filter(|(_, r)| r == request).count()
+    }
+
+    /// Waits (polling) until `request` has been received `n` times; returns when the last came.
+    async fn wait_for(&self, request: &str, n: usize) -> Instant {
+        timeout(STEP, async {
+            loop {
+                let matching: Vec<Instant> = self
+                    .received()
+                    .into_iter()
+                    .filter(|(_, r)| r == request)
+                    .map(|(at, _)| at)
+                    .collect();
+                if matching.len() >= n {
+                    return matching[n - 1];
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{request} x{n} never came; got {:?}", self.received()))
+    }
+}
+
+impl Drop for TaskEndpoints {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn serve_one(mut stream: TcpStream, state: std::sync::Arc<EndpointsState>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    };
+    if !matches!(timeout(Duration::from_secs(5), read_head).await, Ok(true)) {
+        return;
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut words = text.lines().next().unwrap_or("").split(' ');
+    let request = format!(
+        "{} {}",
+        words.next().unwrap_or(""),
+        words.next().unwrap_or("")
+    );
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push((Instant::now(), request.clone()));
+    if let Some((on, path)) = state.touch_on.lock().unwrap().as_ref() {
+        if *on == request {
+            std::fs::write(path, "").unwrap();
+        }
+    }
+    let status = if request == "GET /health" {
+        match state
+            .health_status
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            0 => 503,
+            code => code,
+        }
+    } else {
+        200
+    };
+    let response =
+        format!("HTTP/1.1 {status} Whatever\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// An HTTP health check on the port named `health`: one check a second, each bounded by 1 s.
+fn http_health_check(grace_secs: u32, max_failures: u32) -> borealis_core::HealthCheck {
+    borealis_core::HealthCheck {
+        checker: borealis_core::HealthChecker::Http {
+            port: "health".into(),
+            endpoint: "/health".into(),
+            expected_status: 200,
+        },
+        initial_interval_secs: grace_secs,
+        interval_secs: 1,
+        timeout_secs: 1,
+        max_consecutive_failures: max_failures,
+        min_consecutive_successes: 1,
+    }
+}
+
+fn shell_health_check(command: &str, max_failures: u32) -> borealis_core::HealthCheck {
+    borealis_core::HealthCheck {
+        checker: borealis_core::HealthChecker::Shell {
+            command: command.into(),
+        },
+        initial_interval_secs: 0,
+        interval_secs: 1,
+        timeout_secs: 1,
+        max_consecutive_failures: max_failures,
+        min_consecutive_successes: 1,
+    }
+}
+
+/// The lifecycle on the port named `health`, with 1 s waits.
+fn lifecycle() -> borealis_core::HttpLifecycle {
+    borealis_core::HttpLifecycle {
+        port: "health".into(),
+        graceful_shutdown_endpoint: "/quitquitquit".into(),
+        shutdown_endpoint: "/abortabortabort".into(),
+        graceful_shutdown_wait_secs: 1,
+        shutdown_wait_secs: 1,
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(1);
+/// How much earlier than its wait a step may come (timer granularity).
+const EARLY: Duration = Duration::from_millis(100);
+/// How much later than its wait a step may come and still count as "after the wait", far
+/// below any timeout of the sequence.
+const LATE: Duration = Duration::from_millis(1500);
+
+/// Asserts that `later - earlier` is the wait `wait`, loosely.
+fn assert_gap(what: &str, earlier: Instant, later: Instant, wait: Duration) {
+    let gap = later.saturating_duration_since(earlier);
+    assert!(
+        gap + EARLY >= wait && gap <= wait + LATE,
+        "{what}: {gap:?} (expected about {wait:?})"
+    );
+}
+
+impl Conn {
+    /// Reads whatever the agent sent within a short while, then asserts that no status of
+    /// `task` in `state` is among it.
+    async fn assert_no_status(&mut self, task: u64, state: TaskState) {
+        while timeout(Duration::from_millis(50), self.read_more())
+            .await
+            .is_ok_and(|open| open)
+        {}
+        assert!(
+            !self.seen.iter().any(|m| matches!(m,
+                OwnedMessage::TaskStatus(s) if s.task_id == TaskId(task) && s.state == state)),
+            "unexpected {state} of {task:x}: {:#?}",
+            self.seen
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_health_checked_task_runs_only_once_its_endpoint_answers_200() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    let endpoints = TaskEndpoints::start().await;
+    endpoints.set_health(503);
+    let mut config = task_config("exec sleep 30", 1);
+    config.port_names = vec!["health".into()];
+    // A long grace: the 503s do not count, the task waits in STARTING.
+    config.health_check = Some(http_health_check(60, 0));
+    conn.launch_config(0x61, 0, &config, &[("health", endpoints.port)])
+        .await;
+    let first = conn.status(0x61, TaskState::Starting).await;
+    assert_eq!(first.sandbox, "");
+    // STARTING again once the process runs, with its sandbox.
+    let started = conn.status(0x61, TaskState::Starting).await;
+    assert!(
+        started.sandbox.ends_with("/0000000000000061"),
+        "{started:?}"
+    );
+
+    // Two checks answered 503, a second apart: still STARTING.
+    let first_check = endpoints.wait_for("GET /health", 1).await;
+    let second_check = endpoints.wait_for("GET /health", 2).await;
+    assert_gap("between two checks", first_check, second_check, WAIT);
+    conn.assert_no_status(0x61, TaskState::Running).await;
+    conn.reconcile(&[0x61]).await;
+    conn.status(0x61, TaskState::Starting).await;
+
+    // 200: RUNNING after the next check.
+    endpoints.set_health(200);
+    let flipped = Instant::now();
+    let running = conn
+        .status_within(0x61, TaskState::Running, Duration::from_secs(3))
+        .await;
+    assert_eq!(running.sandbox, started.sandbox);
+    assert!(flipped.elapsed() <= WAIT + LATE, "{:?}", flipped.elapsed());
+    assert!(endpoints.count("GET /health") >= 3);
+
+    conn.kill(0x61).await;
+    let killed = conn.status(0x61, TaskState::Killed).await;
+    assert_eq!(killed.message, "killed by signal 15");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_after_running_gets_the_task_killed_and_failed() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    let endpoints = TaskEndpoints::start().await;
+    endpoints.set_health(200);
+    let mut config = task_config("exec sleep 30", 1);
+    config.port_names = vec!["health".into()];
+    config.health_check = Some(http_health_check(0, 1));
+    config.http_lifecycle = Some(lifecycle());
+    conn.launch_config(0x62, 0, &config, &[("health", endpoints.port)])
+        .await;
+    conn.status(0x62, TaskState::Running).await;
+
+    // Two failures in a row (max_consecutive_failures 1): killed with the whole sequence.
+    endpoints.set_health(503);
+    let flipped = Instant::now();
+    let failed = conn.status(0x62, TaskState::Failed).await;
+    assert_eq!(
+        failed.message,
+        "unhealthy: GET /health answered 503 (2 failures in a row)"
+    );
+    assert_eq!(failed.exit_code, -1);
+    let posts = endpoints.posts();
+    let requests: Vec<&str> = posts.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(requests, ["POST /quitquitquit", "POST /abortabortabort"]);
+    // The second failing check came 1-2 s after the flip (the first one 0-1 s after it); the
+    // graceful POST right after it.
+    let to_graceful = posts[0].0.saturating_duration_since(flipped);
+    assert!(
+        to_graceful + EARLY >= WAIT && to_graceful <= 2 * WAIT + LATE,
+        "from the flip to the graceful POST: {to_graceful:?}"
+    );
+    assert_gap("graceful to shutdown POST", posts[0].0, posts[1].0, WAIT);
+    // No more checks once the kill began.
+    let checks_after: Vec<Instant> = endpoints
+        .received()
+        .into_iter()
+        .filter(|(at, r)| r == "GET /health" && *at > posts[0].0)
+        .map(|(at, _)| at)
+        .collect();
+    assert!(checks_after.is_empty(), "{checks_after:?}");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn shell_health_checks_run_in_the_sandbox_with_the_task_environment() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+
+    // Healthy while the file exists (and the environment is the task's). Two failures in a
+    // row are fatal, so a first check that comes before the file does not matter.
+    let mut config = task_config("exec sleep 30", 1);
+    config.health_check = Some(shell_health_check(
+        "[ \"$BOREALIS_PORT_HTTP\" = 31001 ] && [ \"$PWD\" = \"$BOREALIS_SANDBOX\" ] && test -e healthy",
+        1,
+    ));
+    conn.launch_config(0x63, 0, &config, &[("http", 31001)])
+        .await;
+    conn.status(0x63, TaskState::Starting).await;
+    let started = conn.status(0x63, TaskState::Starting).await;
+    let sandbox = PathBuf::from(&started.sandbox);
+    std::fs::write(sandbox.join("healthy"), "").unwrap();
+    conn.status_within(0x63, TaskState::Running, Duration::from_secs(4))
+        .await;
+    std::fs::remove_file(sandbox.join("healthy")).unwrap();
+    let failed = conn
+        .status_within(0x63, TaskState::Failed, Duration::from_secs(5))
+        .await;
+    assert!(
+        failed
+            .message
+            .starts_with("unhealthy: health check `[ \"$BOREALIS_PORT_HTTP\"")
+            && failed
+                .message
+                .ends_with("` exited with status 1 (2 failures in a row)"),
+        "{}",
+        failed.message
+    );
+    assert!(sandbox.join("health_check.log").exists());
+
+    // A check outliving its timeout fails, and its process is killed.
+    let mut config = task_config("exec sleep 30", 1);
+    config.health_check = Some(shell_health_check("echo $$ > check.pid; exec sleep 30", 0));
+    conn.launch_config(0x64, 0, &config, &[]).await;
+    conn.status(0x64, TaskState::Starting).await;
+    let started = conn.status(0x64, TaskState::Starting).await;
+    let failed = conn
+        .status_within(0x64, TaskState::Failed, Duration::from_secs(5))
+        .await;
+    assert_eq!(
+        failed.message,
+        "unhealthy: health check `echo $$ > check.pid; exec sleep 30` timed out after 1s (1 failure)"
+    );
+    let check_pid: i32 = read(Path::new(&started.sandbox).join("check.pid"))
+        .trim()
+        .parse()
+        .unwrap();
+    timeout(STEP, async {
+        while process_running(check_pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the timed-out check outlived its timeout");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn the_kill_sequence_posts_graceful_then_shutdown_then_sigterms_once() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    let endpoints = TaskEndpoints::start().await;
+    // Ignores the POSTs; dies of the SIGTERM (a SIGKILL would come only 30 s later).
+    let mut config = task_config("exec sleep 30", 30);
+    config.port_names = vec!["health".into()];
+    config.http_lifecycle = Some(lifecycle());
+    conn.launch_config(0x65, 0, &config, &[("health", endpoints.port)])
+        .await;
+    conn.status(0x65, TaskState::Running).await;
+
+    let kill_sent = Instant::now();
+    conn.kill(0x65).await;
+    let graceful = endpoints.wait_for("POST /quitquitquit", 1).await;
+    // Repeated kills (the scheduler retries) do not restart the sequence.
+    conn.kill(0x65).await;
+    conn.sync().await;
+    let shutdown = endpoints.wait_for("POST /abortabortabort", 1).await;
+    conn.kill(0x65).await;
+    let killed = conn
+        .status_within(0x65, TaskState::Killed, WAIT + LATE)
+        .await;
+    let terminated = Instant::now();
+    assert_eq!(killed.message, "killed by signal 15");
+    assert!(
+        graceful.duration_since(kill_sent) < Duration::from_millis(500),
+        "the graceful POST came {:?} after the kill",
+        graceful.duration_since(kill_sent)
+    );
+    assert_gap("graceful to shutdown POST", graceful, shutdown, WAIT);
+    assert_gap("shutdown POST to SIGTERM", shutdown, terminated, WAIT);
+    let requests: Vec<String> = endpoints.posts().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(requests, ["POST /quitquitquit", "POST /abortabortabort"]);
+    // One KILLED: the kills sent during the sequence changed nothing; one sent after the end
+    // resends it.
+    conn.assert_no_status(0x65, TaskState::Killed).await;
+    conn.kill(0x65).await;
+    conn.status(0x65, TaskState::Killed).await;
+    assert_eq!(endpoints.posts().len(), 2);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_that_exits_on_the_graceful_post_gets_nothing_more() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    let endpoints = TaskEndpoints::start().await;
+    let mut config = task_config(
+        "trap 'touch got_term' TERM; while [ ! -e quit ]; do sleep 0.05; done; exit 0",
+        30,
+    );
+    config.port_names = vec!["health".into()];
+    config.http_lifecycle = Some(lifecycle());
+    conn.launch_config(0x66, 0, &config, &[("health", endpoints.port)])
+        .await;
+    let running = conn.status(0x66, TaskState::Running).await;
+    let sandbox = PathBuf::from(&running.sandbox);
+    endpoints.touch_on("POST /quitquitquit", sandbox.join("quit"));
+
+    let kill_sent = Instant::now();
+    conn.kill(0x66).await;
+    let killed = conn.status(0x66, TaskState::Killed).await;
+    // Well within the graceful wait: the wait ended when the task did.
+    assert!(
+        kill_sent.elapsed() < WAIT,
+        "KILLED after {:?}",
+        kill_sent.elapsed()
+    );
+    assert_eq!(killed.message, "exited with status 0");
+    assert_eq!(killed.exit_code, 0);
+    let requests: Vec<String> = endpoints.posts().into_iter().map(|(_, r)| r).collect();
+    assert_eq!(requests, ["POST /quitquitquit"]);
+    assert!(!sandbox.join("got_term").exists(), "the task got a SIGTERM");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_shutdown_request_nobody_answers_moves_on_at_once() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    // Nothing listens on the lifecycle's port: both POSTs fail at once, SIGTERM follows.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut config = task_config("exec sleep 30", 30);
+    config.port_names = vec!["health".into()];
+    config.http_lifecycle = Some(lifecycle());
+    conn.launch_config(0x67, 0, &config, &[("health", closed_port)])
+        .await;
+    conn.status(0x67, TaskState::Running).await;
+    let kill_sent = Instant::now();
+    conn.kill(0x67).await;
+    let killed = conn.status(0x67, TaskState::Killed).await;
+    assert_eq!(killed.message, "killed by signal 15");
+    assert!(
+        kill_sent.elapsed() < WAIT,
+        "KILLED after {:?}: a refused POST was waited for",
+        kill_sent.elapsed()
+    );
+    harness.stop().await;
 }

@@ -114,7 +114,7 @@ async fn watch_leadership(
                 metrics.leader.set(1);
                 if led_fence != Some(*fence_revision) {
                     match load_desired(&store).await {
-                        Ok((jobs, quotas)) => {
+                        Ok((jobs, quotas, hosts)) => {
                             tracing::info!(
                                 fence = fence_revision,
                                 jobs = jobs.len(),
@@ -135,12 +135,20 @@ async fn watch_leadership(
                             for (role, quota) in quotas {
                                 quota_parts[shard_of(&role)].push((role, quota));
                             }
-                            for ((tx, jobs), quotas) in to_shards.iter().zip(parts).zip(quota_parts)
+                            // A host's mode lives on its owner (as maintenance requests route).
+                            let mut host_parts: Vec<Vec<(String, borealis_store::HostImage)>> =
+                                vec![Vec::new(); to_shards.len()];
+                            for (host, image) in hosts {
+                                host_parts[shard_of(&host)].push((host, image));
+                            }
+                            for (((tx, jobs), quotas), hosts) in
+                                to_shards.iter().zip(parts).zip(quota_parts).zip(host_parts)
                             {
                                 let _ = tx.send(ToShard::Lead {
                                     fence: *fence_revision,
                                     jobs,
                                     quotas,
+                                    hosts,
                                 });
                             }
                             led_fence = Some(*fence_revision);
@@ -158,6 +166,7 @@ async fn watch_leadership(
                             fence: *fence_revision,
                             jobs: Vec::new(),
                             quotas: Vec::new(),
+                            hosts: Vec::new(),
                         });
                     }
                 }
@@ -185,9 +194,14 @@ async fn watch_leadership(
 }
 
 /// The desired jobs and the per-role quotas, read at one revision.
-async fn load_desired(
-    store: &DesiredStore,
-) -> anyhow::Result<(Vec<DesiredJob>, Vec<(String, Resources)>)> {
+/// What a new leader loads from etcd: the desired jobs, the quotas, the hosts' modes.
+type Desired = (
+    Vec<DesiredJob>,
+    Vec<(String, Resources)>,
+    Vec<(String, borealis_store::HostImage)>,
+);
+
+async fn load_desired(store: &DesiredStore) -> anyhow::Result<Desired> {
     let snapshot = store.load_desired().await?;
     let mut jobs = Vec::new();
     for (key, value) in snapshot.jobs {
@@ -203,7 +217,16 @@ async fn load_desired(
             Err(e) => tracing::error!(role = %role, "unreadable quota, skipped: {e}"),
         }
     }
-    Ok((jobs, quotas))
+    let mut hosts = Vec::new();
+    for (host, value) in snapshot.hosts {
+        match serde_json::from_slice::<borealis_store::HostImage>(&value) {
+            Ok(image) => hosts.push((host, image)),
+            Err(e) => {
+                tracing::error!(host = %host, "unreadable host maintenance entry, skipped: {e}")
+            }
+        }
+    }
+    Ok((jobs, quotas, hosts))
 }
 
 /// Writes the shards' job and quota changes, batching whatever is queued into one fenced
@@ -240,6 +263,12 @@ async fn persist_worker(
                             let value = serde_json::to_vec(quota).expect("a quota serializes");
                             (Space::Quotas, role.clone(), Some(value))
                         }
+                        ToControl::PersistHostMode { host, image, .. } => {
+                            let value = image
+                                .as_ref()
+                                .map(|i| serde_json::to_vec(i).expect("a host entry serializes"));
+                            (Space::Hosts, host.clone(), value)
+                        }
                     })
                     .collect();
                 store.write(fence, ops).await.map_err(|e| e.to_string())
@@ -247,7 +276,8 @@ async fn persist_worker(
         };
         for request in batch.drain(..) {
             let (ToControl::Persist { shard, token, .. }
-            | ToControl::PersistQuota { shard, token, .. }) = request;
+            | ToControl::PersistQuota { shard, token, .. }
+            | ToControl::PersistHostMode { shard, token, .. }) = request;
             let _ = to_shards[shard].send(ToShard::Persisted {
                 token,
                 result: result.clone(),

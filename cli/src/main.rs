@@ -5,6 +5,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 mod client;
+mod coordinator;
 mod ha;
 mod http;
 mod up;
@@ -64,6 +65,14 @@ enum Command {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("{text:?} is not a duration like 30s, 5min, 1h: {e}"))
+}
+
+/// A duration that must be more than zero (Aurora's `[must be > 0]`).
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be more than 0")),
+        d => Ok(d),
+    }
 }
 
 /// Aurora's default `allowed_job_environments`.
@@ -236,6 +245,57 @@ pub struct SchedulerArgs {
     #[arg(long, default_value = DEFAULT_ALLOWED_JOB_ENVIRONMENTS,
           value_parser = parse_environments_regex)]
     pub allowed_job_environments: String,
+    /// Whether a lost agent's RUNNING tasks go PARTITIONED (their job's partition policy then
+    /// decides when they are LOST and replaced) rather than LOST at once.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    pub partition_aware: bool,
+    /// Minimum number of instances required for a job to be eligible for SLA check. This does
+    /// not apply to jobs that have a coordinator SLA policy.
+    #[arg(long, default_value_t = 20)]
+    pub min_required_instances_for_sla_check: u32,
+    /// Maximum duration window for which SLA requirements are to be satisfied. This does not
+    /// apply to jobs that have a coordinator SLA policy.
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub max_sla_duration_secs: Duration,
+    /// The minimum amount of time to wait before retrying an SLA-aware kill (using a truncated
+    /// binary backoff).
+    #[arg(long, default_value = "1min", value_parser = parse_positive_duration)]
+    pub sla_aware_kill_retry_min_delay: Duration,
+    /// The maximum amount of time to wait before retrying an SLA-aware kill (using a truncated
+    /// binary backoff).
+    #[arg(long, default_value = "5min", value_parser = parse_positive_duration)]
+    pub sla_aware_kill_retry_max_delay: Duration,
+    /// Timeout interval for communicating with a coordinator.
+    #[arg(long, default_value = "1min", value_parser = parse_positive_duration)]
+    pub sla_coordinator_timeout: Duration,
+    /// Maximum number of coordinators that can be contacted in parallel.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel_coordinated_maintenance: u32,
+    /// When killing a task, retry after this delay if the agent has not answered, backing off
+    /// up to --transient-task-state-timeout.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub initial_task_kill_retry_interval: Duration,
+    /// Initial amount of time to delay task reconciliation after scheduler start up.
+    #[arg(long, default_value = "1min", value_parser = parse_duration)]
+    pub reconciliation_initial_delay: Duration,
+    /// Interval on which the scheduler asks agents for the status of every non-terminal task
+    /// it believes they run.
+    #[arg(long, default_value = "60min", value_parser = parse_positive_duration)]
+    pub reconciliation_explicit_interval: Duration,
+    /// Number of tasks in a single batch request sent to an agent for explicit reconciliation.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reconciliation_explicit_batch_size: u32,
+    /// Interval between explicit batch reconciliation requests.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub reconciliation_explicit_batch_interval: Duration,
+    /// Interval on which the scheduler asks agents for the status of every task they run.
+    #[arg(long, default_value = "60min", value_parser = parse_positive_duration)]
+    pub reconciliation_implicit_interval: Duration,
+    /// Difference between explicit and implicit reconciliation intervals intended to create a
+    /// non-overlapping task reconciliation schedule.
+    #[arg(long, default_value = "30min", value_parser = parse_duration)]
+    pub reconciliation_schedule_spread: Duration,
 }
 
 impl SchedulerArgs {
@@ -286,7 +346,20 @@ impl SchedulerArgs {
             None => (None, None),
         };
         let backup_requests = config.backup_requests.clone();
-        let scheduler = borealis_shards::start_with_metrics(config, links, metrics)?;
+        anyhow::ensure!(
+            self.sla_aware_kill_retry_min_delay <= self.sla_aware_kill_retry_max_delay,
+            "--sla-aware-kill-retry-min-delay must not exceed --sla-aware-kill-retry-max-delay"
+        );
+        let mut scheduler = borealis_shards::start_with_metrics(config, links, metrics)?;
+        let service = scheduler
+            .coordinator
+            .take()
+            .expect("a new scheduler has its coordinator service");
+        coordinator::start(
+            service,
+            self.max_parallel_coordinated_maintenance as usize,
+            self.sla_coordinator_timeout,
+        )?;
         let http = http::serve(
             self.ip,
             self.http_port,
@@ -353,6 +426,25 @@ impl SchedulerArgs {
             first_schedule_delay_ms: ms(self.first_schedule_delay),
             max_schedule_attempts_per_sec: self.max_schedule_attempts_per_sec,
             allowed_job_environments: self.allowed_job_environments.clone(),
+            service: borealis_shards::ServiceSettings {
+                sla: borealis_core::sla::SlaSettings {
+                    min_required_instances: self.min_required_instances_for_sla_check,
+                    max_sla_duration_secs: self.max_sla_duration_secs.as_secs(),
+                },
+                sla_kill_retry_min_ms: ms(self.sla_aware_kill_retry_min_delay),
+                sla_kill_retry_max_ms: ms(self.sla_aware_kill_retry_max_delay),
+                initial_task_kill_retry_interval_ms: ms(self.initial_task_kill_retry_interval),
+                partition_aware: self.partition_aware,
+                reconciliation_initial_delay_ms: ms(self.reconciliation_initial_delay),
+                reconciliation_explicit_interval_ms: ms(self.reconciliation_explicit_interval),
+                reconciliation_explicit_batch_size: self.reconciliation_explicit_batch_size
+                    as usize,
+                reconciliation_explicit_batch_interval_ms: ms(
+                    self.reconciliation_explicit_batch_interval,
+                ),
+                reconciliation_implicit_interval_ms: ms(self.reconciliation_implicit_interval),
+                reconciliation_schedule_spread_ms: ms(self.reconciliation_schedule_spread),
+            },
         })
     }
 }

@@ -5,8 +5,9 @@
 //! from a glommio executor. Shards see leadership through [`LeaderView`] (lock-free reads).
 //!
 //! - [`run_election`] campaigns and publishes [`Leadership`] into a [`LeaderView`].
-//! - [`DesiredStore`] writes fenced batches (≤ 128 operations a txn) of jobs and per-role
-//!   quotas, and loads everything (`load_desired`: both at one revision).
+//! - [`DesiredStore`] writes fenced batches (≤ 128 operations a txn) of jobs, per-role quotas
+//!   and hosts' maintenance states, and loads everything (`load_desired`: all at one
+//!   revision).
 //!
 //! # Integration
 //! - Start `run_election` on the control runtime with a shutdown future; hand clones of the

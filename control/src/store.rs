@@ -1,5 +1,5 @@
-//! The desired state in etcd (`{prefix}/jobs/…` and `{prefix}/quotas/…`), written only by the
-//! current leader.
+//! The desired state in etcd (`{prefix}/jobs/…`, `{prefix}/quotas/…` and `{prefix}/hosts/…`),
+//! written only by the current leader.
 //!
 //! Every write is a txn guarded by the leader's fence: the create revision of its election key.
 //! The guard holds exactly while that key exists and no other key in the election is older —
@@ -35,6 +35,8 @@ pub enum Space {
     Jobs,
     /// `{prefix}/quotas/{role}`
     Quotas,
+    /// `{prefix}/hosts/{host}`: a host's maintenance state; a host without a key is in service.
+    Hosts,
 }
 
 /// `(space, key relative to that space's prefix, Some(value) to put | None to delete)`.
@@ -46,6 +48,8 @@ pub type SpaceOp = (Space, String, Option<Vec<u8>>);
 pub struct DesiredSnapshot {
     pub jobs: Vec<(String, Vec<u8>)>,
     pub quotas: Vec<(String, Vec<u8>)>,
+    /// Hosts in maintenance: `(host, value)`.
+    pub hosts: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +76,16 @@ pub enum StoreError {
     InvalidKey(String),
 }
 
-/// The desired-state store: opaque values under `{prefix}/jobs/` and `{prefix}/quotas/`.
+/// The desired-state store: opaque values under `{prefix}/jobs/`, `{prefix}/quotas/` and
+/// `{prefix}/hosts/`.
 pub struct DesiredStore {
     client: Client,
     /// `{prefix}/jobs/`
     jobs: String,
     /// `{prefix}/quotas/`
     quotas: String,
+    /// `{prefix}/hosts/`
+    hosts: String,
     /// `{prefix}/election/`
     election: String,
     /// The election key whose create revision is the fence last asked about.
@@ -94,6 +101,7 @@ impl DesiredStore {
             client,
             jobs: format!("{prefix}/jobs/"),
             quotas: format!("{prefix}/quotas/"),
+            hosts: format!("{prefix}/hosts/"),
             election: format!("{}/", election_name(prefix)),
             fence_key: Mutex::new(None),
             timeout: DEFAULT_STORE_TIMEOUT,
@@ -147,7 +155,23 @@ impl DesiredStore {
         .await
     }
 
-    /// [`Self::put_batch`] over any spaces: jobs and quotas may share txns (at most
+    /// Writes host `host`'s maintenance state (`{prefix}/hosts/{host}`) as the leader of term
+    /// `fence_revision`, guarded by the fence like [`Self::put_batch`]. `None` deletes the key:
+    /// the host is back in service (mode NONE), which is what a missing key means.
+    pub async fn put_host_mode(
+        &self,
+        fence_revision: i64,
+        host: &str,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StoreError> {
+        self.write(
+            fence_revision,
+            vec![(Space::Hosts, host.to_string(), value)],
+        )
+        .await
+    }
+
+    /// [`Self::put_batch`] over any spaces: jobs, quotas and hosts may share txns (at most
     /// [`MAX_TXN_OPS`] operations each, all guarded by the fence, applied in order).
     pub async fn write(&self, fence_revision: i64, ops: Vec<SpaceOp>) -> Result<(), StoreError> {
         if let Some((_, k, _)) = ops.iter().find(|(_, k, _)| k.is_empty()) {
@@ -212,17 +236,29 @@ impl DesiredStore {
         Ok(self.load_space(Space::Quotas, 0).await?.0)
     }
 
-    /// The jobs and the quotas, both read at one revision (what a new leader loads).
+    /// Every `(host, value)` under `{prefix}/hosts/`, in key order, read at one revision.
+    pub async fn load_hosts(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        Ok(self.load_space(Space::Hosts, 0).await?.0)
+    }
+
+    /// The jobs, the quotas and the hosts in maintenance, all read at one revision (what a new
+    /// leader loads).
     pub async fn load_desired(&self) -> Result<DesiredSnapshot, StoreError> {
         let (jobs, revision) = self.load_space(Space::Jobs, 0).await?;
         let (quotas, _) = self.load_space(Space::Quotas, revision).await?;
-        Ok(DesiredSnapshot { jobs, quotas })
+        let (hosts, _) = self.load_space(Space::Hosts, revision).await?;
+        Ok(DesiredSnapshot {
+            jobs,
+            quotas,
+            hosts,
+        })
     }
 
     fn space_prefix(&self, space: Space) -> &str {
         match space {
             Space::Jobs => &self.jobs,
             Space::Quotas => &self.quotas,
+            Space::Hosts => &self.hosts,
         }
     }
 

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use borealis_control::etcd_client::{GetOptions, Txn, TxnOp};
 use borealis_control::{DesiredSnapshot, DesiredStore, Leadership, Space, StoreError, MAX_TXN_OPS};
+use borealis_core::{
+    Constraint, HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, PartitionPolicy,
+    Resources, SlaPolicy, TaskConfig, Tier,
+};
+use borealis_store::HostImage;
 use support::*;
 
 /// Slack on top of a TTL for scheduling, RPC timeouts and a loaded 2-core machine.
@@ -320,6 +325,7 @@ async fn quotas_are_stored_beside_jobs_and_fenced_the_same_way() {
         DesiredSnapshot {
             jobs: vec![("www-data/prod/web".to_string(), b"J".to_vec())],
             quotas: quotas.clone(),
+            hosts: Vec::new(),
         }
     );
     let err = store.put_quota(fence_a, "", Some(b"x".to_vec())).await;
@@ -370,6 +376,296 @@ async fn quotas_are_stored_beside_jobs_and_fenced_the_same_way() {
     for c in cands {
         c.shutdown().await;
     }
+}
+
+fn host_value(mode: HostMode, drain_deadline_unix_ms: u64) -> Vec<u8> {
+    serde_json::to_vec(&HostImage {
+        mode,
+        drain_deadline_unix_ms,
+    })
+    .unwrap()
+}
+
+fn host_of(value: &[u8]) -> HostImage {
+    serde_json::from_slice(value).expect("a host entry decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_modes_are_stored_beside_jobs_and_quotas_and_fenced_the_same_way() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/hosts";
+    let mut cands: Vec<Candidate> = (0..2)
+        .map(|i| Candidate::spawn(config(&etcd, prefix, &format!("10.0.8.{i}:8081"), TTL)))
+        .collect();
+    let all: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ELECT_WITHIN,
+        "first leader",
+        || settled(&all).is_some(),
+        || describe(&all),
+    )
+    .await;
+    let store = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .expect("store");
+    let a = cands.remove(settled(&all).unwrap());
+    let fence_a = fence(&a);
+    store
+        .put_host_mode(
+            fence_a,
+            "h1.example.com",
+            Some(host_value(HostMode::Scheduled, 0)),
+        )
+        .await
+        .expect("the leader schedules maintenance");
+    // Jobs, quotas and hosts share fenced txns; each lives under its own prefix.
+    store
+        .write(
+            fence_a,
+            vec![
+                (Space::Jobs, "www-data/prod/web".into(), Some(b"J".to_vec())),
+                (Space::Quotas, "www-data".into(), Some(b"Q".to_vec())),
+                (
+                    Space::Hosts,
+                    "h2.example.com".into(),
+                    Some(host_value(HostMode::Draining, 1_800_000_000_000)),
+                ),
+                (
+                    Space::Hosts,
+                    "h1.example.com".into(),
+                    Some(host_value(HostMode::Drained, 0)),
+                ),
+            ],
+        )
+        .await
+        .expect("a mixed batch lands");
+    let mut raw = etcd.client().await;
+    let stored = raw
+        .get(format!("{prefix}/hosts/h2.example.com"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        host_of(stored.kvs()[0].value()),
+        HostImage {
+            mode: HostMode::Draining,
+            drain_deadline_unix_ms: 1_800_000_000_000
+        }
+    );
+    let hosts = vec![
+        (
+            "h1.example.com".to_string(),
+            host_value(HostMode::Drained, 0),
+        ),
+        (
+            "h2.example.com".to_string(),
+            host_value(HostMode::Draining, 1_800_000_000_000),
+        ),
+    ];
+    assert_eq!(store.load_hosts().await.unwrap(), hosts);
+    assert_eq!(
+        store.load_desired().await.unwrap(),
+        DesiredSnapshot {
+            jobs: vec![("www-data/prod/web".to_string(), b"J".to_vec())],
+            quotas: vec![("www-data".to_string(), b"Q".to_vec())],
+            hosts: hosts.clone(),
+        },
+        "hosts are neither jobs nor quotas"
+    );
+    let err = store.put_host_mode(fence_a, "", None).await;
+    assert!(matches!(err, Err(StoreError::InvalidKey(_))), "{err:?}");
+
+    // Depose A (killed, lease revoked); B takes over.
+    let lease = lease_of(&etcd, prefix, fence_a).await;
+    a.abort().await;
+    raw.lease_revoke(lease).await.unwrap();
+    let rest: Vec<&Candidate> = cands.iter().collect();
+    wait_until(
+        ttl() + MARGIN,
+        "new leader",
+        || settled(&rest).is_some(),
+        || describe(&rest),
+    )
+    .await;
+    let fence_b = fence(rest[settled(&rest).unwrap()]);
+    assert!(fence_b > fence_a);
+
+    // The deposed leader can neither set nor clear a mode (cached fence key, fresh store)…
+    let err = store
+        .put_host_mode(
+            fence_a,
+            "h3.example.com",
+            Some(host_value(HostMode::Scheduled, 0)),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { fence_revision, committed: 0 } if fence_revision == fence_a),
+        "{err}"
+    );
+    let fresh = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .unwrap();
+    let err = fresh
+        .put_host_mode(fence_a, "h1.example.com", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    // …so the new leader loads every host's mode as A left it, and its own writes land:
+    // `None` (mode NONE) deletes the key.
+    assert_eq!(fresh.load_desired().await.unwrap().hosts, hosts);
+    fresh
+        .put_host_mode(fence_b, "h1.example.com", None)
+        .await
+        .expect("the new leader ends maintenance");
+    let left = fresh.load_hosts().await.unwrap();
+    assert_eq!(left, hosts[1..].to_vec());
+    assert_eq!(host_of(&left[0].1).mode, HostMode::Draining);
+    for c in cands {
+        c.shutdown().await;
+    }
+}
+
+/// `TaskConfig` as the build before the service fields wrote it (JSON field names: what
+/// matters to serde_json).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TaskConfigBefore {
+    job: JobKey,
+    command: String,
+    resources: Resources,
+    port_names: Vec<String>,
+    constraints: Vec<Constraint>,
+    tier: Tier,
+    priority: i32,
+    production: bool,
+    is_service: bool,
+    max_task_failures: i32,
+    finalization_wait_secs: u32,
+}
+
+/// The shards' `ha::DesiredJob` of that build; `DesiredJobNow` is today's (same field names:
+/// the lead's `borealis_shards::ha::DesiredJob`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DesiredJobBefore {
+    key: JobKey,
+    instances: u32,
+    config: TaskConfigBefore,
+    retired: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DesiredJobNow {
+    key: JobKey,
+    instances: u32,
+    config: TaskConfig,
+    retired: Vec<u32>,
+}
+
+/// A desired job the previous build wrote to etcd (JSON without the service fields) loads as
+/// today's job with those fields unset; today's jobs keep them through etcd; and the previous
+/// build still reads today's values (unknown fields ignored), so a rollback keeps the jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desired_jobs_of_the_previous_build_still_load() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let prefix = "/borealis/upgrade";
+    let key: JobKey = "www-data/prod/web".parse().unwrap();
+    let before = DesiredJobBefore {
+        key: key.clone(),
+        instances: 3,
+        config: TaskConfigBefore {
+            job: key.clone(),
+            command: "serve".into(),
+            resources: Resources {
+                cpu_millis: 500,
+                ram_mib: 256,
+                disk_mib: 128,
+                ports: 1,
+            },
+            port_names: vec!["http".into()],
+            constraints: vec![Constraint::Limit {
+                attribute: "host".into(),
+                limit: 1,
+            }],
+            tier: Tier::Preferred,
+            priority: 2,
+            production: true,
+            is_service: true,
+            max_task_failures: -1,
+            finalization_wait_secs: 10,
+        },
+        retired: vec![1],
+    };
+    let old_json = serde_json::to_vec(&before).unwrap();
+    let mut raw = etcd.client().await;
+    raw.put(format!("{prefix}/jobs/{key}"), old_json.clone(), None)
+        .await
+        .unwrap();
+    let store = DesiredStore::connect(&etcd.endpoints(), prefix)
+        .await
+        .expect("store");
+    let loaded = store.load_desired().await.unwrap();
+    assert_eq!(loaded.jobs, vec![(key.to_string(), old_json)]);
+    assert!(loaded.quotas.is_empty() && loaded.hosts.is_empty());
+    let job: DesiredJobNow = serde_json::from_slice(&loaded.jobs[0].1).expect("an old job loads");
+    let c = &job.config;
+    assert_eq!(
+        (job.key.clone(), job.instances, job.retired.clone()),
+        (key.clone(), 3, vec![1])
+    );
+    assert_eq!(
+        (
+            c.command.as_str(),
+            c.finalization_wait_secs,
+            c.max_task_failures,
+            &c.constraints
+        ),
+        ("serve", 10, -1, &before.config.constraints)
+    );
+    assert_eq!(
+        (
+            &c.health_check,
+            &c.http_lifecycle,
+            &c.sla_policy,
+            &c.partition_policy
+        ),
+        (&None, &None, &None, &None)
+    );
+
+    // Today's job, with every service field, through etcd and back.
+    let now = DesiredJobNow {
+        config: TaskConfig {
+            health_check: Some(HealthCheck::with_defaults(HealthChecker::Http {
+                port: "http".into(),
+                endpoint: "/health".into(),
+                expected_status: 200,
+            })),
+            http_lifecycle: Some(HttpLifecycle::default()),
+            sla_policy: Some(SlaPolicy::Coordinator {
+                coordinator_url: "http://127.0.0.1:9/sla".into(),
+                status_key: SlaPolicy::DEFAULT_STATUS_KEY.into(),
+            }),
+            partition_policy: Some(PartitionPolicy {
+                reschedule: false,
+                delay_secs: 60,
+            }),
+            ..job.config.clone()
+        },
+        ..job
+    };
+    raw.put(
+        format!("{prefix}/jobs/{key}"),
+        serde_json::to_vec(&now).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    let loaded = store.load_desired().await.unwrap();
+    let back: DesiredJobNow = serde_json::from_slice(&loaded.jobs[0].1).unwrap();
+    assert_eq!(back, now);
+    // The previous build reads it too, minus what it does not know.
+    let rolled_back: DesiredJobBefore = serde_json::from_slice(&loaded.jobs[0].1).unwrap();
+    assert_eq!(rolled_back, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

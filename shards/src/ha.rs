@@ -32,11 +32,13 @@ pub enum ToShard {
         fence: i64,
         jobs: Vec<DesiredJob>,
         quotas: Vec<(String, Resources)>,
+        /// The maintenance modes of the hosts it owns (`route_hash_str(host) % shards`).
+        hosts: Vec<(String, borealis_store::HostImage)>,
     },
     /// Another scheduler leads (its client address): drop everything, refuse clients and
     /// agents. With `None` (leadership unknown) a leader pauses and keeps its state.
     Follow { leader: Option<String> },
-    /// The answer to a `Persist` or `PersistQuota` request.
+    /// The answer to a `Persist`, `PersistQuota` or `PersistHostMode` request.
     Persisted {
         token: u64,
         result: Result<(), String>,
@@ -62,6 +64,14 @@ pub enum ToControl {
         token: u64,
         role: String,
         quota: Resources,
+    },
+    /// Write a host's maintenance mode (`{prefix}/hosts/{host}`; None: back in service, the
+    /// key is deleted), fenced on this leader's term.
+    PersistHostMode {
+        shard: usize,
+        token: u64,
+        host: String,
+        image: Option<borealis_store::HostImage>,
     },
 }
 

@@ -67,10 +67,19 @@ enum Change {
         role: String,
         quota: Resources,
     },
+    /// A host's maintenance mode (None: back in service).
+    Host {
+        host: String,
+        image: Option<borealis_store::HostImage>,
+    },
 }
 
 /// One shard's part of a new term: its desired jobs and the quotas of the roles it owns.
-pub type LeadPart = (Vec<DesiredJob>, Vec<(String, Resources)>);
+pub type LeadPart = (
+    Vec<DesiredJob>,
+    Vec<(String, Resources)>,
+    Vec<(String, borealis_store::HostImage)>,
+);
 
 /// A persist request waiting for etcd.
 #[derive(Debug)]
@@ -94,6 +103,7 @@ pub struct Etcd {
     pub last_leader: Option<usize>,
     pub desired: BTreeMap<String, DesiredJob>,
     pub quotas: BTreeMap<String, Resources>,
+    pub hosts: BTreeMap<String, borealis_store::HostImage>,
     queues: BTreeMap<usize, VecDeque<Write>>,
     /// Slow mode: extra latency and failures until `slow_until_us`.
     pub slow_until_us: u64,
@@ -125,6 +135,12 @@ impl Etcd {
                 role,
                 quota,
             } => (shard, token, Change::Quota { role, quota }),
+            ToControl::PersistHostMode {
+                shard,
+                token,
+                host,
+                image,
+            } => (shard, token, Change::Host { host, image }),
         };
         let fence = (self.leader == Some(instance)).then_some(self.fence);
         let queue = self.queues.entry(instance).or_default();
@@ -174,6 +190,15 @@ impl Etcd {
                     Change::Quota { role, quota } => {
                         self.quotas.insert(role, quota);
                     }
+                    Change::Host {
+                        host,
+                        image: Some(image),
+                    } => {
+                        self.hosts.insert(host, image);
+                    }
+                    Change::Host { host, image: None } => {
+                        self.hosts.remove(&host);
+                    }
                 }
                 Ok(())
             };
@@ -200,7 +225,7 @@ impl Etcd {
     /// The desired jobs and the quotas of each of `shards` shards (as `watch_leadership`
     /// partitions them: jobs by key, quotas by role).
     pub fn partition(&self, shards: usize) -> Vec<LeadPart> {
-        let mut parts = vec![(Vec::new(), Vec::new()); shards];
+        let mut parts = vec![(Vec::new(), Vec::new(), Vec::new()); shards];
         for job in self.desired.values() {
             let shard =
                 (borealis_core::route_hash_str(&job.key.to_string()) % shards as u64) as usize;
@@ -209,6 +234,10 @@ impl Etcd {
         for (role, quota) in &self.quotas {
             let shard = (borealis_core::route_hash_str(role) % shards as u64) as usize;
             parts[shard].1.push((role.clone(), *quota));
+        }
+        for (host, image) in &self.hosts {
+            let shard = (borealis_core::route_hash_str(host) % shards as u64) as usize;
+            parts[shard].2.push((host.clone(), *image));
         }
         parts
     }

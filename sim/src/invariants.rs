@@ -955,6 +955,7 @@ mod tests {
                 production: true,
                 retired: vec![false],
                 quota_use: cpu(*used),
+                sla_policy: None,
             });
         }
         InstanceAudit {

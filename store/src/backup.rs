@@ -34,6 +34,8 @@ pub struct RestoreReport {
     pub tasks: usize,
     /// Roles with a quota.
     pub quotas: usize,
+    /// Hosts in maintenance.
+    pub hosts: usize,
     /// Where the replaced `shard-*` dirs were moved (None: the data dir had none).
     pub replaced: Option<PathBuf>,
 }
@@ -190,6 +192,7 @@ pub fn restore_backup(
         jobs: images.iter().map(|i| i.jobs.len()).sum(),
         tasks: images.iter().map(|i| i.tasks.len()).sum(),
         quotas: images.iter().map(|i| i.quotas.len()).sum(),
+        hosts: images.iter().map(|i| i.hosts.len()).sum(),
         replaced,
     })
 }

@@ -11,9 +11,10 @@ use crate::StoreError;
 /// First bytes of every snapshot and backup file: tells a snapshot from anything else.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BRLSSNAP";
 /// Format version after the magic; bumped when the layout or the image's encoding changes.
-/// 2: tasks' `preempted_by` and the image's `quotas`. Version 1 is still read
-/// (`crate::legacy`).
-pub const SNAPSHOT_VERSION: u32 = 2;
+/// 2: tasks' `preempted_by` and the image's `quotas`. 3: the job config's `health_check`,
+/// `http_lifecycle`, `sla_policy`, `partition_policy`, and the image's `hosts`. Versions 1
+/// and 2 are still read (`crate::legacy`).
+pub const SNAPSHOT_VERSION: u32 = 3;
 /// magic (8) | version (u32 LE) | payload length (u64 LE) | crc32c of the payload (u32 LE).
 pub const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 
@@ -42,9 +43,12 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<StateImage, String> {
         return Err("bad magic: not a Borealis snapshot".to_string());
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != SNAPSHOT_VERSION && version != crate::legacy::SNAPSHOT_VERSION_1 {
+    if version != SNAPSHOT_VERSION
+        && version != crate::legacy::SNAPSHOT_VERSION_2
+        && version != crate::legacy::SNAPSHOT_VERSION_1
+    {
         return Err(format!(
-            "unsupported version {version} (this build reads {SNAPSHOT_VERSION})"
+            "unsupported version {version} (this build reads 1 to {SNAPSHOT_VERSION})"
         ));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
@@ -59,8 +63,8 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<StateImage, String> {
     if crc32c::crc32c(payload) != crc {
         return Err("checksum mismatch".to_string());
     }
-    if version == crate::legacy::SNAPSHOT_VERSION_1 {
-        return crate::legacy::decode_state_image_v1(payload);
+    if let Some(older) = crate::legacy::decode_state_image(version, payload) {
+        return older;
     }
     match postcard::take_from_bytes::<StateImage>(payload) {
         Ok((image, [])) => Ok(image),

@@ -8,18 +8,21 @@
 //! - every task belongs to an existing job and has `instance < job.instances`;
 //! - `job.current[i]`, when set, is a task of that job with instance `i`;
 //! - `job.history` holds terminal tasks of that job, each once, never one that is also current;
-//! - a non-terminal task is its instance's current task.
+//! - a non-terminal task is its instance's current task;
+//! - no host entry is in mode NONE (that mode is the absence of an entry).
 //!
 //! A terminal task may be current (upserted terminal, `TaskEnded` not logged yet), in history,
 //! or in neither (created terminal and not ended yet).
 //!
 //! Quotas (`StateImage::quotas`, set by [`LogRecord::QuotaSet`]) are independent of jobs: a
 //! role's quota lives on shard `route_hash_str(role) % shards` (see [`shard_of_role`]).
+//! Host maintenance modes (`StateImage::hosts`, set by [`LogRecord::HostModeSet`]) are too: a
+//! host's entry lives on shard `route_hash_str(host) % shards` (see [`shard_of_host`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use borealis_core::{route_hash_str, JobKey, Resources, TaskConfig, TaskId, TaskState};
+use borealis_core::{route_hash_str, HostMode, JobKey, Resources, TaskConfig, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// Most instances a job may have in the image. Bounds the `current` vector a single record can
@@ -117,14 +120,33 @@ pub struct StateImage {
     pub jobs: BTreeMap<JobKey, JobImage>,
     pub tasks: BTreeMap<TaskId, TaskImage>,
     /// Each role's quota (Aurora's `ResourceAggregate` per role), as last set. A role absent
-    /// here has no quota. Appended last: the snapshot encoding is positional.
+    /// here has no quota. Appended after the tasks: the snapshot encoding is positional.
     pub quotas: BTreeMap<String, Resources>,
+    /// Each host in maintenance (any mode but [`HostMode::None`]), by host name. A host absent
+    /// here is in service. Appended last: the snapshot encoding is positional.
+    pub hosts: BTreeMap<String, HostImage>,
+}
+
+/// A host's durable maintenance state (Aurora's `HostStatus`, plus when a drain gives up).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostImage {
+    /// Never [`HostMode::None`] inside a [`StateImage`]: `HostModeSet` to `None` removes the
+    /// entry.
+    pub mode: HostMode,
+    /// Unix ms at which a drain stops waiting for SLAs and moves the host's tasks off anyway;
+    /// 0: no drain timeout.
+    pub drain_deadline_unix_ms: u64,
 }
 
 /// One change to a [`StateImage`], as written to the log.
 ///
 /// The variant order is part of the on-disk format (postcard encodes the variant index):
 /// append new variants at the end, never reorder.
+// `JobCreated` (its `TaskConfig`) is twice the size of the next variant. Left unboxed on
+// purpose: records are built on the stack and dropped once encoded, the shards log tasks
+// through the borrowed `TaskUpsertRef`, and only replay holds records a while (one round's).
+// Boxing would not change the encoding (postcard writes a `Box<T>` as the `T`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogRecord {
     /// Creates a job; replaces an existing job of that key, whose tasks are dropped.
@@ -149,6 +171,14 @@ pub enum LogRecord {
     Commit,
     /// Sets (or replaces) `role`'s quota. A zero quota is a quota (Aurora: `quota_set`).
     QuotaSet { role: String, quota: Resources },
+    /// Sets (or replaces) `host`'s maintenance mode; [`HostMode::None`] (back in service)
+    /// removes the host's entry, whatever `drain_deadline_unix_ms` says.
+    HostModeSet {
+        host: String,
+        mode: HostMode,
+        /// See [`HostImage::drain_deadline_unix_ms`].
+        drain_deadline_unix_ms: u64,
+    },
 }
 
 impl fmt::Display for LogRecord {
@@ -171,6 +201,7 @@ impl fmt::Display for LogRecord {
             LogRecord::TaskForgotten { id } => write!(f, "TaskForgotten(task {id})"),
             LogRecord::Commit => write!(f, "Commit"),
             LogRecord::QuotaSet { role, .. } => write!(f, "QuotaSet({role})"),
+            LogRecord::HostModeSet { host, mode, .. } => write!(f, "HostModeSet({host}, {mode})"),
         }
     }
 }
@@ -315,6 +346,24 @@ impl StateImage {
             LogRecord::QuotaSet { role, quota } => {
                 self.quotas.insert(role.clone(), *quota);
             }
+            // Any host applies, as any role does for quotas: the scheduler validates names.
+            LogRecord::HostModeSet {
+                host,
+                mode,
+                drain_deadline_unix_ms,
+            } => {
+                if *mode == HostMode::None {
+                    self.hosts.remove(host);
+                } else {
+                    self.hosts.insert(
+                        host.clone(),
+                        HostImage {
+                            mode: *mode,
+                            drain_deadline_unix_ms: *drain_deadline_unix_ms,
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -329,8 +378,9 @@ impl StateImage {
     }
 
     /// Splits the image by the scheduler's routing: job `k` goes to shard
-    /// `route_hash_str(k.to_string()) % shards`, each task goes with its job, and role `r`'s
-    /// quota goes to shard `route_hash_str(r) % shards`.
+    /// `route_hash_str(k.to_string()) % shards`, each task goes with its job, role `r`'s
+    /// quota goes to shard `route_hash_str(r) % shards`, and host `h`'s maintenance entry to
+    /// shard `route_hash_str(h) % shards`.
     ///
     /// Panics when `shards` is 0 (a caller's bug: there is nowhere to put the state).
     pub fn partition(self, shards: usize) -> Vec<StateImage> {
@@ -347,6 +397,11 @@ impl StateImage {
                 .quotas
                 .insert(role, quota);
         }
+        for (host, entry) in self.hosts {
+            parts[shard_of_host(&host, shards)]
+                .hosts
+                .insert(host, entry);
+        }
         parts
     }
 
@@ -358,6 +413,7 @@ impl StateImage {
             merged.jobs.extend(part.jobs);
             merged.tasks.extend(part.tasks);
             merged.quotas.extend(part.quotas);
+            merged.hosts.extend(part.hosts);
         }
         merged
     }
@@ -410,6 +466,11 @@ impl StateImage {
                 }
             }
         }
+        for (host, entry) in &self.hosts {
+            if entry.mode == HostMode::None {
+                problems.push(format!("host {host} has an entry in mode NONE"));
+            }
+        }
         for (id, task) in &self.tasks {
             if task.id != *id {
                 problems.push(format!("task under {id} has id {}", task.id));
@@ -449,4 +510,10 @@ pub fn shard_of(key: &JobKey, shards: usize) -> usize {
 /// `GetQuota` on the role text, as it routes job requests on the job key text.
 pub fn shard_of_role(role: &str, shards: usize) -> usize {
     (route_hash_str(role) % shards as u64) as usize
+}
+
+/// The shard that owns host `host`'s maintenance entry among `shards`: the scheduler routes
+/// maintenance requests on the host name, as it routes quotas on the role.
+pub fn shard_of_host(host: &str, shards: usize) -> usize {
+    (route_hash_str(host) % shards as u64) as usize
 }

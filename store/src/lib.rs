@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use files::{create_dir_durable, fsync_dir, write_atomic};
 use image::ApplyError;
 
-pub use image::{JobImage, LogRecord, StateImage, TaskImage};
+pub use image::{HostImage, JobImage, LogRecord, StateImage, TaskImage};
 pub use wal::{Recovery, Wal};
 
 /// Everything the store can fail with; each names the file (and offset or record) involved.
@@ -109,7 +109,8 @@ pub fn shard_dirs(data_dir: &Path) -> Result<Vec<(usize, PathBuf)>, StoreError> 
 ///
 /// Finishes an interrupted [`install_shards`] first, opens every `shard-*` dir present
 /// ([`Wal::open`]: torn tails cut, fallback snapshots used), merges their images, and partitions
-/// the result by the scheduler's routing (jobs and their tasks by job key, quotas by role). When the dirs on disk are not already exactly that
+/// the result by the scheduler's routing (jobs and their tasks by job key, quotas by role,
+/// host maintenance entries by host name). When the dirs on disk are not already exactly that
 /// partition (another shard count, a restored backup), the partition is installed crash-safely
 /// in their place, and dirs of indexes `>= shards` disappear. Each shard then owns
 /// `data_dir/shard-<i>/` holding exactly `images[i]`: open it with [`Wal::open`], or reset it
@@ -152,6 +153,10 @@ pub fn recover_all(
                         .quotas
                         .keys()
                         .all(|r| image::shard_of_role(r, shards) == i)
+                    && part
+                        .hosts
+                        .keys()
+                        .all(|h| image::shard_of_host(h, shards) == i)
             });
     let merged = merge_checked(&dirs, old_parts)?;
     let images = merged.partition(shards);
@@ -167,7 +172,8 @@ pub fn recover_all(
     Ok((images, recoveries))
 }
 
-/// Merges shard images, failing where two dirs hold different copies of one job, task or quota.
+/// Merges shard images, failing where two dirs hold different copies of one job, task, quota
+/// or host entry.
 /// Identical copies are expected after a crash in the middle of [`install_shards`]'s roll
 /// forward, and harmless; different ones mean the dirs disagree, and guessing would lose data.
 fn merge_checked(
@@ -202,6 +208,15 @@ fn merge_checked(
                 )));
             }
             merged.quotas.insert(role, quota);
+        }
+        for (host, entry) in part.hosts {
+            if merged.hosts.get(&host).is_some_and(|have| *have != entry) {
+                return Err(StoreError::Conflict(format!(
+                    "the maintenance mode of host {host} in {} differs from another shard dir's copy",
+                    dir.display()
+                )));
+            }
+            merged.hosts.insert(host, entry);
         }
     }
     Ok(merged)

@@ -574,7 +574,7 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<(LogRecord, usize), String> {
         Err(e) => format!("undecodable record: {e}"),
     };
     // A record an earlier build wrote (see `crate::legacy`), or the current decode's error.
-    crate::legacy::decode_record_v1(payload)
+    crate::legacy::decode_record_legacy(payload)
         .map(|record| (record, FRAME_HEADER_BYTES + len))
         .ok_or(current)
 }

@@ -5,6 +5,7 @@ mod common;
 use std::fs;
 use std::path::Path;
 
+use borealis_core::HostMode;
 use borealis_core::TaskState;
 use borealis_store::backup::{
     backup_name, list_backups, prune_backups, restore_backup, verify_backup, write_backup,
@@ -12,7 +13,9 @@ use borealis_store::backup::{
 use borealis_store::image::{LogRecord, StateImage};
 use borealis_store::wal::Wal;
 use borealis_store::{install_shards, recover_all, shard_dirs, StoreError};
-use common::{image_of, interpret, job_created, key, quota_set, records, task, tree, Step};
+use common::{
+    host_mode_set, image_of, interpret, job_created, key, quota_set, records, task, tree, Step,
+};
 use proptest::prelude::*;
 
 /// A state with several jobs, so that any partition spreads them.
@@ -35,6 +38,13 @@ fn sample_state() -> StateImage {
             cpu: 4 * role + 1,
         });
     }
+    for host in 0..6 {
+        steps.push(Step::SetHostMode {
+            host,
+            mode: host % 3 + 1, // SCHEDULED, DRAINING, DRAINED
+            deadline: host,
+        });
+    }
     steps.push(Step::Update {
         pick: 7,
         state: TaskState::Killing as u8,
@@ -42,6 +52,7 @@ fn sample_state() -> StateImage {
     });
     let image = image_of(&interpret(&steps));
     assert!(image.jobs.len() == 5 && image.tasks.len() >= 15 && image.quotas.len() == 6);
+    assert_eq!(image.hosts.len(), 6);
     image
 }
 
@@ -223,8 +234,20 @@ fn restore_replaces_the_data_dir_and_recovery_repartitions() {
 
     let report = restore_backup(&backups, &name, &data).unwrap();
     assert_eq!(
-        (report.shards, report.jobs, report.tasks, report.quotas),
-        (3, state.jobs.len(), state.tasks.len(), state.quotas.len())
+        (
+            report.shards,
+            report.jobs,
+            report.tasks,
+            report.quotas,
+            report.hosts
+        ),
+        (
+            3,
+            state.jobs.len(),
+            state.tasks.len(),
+            state.quotas.len(),
+            state.hosts.len()
+        )
     );
     let replaced = report.replaced.expect("the old dirs were kept");
     assert!(replaced.join("shard-0").is_dir() && replaced.join("shard-1").is_dir());
@@ -383,6 +406,88 @@ fn quotas_are_repartitioned_by_role() {
             );
         }
     }
+}
+
+/// Host maintenance entries move with the shard count like quotas: each host's entry ends on
+/// shard `route_hash_str(host) % shards`, by log and by snapshot; backups carry them.
+#[test]
+fn hosts_are_repartitioned_by_host_name_and_backed_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hosts: Vec<String> = (0..12).map(|i| format!("host{i}.example.com")).collect();
+    let mut whole = sample_state();
+    let (mut wal, _) = Wal::open(&data.join("shard-0")).unwrap();
+    for (i, host) in hosts.iter().enumerate() {
+        if i == 6 {
+            wal.snapshot(&whole).unwrap();
+        }
+        let mode = [HostMode::Scheduled, HostMode::Draining, HostMode::Drained][i % 3];
+        let record = host_mode_set(host, mode, 1000 * i as u64);
+        whole.apply(&record).unwrap();
+        wal.append(&record);
+        wal.commit().unwrap();
+    }
+    drop(wal);
+    assert_eq!(whole.hosts.len(), 12 + 6);
+
+    for shards in [3usize, 1, 4, 2] {
+        let (images, _) = recover_all(&data, shards).unwrap();
+        for (i, image) in images.iter().enumerate() {
+            for host in image.hosts.keys() {
+                assert_eq!(
+                    (borealis_core::route_hash_str(host) % shards as u64) as usize,
+                    i,
+                    "{host} on shard {i} of {shards}"
+                );
+            }
+        }
+        assert_eq!(StateImage::merge(images.clone()), whole, "{shards} shards");
+        for (i, image) in images.iter().enumerate() {
+            assert_eq!(
+                &Wal::open(&data.join(format!("shard-{i}"))).unwrap().1.image,
+                image
+            );
+        }
+        if shards > 1 {
+            assert!(
+                images.iter().filter(|i| !i.hosts.is_empty()).count() > 1,
+                "18 hosts spread over {shards} shards"
+            );
+        }
+    }
+
+    // A backup of the 2-shard state carries the hosts; restored, they come back for 3.
+    let (images, _) = recover_all(&data, 2).unwrap();
+    let backups = tmp.path().join("backups");
+    let name = backup_name(1_795_687_200_000, 0);
+    for (i, part) in images.iter().enumerate() {
+        write_backup(&backups, &name, i, part).unwrap();
+    }
+    let verified = verify_backup(&backups, &name).unwrap();
+    assert_eq!(verified, images);
+    let restored = tmp.path().join("restored");
+    let report = restore_backup(&backups, &name, &restored).unwrap();
+    assert_eq!(report.hosts, 18);
+    let (images, _) = recover_all(&restored, 3).unwrap();
+    assert_eq!(StateImage::merge(images), whole);
+}
+
+#[test]
+fn conflicting_host_modes_are_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let drain = |deadline| image_of(&[host_mode_set("h1", HostMode::Draining, deadline)]);
+    Wal::create_fresh(&data.join("shard-0"), &drain(1)).unwrap();
+    Wal::create_fresh(&data.join("shard-1"), &drain(2)).unwrap();
+    let err = recover_all(&data, 2).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict(_)) && err.to_string().contains("host h1"),
+        "{err}"
+    );
+    // Identical copies merge.
+    Wal::create_fresh(&data.join("shard-1"), &drain(1)).unwrap();
+    let (images, _) = recover_all(&data, 2).unwrap();
+    assert_eq!(StateImage::merge(images), drain(1));
 }
 
 #[test]

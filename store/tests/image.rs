@@ -2,10 +2,13 @@
 
 mod common;
 
-use borealis_core::{TaskId, TaskState};
-use borealis_store::image::{shard_of, shard_of_role, LogRecord, StateImage, INSTANCES_MAX};
+use borealis_core::{HostMode, TaskId, TaskState};
+use borealis_store::image::{
+    shard_of, shard_of_host, shard_of_role, HostImage, LogRecord, StateImage, INSTANCES_MAX,
+};
 use common::{
-    config, image_of, interpret, job_created, key, quota, quota_set, records, step, task,
+    config, host_mode_set, image_of, interpret, job_created, key, quota, quota_set, records,
+    service_config, step, task,
 };
 use proptest::prelude::*;
 
@@ -261,6 +264,13 @@ fn check_invariants_names_what_is_wrong() {
             }),
             "is RUNNING",
         ),
+        (
+            "host entry in mode NONE",
+            Box::new(|i| {
+                i.hosts.insert("h1".into(), HostImage::default());
+            }),
+            "host h1 has an entry in mode NONE",
+        ),
     ];
     for (name, damage, expected) in cases {
         let mut image = good.clone();
@@ -294,7 +304,7 @@ proptest! {
         instance in prop_oneof![0u32..6, Just(u32::MAX)],
         id in 0u64..40,
         state in 0usize..TaskState::COUNT,
-        kind in 0u8..7,
+        kind in 0u8..8,
     ) {
         let mut image = image_of(&setup);
         let key = key(job);
@@ -305,6 +315,11 @@ proptest! {
             3 => LogRecord::TaskEnded { id: TaskId(id) },
             4 => LogRecord::TaskForgotten { id: TaskId(id) },
             5 => quota_set(&format!("role{job}"), instance),
+            6 => host_mode_set(
+                &format!("host{job}"),
+                HostMode::ALL[state % HostMode::ALL.len()],
+                u64::from(instance),
+            ),
             _ => LogRecord::Commit,
         };
         let before = image.clone();
@@ -324,6 +339,7 @@ proptest! {
             prop_assert!(part.jobs.keys().all(|k| shard_of(k, shards) == i));
             prop_assert!(part.tasks.values().all(|t| shard_of(&t.job, shards) == i));
             prop_assert!(part.quotas.keys().all(|r| shard_of_role(r, shards) == i));
+            prop_assert!(part.hosts.keys().all(|h| shard_of_host(h, shards) == i));
             prop_assert!(part.check_invariants().is_ok());
         }
         prop_assert_eq!(StateImage::merge(parts), image);
@@ -339,6 +355,11 @@ fn shard_of_is_the_schedulers_routing() {
         assert_eq!(
             shard_of_role(&role, 7) as u64,
             borealis_core::route_hash_str(&role) % 7
+        );
+        let host = format!("host{i}.example.com");
+        assert_eq!(
+            shard_of_host(&host, 7) as u64,
+            borealis_core::route_hash_str(&host) % 7
         );
     }
 }
@@ -361,13 +382,73 @@ fn quota_set_sets_and_replaces_a_roles_quota() {
     assert_eq!(quota_set("www", 1).to_string(), "QuotaSet(www)");
 }
 
+#[test]
+fn host_mode_set_sets_replaces_and_none_removes() {
+    let a = key(0);
+    let mut image = image_of(&[job_created(&a, 1)]);
+    image
+        .apply(&host_mode_set("h1", HostMode::Scheduled, 0))
+        .unwrap();
+    image
+        .apply(&host_mode_set("h2", HostMode::Draining, 1_800_000_000_000))
+        .unwrap();
+    assert_eq!(
+        image.hosts["h1"],
+        HostImage {
+            mode: HostMode::Scheduled,
+            drain_deadline_unix_ms: 0
+        }
+    );
+    assert_eq!(image.hosts["h2"].drain_deadline_unix_ms, 1_800_000_000_000);
+    // Replaced whole: the deadline goes with the mode.
+    image
+        .apply(&host_mode_set("h1", HostMode::Draining, 42))
+        .unwrap();
+    image
+        .apply(&host_mode_set("h2", HostMode::Drained, 0))
+        .unwrap();
+    assert_eq!(
+        image.hosts["h1"],
+        HostImage {
+            mode: HostMode::Draining,
+            drain_deadline_unix_ms: 42
+        }
+    );
+    assert_eq!(
+        image.hosts["h2"],
+        HostImage {
+            mode: HostMode::Drained,
+            drain_deadline_unix_ms: 0
+        }
+    );
+    // NONE removes the entry, whatever the deadline; removing an absent host is a no-op.
+    image
+        .apply(&host_mode_set("h1", HostMode::None, 9))
+        .unwrap();
+    assert!(!image.hosts.contains_key("h1"));
+    let before = image.clone();
+    image
+        .apply(&host_mode_set("h9", HostMode::None, 0))
+        .unwrap();
+    assert_eq!(image, before);
+    // Hosts are independent of jobs.
+    image.apply(&LogRecord::JobRemoved { key: a }).unwrap();
+    assert_eq!(image.hosts.len(), 1);
+    assert!(image.check_invariants().is_ok());
+    assert_eq!(
+        host_mode_set("h2", HostMode::Draining, 0).to_string(),
+        "HostModeSet(h2, DRAINING)"
+    );
+}
+
 /// Guards the property tests against a vacuous generator: sequences are long, use every
 /// record kind, and reach tasks in history, terminal-but-current and replaced jobs.
 #[test]
 fn the_generator_produces_rich_sequences() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 6], 0, 0);
+    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 7], 0, 0);
+    let (mut service_jobs, mut host_removals) = (0, 0);
     for _ in 0..200 {
         let records = records(60).new_tree(&mut runner).unwrap().current();
         total += records.len();
@@ -379,8 +460,19 @@ fn the_generator_produces_rich_sequences() {
                 LogRecord::TaskEnded { .. } => 3,
                 LogRecord::TaskForgotten { .. } => 4,
                 LogRecord::QuotaSet { .. } => 5,
+                LogRecord::HostModeSet { .. } => 6,
                 LogRecord::Commit => unreachable!("the generator makes no commit markers"),
             }] += 1;
+            match r {
+                LogRecord::JobCreated { config, .. } if config.health_check.is_some() => {
+                    service_jobs += 1
+                }
+                LogRecord::HostModeSet {
+                    mode: HostMode::None,
+                    ..
+                } => host_removals += 1,
+                _ => {}
+            }
         }
         let image = image_of(&records);
         ended += image.jobs.values().map(|j| j.history.len()).sum::<usize>();
@@ -393,6 +485,10 @@ fn the_generator_produces_rich_sequences() {
     }
     assert!(total / 200 >= 25, "average length {}", total / 200);
     assert!(kinds.iter().all(|&k| k >= 50), "record kinds {kinds:?}");
+    assert!(
+        service_jobs >= 50 && host_removals >= 10,
+        "service jobs {service_jobs}, host removals {host_removals}"
+    );
     assert!(
         ended >= 100 && terminal_current >= 20,
         "ended {ended}, terminal current {terminal_current}"
@@ -423,6 +519,15 @@ fn the_commit_marker_changes_nothing_and_older_encodings_stay() {
         (LogRecord::TaskEnded { id: TaskId(7) }, 3),
         (LogRecord::TaskForgotten { id: TaskId(7) }, 4),
         (quota_set("www", 1000), 6),
+        (host_mode_set("h1", HostMode::Draining, 7), 7),
+        (
+            LogRecord::JobCreated {
+                key: a.clone(),
+                instances: 1,
+                config: service_config(&a),
+            },
+            0,
+        ),
     ];
     for (record, index) in older {
         let bytes = postcard::to_stdvec(&record).unwrap();

@@ -5,12 +5,14 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use borealis_core::{TaskId, TaskState};
+use borealis_core::{HostMode, TaskId, TaskState};
 use borealis_store::files::{segment_name, snapshot_name};
-use borealis_store::image::{LogRecord, StateImage};
+use borealis_store::image::{HostImage, LogRecord, StateImage};
 use borealis_store::wal::{Wal, COMMIT_FRAME_BYTES, FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 use borealis_store::StoreError;
-use common::{image_of, job_created, key, quota, quota_set, records, task};
+use common::{
+    host_mode_set, image_of, job_created, key, quota, quota_set, records, service_config, task,
+};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -843,4 +845,70 @@ fn a_non_last_segment_without_a_final_marker_is_an_error() {
         fs::metadata(&log2).unwrap().len(),
         len - COMMIT_FRAME_BYTES as u64
     );
+}
+
+/// Host maintenance is durable: replayed from the log, carried by a snapshot, replaced and
+/// removed (NONE) by later records; a job's service fields go with its config.
+#[test]
+fn host_modes_and_service_configs_survive_replay_and_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let a = key(0);
+    let service = LogRecord::JobCreated {
+        key: a.clone(),
+        instances: 2,
+        config: service_config(&a),
+    };
+    let (mut wal, _) = open(&dir);
+    for r in [
+        host_mode_set("h1", HostMode::Scheduled, 0),
+        service.clone(),
+        host_mode_set("h2", HostMode::Draining, 1_800_000_000_000),
+        host_mode_set("h3", HostMode::Drained, 0),
+    ] {
+        wal.append(&r);
+    }
+    wal.commit().unwrap();
+    drop(wal);
+
+    // Replayed from the log alone.
+    let (mut wal, recovery) = open(&dir);
+    assert_eq!(recovery.snapshot, None);
+    assert_eq!(recovery.records_replayed, 4);
+    let mut image = recovery.image;
+    assert_eq!(image.hosts.len(), 3);
+    assert_eq!(
+        image.hosts["h2"],
+        HostImage {
+            mode: HostMode::Draining,
+            drain_deadline_unix_ms: 1_800_000_000_000
+        }
+    );
+    assert_eq!(image.jobs[&a].config, service_config(&a));
+
+    // Carried by a snapshot; later records replace and remove on top.
+    wal.snapshot(&image).unwrap();
+    for r in [
+        host_mode_set("h2", HostMode::Drained, 0),
+        host_mode_set("h3", HostMode::None, 0),
+    ] {
+        image.apply(&r).unwrap();
+        wal.append(&r);
+    }
+    wal.commit().unwrap();
+    let after_snapshot = wal.segment_path();
+    drop(wal);
+    let recovery = open(&dir).1;
+    assert!(recovery.snapshot.is_some());
+    assert_eq!(recovery.records_replayed, 2);
+    assert_eq!(recovery.image, image);
+    assert_eq!(recovery.image.hosts["h2"].mode, HostMode::Drained);
+    assert!(!recovery.image.hosts.contains_key("h3"));
+
+    // The snapshot alone still has what it was taken with.
+    fs::write(&after_snapshot, b"").unwrap();
+    let recovery = open(&dir).1;
+    assert_eq!(recovery.image.hosts["h2"].mode, HostMode::Draining);
+    assert_eq!(recovery.image.hosts["h3"].mode, HostMode::Drained);
+    assert_eq!(recovery.image.jobs[&a].config, service_config(&a));
 }

@@ -19,6 +19,10 @@ pub struct TaskAudit {
     pub production: bool,
     /// The current task of its instance (not history).
     pub current: bool,
+    /// When it became RUNNING (shard µs), while it is RUNNING.
+    pub running_since_us: Option<u64>,
+    /// The host it is (or was last) on.
+    pub hostname: Option<String>,
 }
 
 /// An agent whose connection this shard holds.
@@ -53,6 +57,8 @@ pub struct JobAudit {
     pub retired: Vec<bool>,
     /// What the job holds against its role's quota (zero when it does not count).
     pub quota_use: Resources,
+    /// Its SLA policy as declared.
+    pub sla_policy: Option<borealis_core::SlaPolicy>,
 }
 
 /// Everything a shard holds that an invariant can be stated over.
@@ -71,6 +77,8 @@ pub struct ShardAudit {
     pub quotas: Vec<(String, Resources)>,
     /// Preemption: (victim, preemptor) of every task this shard preempted.
     pub preempted: Vec<(TaskId, TaskId)>,
+    /// Every host not in NONE, as this shard's copy has it: (host, mode, active tasks).
+    pub hosts: Vec<(String, borealis_core::HostMode, u32)>,
 }
 
 /// A transition the shard made.
@@ -99,6 +107,10 @@ impl Shard {
                     resources: job.config.resources,
                     production: job.config.production,
                     current: job.current.get(t.instance as usize) == Some(&Some(t.id)),
+                    running_since_us: t
+                        .running_since_us
+                        .filter(|_| t.state == TaskState::Running),
+                    hostname: t.host.as_ref().map(|h| h.hostname.to_string()),
                 }
             })
             .collect();
@@ -116,6 +128,7 @@ impl Shard {
                     production: j.config.production,
                     retired: j.retired.clone(),
                     quota_use: self.job_quota_use(idx),
+                    sla_policy: j.config.sla_policy.clone(),
                 }
             })
             .collect();
@@ -172,6 +185,11 @@ impl Shard {
                 preempted.sort_unstable();
                 preempted
             },
+            hosts: self
+                .hosts
+                .iter()
+                .map(|(h, s)| (h.to_string(), s.mode, s.active))
+                .collect(),
         }
     }
 

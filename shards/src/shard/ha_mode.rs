@@ -64,14 +64,21 @@ impl Shard {
                     fence,
                     jobs,
                     quotas,
-                } => self.take_lead(fence, jobs, quotas),
+                    hosts,
+                } => self.take_lead(fence, jobs, quotas, hosts),
                 ToShard::Follow { leader } => self.follow(leader.map(Into::into)),
                 ToShard::Persisted { token, result } => self.persisted(token, result),
             }
         }
     }
 
-    fn take_lead(&mut self, fence: i64, jobs: Vec<DesiredJob>, quotas: Vec<(String, Resources)>) {
+    fn take_lead(
+        &mut self,
+        fence: i64,
+        jobs: Vec<DesiredJob>,
+        quotas: Vec<(String, Resources)>,
+        hosts: Vec<(String, borealis_store::HostImage)>,
+    ) {
         match self.mode {
             Mode::Leader { fence: f } if f == fence => return,
             Mode::Paused { fence: f } if f == fence => {
@@ -102,6 +109,12 @@ impl Shard {
             self.book(&role).quota = Some(quota);
         }
         self.rebuild_quota_ledger();
+        self.restore_hosts(
+            hosts
+                .into_iter()
+                .map(|(host, h)| (host, h.mode, h.drain_deadline_unix_ms))
+                .collect(),
+        );
         // Agents re-register with their tasks during the grace; then what is missing starts.
         self.install_deadline_us = self.now_us + self.config.reconciliation_grace_ms * 1000;
         tracing::info!(
@@ -212,6 +225,7 @@ impl Shard {
         }
         self.drain_waits.clear();
         self.coordinator_waits.clear();
+        self.host_persists.clear();
         self.lent_out = 0;
         self.state_counts = [0; TaskState::COUNT];
         self.install_deadline_us = 0;
@@ -340,6 +354,34 @@ impl Shard {
         self.send_persist(request, pending)
     }
 
+    /// Hands a host's mode to the control thread for etcd; `ack`: the operator's change it
+    /// belongs to, answered once etcd has it. Err: the control thread's queue is full.
+    pub(super) fn send_host_persist(
+        &mut self,
+        host: &str,
+        image: Option<borealis_store::HostImage>,
+        ack: Option<u64>,
+    ) -> Result<(), ClientError> {
+        let Some(links) = &self.links else {
+            return Ok(());
+        };
+        self.next_token += 1;
+        let token = self.next_token;
+        links
+            .to_control
+            .try_send(ToControl::PersistHostMode {
+                shard: self.id.0,
+                token,
+                host: host.to_string(),
+                image,
+            })
+            .map_err(|_| {
+                ClientError::Overloaded("the etcd write queue is full; retry shortly".into())
+            })?;
+        self.host_persists.insert(token, ack);
+        Ok(())
+    }
+
     /// Hands a desired-state write (`request(shard, token)`) to the control thread.
     fn send_persist(
         &mut self,
@@ -364,6 +406,9 @@ impl Shard {
     }
 
     fn persisted(&mut self, token: u64, result: Result<(), String>) {
+        if let Some(ack) = self.host_persists.remove(&token) {
+            return self.host_mode_persisted(ack, result);
+        }
         let Some(mut p) = self.pending_persists.remove(&token) else {
             return;
         };

@@ -211,13 +211,9 @@ impl Shard {
         }
         self.next_host_token += 1;
         let token = self.next_host_token;
-        let mut announced = 0;
+        let mut changes = Vec::new();
         for host in hosts {
-            debug_assert_eq!(
-                self.owner_of(&host),
-                self.id,
-                "a host's mode is set by its owner"
-            );
+            debug_assert_eq!(self.owner_of(&host), self.id, "a host's mode is set by its owner");
             let current = self.hosts.get(&host).map_or(HostMode::None, |h| h.mode);
             let next = match op {
                 // Announcing maintenance leaves a drain as it is.
@@ -235,13 +231,11 @@ impl Shard {
             let unchanged = self.hosts.get(&host).map_or(next == HostMode::None, |h| {
                 h.mode == next && h.drain_deadline_unix_ms == deadline
             });
-            if unchanged {
-                continue;
+            if !unchanged {
+                changes.push((host, next, deadline));
             }
-            self.change_host_mode(&host, next, deadline, Some(token));
-            announced += 1;
         }
-        if announced == 0 {
+        if changes.is_empty() {
             return self.send(
                 reply.shard,
                 PeerMsg::HostModesSet {
@@ -251,14 +245,20 @@ impl Shard {
                 },
             );
         }
+        // Every shard applies each change; under etcd, etcd has each one too. The wait is in
+        // place before the first change: this shard applies its own at once.
+        let per_change = self.shard_count + usize::from(self.is_ha());
         self.host_acks.insert(
             token,
             HostAckWait {
-                waiting: announced * self.shard_count,
+                waiting: changes.len() * per_change,
                 reply,
                 request_id,
             },
         );
+        for (host, next, deadline) in changes {
+            self.change_host_mode(&host, next, deadline, Some(token));
+        }
     }
 
     /// The owner changes a host's mode: logs it and announces it to every shard (itself too).
@@ -275,7 +275,7 @@ impl Shard {
             mode,
             drain_deadline_unix_ms,
         });
-        self.persist_host_mode(host, mode, drain_deadline_unix_ms);
+        self.persist_host_mode(host, mode, drain_deadline_unix_ms, ack);
         self.next_host_epoch += 1;
         let state = (mode != HostMode::None).then(|| HostState {
             mode,
@@ -557,11 +557,55 @@ impl Shard {
 }
 
 impl Shard {
-    /// Under etcd: a host's mode the owner changed on its own (DRAINED) is written to etcd too.
-    pub(super) fn persist_host_mode(&mut self, host: &str, mode: HostMode, deadline: u64) {
+    /// Under etcd, a host's mode is written there too; a change an operator asked for is
+    /// answered only once etcd has it (one more acknowledgement to wait for).
+    fn persist_host_mode(&mut self, host: &str, mode: HostMode, deadline: u64, ack: Option<u64>) {
         if !self.is_ha() {
             return;
         }
-        let _ = (host, mode, deadline);
+        let image = (mode != HostMode::None).then_some(borealis_store::HostImage {
+            mode,
+            drain_deadline_unix_ms: deadline,
+        });
+        if let Err(e) = self.send_host_persist(host, image, ack) {
+            tracing::error!(shard = %self.id, %host, "cannot write the host's mode to etcd: {e}");
+            if let Some(token) = ack {
+                self.host_mode_persisted(Some(token), Err(e.to_string()));
+            }
+        }
+    }
+
+    /// etcd has a host's mode (or refused it).
+    pub(super) fn host_mode_persisted(&mut self, ack: Option<u64>, result: Result<(), String>) {
+        let Some(token) = ack else {
+            if let Err(e) = result {
+                tracing::error!(shard = %self.id, "host mode write to etcd failed: {e}");
+            }
+            return;
+        };
+        match result {
+            Ok(()) => self.host_update_applied(token),
+            Err(e) => {
+                let Some(wait) = self.host_acks.remove(&token) else {
+                    return;
+                };
+                let bytes = self
+                    .encoder
+                    .error(
+                        wait.request_id,
+                        ErrorCode::Internal,
+                        &format!("the host maintenance change may not be in etcd: {e}"),
+                    )
+                    .to_vec();
+                self.send(
+                    wait.reply.shard,
+                    PeerMsg::HostModesSet {
+                        conn: wait.reply.conn,
+                        request_id: wait.request_id,
+                        refusal: Some(bytes),
+                    },
+                );
+            }
+        }
     }
 }

@@ -430,6 +430,8 @@ pub struct Shard {
     /// as an owner: draining hosts' progress, changes waiting for every shard to apply them,
     host_progress: BTreeMap<Arc<str>, maintenance::HostProgress>,
     host_acks: HashMap<u64, maintenance::HostAckWait>,
+    /// Host modes being written to etcd (persist token -> the change's ack token).
+    host_persists: HashMap<u64, Option<u64>>,
     next_host_token: u64,
     next_host_epoch: u64,
     /// and this shard's clients' requests waiting for the owners.
@@ -561,6 +563,7 @@ impl Shard {
             hosts: BTreeMap::new(),
             host_progress: BTreeMap::new(),
             host_acks: HashMap::default(),
+            host_persists: HashMap::default(),
             next_host_token: 0,
             next_host_epoch: 0,
             host_requests: HashMap::default(),

@@ -127,6 +127,7 @@ impl World {
                             fence,
                             jobs: Vec::new(),
                             quotas: Vec::new(),
+                            hosts: Vec::new(),
                         },
                     );
                 }
@@ -139,13 +140,14 @@ impl World {
             let inst = &mut self.instances[i];
             let Some(c) = &inst.control else { continue };
             if i == next {
-                for (s, (jobs, quotas)) in parts.iter().enumerate() {
+                for (s, (jobs, quotas, hosts)) in parts.iter().enumerate() {
                     c.send(
                         s,
                         ToShard::Lead {
                             fence,
                             jobs: jobs.clone(),
                             quotas: quotas.clone(),
+                            hosts: hosts.clone(),
                         },
                     );
                 }

@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
+use borealis_core::{
+    HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, PartitionPolicy, Resources,
+    SlaPolicy, TaskConfig, TaskId, TaskState, Tier,
+};
 use borealis_store::image::{LogRecord, StateImage, TaskImage};
 use proptest::prelude::*;
 
@@ -33,6 +36,26 @@ pub fn config(key: &JobKey) -> TaskConfig {
         http_lifecycle: None,
         sla_policy: None,
         partition_policy: None,
+    }
+}
+
+/// `config(key)` with every service field set (health check, HTTP lifecycle, SLA, partition
+/// policy), so that the encodings carry them.
+pub fn service_config(key: &JobKey) -> TaskConfig {
+    TaskConfig {
+        health_check: Some(HealthCheck::with_defaults(HealthChecker::Shell {
+            command: format!("check {key}"),
+        })),
+        http_lifecycle: Some(HttpLifecycle::default()),
+        sla_policy: Some(SlaPolicy::Count {
+            count: 1,
+            duration_secs: 60,
+        }),
+        partition_policy: Some(PartitionPolicy {
+            reschedule: false,
+            delay_secs: 30,
+        }),
+        ..config(key)
     }
 }
 
@@ -80,6 +103,14 @@ pub fn quota_set(role: &str, cpu_millis: u32) -> LogRecord {
     }
 }
 
+pub fn host_mode_set(host: &str, mode: HostMode, drain_deadline_unix_ms: u64) -> LogRecord {
+    LogRecord::HostModeSet {
+        host: host.to_string(),
+        mode,
+        drain_deadline_unix_ms,
+    }
+}
+
 /// Applies records to an empty image, panicking on the first that does not apply.
 pub fn image_of(records: &[LogRecord]) -> StateImage {
     let mut image = StateImage::default();
@@ -101,6 +132,7 @@ pub enum Step {
     End { pick: u16 },
     Forget { pick: u16 },
     SetQuota { role: u8, cpu: u8 },
+    SetHostMode { host: u8, mode: u8, deadline: u8 },
 }
 
 const JOBS: u8 = 5;
@@ -116,6 +148,8 @@ pub fn step() -> impl Strategy<Value = Step> {
         9 => any::<u16>().prop_map(|pick| Step::End { pick }),
         6 => any::<u16>().prop_map(|pick| Step::Forget { pick }),
         2 => (0u8..6, any::<u8>()).prop_map(|(role, cpu)| Step::SetQuota { role, cpu }),
+        2 => (0u8..8, any::<u8>(), any::<u8>())
+            .prop_map(|(host, mode, deadline)| Step::SetHostMode { host, mode, deadline }),
     ]
 }
 
@@ -138,11 +172,19 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
     for step in steps {
         match *step {
             Step::CreateJob { job, instances } => {
-                emit(
-                    &mut image,
-                    job_created(&key(job.into()), instances.into()),
-                    &mut out,
-                );
+                // Every other creation declares the service fields.
+                let key = key(job.into());
+                let config = if (job ^ instances) % 2 == 0 {
+                    service_config(&key)
+                } else {
+                    config(&key)
+                };
+                let record = LogRecord::JobCreated {
+                    key,
+                    instances: instances.into(),
+                    config,
+                };
+                emit(&mut image, record, &mut out);
             }
             Step::RemoveJob { job } => {
                 let key = key(job.into());
@@ -223,6 +265,20 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                 // Roles of the generated jobs and others; a zero quota is a quota too.
                 let role = format!("role{role}");
                 emit(&mut image, quota_set(&role, u32::from(cpu) * 250), &mut out);
+            }
+            Step::SetHostMode {
+                host,
+                mode,
+                deadline,
+            } => {
+                // NONE about a quarter of the time: it removes the host's entry.
+                let mode = HostMode::ALL[usize::from(mode) % HostMode::ALL.len()];
+                let deadline = u64::from(deadline) * 1_000_000_000;
+                emit(
+                    &mut image,
+                    host_mode_set(&format!("host{host}"), mode, deadline),
+                    &mut out,
+                );
             }
         }
     }
