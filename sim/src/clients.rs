@@ -29,6 +29,9 @@ pub struct JobConfig {
     pub tier_explicit: bool,
     /// Orders preemption among the role's own tasks.
     pub priority: i32,
+    /// What maintenance must leave of the job, and what a partition does to it.
+    pub sla_policy: Option<borealis_core::SlaPolicy>,
+    pub partition_policy: Option<borealis_core::PartitionPolicy>,
 }
 
 impl JobConfig {
@@ -52,7 +55,19 @@ impl JobConfig {
             tier: Tier::Preferred,
             tier_explicit: true,
             priority: 0,
+            sla_policy: None,
+            partition_policy: None,
         }
+    }
+
+    pub fn sla(mut self, policy: borealis_core::SlaPolicy) -> JobConfig {
+        self.sla_policy = Some(policy);
+        self
+    }
+
+    pub fn partition(mut self, policy: borealis_core::PartitionPolicy) -> JobConfig {
+        self.partition_policy = Some(policy);
+        self
     }
 
     /// Names `tier` explicitly.
@@ -126,8 +141,8 @@ impl JobConfig {
             finalization_wait_secs: 1,
             health_check: None,
             http_lifecycle: None,
-            sla_policy: None,
-            partition_policy: None,
+            sla_policy: self.sla_policy.clone(),
+            partition_policy: self.partition_policy,
         }
     }
 }
@@ -201,6 +216,9 @@ pub enum Request {
     List {
         acked_before: BTreeSet<String>,
     },
+    /// `host maintenance ...` or `job restart` (answered with host statuses, or an ack).
+    Host,
+    Restart,
 }
 
 /// A reply, as the builder API returns it.
@@ -215,6 +233,8 @@ pub enum Reply {
     List(Vec<JobSummaryView>),
     /// The answer to `GetQuota`.
     Quota(QuotaView),
+    /// The answer to `HostMaintenance`.
+    Hosts(Vec<borealis_net::views::HostStatusView>),
     /// The connection closed before the answer came (the outcome is unknown).
     Lost,
 }
@@ -296,6 +316,7 @@ impl Ledger {
             OwnedMessage::JobStatus(status) => Reply::Status(status.clone()),
             OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
             OwnedMessage::QuotaInfo(info) => Reply::Quota(info.clone()),
+            OwnedMessage::HostStatusList(hosts) => Reply::Hosts(hosts.clone()),
             other => {
                 return Err(Violation::new(
                     "client_reply_well_formed",

@@ -64,6 +64,7 @@ pub fn setup(seed: u64, options: &RunOptions) -> WorldConfig {
         clients: rng.range(1, 3) as usize,
         bug: options.bug,
         flags: SchedulerFlags::default(),
+        coordinator: None,
     }
 }
 

@@ -786,8 +786,9 @@ pub fn quiet(view: &View<'_>) -> Result<(), Violation> {
     for shard in &leader.shards {
         for a in &shard.home_agents {
             let h = held.get(&a.agent).copied().unwrap_or(Resources::ZERO);
-            let exact =
-                !a.lent && !a.adopting && a.free_here.is_some_and(|f| f.plus(&h) == a.total);
+            // In placement, or parked while its host is under maintenance: exact either way.
+            let free = a.free_here.or(a.parked_free);
+            let exact = !a.lent && !a.adopting && free.is_some_and(|f| f.plus(&h) == a.total);
             ensure(exact, "agent_accounting_exact_when_quiet", || {
                 format!(
                     "agent {} ({}) on shard {}: tasks hold {h:?}, offer {:?} (lent: {}, adopting: {}, \

@@ -53,6 +53,7 @@
 pub mod agents;
 pub mod clients;
 pub mod config;
+pub mod coordinator;
 pub mod etcd;
 pub mod faults;
 pub mod invariants;

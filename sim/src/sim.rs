@@ -71,6 +71,7 @@ impl Sim {
                 clients: 1,
                 bug: None,
                 flags: SchedulerFlags::default(),
+                coordinator: None,
             },
             world: None,
             deferred: BTreeSet::new(),
@@ -248,6 +249,50 @@ impl Sim {
             Reply::Ack => Ok(()),
             other => Err(format!("{other:?}")),
         }
+    }
+
+    /// `borealis host maintenance start|drain|status|end` (sim agents' hostnames are
+    /// `<name>.sim`): the hosts' statuses once the change is applied everywhere.
+    pub fn host_maintenance(
+        &mut self,
+        op: borealis_core::MaintenanceOp,
+        hosts: &[&str],
+        drain_timeout_secs: u64,
+    ) -> Result<Vec<borealis_net::views::HostStatusView>, String> {
+        let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        match self.request(Request::Host, |e, id| {
+            e.host_maintenance(id, op, &hosts, drain_timeout_secs)
+                .to_vec()
+        }) {
+            Reply::Hosts(status) => Ok(status),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// `borealis job restart` of these instances (empty: all), one request.
+    pub fn restart_job(&mut self, key: &str, instances: &[u32]) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        match self.request(Request::Restart, |e, id| {
+            e.restart_job(id, &job_key, instances).to_vec()
+        }) {
+            Reply::Ack => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Serves `CoordinatorSlaPolicy` requests with a simulated coordinator that refuses each
+    /// task's first `deny_first` requests, answering after `latency_ms`.
+    pub fn coordinator(mut self, deny_first: u32, latency_ms: u64) -> Sim {
+        self.config.coordinator = Some(crate::coordinator::CoordinatorScript {
+            deny_first,
+            latency_ms,
+        });
+        self
+    }
+
+    /// What the simulated coordinator saw: requests, and the most in flight for one URL.
+    pub fn coordinator_stats(&mut self) -> crate::coordinator::CoordinatorStats {
+        self.world().coordinator_stats()
     }
 
     pub fn job_status(&mut self, key: &str) -> Result<JobStatusView, String> {

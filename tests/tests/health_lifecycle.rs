@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use borealis_tests::{field, holds_for, tasks, wait_until, AgentSpec, Cluster, POLL, WAIT_MAX};
+use borealis_tests::{
+    field, free_port, holds_for, tasks, wait_until, AgentSpec, Cluster, POLL, WAIT_MAX,
+};
 use serde_json::Value;
 
 /// The helper task binary, built with these tests.
@@ -40,6 +42,15 @@ const HEALTH_CHECK: &str = "[health_check]\ntype = \"http\"\nport = \"health\"\n
     endpoint = \"/health\"\nexpected_status = 200\ninitial_interval_secs = 60\n\
     interval_secs = 1\ntimeout_secs = 1\nmax_consecutive_failures = 0\n\
     min_consecutive_successes = 1\n";
+
+/// A cluster with one agent offering one port that was free a moment ago: the task binds it,
+/// and tests (and their clusters) run in parallel, so they must not share the default range.
+fn one_agent_cluster() -> Cluster {
+    let port = free_port();
+    let mut agent = AgentSpec::new("a1", "h1");
+    agent.ports = format!("{port}-{port}");
+    Cluster::start(&[agent])
+}
 
 /// The only task of a one-instance job, once it exists.
 fn only_task(status: &Value) -> Option<Value> {
@@ -85,7 +96,7 @@ fn assert_gap_ms(what: &str, earlier: u64, later: u64, wait_ms: u64) {
 
 #[test]
 fn job_kill_posts_graceful_then_shutdown_then_sigterms() {
-    let cluster = Cluster::start(&[AgentSpec::new("a1", "h1")]);
+    let cluster = one_agent_cluster();
     let job = "www/devel/lifecycle";
     cluster.create_job(job, &job_file(&http_task_command(""), LIFECYCLE));
     let task = cluster.wait_for(job, "its task RUNNING", WAIT_MAX, |status| {
@@ -127,7 +138,7 @@ fn job_kill_posts_graceful_then_shutdown_then_sigterms() {
 
 #[test]
 fn a_health_checked_task_is_starting_until_its_endpoint_answers_200() {
-    let cluster = Cluster::start(&[AgentSpec::new("a1", "h1")]);
+    let cluster = one_agent_cluster();
     let job = "www/devel/checked";
     // 503 until the file `healthy` appears in its sandbox.
     cluster.create_job(

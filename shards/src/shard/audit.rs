@@ -107,9 +107,7 @@ impl Shard {
                     resources: job.config.resources,
                     production: job.config.production,
                     current: job.current.get(t.instance as usize) == Some(&Some(t.id)),
-                    running_since_us: t
-                        .running_since_us
-                        .filter(|_| t.state == TaskState::Running),
+                    running_since_us: t.running_since_us.filter(|_| t.state == TaskState::Running),
                     hostname: t.host.as_ref().map(|h| h.hostname.to_string()),
                 }
             })

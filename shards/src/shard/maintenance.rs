@@ -213,7 +213,11 @@ impl Shard {
         let token = self.next_host_token;
         let mut changes = Vec::new();
         for host in hosts {
-            debug_assert_eq!(self.owner_of(&host), self.id, "a host's mode is set by its owner");
+            debug_assert_eq!(
+                self.owner_of(&host),
+                self.id,
+                "a host's mode is set by its owner"
+            );
             let current = self.hosts.get(&host).map_or(HostMode::None, |h| h.mode);
             let next = match op {
                 // Announcing maintenance leaves a drain as it is.

@@ -69,6 +69,8 @@ pub struct WorldConfig {
     pub bug: Option<InjectedBug>,
     /// The scheduler's policy flags.
     pub flags: SchedulerFlags,
+    /// A simulated SLA coordinator serving the shards (None: no coordinator service).
+    pub coordinator: Option<crate::coordinator::CoordinatorScript>,
 }
 
 /// Counters for the summary.
@@ -237,6 +239,8 @@ struct Instance {
     control: Option<Control>,
     /// When its current life (or term) began: the reconciliation grace runs from here.
     since_us: u64,
+    /// Its coordinator service, when the world has a coordinator.
+    coordinator: Option<crate::coordinator::SimCoordinator>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,6 +316,8 @@ impl Drop for DataDir {
 
 pub struct World {
     pub cfg: WorldConfig,
+    /// What coordinators of earlier scheduler lives saw.
+    coordinator_seen: crate::coordinator::CoordinatorStats,
     rng: Rng,
     now_us: u64,
     next_tick_us: u64,
@@ -387,12 +393,14 @@ impl World {
                     shard_count: cfg.shards,
                     control: None,
                     since_us: 0,
+                    coordinator: None,
                 })
                 .collect(),
             etcd: (cfg.mode == Mode::Ha).then(Etcd::default),
             conns: BTreeMap::new(),
             agent_conns: BTreeMap::new(),
             next_conn: 1,
+            coordinator_seen: Default::default(),
             agents,
             clients,
             ledger: Ledger::default(),
@@ -461,6 +469,21 @@ impl World {
     }
 
     // ----- read access for the builder and the reports -----
+
+    /// What the simulated coordinator saw, over every scheduler instance and life.
+    pub fn coordinator_stats(&self) -> crate::coordinator::CoordinatorStats {
+        let mut total = self.coordinator_seen.clone();
+        for c in self.instances.iter().filter_map(|i| i.coordinator.as_ref()) {
+            total.requests += c.stats.requests;
+            total.allowed += c.stats.allowed;
+            total.denied += c.stats.denied;
+            total.max_in_flight_per_url = total
+                .max_in_flight_per_url
+                .max(c.stats.max_in_flight_per_url);
+            total.max_in_flight = total.max_in_flight.max(c.stats.max_in_flight);
+        }
+        total
+    }
 
     pub fn agents(&self) -> &[SimAgent] {
         &self.agents

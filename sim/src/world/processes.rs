@@ -36,6 +36,23 @@ impl World {
             Mode::Embedded => (None, (0..shards).map(|_| None).collect::<Vec<_>>()),
         };
         let clock = self.clock();
+        if let Some(old) = self.instances[i].coordinator.take() {
+            let seen = &mut self.coordinator_seen;
+            seen.requests += old.stats.requests;
+            seen.allowed += old.stats.allowed;
+            seen.denied += old.stats.denied;
+            seen.max_in_flight_per_url = seen
+                .max_in_flight_per_url
+                .max(old.stats.max_in_flight_per_url);
+            seen.max_in_flight = seen.max_in_flight.max(old.stats.max_in_flight);
+        }
+        let (coordinator, mut coordinator_links) = match self.cfg.coordinator {
+            Some(script) => {
+                let (c, links) = crate::coordinator::SimCoordinator::new(script, shards, 10);
+                (Some(c), links.into_iter().map(Some).collect())
+            }
+            None => (None, (0..shards).map(|_| None).collect::<Vec<_>>()),
+        };
         let mut list = Vec::with_capacity(shards);
         for (id, (restored, links)) in recovered.into_iter().zip(links).enumerate() {
             let mut shard = Shard::new(ShardId(id), shards, config.clone(), metrics.clone(), clock);
@@ -44,6 +61,9 @@ impl World {
             }
             if let Some(links) = links {
                 shard.set_links(links);
+            }
+            if let Some(links) = coordinator_links[id].take() {
+                shard.set_coordinator(links);
             }
             shard.record_transitions();
             if let Some(bug) = self.cfg.bug {
@@ -57,6 +77,7 @@ impl World {
         inst.stalled = vec![false; shards];
         inst.shard_count = shards;
         inst.control = control;
+        inst.coordinator = coordinator;
         inst.up = true;
         inst.since_us = self.now_us;
     }

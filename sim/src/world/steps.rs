@@ -27,6 +27,15 @@ impl World {
             } else {
                 self.next_tick_us += TICK_US;
                 for i in 0..self.instances.len() {
+                    if self.instances[i].up {
+                        if let Some(c) = self.instances[i].coordinator.as_mut() {
+                            if let Err(v) = c.pump(next) {
+                                self.fail(v);
+                            }
+                        }
+                    }
+                }
+                for i in 0..self.instances.len() {
                     for s in 0..self.instances[i].inbound.len() {
                         self.push_inbound(i, s, Inbound::Tick);
                     }
