@@ -122,6 +122,9 @@ fn interval(check: &HealthCheck) -> Duration {
 }
 
 /// What one check does, resolved against the task (its port number, its environment).
+// One per health-checked task, built once: boxing the HTTP client would save nothing that
+// matters.
+#[allow(clippy::large_enum_variant)]
 enum Probe {
     Http {
         /// The named port's number, or the name the task does not have.

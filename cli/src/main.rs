@@ -440,7 +440,7 @@ impl SchedulerArgs {
                 reconciliation_explicit_batch_size: self.reconciliation_explicit_batch_size
                     as usize,
                 reconciliation_explicit_batch_interval_ms: ms(
-                    self.reconciliation_explicit_batch_interval,
+                    self.reconciliation_explicit_batch_interval
                 ),
                 reconciliation_implicit_interval_ms: ms(self.reconciliation_implicit_interval),
                 reconciliation_schedule_spread_ms: ms(self.reconciliation_schedule_spread),

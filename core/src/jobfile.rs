@@ -1625,6 +1625,34 @@ delay_secs = 600
                 limit: 1
             }]
         );
+
+        let kept = parse_job_file(
+            job(),
+            include_str!("../../examples/maintained-service.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            kept.config.sla_policy,
+            Some(crate::SlaPolicy::Count {
+                count: 2,
+                duration_secs: 30
+            })
+        );
+        let check = kept.config.health_check.expect("a health check");
+        assert_eq!(
+            check.checker,
+            crate::HealthChecker::Shell {
+                command: "test -s alive".into()
+            }
+        );
+        assert_eq!(check.max_consecutive_failures, 2);
+        assert_eq!(
+            kept.config.partition_policy,
+            Some(crate::PartitionPolicy {
+                reschedule: true,
+                delay_secs: 300
+            })
+        );
     }
 
     fn arb_constraint() -> impl Strategy<Value = Constraint> {
