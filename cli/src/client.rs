@@ -67,6 +67,25 @@ pub enum JobCommand {
         #[arg(long)]
         instances: Option<String>,
     },
+    /// Restart a job's instances in batches (Aurora's `job restart`): each batch's tasks are
+    /// replaced, and the next batch starts once the new ones have been RUNNING for
+    /// --watch-secs. Interrupting the command stops the restart.
+    Restart {
+        /// The job's key: role/environment/name.
+        job_key: String,
+        /// Instances to restart, as numbers and inclusive ranges: "0-3,7" (default: all).
+        #[arg(long)]
+        instances: Option<String>,
+        /// Instances restarted at once.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: u32,
+        /// How long a batch's new tasks must stay RUNNING before the next batch.
+        #[arg(long, default_value_t = 30)]
+        watch_secs: u64,
+        /// Give up when a batch is not healthy within this long.
+        #[arg(long, default_value = "10min", value_parser = crate::parse_duration)]
+        max_wait: Duration,
+    },
     /// List the scheduler's jobs with their task counts by state.
     List {
         /// Print a JSON array instead of one line per job.
@@ -182,6 +201,26 @@ pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
                     count_noun(instances.len(), "instance")
                 )
             }
+        }
+        JobCommand::Restart {
+            job_key,
+            instances,
+            batch_size,
+            watch_secs,
+            max_wait,
+        } => {
+            let job = parse_job_key(&job_key)?;
+            let instances = match instances {
+                Some(text) => parse_instance_ranges(&text)?,
+                None => Vec::new(),
+            };
+            let plan = crate::restart::RestartPlan {
+                instances,
+                batch_size,
+                watch: Duration::from_secs(watch_secs),
+                max_wait,
+            };
+            crate::restart::run(&mut Client::connect(scheduler)?, &job, &plan)?
         }
         JobCommand::List { json } => {
             let jobs = Client::connect(scheduler)?.list_jobs()?;
@@ -664,6 +703,12 @@ impl Client {
         }
     }
 
+    /// Restarts the given instances of a job (all when empty): one request, no batching.
+    pub fn restart_job(&mut self, job: &JobKey, instances: &[u32]) -> anyhow::Result<()> {
+        let response = self.request(|enc, id| enc.restart_job(id, job, instances).to_vec())?;
+        expect_ack(response, "RestartJob")
+    }
+
     /// Kills the given instances of a job; all of them when `instances` is empty.
     pub fn kill_job(&mut self, job: &JobKey, instances: &[u32]) -> anyhow::Result<()> {
         let response = self.request(|enc, id| enc.kill_job(id, job, instances).to_vec())?;
@@ -687,7 +732,7 @@ fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
 }
 
 /// An `Error` response as a [`Refused`]; anything else as a protocol error.
-fn unexpected(response: OwnedMessage, request: &str) -> anyhow::Error {
+pub(crate) fn unexpected(response: OwnedMessage, request: &str) -> anyhow::Error {
     match response {
         OwnedMessage::Error { code, message, .. } => anyhow::Error::new(Refused { code, message }),
         other => anyhow!(

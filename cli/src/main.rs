@@ -7,7 +7,9 @@ mod admin;
 mod client;
 mod coordinator;
 mod ha;
+mod host;
 mod http;
+mod restart;
 mod up;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,6 +54,14 @@ enum Command {
         scheduler: String,
         #[command(subcommand)]
         command: client::QuotaCommand,
+    },
+    /// Host maintenance: start, drain (under the jobs' SLAs), status, end.
+    Host {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(subcommand)]
+        command: host::HostCommand,
     },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
     Up(Box<up::UpArgs>),
@@ -491,6 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
         Command::Quota { scheduler, command } => client::run_quota_command(&scheduler, command),
+        Command::Host { scheduler, command } => host::run(&scheduler, command),
         Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
             init_logging();
