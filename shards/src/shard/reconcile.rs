@@ -111,6 +111,19 @@ impl Shard {
     /// Kills nobody answered are sent again: after `--initial-task-kill-retry-interval`,
     /// doubling, up to `--transient-task-state-timeout` (which ends the kill anyway).
     pub(super) fn retry_kills(&mut self) {
+        let being_killed: u64 = [
+            TaskState::Killing,
+            TaskState::Restarting,
+            TaskState::Preempting,
+            TaskState::Draining,
+        ]
+        .iter()
+        .map(|s| self.state_counts[*s as usize])
+        .sum();
+        if being_killed == 0 {
+            // The common case: no walk over every task.
+            return;
+        }
         let now = self.now_us;
         let mut due: Vec<TaskId> = self
             .tasks
@@ -142,6 +155,9 @@ impl Shard {
     /// PARTITIONED tasks whose job's partition policy says they have waited long enough are
     /// LOST (and replaced).
     pub(super) fn expire_partitions(&mut self) {
+        if self.state_counts[TaskState::Partitioned as usize] == 0 {
+            return;
+        }
         let now = self.now_us;
         let mut due: Vec<TaskId> = self
             .tasks
