@@ -254,5 +254,102 @@ mod tests {
         assert_eq!(h["active_tasks"], 2);
         assert_eq!(h["blocked"][0]["task_id"], "00000000000000ab");
         assert_eq!(h["blocked"][1]["reason"], "the job's coordinator said no");
+        assert_eq!(h["blocked"][0]["job"], "www/prod/web");
+        assert_eq!(h["blocked"][0]["instance"], 3);
+        assert_eq!(h["host"], "h1");
+        assert_eq!(h["drain_deadline_ms"], 0);
+        assert_eq!(h["forced"], false);
+        assert_eq!(status_json(&[]), r#"{"hosts":[]}"#);
+    }
+
+    #[test]
+    fn the_table_aligns_columns_and_shows_deadlines_and_forced_drains() {
+        let mut forced = draining();
+        forced.host = "host-two".into();
+        forced.mode = HostMode::Drained;
+        forced.active_tasks = 0;
+        forced.drain_deadline_ms = 1_700_000_000_000;
+        forced.forced = true;
+        let mut none = draining();
+        none.host = "h3".into();
+        none.mode = HostMode::None;
+        none.active_tasks = 0;
+        none.blocked.clear();
+        let mut one = draining();
+        one.blocked.truncate(1);
+        assert_eq!(
+            status_text(&[one, forced, none]),
+            "\
+HOST      MODE      ACTIVE  DEADLINE              NOTE
+h1        DRAINING  2       -                     www/prod/web/3 waits: SLA count 2 per 60s: 1 other instance active
+host-two  DRAINED   0       2023-11-14T22:13:20Z  forced (timeout passed)
+h3        NONE      0       -                     -
+"
+        );
+    }
+
+    /// `borealis host maintenance ARGS...`, parsed.
+    fn parse(args: &[&str]) -> Result<(String, MaintenanceCommand), clap::Error> {
+        use clap::Parser;
+        let argv = ["borealis", "host", "maintenance"]
+            .iter()
+            .chain(args)
+            .copied();
+        match crate::Cli::try_parse_from(argv)?.command {
+            crate::Command::Host {
+                scheduler,
+                command: HostCommand::Maintenance(cmd),
+            } => Ok((scheduler, cmd)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn maintenance_commands_parse() {
+        let (scheduler, cmd) = parse(&["start", "h1", "h2", "--scheduler", "s:1"]).unwrap();
+        assert_eq!(scheduler, "s:1");
+        assert!(
+            matches!(&cmd, MaintenanceCommand::Start { hosts, json: false } if hosts == &["h1", "h2"]),
+            "{cmd:?}"
+        );
+        let (scheduler, cmd) = parse(&["drain", "h1", "--timeout", "10min", "--json"]).unwrap();
+        assert_eq!(scheduler, crate::client::DEFAULT_SCHEDULER);
+        assert!(
+            matches!(&cmd, MaintenanceCommand::Drain { hosts, timeout: Some(t), json: true }
+                if hosts == &["h1"] && *t == Duration::from_secs(600)),
+            "{cmd:?}"
+        );
+        let (_, cmd) = parse(&["drain", "h1"]).unwrap();
+        assert!(
+            matches!(cmd, MaintenanceCommand::Drain { timeout: None, .. }),
+            "{cmd:?}"
+        );
+        let (_, cmd) = parse(&["status"]).unwrap();
+        assert!(
+            matches!(&cmd, MaintenanceCommand::Status { hosts, json: false } if hosts.is_empty()),
+            "{cmd:?}"
+        );
+        let (_, cmd) = parse(&["status", "h1", "--json"]).unwrap();
+        assert!(
+            matches!(&cmd, MaintenanceCommand::Status { hosts, json: true } if hosts == &["h1"]),
+            "{cmd:?}"
+        );
+        let (_, cmd) = parse(&["end", "h3"]).unwrap();
+        assert!(
+            matches!(&cmd, MaintenanceCommand::End { hosts, .. } if hosts == &["h3"]),
+            "{cmd:?}"
+        );
+        // start, drain and end need a host; only drain takes a timeout, and a duration.
+        for args in [
+            &["start"][..],
+            &["drain"],
+            &["end"],
+            &["drain", "--timeout", "10min"],
+            &["start", "h1", "--timeout", "1min"],
+            &["drain", "h1", "--timeout", "soon"],
+            &["pause", "h1"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
     }
 }

@@ -183,4 +183,76 @@ mod tests {
         assert_eq!(ranges_text(&[0, 1, 2, 5, 7, 8]), "0-2,5,7-8");
         assert_eq!(ranges_text(&[4]), "4");
     }
+
+    /// `borealis job restart ARGS...`, parsed.
+    fn parse(args: &[&str]) -> Result<crate::client::JobCommand, clap::Error> {
+        use clap::Parser;
+        let argv = ["borealis", "job", "restart"].iter().chain(args).copied();
+        match crate::Cli::try_parse_from(argv)?.command {
+            crate::Command::Job { command, .. } => Ok(command),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn restart_parses_with_auroras_defaults() {
+        use crate::client::JobCommand;
+        let cmd = parse(&["www/prod/web"]).unwrap();
+        let JobCommand::Restart {
+            job_key,
+            instances,
+            batch_size,
+            watch_secs,
+            max_wait,
+        } = cmd
+        else {
+            panic!("{cmd:?}");
+        };
+        assert_eq!(job_key, "www/prod/web");
+        assert_eq!(instances, None);
+        assert_eq!((batch_size, watch_secs), (1, 30));
+        assert_eq!(max_wait, Duration::from_secs(600));
+
+        let cmd = parse(&[
+            "www/prod/web",
+            "--instances",
+            "0-3,7",
+            "--batch-size",
+            "2",
+            "--watch-secs",
+            "1",
+            "--max-wait",
+            "90s",
+        ])
+        .unwrap();
+        let JobCommand::Restart {
+            instances,
+            batch_size,
+            watch_secs,
+            max_wait,
+            ..
+        } = cmd
+        else {
+            panic!("{cmd:?}");
+        };
+        assert_eq!(instances.as_deref(), Some("0-3,7"));
+        assert_eq!((batch_size, watch_secs), (2, 1));
+        assert_eq!(max_wait, Duration::from_secs(90));
+        assert_eq!(
+            batches(
+                &crate::client::parse_instance_ranges(&instances.unwrap()).unwrap(),
+                batch_size
+            ),
+            vec![vec![0, 1], vec![2, 3], vec![7]]
+        );
+
+        for args in [
+            &[][..],
+            &["www/prod/web", "--batch-size", "0"],
+            &["www/prod/web", "--watch-secs", "-1"],
+            &["www/prod/web", "--max-wait", "soon"],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
+    }
 }

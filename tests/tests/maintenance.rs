@@ -1,8 +1,8 @@
 //! End-to-end: host maintenance and restarts with the real scheduler, agents and CLI. A drain
 //! of a host whose job has a real HTTP coordinator (a test server on 127.0.0.1) that says no,
 //! then yes: no task leaves before yes, `host maintenance status` shows the progress, and the
-//! coordinator never sees two requests at once; `job restart` replaces every instance in
-//! batches. Build the binary first: `cargo build -p borealis`.
+//! coordinator never sees two requests at once; a count SLA lets two drained hosts go one after
+//! the other; `job restart` replaces every instance in batches. Build the binary first: `cargo build -p borealis`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use borealis_tests::{field, holds_for, instance, job_toml, tasks, AgentSpec, Cluster, POLL};
+use borealis_tests::{
+    describe, expect_one_line_error, field, holds_for, instance, job_toml, run_borealis, tasks,
+    tasks_in, wait_until, AgentSpec, Cluster, POLL,
+};
 use serde_json::Value;
 
 const FAST_SLA: &[&str] = &[
@@ -191,6 +194,145 @@ fn a_drain_waits_for_the_coordinator_and_status_shows_it() {
     let ended = cluster.cli_ok(&["host", "maintenance", "end", &host]);
     assert!(ended.contains("NONE"), "{ended}");
     assert_eq!(host_status(&cluster, &host)["mode"], "NONE");
+    let all = cluster.cli_ok(&["host", "maintenance", "status"]);
+    assert_eq!(all, "no host is under maintenance\n");
+    let pinned = format!("[[constraints]]\nattribute = \"host\"\nvalues = [\"{host}\"]\n");
+    cluster.create_job("www/prod/after", &job_toml(1, "sleep 600", &pinned));
+    cluster.wait_for(
+        "www/prod/after",
+        &format!("a new job RUNNING on {host} once its maintenance ended"),
+        Duration::from_secs(30),
+        |s| running_on(s, 0).filter(|h| *h == host),
+    );
+}
+
+/// Hosts' modes, active counts and first blocker's reason ("" when none) from one
+/// `host maintenance status --json`.
+fn hosts_status(cluster: &Cluster, hosts: &[&str]) -> Vec<(String, u64, String)> {
+    let mut args = vec!["host", "maintenance", "status"];
+    args.extend(hosts);
+    args.push("--json");
+    let out = cluster.cli_ok(&args);
+    let json: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let listed = json["hosts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), hosts.len(), "{out}");
+    hosts
+        .iter()
+        .map(|host| {
+            let h = listed
+                .iter()
+                .find(|h| h["host"] == *host)
+                .unwrap_or_else(|| panic!("{host} not in {out}"));
+            let mode = h["mode"].as_str().unwrap_or("").to_string();
+            let reason = h["blocked"][0]["reason"].as_str().unwrap_or("").to_string();
+            (mode, h["active_tasks"].as_u64().unwrap_or(u64::MAX), reason)
+        })
+        .collect()
+}
+
+#[test]
+fn a_count_sla_drain_of_two_hosts_keeps_two_instances_running() {
+    let agents = [
+        AgentSpec::new("a1", "host-1"),
+        AgentSpec::new("a2", "host-2"),
+        AgentSpec::new("a3", "host-3"),
+    ];
+    let mut cluster = Cluster::start_with(FAST_SLA, &agents);
+    let job = "www/prod/count";
+    // Preferred: the stock tier config's default (preemptible) is exempt from SLAs, as in Aurora.
+    let extra = "service = true\ntier = \"preferred\"\n\n[[constraints]]\nattribute = \"host\"\nlimit = 1\n\n\
+                 [sla_policy]\ntype = \"count\"\ncount = 2\nduration_secs = 1\n";
+    cluster.create_job(job, &job_toml(3, "sleep 600", extra));
+    let status = cluster.wait_for(job, "3 instances RUNNING", Duration::from_secs(30), |s| {
+        (0..3)
+            .all(|i| running_on(s, i).is_some())
+            .then(|| s.clone())
+    });
+    // Room for the two replacements (one task of the job per host).
+    cluster.start_agent(AgentSpec::new("a4", "host-4"));
+    cluster.start_agent(AgentSpec::new("a5", "host-5"));
+    let (h0, h1) = (
+        running_on(&status, 0).unwrap(),
+        running_on(&status, 1).unwrap(),
+    );
+    let hosts = [h0.as_str(), h1.as_str()];
+    let drained = cluster.cli_ok(&["host", "maintenance", "drain", &h0, &h1]);
+    assert_eq!(drained.matches("DRAINING").count(), 2, "{drained}");
+
+    // Each poll: the job keeps 2 RUNNING; the hosts' remaining tasks only go down.
+    let mut remaining_seen: Vec<u64> = Vec::new();
+    let mut one_drained_seen = false;
+    // The second task waits for the first one's replacement to have run for 1 s.
+    let mut sla_wait_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = cluster.status_json(job);
+        let running = tasks_in(&s, "RUNNING").len();
+        assert!(
+            running >= 2,
+            "{running} instances RUNNING during the drain: {s}"
+        );
+        let modes = hosts_status(&cluster, &hosts);
+        for (mode, _, reason) in &modes {
+            assert!(mode == "DRAINING" || mode == "DRAINED", "{modes:?}");
+            sla_wait_seen |= reason.contains("SLA count 2 per 1s");
+        }
+        let drained = modes.iter().filter(|(m, _, _)| m == "DRAINED").count();
+        one_drained_seen |= drained == 1;
+        // A DRAINING host reports 0 only before its first progress report: unknown yet.
+        let known = modes.iter().all(|(m, n, _)| m == "DRAINED" || *n > 0);
+        if known {
+            let remaining: u64 = modes
+                .iter()
+                .map(|(m, n, _)| if m == "DRAINED" { 0 } else { *n })
+                .sum();
+            if let Some(&last) = remaining_seen.last() {
+                assert!(
+                    remaining <= last,
+                    "remaining tasks went up: {remaining_seen:?} then {remaining}"
+                );
+            }
+            remaining_seen.push(remaining);
+        }
+        if drained == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hosts were not DRAINED within 60s: {modes:?}\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        sla_wait_seen,
+        "no poll showed a task waiting for the count SLA: {remaining_seen:?}"
+    );
+    assert!(
+        one_drained_seen,
+        "the hosts drained one after the other, so some poll saw one DRAINED: {remaining_seen:?}"
+    );
+    assert!(
+        remaining_seen.iter().any(|&n| n >= 1) && remaining_seen.last() == Some(&0),
+        "{remaining_seen:?}"
+    );
+    // All three run again, none on a drained host.
+    let s = cluster.wait_for(
+        job,
+        "3 instances RUNNING again",
+        Duration::from_secs(30),
+        |s| {
+            (0..3)
+                .all(|i| running_on(s, i).is_some())
+                .then(|| s.clone())
+        },
+    );
+    for i in 0..3 {
+        let on = running_on(&s, i).unwrap();
+        assert!(
+            !hosts.contains(&on.as_str()),
+            "instance {i} on drained {on}: {s}"
+        );
+    }
 }
 
 #[test]
@@ -211,17 +353,56 @@ fn job_restart_replaces_every_instance_in_batches() {
         .iter()
         .map(|t| field(t, "task_id").to_string())
         .collect();
-    let out = cluster.cli_ok(&[
-        "job",
-        "restart",
-        job,
-        "--batch-size",
-        "2",
-        "--watch-secs",
-        "1",
-        "--max-wait",
-        "60s",
-    ]);
+    let addr = cluster.addr();
+    let restart = std::thread::spawn(move || {
+        run_borealis(&[
+            "job",
+            "restart",
+            job,
+            "--batch-size",
+            "2",
+            "--watch-secs",
+            "1",
+            "--max-wait",
+            "60s",
+            "--scheduler",
+            &addr,
+        ])
+    });
+    // While it runs, at most one batch (2 instances) is without a RUNNING task, and the
+    // batches go one after the other: for a while, 0-1 run new tasks and 2-3 the old ones.
+    let is_old = |t: &str| old_ids.iter().any(|id| id == t);
+    let mut first_batch_only_seen = false;
+    wait_until(
+        "job restart to finish",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            let s = cluster.status_json(job);
+            let down = (0..4).filter(|&i| running_on(&s, i).is_none()).count();
+            assert!(down <= 2, "{down} instances without a RUNNING task: {s}");
+            let running_id = |i: u64| {
+                tasks(&s)
+                    .iter()
+                    .find(|t| instance(t) == i && field(t, "state") == "RUNNING")
+                    .map(|t| field(t, "task_id").to_string())
+            };
+            first_batch_only_seen |=
+                (0..4).all(|i| running_id(i).is_some_and(|id| is_old(&id) == (i >= 2)));
+            restart.is_finished().then_some(())
+        },
+    );
+    let output = restart.join().expect("the restart thread");
+    assert!(
+        output.status.success(),
+        "job restart: {}",
+        describe(&output)
+    );
+    assert!(
+        first_batch_only_seen,
+        "no poll saw instances 0-1 restarted while 2-3 still ran their old tasks"
+    );
+    let out = String::from_utf8(output.stdout).expect("UTF-8");
     assert!(
         out.contains("restarted instances 0-1 of www/prod/web"),
         "{out}"
@@ -253,12 +434,40 @@ fn job_restart_replaces_every_instance_in_batches() {
 #[test]
 fn bad_maintenance_requests_are_refused_naming_what_is_wrong() {
     let cluster = Cluster::start(&[AgentSpec::new("a1", "host-1")]);
-    let out = cluster.cli(&["host", "maintenance", "drain", "bad host!"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = expect_one_line_error(&cluster.cli(&["host", "maintenance", "drain", "bad host!"]));
     assert!(err.contains("bad host!"), "{err}");
-    let out = cluster.cli(&["job", "restart", "www/prod/nope"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("www/prod/nope"));
+    let err = expect_one_line_error(&cluster.cli(&["job", "restart", "www/prod/nope"]));
+    assert!(err.contains("www/prod/nope"), "{err}");
+    let err = expect_one_line_error(&cluster.cli(&[
+        "job",
+        "restart",
+        "www/prod/nope",
+        "--instances",
+        "3-1",
+    ]));
+    assert!(err.contains("3-1"), "{err}");
     assert_eq!(host_status(&cluster, "unknown-host")["mode"], "NONE");
+    let table = cluster.cli_ok(&["host", "maintenance", "status", "unknown-host"]);
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("unknown-host") && l.contains("NONE")),
+        "{table}"
+    );
+    // start, drain and end name at least one host (clap refuses, naming the argument).
+    for op in ["start", "drain", "end"] {
+        let out = cluster.cli(&["host", "maintenance", op]);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("<HOSTS>"),
+            "{}",
+            describe(&out)
+        );
+    }
+    // Nothing was put under maintenance by any of it.
+    assert_eq!(
+        cluster.cli_ok(&["host", "maintenance", "status"]),
+        "no host is under maintenance\n"
+    );
 }
