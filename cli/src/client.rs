@@ -989,7 +989,7 @@ fn kind_text(is_service: bool) -> &'static str {
 }
 
 /// Rows as left-aligned columns two spaces apart; the last column is not padded.
-fn table_text(rows: &[Vec<String>]) -> String {
+pub(crate) fn table_text(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| {

@@ -54,6 +54,12 @@ impl HostMode {
     pub fn schedulable(self) -> bool {
         self == HostMode::None
     }
+
+    /// Whether its tasks are being moved off (DRAINING, and DRAINED: a task adopted there
+    /// later leaves too).
+    pub fn drains(self) -> bool {
+        matches!(self, HostMode::Draining | HostMode::Drained)
+    }
 }
 
 impl fmt::Display for HostMode {

@@ -33,6 +33,17 @@ pub struct CoordinatorStats {
     pub max_in_flight: usize,
 }
 
+impl CoordinatorStats {
+    /// Adds another service's counts (maxima as maxima).
+    pub fn add(&mut self, other: &CoordinatorStats) {
+        self.requests += other.requests;
+        self.allowed += other.allowed;
+        self.denied += other.denied;
+        self.max_in_flight_per_url = self.max_in_flight_per_url.max(other.max_in_flight_per_url);
+        self.max_in_flight = self.max_in_flight.max(other.max_in_flight);
+    }
+}
+
 /// One scheduler instance's coordinator service.
 #[derive(Debug)]
 pub struct SimCoordinator {

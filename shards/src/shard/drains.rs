@@ -7,7 +7,6 @@
 //! job's own shard, so each decision sees the ones before it.
 
 use borealis_core::sla::{self, JobSla, SlaVerdict};
-use borealis_core::HostMode;
 use borealis_net::views::HostBlockerView;
 
 use super::maintenance::HOST_BLOCKERS_MAX;
@@ -15,7 +14,7 @@ use super::*;
 use crate::coordinator::{CoordinatorAnswer, CoordinatorOutcome, CoordinatorRequest};
 
 /// A task a drain could not move yet.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct DrainWait {
     /// Refusals so far (the backoff's exponent).
     attempts: u32,
@@ -30,16 +29,10 @@ impl Shard {
     /// The sweep: drains what may leave the draining hosts and reports each host's progress to
     /// its owner.
     pub(super) fn drain_hosts(&mut self) {
-        if self.hosts.is_empty() {
-            if !self.drain_waits.is_empty() {
-                self.drain_waits.clear();
-            }
-            return;
-        }
         let draining: BTreeMap<Arc<str>, (u64, bool)> = self
             .hosts
             .iter()
-            .filter(|(_, s)| matches!(s.mode, HostMode::Draining | HostMode::Drained))
+            .filter(|(_, s)| s.mode.drains())
             .map(|(h, s)| (h.clone(), (s.epoch, self.drain_forced(s))))
             .collect();
         if draining.is_empty() {
@@ -184,12 +177,7 @@ impl Shard {
             s.sla_kill_retry_max_ms * 1000,
         );
         let now = self.now_us;
-        let wait = self.drain_waits.entry(task_id).or_insert(DrainWait {
-            attempts: 0,
-            next_us: 0,
-            reason: String::new(),
-            asking: None,
-        });
+        let wait = self.drain_waits.entry(task_id).or_default();
         wait.next_us = now + sla::backoff_us(wait.attempts, min_us, max_us);
         wait.attempts = wait.attempts.saturating_add(1);
         wait.asking = None;
@@ -242,12 +230,7 @@ impl Shard {
             return Err(self.drain_refused(task_id, "the coordinator queue is full".into()));
         }
         self.coordinator_waits.insert(token, task_id);
-        let wait = self.drain_waits.entry(task_id).or_insert(DrainWait {
-            attempts: 0,
-            next_us: 0,
-            reason: String::new(),
-            asking: None,
-        });
+        let wait = self.drain_waits.entry(task_id).or_default();
         wait.asking = Some(token);
         wait.reason = "asking the job's coordinator".into();
         Err(wait.reason.clone())
@@ -284,17 +267,11 @@ impl Shard {
                     .get(&task_id)
                     .filter(|t| t.state == TaskState::Running)
                     .and_then(|t| t.host.as_ref())
-                    .map(|h| h.hostname.clone());
+                    .map(|h| h.hostname.clone())
+                    .filter(|h| self.hosts.get(&**h).is_some_and(|s| s.mode.drains()));
                 if let Some(host) = host {
-                    let draining = self
-                        .hosts
-                        .get(&*host)
-                        .is_some_and(|h| matches!(h.mode, HostMode::Draining | HostMode::Drained));
-                    if draining {
-                        let why =
-                            format!("draining host {host} for maintenance (coordinator agreed)");
-                        self.drain_now(task_id, &why);
-                    }
+                    let why = format!("draining host {host} for maintenance (coordinator agreed)");
+                    self.drain_now(task_id, &why);
                 }
             }
             CoordinatorOutcome::Denied => {

@@ -183,9 +183,7 @@ impl Shard {
 
     /// A drain whose timeout passed: what is left leaves without waiting for SLAs.
     pub(super) fn drain_forced(&self, h: &HostState) -> bool {
-        h.drain_deadline_unix_ms != 0
-            && matches!(h.mode, HostMode::Draining | HostMode::Drained)
-            && self.unix_ms >= h.drain_deadline_unix_ms
+        h.drain_deadline_unix_ms != 0 && h.mode.drains() && self.unix_ms >= h.drain_deadline_unix_ms
     }
 
     /// The owner applies an operator's change to its hosts: logged, announced to every shard,
@@ -323,7 +321,7 @@ impl Shard {
         ack: Option<u64>,
     ) {
         let schedulable = state.as_ref().is_none_or(|s| s.mode.schedulable());
-        let was_schedulable = self.hosts.get(&host).is_none_or(|s| s.mode.schedulable());
+        let was_schedulable = self.host_schedulable(&host);
         match state {
             Some(state) => {
                 self.hosts.insert(host.clone(), state);
@@ -414,14 +412,12 @@ impl Shard {
     /// A home agent's offer, with `free` resources, comes back to this shard: into placement,
     /// or parked when its host is under maintenance.
     pub(super) fn offer_home(&mut self, agent: AgentId, free: Resources) {
-        let Some(a) = self.home_agents.get_mut(&agent) else {
+        let Some(hostname) = self.home_agents.get(&agent).map(|a| a.hostname.clone()) else {
             return;
         };
-        if !self
-            .hosts
-            .get(&*a.hostname)
-            .is_none_or(|s| s.mode.schedulable())
-        {
+        let schedulable = self.host_schedulable(&hostname);
+        let a = self.home_agents.get_mut(&agent).expect("present");
+        if !schedulable {
             a.offer = OfferWhere::Parked { free };
             return;
         }

@@ -52,7 +52,7 @@ use borealis_store::wal::Wal;
 pub use errors::ClientError;
 pub use ha_mode::Mode;
 use ha_mode::PendingPersist;
-pub use maintenance::{HostState, HOSTS_PER_REQUEST_MAX};
+pub use maintenance::HostState;
 pub use preemption::{RunningTask, SlotOffer, SlotQuery};
 
 /// Inbound items handled per round before placing and flushing.

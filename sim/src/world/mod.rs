@@ -474,13 +474,7 @@ impl World {
     pub fn coordinator_stats(&self) -> crate::coordinator::CoordinatorStats {
         let mut total = self.coordinator_seen.clone();
         for c in self.instances.iter().filter_map(|i| i.coordinator.as_ref()) {
-            total.requests += c.stats.requests;
-            total.allowed += c.stats.allowed;
-            total.denied += c.stats.denied;
-            total.max_in_flight_per_url = total
-                .max_in_flight_per_url
-                .max(c.stats.max_in_flight_per_url);
-            total.max_in_flight = total.max_in_flight.max(c.stats.max_in_flight);
+            total.add(&c.stats);
         }
         total
     }

@@ -37,14 +37,7 @@ impl World {
         };
         let clock = self.clock();
         if let Some(old) = self.instances[i].coordinator.take() {
-            let seen = &mut self.coordinator_seen;
-            seen.requests += old.stats.requests;
-            seen.allowed += old.stats.allowed;
-            seen.denied += old.stats.denied;
-            seen.max_in_flight_per_url = seen
-                .max_in_flight_per_url
-                .max(old.stats.max_in_flight_per_url);
-            seen.max_in_flight = seen.max_in_flight.max(old.stats.max_in_flight);
+            self.coordinator_seen.add(&old.stats);
         }
         let (coordinator, mut coordinator_links) = match self.cfg.coordinator {
             Some(script) => {
