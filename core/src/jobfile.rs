@@ -11,6 +11,12 @@
 //! production = false               # default false
 //! max_task_failures = 1            # default 1; -1 = unlimited; must be >= -1
 //! finalization_wait_secs = 30      # default 30; 0..=3600, SIGTERM to SIGKILL
+//! cron_schedule = "0 3 * * *"      # optional: a cron job, run on this schedule (five fields
+//!                                  # minute hour day-of-month month day-of-week, or @daily..;
+//!                                  # see crate::cron); not with service = true
+//! cron_collision_policy = "KILL_EXISTING"  # cron jobs only; default KILL_EXISTING: a trigger
+//!                                  # while the last run is active kills it first; CANCEL_NEW:
+//!                                  # the trigger is skipped (RUN_OVERLAP is not supported)
 //!
 //! [resources]                      # required
 //! cpu = 0.1                        # cores, > 0; rounded to thousandths, at least 0.001
@@ -57,6 +63,22 @@
 //! [partition_policy]               # optional; used under --partition-aware
 //! reschedule = true                # default true; false: wait out the partition for ever
 //! delay_secs = 0                   # default 0, 0..=2592000: PARTITIONED this long, then LOST
+//!
+//! [update]                         # optional: how `borealis update` rolls out a new config
+//! batch_size = 1                   # default 1, >= 1: instances updated at once (Aurora's
+//!                                  # update_group_size)
+//! max_per_instance_failures = 0    # default 0: failures an instance may have in the update
+//! max_total_failures = 0           # default 0: failed instances tolerated before it fails;
+//!                                  # less than the instances updated
+//! watch_secs = 45                  # default 45, 0..=86400: a new instance must stay RUNNING
+//!                                  # and healthy this long to count as updated
+//! rollback_on_failure = true       # default true: a failed update rolls back
+//! wait_for_batch_completion = false  # default false: true, a batch settles before the next
+//! # pulse_interval_secs = 3600     # default none, 1..=86400: the update progresses only
+//!                                  # within this many seconds of the last
+//!                                  # `borealis update pulse`
+//! sla_aware = false                # default false: instances are taken down only as the
+//!                                  # job's SLA policy allows
 //! ```
 //!
 //! A constraint has exactly one of `limit` and `values`. A constraint on `dedicated` must be a
@@ -70,6 +92,13 @@
 //! and means maintenance never takes one of its tasks. A job without `[partition_policy]` has
 //! its partitioned tasks LOST (and replaced) at once.
 //!
+//! A job with `cron_schedule` is a cron job: it is not started when created, but on each
+//! trigger of its schedule (read in the scheduler's cron time zone). `cron_collision_policy`
+//! without `cron_schedule` is an error, as is a cron job that is a service (Aurora refuses
+//! both). `[update]` bounds that depend on the job's instances (`max_total_failures` below the
+//! instances updated, `max_per_instance_failures` within `--max-update-instance-failures`) are
+//! checked when an update starts, not here.
+//!
 //! Parsing is pure: the caller reads the file and supplies the job key (it comes from the
 //! command line, not the file, so one file can describe the same job in several environments).
 //!
@@ -80,8 +109,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cron::{CollisionPolicy, CronSchedule, CronSpec};
 use crate::model::{Constraint, JobKey, Resources, TaskConfig, Tier};
 use crate::service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
+use crate::update::{UpdateSettings, UPDATE_SECS_MAX};
 use crate::validate::{
     validate_task_config, CONSTRAINT_LIMIT_MIN, HEALTH_CHECK_CONSECUTIVE_MAX,
     HEALTH_CHECK_INTERVAL_SECS_MIN, HEALTH_CHECK_SECS_MAX, HEALTH_CHECK_SUCCESSES_MIN,
@@ -102,6 +133,11 @@ const MIB_BYTES: u128 = 1 << 20;
 pub struct JobSpec {
     pub instances: u32,
     pub config: TaskConfig,
+    /// The `[update]` section: how an update of the job rolls out. None: absent (an update
+    /// then takes [`UpdateSettings::default`]).
+    pub update: Option<UpdateSettings>,
+    /// `cron_schedule` and `cron_collision_policy`: Some for a cron job.
+    pub cron: Option<CronSpec>,
 }
 
 /// Why a job file was rejected. `Display` is one line that names where the problem is.
@@ -185,6 +221,10 @@ struct RawJob {
     max_task_failures: i64,
     #[serde(default = "default_finalization_wait_secs")]
     finalization_wait_secs: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cron_schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cron_collision_policy: Option<String>,
     resources: RawResources,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     constraints: Vec<RawConstraint>,
@@ -196,6 +236,8 @@ struct RawJob {
     sla_policy: Option<RawSlaPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partition_policy: Option<RawPartitionPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    update: Option<RawUpdate>,
 }
 
 fn default_max_task_failures() -> i64 {
@@ -344,6 +386,29 @@ fn default_partition_reschedule() -> bool {
     PartitionPolicy::default().reschedule
 }
 
+// `[update]`: every field optional, defaulting to `UpdateSettings::default()`'s; `to_toml`
+// writes every field (but an unset `pulse_interval_secs`).
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_per_instance_failures: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_total_failures: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    watch_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rollback_on_failure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    wait_for_batch_completion: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pulse_interval_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sla_aware: Option<bool>,
+}
+
 /// Parses and validates a job file for the job `job`.
 pub fn parse_job_file(job: JobKey, text: &str) -> Result<JobSpec, JobFileError> {
     let raw: RawJob = toml::from_str(text).map_err(|e| JobFileError::syntax(text, &e))?;
@@ -397,6 +462,8 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         .partition_policy
         .map(build_partition_policy)
         .transpose()?;
+    let cron = build_cron(raw.service, raw.cron_schedule, raw.cron_collision_policy)?;
+    let update = raw.update.map(build_update).transpose()?;
     let config = TaskConfig {
         job,
         command: raw.command,
@@ -415,7 +482,12 @@ fn validate(job: JobKey, raw: RawJob) -> Result<JobSpec, JobFileError> {
         partition_policy,
     };
     validate_task_config(&config).map_err(|e| JobFileError::invalid(e.field, e.reason))?;
-    Ok(JobSpec { instances, config })
+    Ok(JobSpec {
+        instances,
+        config,
+        update,
+        cron,
+    })
 }
 
 /// `value` as a `T`, or an error naming `field` and the violated bound.
@@ -773,6 +845,90 @@ fn parse_percentage_millis(percentage: f64) -> Result<u32, JobFileError> {
     Ok(millis as u32)
 }
 
+/// `cron_schedule` and `cron_collision_policy`: a policy only with a schedule, a schedule only
+/// for a job that is not a service.
+fn build_cron(
+    service: bool,
+    schedule: Option<String>,
+    policy: Option<String>,
+) -> Result<Option<CronSpec>, JobFileError> {
+    let Some(schedule) = schedule else {
+        return match policy {
+            Some(_) => Err(JobFileError::invalid(
+                "cron_collision_policy",
+                "applies only to a cron job: requires cron_schedule",
+            )),
+            None => Ok(None),
+        };
+    };
+    if service {
+        return Err(JobFileError::invalid(
+            "cron_schedule",
+            "a cron job may not be a service (service = true)",
+        ));
+    }
+    let invalid = |field: &str, e: crate::cron::CronError| {
+        JobFileError::invalid(field, format!("{} (got {:?})", e.reason(), e.text()))
+    };
+    Ok(Some(CronSpec {
+        schedule: CronSchedule::parse(&schedule).map_err(|e| invalid("cron_schedule", e))?,
+        collision_policy: match policy {
+            None => CollisionPolicy::default(),
+            Some(policy) => {
+                CollisionPolicy::parse(&policy).map_err(|e| invalid("cron_collision_policy", e))?
+            }
+        },
+    }))
+}
+
+/// `[update]`, defaulted, narrowed within [`UpdateSettings::validate`]'s bounds, then held to
+/// them (those that depend on the job's instances are the scheduler's, when an update starts).
+fn build_update(raw: RawUpdate) -> Result<UpdateSettings, JobFileError> {
+    let defaults = UpdateSettings::default();
+    let count =
+        |field: &str, value, default, min| int_or(field, value, default, min, i64::from(u32::MAX));
+    let secs_max = i64::from(UPDATE_SECS_MAX);
+    let settings = UpdateSettings {
+        batch_size: count("update.batch_size", raw.batch_size, defaults.batch_size, 1)?,
+        max_per_instance_failures: count(
+            "update.max_per_instance_failures",
+            raw.max_per_instance_failures,
+            defaults.max_per_instance_failures,
+            0,
+        )?,
+        max_total_failures: count(
+            "update.max_total_failures",
+            raw.max_total_failures,
+            defaults.max_total_failures,
+            0,
+        )?,
+        watch_secs: int_or(
+            "update.watch_secs",
+            raw.watch_secs,
+            defaults.watch_secs,
+            0,
+            secs_max,
+        )?,
+        rollback_on_failure: raw
+            .rollback_on_failure
+            .unwrap_or(defaults.rollback_on_failure),
+        wait_for_batch_completion: raw
+            .wait_for_batch_completion
+            .unwrap_or(defaults.wait_for_batch_completion),
+        pulse_interval_secs: raw
+            .pulse_interval_secs
+            .map(|secs| int_in_range("update.pulse_interval_secs", secs, 1, secs_max))
+            .transpose()?
+            .or(defaults.pulse_interval_secs),
+        sla_aware: raw.sla_aware.unwrap_or(defaults.sla_aware),
+    };
+    // Instances 0: the bounds that need the job's instances are checked when an update starts.
+    settings
+        .validate(0, u32::MAX)
+        .map_err(|e| JobFileError::invalid(format!("update.{}", e.field), e.reason))?;
+    Ok(settings)
+}
+
 fn build_partition_policy(raw: RawPartitionPolicy) -> Result<PartitionPolicy, JobFileError> {
     Ok(PartitionPolicy {
         reschedule: raw.reschedule,
@@ -875,6 +1031,11 @@ impl JobSpec {
             production: c.production,
             max_task_failures: i64::from(c.max_task_failures),
             finalization_wait_secs: i64::from(c.finalization_wait_secs),
+            cron_schedule: self.cron.as_ref().map(|cron| cron.schedule.to_string()),
+            cron_collision_policy: self
+                .cron
+                .as_ref()
+                .map(|cron| cron.collision_policy.as_str().to_string()),
             resources: RawResources {
                 // Exact in f64 for every u32, and `parse_cpu_millis` rounds back to it.
                 cpu: f64::from(c.resources.cpu_millis) / 1000.0,
@@ -919,6 +1080,16 @@ impl JobSpec {
                 reschedule: p.reschedule,
                 // Above i64::MAX is refused by the validator's 30 days; saturate, as above.
                 delay_secs: i64::try_from(p.delay_secs).unwrap_or(i64::MAX),
+            }),
+            update: self.update.map(|u| RawUpdate {
+                batch_size: Some(i64::from(u.batch_size)),
+                max_per_instance_failures: Some(i64::from(u.max_per_instance_failures)),
+                max_total_failures: Some(i64::from(u.max_total_failures)),
+                watch_secs: Some(i64::from(u.watch_secs)),
+                rollback_on_failure: Some(u.rollback_on_failure),
+                wait_for_batch_completion: Some(u.wait_for_batch_completion),
+                pulse_interval_secs: u.pulse_interval_secs.map(i64::from),
+                sla_aware: Some(u.sla_aware),
             }),
         };
         toml::to_string(&raw).expect("a job file always serializes")
@@ -970,6 +1141,8 @@ disk = "1GiB"
                 sla_policy: None,
                 partition_policy: None,
             },
+            update: None,
+            cron: None,
         }
     }
 
@@ -1125,6 +1298,16 @@ duration_secs = 3600
 [partition_policy]
 reschedule = false
 delay_secs = 600
+
+[update]
+batch_size = 5
+max_per_instance_failures = 2
+max_total_failures = 3
+watch_secs = 120
+rollback_on_failure = false
+wait_for_batch_completion = true
+pulse_interval_secs = 600
+sla_aware = true
 "#;
         let expected = JobSpec {
             instances: 20,
@@ -1188,6 +1371,17 @@ delay_secs = 600
                     delay_secs: 600,
                 }),
             },
+            update: Some(UpdateSettings {
+                batch_size: 5,
+                max_per_instance_failures: 2,
+                max_total_failures: 3,
+                watch_secs: 120,
+                rollback_on_failure: false,
+                wait_for_batch_completion: true,
+                pulse_interval_secs: Some(600),
+                sla_aware: true,
+            }),
+            cron: None,
         };
         assert_eq!(parse_job_file(job(), text), Ok(expected.clone()));
         let rendered = expected.to_toml();
@@ -1286,7 +1480,7 @@ delay_secs = 600
             ("x = [1,".into(), "line 1, column 8: invalid array; expected `]`"),
             // Columns count characters, not bytes.
             (top("tier = \"é\" x"), "line 4, column 12: expected newline, `#`"),
-            (top("comand = \"x\""), "line 4, column 1: unknown field `comand`, expected one of `instances`, `command`, `service`, `tier`, `priority`, `production`, `max_task_failures`, `finalization_wait_secs`, `resources`, `constraints`, `health_check`, `lifecycle`, `sla_policy`, `partition_policy`"),
+            (top("comand = \"x\""), "line 4, column 1: unknown field `comand`, expected one of `instances`, `command`, `service`, `tier`, `priority`, `production`, `max_task_failures`, `finalization_wait_secs`, `cron_schedule`, `cron_collision_policy`, `resources`, `constraints`, `health_check`, `lifecycle`, `sla_policy`, `partition_policy`, `update`"),
             (with("command", ""), "line 1, column 1: missing field `command`"),
             (with("instances", "instances = \"2\""), "line 2, column 13: invalid type: string \"2\", expected i64"),
             (top("tier = \"gold\""), "line 4, column 8: unknown variant `gold`, expected one of `preferred`, `preemptible`, `revocable`"),
@@ -1596,6 +1790,217 @@ delay_secs = 600
         );
     }
 
+    /// The minimal file with `[update]` and `body` appended.
+    fn update(body: &str) -> String {
+        format!("{MINIMAL}[update]\n{body}\n")
+    }
+
+    fn cron_spec(schedule: &str, collision_policy: CollisionPolicy) -> CronSpec {
+        CronSpec {
+            schedule: CronSchedule::parse(schedule).unwrap(),
+            collision_policy,
+        }
+    }
+
+    #[test]
+    fn cron_job_every_field() {
+        let text = top(
+            "cron_schedule = \"*/15 9-17 * * MON-FRI\"\ncron_collision_policy = \"CANCEL_NEW\"",
+        );
+        let mut expected = minimal_spec();
+        expected.cron = Some(cron_spec(
+            "*/15 9-17 * * MON-FRI",
+            CollisionPolicy::CancelNew,
+        ));
+        assert_eq!(parse_job_file(job(), &text), Ok(expected.clone()));
+        let rendered = expected.to_toml();
+        assert!(
+            rendered.contains("cron_collision_policy = \"CANCEL_NEW\""),
+            "{rendered}"
+        );
+        assert_eq!(
+            parse_job_file(job(), &rendered),
+            Ok(expected),
+            "rendered:\n{rendered}"
+        );
+    }
+
+    #[test]
+    fn cron_and_update_take_defaults() {
+        let table: Vec<(String, Expect)> = vec![
+            // A schedule alone: KILL_EXISTING.
+            (
+                top("cron_schedule = \"0 3 * * *\""),
+                Expect::Spec(|s| {
+                    s.cron = Some(cron_spec("0 3 * * *", CollisionPolicy::KillExisting))
+                }),
+            ),
+            (
+                top("cron_schedule = \"@daily\"\ncron_collision_policy = \"KILL_EXISTING\""),
+                Expect::Spec(|s| s.cron = Some(cron_spec("@daily", CollisionPolicy::KillExisting))),
+            ),
+            // The text is kept as written.
+            (
+                top("cron_schedule = \" 0  3 * * sun \""),
+                Expect::Spec(|s| {
+                    s.cron = Some(cron_spec(" 0  3 * * sun ", CollisionPolicy::KillExisting))
+                }),
+            ),
+            // service = false is not a service.
+            (
+                top("service = false\ncron_schedule = \"@hourly\""),
+                Expect::Spec(|s| {
+                    s.cron = Some(cron_spec("@hourly", CollisionPolicy::KillExisting))
+                }),
+            ),
+            // An empty [update] is Aurora's defaults.
+            (
+                update(""),
+                Expect::Spec(|s| s.update = Some(UpdateSettings::default())),
+            ),
+            (
+                update("batch_size = 4"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        batch_size: 4,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("batch_size = 4294967295"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        batch_size: u32::MAX,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("max_per_instance_failures = 3"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        max_per_instance_failures: 3,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            // Not held to the instances here (2): the scheduler checks it when an update starts.
+            (
+                update("max_total_failures = 7"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        max_total_failures: 7,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("watch_secs = 0"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        watch_secs: 0,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("watch_secs = 86400"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        watch_secs: 86_400,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("rollback_on_failure = false"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        rollback_on_failure: false,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("wait_for_batch_completion = true"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        wait_for_batch_completion: true,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("pulse_interval_secs = 1"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        pulse_interval_secs: Some(1),
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("pulse_interval_secs = 86400"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        pulse_interval_secs: Some(86_400),
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+            (
+                update("sla_aware = true"),
+                Expect::Spec(|s| {
+                    s.update = Some(UpdateSettings {
+                        sla_aware: true,
+                        ..UpdateSettings::default()
+                    })
+                }),
+            ),
+        ];
+        check_all(table);
+    }
+
+    #[test]
+    fn rejected_cron_and_update() {
+        let table: Vec<(String, &str)> = vec![
+            // Cron.
+            (top("cron_collision_policy = \"CANCEL_NEW\""), "cron_collision_policy: applies only to a cron job: requires cron_schedule"),
+            (top("service = true\ncron_schedule = \"@daily\""), "cron_schedule: a cron job may not be a service (service = true)"),
+            (top("cron_schedule = \"* * *\""), "cron_schedule: expected 5 fields (minute hour day-of-month month day-of-week), found 3 (got \"* * *\")"),
+            (top("cron_schedule = \"0 0 * * * *\""), "cron_schedule: expected 5 fields (minute hour day-of-month month day-of-week), found 6 (a seconds or years field is not supported) (got \"0 0 * * * *\")"),
+            (top("cron_schedule = \"61 * * * *\""), "cron_schedule: minute 61 is out of range 0-59 (got \"61 * * * *\")"),
+            (top("cron_schedule = \"@reboot\""), "cron_schedule: @reboot is not supported: a cron job runs on a schedule, not when the scheduler starts (got \"@reboot\")"),
+            (top("cron_schedule = \"\""), "cron_schedule: empty schedule: expected 5 fields (minute hour day-of-month month day-of-week) or a shortcut such as @daily (got \"\")"),
+            (top("cron_schedule = \"@daily\"\ncron_collision_policy = \"RUN_OVERLAP\""), "cron_collision_policy: RUN_OVERLAP is deprecated in Aurora and not supported: use CANCEL_NEW or KILL_EXISTING (got \"RUN_OVERLAP\")"),
+            (top("cron_schedule = \"@daily\"\ncron_collision_policy = \"kill_existing\""), "cron_collision_policy: expected KILL_EXISTING or CANCEL_NEW (got \"kill_existing\")"),
+            (top("cron_schedule = 5"), "line 4, column 17: invalid type: integer `5`, expected a string"),
+            // Update.
+            (update("batch_size = 0"), "update.batch_size: must be >= 1 (got 0)"),
+            (update("batch_size = 4294967296"), "update.batch_size: must be <= 4294967295 (got 4294967296)"),
+            (update("max_per_instance_failures = -1"), "update.max_per_instance_failures: must be >= 0 (got -1)"),
+            (update("max_per_instance_failures = 4294967296"), "update.max_per_instance_failures: must be <= 4294967295 (got 4294967296)"),
+            (update("max_total_failures = -1"), "update.max_total_failures: must be >= 0 (got -1)"),
+            (update("max_total_failures = 4294967296"), "update.max_total_failures: must be <= 4294967295 (got 4294967296)"),
+            (update("watch_secs = -1"), "update.watch_secs: must be >= 0 (got -1)"),
+            (update("watch_secs = 86401"), "update.watch_secs: must be <= 86400 (got 86401)"),
+            (update("pulse_interval_secs = 0"), "update.pulse_interval_secs: must be >= 1 (got 0)"),
+            (update("pulse_interval_secs = 86401"), "update.pulse_interval_secs: must be <= 86400 (got 86401)"),
+            (update("rollback_on_failure = 1"), "line 9, column 23: invalid type: integer `1`, expected a boolean"),
+            (update("wait_for_batch_completion = \"yes\""), "line 9, column 29: invalid type: string \"yes\", expected a boolean"),
+            (update("sla_aware = 0"), "line 9, column 13: invalid type: integer `0`, expected a boolean"),
+            (update("batch_size = 1.5"), "line 9, column 14: invalid type: floating point `1.5`, expected i64"),
+            (update("group_size = 2"), "line 9, column 1: unknown field `group_size`, expected one of `batch_size`, `max_per_instance_failures`, `max_total_failures`, `watch_secs`, `rollback_on_failure`, `wait_for_batch_completion`, `pulse_interval_secs`, `sla_aware`"),
+        ];
+        check_all(
+            table
+                .into_iter()
+                .map(|(text, line)| (text, Expect::Error(line)))
+                .collect(),
+        );
+    }
+
     #[test]
     fn example_files_parse() {
         let hello = parse_job_file(job(), include_str!("../../examples/hello.toml")).unwrap();
@@ -1625,6 +2030,23 @@ delay_secs = 600
                 limit: 1
             }]
         );
+
+        let update = parse_job_file(job(), include_str!("../../examples/update.toml")).unwrap();
+        let settings = update.update.expect("an [update] section");
+        assert_eq!(settings.batch_size, 2);
+        assert_eq!(settings.watch_secs, 10);
+        assert_eq!(settings.max_per_instance_failures, 1);
+        assert!(settings.rollback_on_failure && !settings.sla_aware);
+        assert!(update.config.command.contains("v2"));
+
+        let cron = parse_job_file(job(), include_str!("../../examples/cron.toml")).unwrap();
+        let spec = cron.cron.expect("a cron schedule");
+        assert_eq!(spec.schedule.as_str(), "* * * * *");
+        assert_eq!(
+            spec.collision_policy,
+            crate::cron::CollisionPolicy::CancelNew
+        );
+        assert!(!cron.config.is_service);
 
         let kept = parse_job_file(
             job(),
@@ -1739,6 +2161,8 @@ delay_secs = 600
                             sla_policy: None,
                             partition_policy: None,
                         },
+                        update: None,
+                        cron: None,
                     }
                 },
             )
@@ -1862,7 +2286,69 @@ delay_secs = 600
         ))
     }
 
-    /// [`arb_spec`] with any service sections, their ports among the spec's.
+    /// Any `[update]` the parser accepts.
+    fn arb_update() -> impl Strategy<Value = Option<UpdateSettings>> {
+        proptest::option::of(
+            (
+                (
+                    1..=u32::MAX,
+                    any::<u32>(),
+                    any::<u32>(),
+                    0..=UPDATE_SECS_MAX,
+                ),
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    proptest::option::of(1..=UPDATE_SECS_MAX),
+                    any::<bool>(),
+                ),
+            )
+                .prop_map(
+                    |(
+                        (batch_size, max_per_instance_failures, max_total_failures, watch_secs),
+                        (rollback_on_failure, wait_for_batch_completion, pulse, sla_aware),
+                    )| UpdateSettings {
+                        batch_size,
+                        max_per_instance_failures,
+                        max_total_failures,
+                        watch_secs,
+                        rollback_on_failure,
+                        wait_for_batch_completion,
+                        pulse_interval_secs: pulse,
+                        sla_aware,
+                    },
+                ),
+        )
+    }
+
+    /// Any cron settings, from a few schedules of each kind.
+    fn arb_cron() -> impl Strategy<Value = Option<CronSpec>> {
+        let schedule = prop::sample::select(vec![
+            "* * * * *",
+            "*/15 * * * *",
+            "0-30/10 9-17 * * MON-FRI",
+            "5,10,50 0 1 jan,Jul *",
+            "0 0 13 * FRI",
+            " 30  2 * * 7 ",
+            "@yearly",
+            "@annually",
+            "@monthly",
+            "@weekly",
+            "@daily",
+            "@midnight",
+            "@hourly",
+        ]);
+        let policy = prop_oneof![
+            Just(CollisionPolicy::KillExisting),
+            Just(CollisionPolicy::CancelNew)
+        ];
+        proptest::option::of(
+            (schedule, policy).prop_map(|(schedule, policy)| cron_spec(schedule, policy)),
+        )
+    }
+
+    /// [`arb_spec`] with any service sections, their ports among the spec's, any `[update]`,
+    /// and cron settings unless it is a service.
     fn arb_service_spec() -> impl Strategy<Value = JobSpec> {
         arb_spec()
             .prop_flat_map(|spec| {
@@ -1873,15 +2359,23 @@ delay_secs = 600
                     arb_http_lifecycle(ports),
                     arb_sla_policy(),
                     arb_partition_policy(),
+                    arb_update(),
+                    arb_cron(),
                 )
             })
-            .prop_map(|(mut spec, health_check, http_lifecycle, sla, partition)| {
-                spec.config.health_check = health_check;
-                spec.config.http_lifecycle = http_lifecycle;
-                spec.config.sla_policy = sla;
-                spec.config.partition_policy = partition;
-                spec
-            })
+            .prop_map(
+                |(mut spec, health_check, http_lifecycle, sla, partition, update, cron)| {
+                    spec.config.health_check = health_check;
+                    spec.config.http_lifecycle = http_lifecycle;
+                    spec.config.sla_policy = sla;
+                    spec.config.partition_policy = partition;
+                    spec.update = update;
+                    if !spec.config.is_service {
+                        spec.cron = cron;
+                    }
+                    spec
+                },
+            )
     }
 
     proptest! {

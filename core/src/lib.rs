@@ -4,6 +4,7 @@
 //! randomness. Time and seeds are passed in by the caller. It knows nothing of glommio, tokio,
 //! etcd or flatbuffers; the shards runtime and the wire crate translate to and from these types.
 
+pub mod cron;
 pub mod jobfile;
 pub mod lifecycle;
 pub mod maintenance;
@@ -16,6 +17,7 @@ pub mod service;
 pub mod sla;
 pub mod state;
 pub mod tier;
+pub mod update;
 pub mod validate;
 
 pub use maintenance::{HostMode, MaintenanceOp};

@@ -194,6 +194,11 @@ impl JobSpread {
         }
     }
 
+    /// The attributes it counts (sorted).
+    pub fn tracked(&self) -> &[AttrId] {
+        &self.tracked
+    }
+
     pub fn tracks(&self, attr: AttrId) -> bool {
         self.tracked.contains(&attr)
     }
