@@ -9,10 +9,22 @@
 //! - `job.current[i]`, when set, is a task of that job with instance `i`;
 //! - `job.history` holds terminal tasks of that job, each once, never one that is also current;
 //! - a non-terminal task is its instance's current task;
-//! - no host entry is in mode NONE (that mode is the absence of an entry).
+//! - no host entry is in mode NONE (that mode is the absence of an entry);
+//! - a job's revisions ([`JobRevs`]): `others` never holds `head` (`config` is `head`'s
+//!   config); every instance in `instance_revs` is `< instances` and its revision is `head` or
+//!   a key of `others`; every live (non-terminal) task of the job runs `head` or a key of
+//!   `others`;
+//! - a job's updates: each names the job (`update.job == key.to_string()`), their ids are
+//!   strictly increasing (oldest first), and at most one is active (not terminal): the last.
 //!
 //! A terminal task may be current (upserted terminal, `TaskEnded` not logged yet), in history,
-//! or in neither (created terminal and not ended yet).
+//! or in neither (created terminal and not ended yet). A terminal task's `rev` is not checked:
+//! a revision no instance or live task uses any more leaves `others`, and the ended tasks that
+//! ran it keep its number.
+//!
+//! The image holds only the durable part of a [`JobUpdate`]: `UpdateSaved` stores the update
+//! with its `#[serde(skip)]` fields (`last_pulse_us`, `watching`) cleared, as a decode makes
+//! them, so an image built by `apply` equals the one recovery reads back.
 //!
 //! Quotas (`StateImage::quotas`, set by [`LogRecord::QuotaSet`]) are independent of jobs: a
 //! role's quota lives on shard `route_hash_str(role) % shards` (see [`shard_of_role`]).
@@ -22,6 +34,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use borealis_core::update::{JobUpdate, Rev};
 use borealis_core::{route_hash_str, HostMode, JobKey, Resources, TaskConfig, TaskId, TaskState};
 use serde::{Deserialize, Serialize};
 
@@ -45,9 +58,12 @@ pub struct TaskImage {
     pub ports: Vec<(String, u16)>,
     pub sandbox: String,
     pub killed_by_user: bool,
-    /// The task that preempted this one (Aurora: a PREEMPTING task's preemptor). New fields
-    /// go at the end: the encoding is positional (see `crate::legacy` for older records).
+    /// The task that preempted this one (Aurora: a PREEMPTING task's preemptor).
     pub preempted_by: Option<TaskId>,
+    /// The configuration revision the task runs (see [`JobRevs`]); 0 for tasks of format 3
+    /// and before. New fields go at the end: the encoding is positional (see `crate::legacy`
+    /// for older records).
+    pub rev: Rev,
 }
 
 /// A [`TaskImage`] of borrowed fields. It serializes exactly like a `TaskImage` (postcard
@@ -69,6 +85,7 @@ pub struct TaskImageRef<'a> {
     pub sandbox: &'a str,
     pub killed_by_user: bool,
     pub preempted_by: Option<TaskId>,
+    pub rev: Rev,
 }
 
 /// `LogRecord::TaskUpserted` of a borrowed image (see [`TaskImageRef`]).
@@ -101,16 +118,87 @@ impl fmt::Display for TaskUpsertRef<'_, '_> {
     }
 }
 
-/// A job: its configuration and which of its tasks are current and which have ended.
+/// A job: its configuration (revisions), which of its tasks are current and which have ended,
+/// and its rolling updates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobImage {
     pub key: JobKey,
+    /// The configuration of revision `revs.head`.
     pub config: TaskConfig,
     pub instances: u32,
     /// The current task of each instance (`instances` entries).
     pub current: Vec<Option<TaskId>>,
     /// Ended tasks, oldest first.
     pub history: Vec<TaskId>,
+    /// The job's configuration revisions and each instance's desired one. Appended after
+    /// `history` (format 4): the snapshot encoding is positional.
+    pub revs: JobRevs,
+    /// The job's updates, oldest first, ids strictly increasing; at most one is active (not
+    /// terminal), and it is the last. Only their durable fields (see the module doc).
+    pub updates: Vec<JobUpdate>,
+    /// A cron job's schedule and template (format 4). A cron job's instances are retired
+    /// between runs.
+    pub cron: Option<CronImage>,
+}
+
+/// A cron job's schedule and the template each run starts (instances of `config`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CronImage {
+    pub instances: u32,
+    pub config: TaskConfig,
+    pub spec: borealis_core::cron::CronSpec,
+}
+
+/// A job's configuration revisions: `JobImage::config` is revision `head`; `others` are
+/// revisions some instance or live task still uses; `instance_revs` are the instances whose
+/// desired revision is not `head` (sparse).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRevs {
+    pub head: Rev,
+    /// Never holds `head` (its config is `JobImage::config`).
+    pub others: BTreeMap<Rev, TaskConfig>,
+    pub instance_revs: BTreeMap<u32, Rev>,
+}
+
+impl JobRevs {
+    /// `rev` is `head` or one of `others`: its configuration is known.
+    pub fn knows(&self, rev: Rev) -> bool {
+        rev == self.head || self.others.contains_key(&rev)
+    }
+
+    /// Instance `instance`'s desired revision: its `instance_revs` entry, else `head`.
+    pub fn desired(&self, instance: u32) -> Rev {
+        self.instance_revs
+            .get(&instance)
+            .copied()
+            .unwrap_or(self.head)
+    }
+
+    /// What is wrong with these revisions for a job of `instances` instances, if anything.
+    fn problem(&self, instances: u32) -> Option<String> {
+        if self.others.contains_key(&self.head) {
+            return Some(format!(
+                "revision {} is the head and also among the other revisions",
+                self.head
+            ));
+        }
+        for (&instance, &rev) in &self.instance_revs {
+            if instance >= instances {
+                return Some(format!(
+                    "instance {instance} has a desired revision but the job has {instances} \
+                     instances"
+                ));
+            }
+            if !self.knows(rev) {
+                return Some(format!(
+                    "instance {instance} wants revision {rev}, which is neither the head ({}) \
+                     nor another known revision",
+                    self.head
+                ));
+            }
+        }
+        None
+    }
 }
 
 /// A shard's whole durable state. Ordered maps so that encoding, comparison and iteration are
@@ -149,16 +237,17 @@ pub struct HostImage {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LogRecord {
-    /// Creates a job; replaces an existing job of that key, whose tasks are dropped.
+    /// Creates a job at revision 0 (`JobRevs::default()`) with no updates; replaces an
+    /// existing job of that key, whose tasks, revisions and updates are dropped.
     JobCreated {
         key: JobKey,
         instances: u32,
         config: TaskConfig,
     },
-    /// The job and all its tasks are forgotten.
+    /// The job, its revisions, its updates and all its tasks are forgotten.
     JobRemoved { key: JobKey },
     /// A new task, or every field of a changed one. When the task is not terminal it becomes
-    /// its instance's current task.
+    /// its instance's current task, and its `rev` must be one its job knows.
     TaskUpserted(TaskImage),
     /// Moves the (terminal) task from its instance's current slot, if it is there, to the end
     /// of its job's history.
@@ -178,6 +267,28 @@ pub enum LogRecord {
         mode: HostMode,
         /// See [`HostImage::drain_deadline_unix_ms`].
         drain_deadline_unix_ms: u64,
+    },
+    /// Sets the job's head configuration (`config`, revision `revs.head`), its revisions
+    /// (replaced whole) and its instance count. The count may grow (the new instances have no
+    /// current task) but not shrink. Afterwards every instance in `revs.instance_revs` is
+    /// below `instances` and wants a known revision (`head` or one of `others`), and every
+    /// live task of the job runs a known revision.
+    JobRevised {
+        key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+        revs: JobRevs,
+    },
+    /// Inserts or replaces (matched by `update.id`) one of the job's updates: an id above the
+    /// job's last appends, an existing id replaces that update in place. A second active
+    /// update, or an active one that is not the last, is refused.
+    UpdateSaved { key: JobKey, update: JobUpdate },
+    /// Forgets one of the job's finished updates (pruning); an active one cannot be.
+    UpdateRemoved { key: JobKey, id: u64 },
+    /// Sets (Some) or removes (None) the job's cron schedule and template.
+    CronSet {
+        key: JobKey,
+        cron: Option<CronImage>,
     },
 }
 
@@ -202,6 +313,28 @@ impl fmt::Display for LogRecord {
             LogRecord::Commit => write!(f, "Commit"),
             LogRecord::QuotaSet { role, .. } => write!(f, "QuotaSet({role})"),
             LogRecord::HostModeSet { host, mode, .. } => write!(f, "HostModeSet({host}, {mode})"),
+            LogRecord::JobRevised {
+                key,
+                instances,
+                revs,
+                ..
+            } => write!(
+                f,
+                "JobRevised({key}, revision {}, {instances} instances)",
+                revs.head
+            ),
+            LogRecord::UpdateSaved { key, update } => write!(
+                f,
+                "UpdateSaved(update {} of {key} in {})",
+                update.id, update.status
+            ),
+            LogRecord::UpdateRemoved { key, id } => {
+                write!(f, "UpdateRemoved(update {id} of {key})")
+            }
+            LogRecord::CronSet { key, cron } => match cron {
+                Some(c) => write!(f, "CronSet({key}, {:?})", c.spec.schedule.as_str()),
+                None => write!(f, "CronSet({key}, descheduled)"),
+            },
         }
     }
 }
@@ -252,6 +385,9 @@ impl StateImage {
                         instances: *instances,
                         current: vec![None; *instances as usize],
                         history: Vec::new(),
+                        revs: JobRevs::default(),
+                        updates: Vec::new(),
+                        cron: None,
                     },
                 );
             }
@@ -281,6 +417,13 @@ impl StateImage {
                     }
                 }
                 if !task.state.is_terminal() {
+                    if !job.revs.knows(task.rev) {
+                        return Err(fail(format!(
+                            "revision {} is neither the head ({}) nor another known revision \
+                             of {}",
+                            task.rev, job.revs.head, task.job
+                        )));
+                    }
                     if let Some(other) = slot.filter(|other| *other != task.id) {
                         return Err(fail(format!(
                             "instance {} already has a current task {other} (end it first)",
@@ -364,6 +507,142 @@ impl StateImage {
                     );
                 }
             }
+            LogRecord::JobRevised {
+                key,
+                instances,
+                config,
+                revs,
+            } => {
+                let Some(job) = self.jobs.get(key) else {
+                    return Err(fail(format!("job {key} does not exist")));
+                };
+                if *instances > INSTANCES_MAX {
+                    return Err(fail(format!(
+                        "{instances} instances is over the limit of {INSTANCES_MAX}"
+                    )));
+                }
+                if (*instances as usize) < job.current.len() {
+                    return Err(fail(format!(
+                        "the job has {} instances: a revision cannot shrink it to {instances}",
+                        job.current.len()
+                    )));
+                }
+                if config.job != *key {
+                    return Err(fail(format!(
+                        "the config belongs to job {}, not {key}",
+                        config.job
+                    )));
+                }
+                if let Some(problem) = revs.problem(*instances) {
+                    return Err(fail(problem));
+                }
+                // Live tasks are current (see the rules above): only those slots need a look.
+                for id in job.current.iter().flatten() {
+                    let Some(task) = self.tasks.get(id) else {
+                        continue;
+                    };
+                    if !task.state.is_terminal() && !revs.knows(task.rev) {
+                        return Err(fail(format!(
+                            "live task {id} runs revision {}, which is neither the new head \
+                             ({}) nor another revision kept",
+                            task.rev, revs.head
+                        )));
+                    }
+                }
+                let job = self.jobs.get_mut(key).expect("checked above");
+                job.config = config.clone();
+                job.instances = *instances;
+                job.current.resize(*instances as usize, None);
+                job.revs = revs.clone();
+            }
+            LogRecord::UpdateSaved { key, update } => {
+                let Some(job) = self.jobs.get(key) else {
+                    return Err(fail(format!("job {key} does not exist")));
+                };
+                if update.job != key.to_string() {
+                    return Err(fail(format!(
+                        "the update belongs to job {:?}, not {key}",
+                        update.job
+                    )));
+                }
+                let active = !update.status.is_terminal();
+                let position = job.updates.iter().position(|u| u.id == update.id);
+                let last = job.updates.len().checked_sub(1);
+                match position {
+                    Some(i) if active && Some(i) != last => {
+                        return Err(fail(format!(
+                            "update {} is not the job's last ({} is): it cannot be active",
+                            update.id,
+                            job.updates[job.updates.len() - 1].id
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        if let Some(newest) = job.updates.last() {
+                            if update.id <= newest.id {
+                                return Err(fail(format!(
+                                    "update id {} is not above the job's last update {}",
+                                    update.id, newest.id
+                                )));
+                            }
+                            if !newest.status.is_terminal() {
+                                return Err(fail(format!(
+                                    "update {} of the job is still active ({})",
+                                    newest.id, newest.status
+                                )));
+                            }
+                        }
+                    }
+                }
+                let mut durable = update.clone();
+                durable.last_pulse_us = None;
+                durable.watching = Vec::new();
+                let job = self.jobs.get_mut(key).expect("checked above");
+                match position {
+                    Some(i) => job.updates[i] = durable,
+                    None => job.updates.push(durable),
+                }
+            }
+            LogRecord::UpdateRemoved { key, id } => {
+                let Some(job) = self.jobs.get(key) else {
+                    return Err(fail(format!("job {key} does not exist")));
+                };
+                let Some(i) = job.updates.iter().position(|u| u.id == *id) else {
+                    return Err(fail(format!("job {key} has no update {id}")));
+                };
+                let status = job.updates[i].status;
+                if !status.is_terminal() {
+                    return Err(fail(format!(
+                        "update {id} is {status}: an active update cannot be removed"
+                    )));
+                }
+                self.jobs
+                    .get_mut(key)
+                    .expect("checked above")
+                    .updates
+                    .remove(i);
+            }
+            LogRecord::CronSet { key, cron } => {
+                let Some(job) = self.jobs.get(key) else {
+                    return Err(fail(format!("job {key} does not exist")));
+                };
+                if let Some(c) = cron {
+                    if c.config.job != *key {
+                        return Err(fail(format!(
+                            "the template's config is of job {}, not {key}",
+                            c.config.job
+                        )));
+                    }
+                    if c.instances == 0 || c.instances > INSTANCES_MAX {
+                        return Err(fail(format!(
+                            "a template of {} instances (1 to {INSTANCES_MAX})",
+                            c.instances
+                        )));
+                    }
+                }
+                let _ = job;
+                self.jobs.get_mut(key).expect("checked above").cron = cron.clone();
+            }
         }
         Ok(())
     }
@@ -378,9 +657,10 @@ impl StateImage {
     }
 
     /// Splits the image by the scheduler's routing: job `k` goes to shard
-    /// `route_hash_str(k.to_string()) % shards`, each task goes with its job, role `r`'s
-    /// quota goes to shard `route_hash_str(r) % shards`, and host `h`'s maintenance entry to
-    /// shard `route_hash_str(h) % shards`.
+    /// `route_hash_str(k.to_string()) % shards` (its revisions and updates are part of its
+    /// `JobImage`), each task goes with its job, role `r`'s quota goes to shard
+    /// `route_hash_str(r) % shards`, and host `h`'s maintenance entry to shard
+    /// `route_hash_str(h) % shards`.
     ///
     /// Panics when `shards` is 0 (a caller's bug: there is nowhere to put the state).
     pub fn partition(self, shards: usize) -> Vec<StateImage> {
@@ -465,6 +745,32 @@ impl StateImage {
                     Some(_) => {}
                 }
             }
+            if let Some(problem) = job.revs.problem(job.instances) {
+                problems.push(format!("job {key}: {problem}"));
+            }
+            let text = key.to_string();
+            for (i, update) in job.updates.iter().enumerate() {
+                if update.job != text {
+                    problems.push(format!(
+                        "job {key}: update {} belongs to job {:?}",
+                        update.id, update.job
+                    ));
+                }
+                if let Some(previous) = i.checked_sub(1).map(|p| &job.updates[p]) {
+                    if previous.id >= update.id {
+                        problems.push(format!(
+                            "job {key}: update {} comes after update {}",
+                            update.id, previous.id
+                        ));
+                    }
+                }
+                if !update.status.is_terminal() && i + 1 != job.updates.len() {
+                    problems.push(format!(
+                        "job {key}: update {} is {} but not the last",
+                        update.id, update.status
+                    ));
+                }
+            }
         }
         for (host, entry) in &self.hosts {
             if entry.mode == HostMode::None {
@@ -490,6 +796,13 @@ impl StateImage {
                 problems.push(format!(
                     "task {id} is {} but not the current task of its instance",
                     task.state.as_str()
+                ));
+            }
+            if !task.state.is_terminal() && !job.revs.knows(task.rev) {
+                problems.push(format!(
+                    "task {id} is {} on revision {}, which its job does not know",
+                    task.state.as_str(),
+                    task.rev
                 ));
             }
         }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use files::{create_dir_durable, fsync_dir, write_atomic};
 use image::ApplyError;
 
-pub use image::{HostImage, JobImage, LogRecord, StateImage, TaskImage};
+pub use image::{HostImage, JobImage, JobRevs, LogRecord, StateImage, TaskImage};
 pub use wal::{Recovery, Wal};
 
 /// Everything the store can fail with; each names the file (and offset or record) involved.
@@ -109,8 +109,8 @@ pub fn shard_dirs(data_dir: &Path) -> Result<Vec<(usize, PathBuf)>, StoreError> 
 ///
 /// Finishes an interrupted [`install_shards`] first, opens every `shard-*` dir present
 /// ([`Wal::open`]: torn tails cut, fallback snapshots used), merges their images, and partitions
-/// the result by the scheduler's routing (jobs and their tasks by job key, quotas by role,
-/// host maintenance entries by host name). When the dirs on disk are not already exactly that
+/// the result by the scheduler's routing (jobs, with their revisions and updates, and their
+/// tasks by job key, quotas by role, host maintenance entries by host name). When the dirs on disk are not already exactly that
 /// partition (another shard count, a restored backup), the partition is installed crash-safely
 /// in their place, and dirs of indexes `>= shards` disappear. Each shard then owns
 /// `data_dir/shard-<i>/` holding exactly `images[i]`: open it with [`Wal::open`], or reset it

@@ -10,7 +10,7 @@ use borealis_core::TaskState;
 use borealis_store::backup::{
     backup_name, list_backups, prune_backups, restore_backup, verify_backup, write_backup,
 };
-use borealis_store::image::{LogRecord, StateImage};
+use borealis_store::image::{JobRevs, LogRecord, StateImage};
 use borealis_store::wal::Wal;
 use borealis_store::{install_shards, recover_all, shard_dirs, StoreError};
 use common::{
@@ -50,9 +50,24 @@ fn sample_state() -> StateImage {
         state: TaskState::Killing as u8,
         text: 9,
     });
+    // Revisions and updates, which move with their jobs.
+    for job in 0..5 {
+        steps.push(Step::Revise {
+            job,
+            grow: job,
+            keep: 0b101,
+        });
+        for pick in [0, 6, 1, 4] {
+            steps.push(Step::SaveUpdate { job, pick });
+        }
+    }
     let image = image_of(&interpret(&steps));
     assert!(image.jobs.len() == 5 && image.tasks.len() >= 15 && image.quotas.len() == 6);
     assert_eq!(image.hosts.len(), 6);
+    assert!(image
+        .jobs
+        .values()
+        .all(|j| j.revs.head > 0 && !j.revs.others.is_empty() && !j.updates.is_empty()));
     image
 }
 
@@ -201,6 +216,21 @@ fn data_dir_with(data: &Path, state: &StateImage, shards: usize) {
                 instances: job.instances,
                 config: job.config.clone(),
             });
+            // Revisions wide enough for every task's, ended ones' too (they may run revisions
+            // the job has dropped since); the exact ones once the tasks are in.
+            let mut wide = job.revs.clone();
+            for t in part.tasks.values().filter(|t| t.job == *k) {
+                if !wide.knows(t.rev) {
+                    wide.others.insert(t.rev, job.config.clone());
+                }
+            }
+            let revised = |revs: JobRevs| LogRecord::JobRevised {
+                key: k.clone(),
+                instances: job.instances,
+                config: job.config.clone(),
+                revs,
+            };
+            wal.append(&revised(wide));
             for t in part.tasks.values().filter(|t| t.job == *k) {
                 if t.state.is_terminal() && job.current[t.instance as usize] == Some(t.id) {
                     // Terminal and still current: it got there by being live first.
@@ -212,6 +242,13 @@ fn data_dir_with(data: &Path, state: &StateImage, shards: usize) {
             }
             for id in &job.history {
                 wal.append(&LogRecord::TaskEnded { id: *id });
+            }
+            wal.append(&revised(job.revs.clone()));
+            for update in &job.updates {
+                wal.append(&LogRecord::UpdateSaved {
+                    key: k.clone(),
+                    update: update.clone(),
+                });
             }
         }
         wal.commit().unwrap();

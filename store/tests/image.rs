@@ -2,13 +2,15 @@
 
 mod common;
 
+use borealis_core::update::UpdateStatus;
 use borealis_core::{HostMode, TaskId, TaskState};
 use borealis_store::image::{
-    shard_of, shard_of_host, shard_of_role, HostImage, LogRecord, StateImage, INSTANCES_MAX,
+    shard_of, shard_of_host, shard_of_role, HostImage, JobRevs, LogRecord, StateImage,
+    INSTANCES_MAX,
 };
 use common::{
-    config, host_mode_set, image_of, interpret, job_created, key, quota, quota_set, records,
-    service_config, step, task,
+    config, config_at, host_mode_set, image_of, interpret, job_created, job_revised, job_update,
+    key, quota, quota_set, records, service_config, step, task, update_saved, with_status,
 };
 use proptest::prelude::*;
 
@@ -304,12 +306,29 @@ proptest! {
         instance in prop_oneof![0u32..6, Just(u32::MAX)],
         id in 0u64..40,
         state in 0usize..TaskState::COUNT,
-        kind in 0u8..8,
+        kind in 0u8..12,
     ) {
         let mut image = image_of(&setup);
         let key = key(job);
         let record = match kind {
             0 => LogRecord::JobCreated { key: key.clone(), instances: instance, config: config(&key) },
+            // Revisions, updates and their ids from the same few numbers, so that they
+            // sometimes meet what the setup made and sometimes do not.
+            8 => job_revised(
+                &key,
+                instance,
+                (id % 4) as u32,
+                &[(id % 3) as u32, 7],
+                &[(instance % 5, (id % 5) as u32)],
+            ),
+            9 => update_saved(
+                &key,
+                with_status(
+                    job_update(id % 6, &key, 2, (id % 4) as u32),
+                    UpdateStatus::ALL[state % UpdateStatus::ALL.len()],
+                ),
+            ),
+            10 => LogRecord::UpdateRemoved { key, id: id % 6 },
             1 => LogRecord::JobRemoved { key },
             2 => LogRecord::TaskUpserted(task(id, &key, instance, TaskState::ALL[state])),
             3 => LogRecord::TaskEnded { id: TaskId(id) },
@@ -320,7 +339,13 @@ proptest! {
                 HostMode::ALL[state % HostMode::ALL.len()],
                 u64::from(instance),
             ),
-            _ => LogRecord::Commit,
+            7 => LogRecord::Commit,
+            _ => {
+                // A task on a revision the job may or may not know.
+                let mut t = task(id, &key, instance % 4, TaskState::ALL[state]);
+                t.rev = (id % 3) as u32;
+                LogRecord::TaskUpserted(t)
+            }
         };
         let before = image.clone();
         match image.apply(&record) {
@@ -447,8 +472,9 @@ fn host_mode_set_sets_replaces_and_none_removes() {
 fn the_generator_produces_rich_sequences() {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 7], 0, 0);
+    let (mut total, mut kinds, mut ended, mut terminal_current) = (0, [0usize; 10], 0, 0);
     let (mut service_jobs, mut host_removals) = (0, 0);
+    let (mut kept_revs, mut off_head, mut in_place, mut finished, mut active) = (0, 0, 0, 0, 0);
     for _ in 0..200 {
         let records = records(60).new_tree(&mut runner).unwrap().current();
         total += records.len();
@@ -461,6 +487,10 @@ fn the_generator_produces_rich_sequences() {
                 LogRecord::TaskForgotten { .. } => 4,
                 LogRecord::QuotaSet { .. } => 5,
                 LogRecord::HostModeSet { .. } => 6,
+                LogRecord::JobRevised { .. } => 7,
+                LogRecord::UpdateSaved { .. } => 8,
+                LogRecord::UpdateRemoved { .. } => 9,
+                LogRecord::CronSet { .. } => unreachable!("cron records are tested on their own"),
                 LogRecord::Commit => unreachable!("the generator makes no commit markers"),
             }] += 1;
             match r {
@@ -474,8 +504,26 @@ fn the_generator_produces_rich_sequences() {
                 _ => {}
             }
         }
-        let image = image_of(&records);
+        let mut image = StateImage::default();
+        for r in &records {
+            if let LogRecord::UpdateSaved { key, update } = r {
+                let j = &image.jobs[key];
+                in_place += usize::from(j.updates.iter().any(|u| u.id == update.id));
+            }
+            image.apply(r).unwrap();
+        }
         ended += image.jobs.values().map(|j| j.history.len()).sum::<usize>();
+        for j in image.jobs.values() {
+            kept_revs += j.revs.others.len();
+            off_head += j.revs.instance_revs.len();
+            finished += j.updates.iter().filter(|u| u.status.is_terminal()).count();
+            active += j.updates.iter().filter(|u| !u.status.is_terminal()).count();
+        }
+        off_head += image
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_terminal() && t.rev != image.jobs[&t.job].revs.head)
+            .count();
         terminal_current += image
             .jobs
             .values()
@@ -492,6 +540,11 @@ fn the_generator_produces_rich_sequences() {
     assert!(
         ended >= 100 && terminal_current >= 20,
         "ended {ended}, terminal current {terminal_current}"
+    );
+    assert!(
+        kept_revs >= 50 && off_head >= 50 && in_place >= 50 && finished >= 50 && active >= 20,
+        "kept revisions {kept_revs}, off the head {off_head}, replaced in place {in_place}, \
+         finished {finished}, active {active}"
     );
 }
 
@@ -544,12 +597,13 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
     use borealis_store::image::{LogRecord, TaskImage, TaskImageRef, TaskUpsertRef};
     let job: JobKey = "www/prod/hello".parse().unwrap();
     let ports = vec![("http".to_string(), 31_000u16)];
-    for (agent, message, preempted_by) in [
-        (None, "", None),
+    for (agent, message, preempted_by, rev) in [
+        (None, "", None, 0),
         (
             Some("a1"),
             "exited with status 3",
             Some(TaskId(0x6b08_0000_0100_0002)),
+            70_000,
         ),
     ] {
         let borrowed = TaskImageRef {
@@ -567,6 +621,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             sandbox: "/var/lib/borealis/sandboxes/www.prod.hello/7/6b08000001000007",
             killed_by_user: true,
             preempted_by,
+            rev,
         };
         let owned = LogRecord::TaskUpserted(TaskImage {
             id: borrowed.id,
@@ -583,6 +638,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             sandbox: borrowed.sandbox.to_string(),
             killed_by_user: true,
             preempted_by,
+            rev,
         });
         let a = postcard::to_stdvec(&TaskUpsertRef(&borrowed)).unwrap();
         let b = postcard::to_stdvec(&owned).unwrap();
@@ -590,4 +646,492 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
         assert_eq!(postcard::from_bytes::<LogRecord>(&a).unwrap(), owned);
         assert_eq!(TaskUpsertRef(&borrowed).to_string(), owned.to_string());
     }
+}
+
+/// Each rule of the revision and update records, broken once: refused, image unchanged.
+#[test]
+fn revisions_and_updates_that_do_not_fit_are_refused_and_change_nothing() {
+    let a = key(0);
+    let b = key(1);
+    let job_a = job_created(&a, 2);
+    let on = |id, instance, state, rev| {
+        let mut t = task(id, &a, instance, state);
+        t.rev = rev;
+        LogRecord::TaskUpserted(t)
+    };
+    let rolling = |id| update_saved(&a, job_update(id, &a, 2, 1));
+    let ended = |id, status| update_saved(&a, with_status(job_update(id, &a, 2, 1), status));
+    let cases: Vec<(&str, Vec<LogRecord>, LogRecord, &str)> = vec![
+        (
+            "revise unknown job",
+            vec![],
+            job_revised(&a, 2, 1, &[], &[]),
+            "does not exist",
+        ),
+        (
+            "revision shrinks the job",
+            vec![job_a.clone()],
+            job_revised(&a, 1, 1, &[], &[]),
+            "cannot shrink",
+        ),
+        (
+            "revision over the instance limit",
+            vec![job_a.clone()],
+            job_revised(&a, INSTANCES_MAX + 1, 1, &[], &[]),
+            "over the limit",
+        ),
+        (
+            "revision with another job's config",
+            vec![job_a.clone()],
+            LogRecord::JobRevised {
+                key: a.clone(),
+                instances: 2,
+                config: config(&b),
+                revs: JobRevs::default(),
+            },
+            "belongs to job",
+        ),
+        (
+            "instance wants an unknown revision",
+            vec![job_a.clone()],
+            job_revised(&a, 2, 2, &[1], &[(0, 1), (1, 3)]),
+            "instance 1 wants revision 3",
+        ),
+        (
+            "desired revision of an instance out of range",
+            vec![job_a.clone()],
+            job_revised(&a, 3, 1, &[0], &[(3, 0)]),
+            "instance 3 has a desired revision but the job has 3 instances",
+        ),
+        (
+            "head among the others",
+            vec![job_a.clone()],
+            job_revised(&a, 2, 1, &[0, 1], &[]),
+            "revision 1 is the head and also among the other revisions",
+        ),
+        (
+            "live task left on a dropped revision",
+            vec![job_a.clone(), on(1, 1, TaskState::Running, 0)],
+            job_revised(&a, 2, 1, &[], &[]),
+            "live task 0000000000000001 runs revision 0",
+        ),
+        (
+            "live task on an unknown revision",
+            vec![job_a.clone()],
+            on(1, 0, TaskState::Pending, 1),
+            "revision 1 is neither the head (0)",
+        ),
+        (
+            "live task on an unknown revision after one",
+            vec![job_a.clone(), job_revised(&a, 2, 2, &[1], &[])],
+            on(1, 0, TaskState::Running, 0),
+            "revision 0 is neither the head (2)",
+        ),
+        (
+            "save an update of an unknown job",
+            vec![],
+            rolling(1),
+            "does not exist",
+        ),
+        (
+            "update of another job",
+            vec![job_a.clone(), job_created(&b, 2)],
+            update_saved(&b, job_update(1, &a, 2, 1)),
+            "belongs to job",
+        ),
+        (
+            "second active update",
+            vec![job_a.clone(), rolling(1)],
+            rolling(2),
+            "update 1 of the job is still active",
+        ),
+        (
+            "finished update after an active one",
+            vec![job_a.clone(), rolling(1)],
+            ended(2, UpdateStatus::Aborted),
+            "still active",
+        ),
+        (
+            "new update id not above the last",
+            vec![
+                job_a.clone(),
+                ended(3, UpdateStatus::RolledForward),
+                ended(5, UpdateStatus::Failed),
+            ],
+            rolling(4),
+            "update id 4 is not above the job's last update 5",
+        ),
+        (
+            "an older update made active again",
+            vec![
+                job_a.clone(),
+                ended(1, UpdateStatus::RolledBack),
+                ended(2, UpdateStatus::Failed),
+            ],
+            rolling(1),
+            "update 1 is not the job's last (2 is)",
+        ),
+        (
+            "remove an update of an unknown job",
+            vec![],
+            LogRecord::UpdateRemoved {
+                key: a.clone(),
+                id: 1,
+            },
+            "does not exist",
+        ),
+        (
+            "remove an unknown update",
+            vec![job_a.clone(), ended(1, UpdateStatus::RolledForward)],
+            LogRecord::UpdateRemoved {
+                key: a.clone(),
+                id: 2,
+            },
+            "has no update 2",
+        ),
+        (
+            "remove the active update",
+            vec![job_a.clone(), rolling(1)],
+            LogRecord::UpdateRemoved {
+                key: a.clone(),
+                id: 1,
+            },
+            "an active update cannot be removed",
+        ),
+    ];
+    for (name, setup, record, reason) in cases {
+        check_refused(name, &setup, record, reason);
+    }
+}
+
+/// What the revision and update records do: a revision sets the head config, the revisions
+/// and a grown instance count; tasks run known revisions (terminal ones any); updates are
+/// appended, replaced in place and pruned; removing or replacing the job drops all of it.
+#[test]
+fn revisions_and_updates_through_the_records() {
+    let a = key(0);
+    let b = key(1);
+    let mut image = image_of(&[
+        job_created(&a, 2),
+        job_created(&b, 1),
+        LogRecord::TaskUpserted(task(1, &a, 0, TaskState::Running)),
+        LogRecord::TaskUpserted(task(2, &a, 1, TaskState::Failed)),
+    ]);
+    assert_eq!(image.jobs[&a].revs, JobRevs::default());
+    assert!(image.jobs[&a].updates.is_empty());
+
+    // Revision 1 for 3 instances; instance 0 stays on 0, so 0 stays known.
+    image
+        .apply(&job_revised(&a, 3, 1, &[0], &[(0, 0)]))
+        .unwrap();
+    let j = &image.jobs[&a];
+    assert_eq!((j.instances, j.current.len()), (3, 3));
+    assert_eq!(j.current, vec![Some(TaskId(1)), None, None]);
+    assert_eq!(j.config, config_at(&a, 1));
+    assert_eq!(j.revs.others[&0], config_at(&a, 0));
+    assert_eq!((j.revs.desired(0), j.revs.desired(2)), (0, 1));
+    assert!(j.revs.knows(0) && j.revs.knows(1) && !j.revs.knows(2));
+    image.check_invariants().unwrap();
+    // The same count again is no shrink.
+    image
+        .apply(&job_revised(&a, 3, 1, &[0], &[(0, 0)]))
+        .unwrap();
+
+    // New tasks on either known revision; a terminal task may keep a forgotten one.
+    let mut t3 = task(3, &a, 2, TaskState::Pending);
+    t3.rev = 1;
+    image.apply(&LogRecord::TaskUpserted(t3.clone())).unwrap();
+    let mut t2 = task(2, &a, 1, TaskState::Lost);
+    t2.rev = 9;
+    image.apply(&LogRecord::TaskUpserted(t2)).unwrap();
+    assert_eq!(image.tasks[&TaskId(3)].rev, 1);
+
+    // Updates: a new one appends; saving it again replaces it in place.
+    let first = job_update(1, &a, 3, 1);
+    image.apply(&update_saved(&a, first.clone())).unwrap();
+    let rolled = with_status(first, UpdateStatus::RolledForward);
+    image.apply(&update_saved(&a, rolled.clone())).unwrap();
+    assert_eq!(image.jobs[&a].updates, vec![rolled.clone()]);
+    // Ids may skip; only the last may be active.
+    let second = with_status(job_update(4, &a, 3, 2), UpdateStatus::RollBackPaused);
+    image.apply(&update_saved(&a, second.clone())).unwrap();
+    // A finished older one is rewritten where it is.
+    let mut noted = rolled.clone();
+    noted.updated_unix_ms += 5;
+    image.apply(&update_saved(&a, noted.clone())).unwrap();
+    assert_eq!(image.jobs[&a].updates, vec![noted, second.clone()]);
+    image.check_invariants().unwrap();
+    // Pruning the finished one leaves the active one.
+    image
+        .apply(&LogRecord::UpdateRemoved {
+            key: a.clone(),
+            id: 1,
+        })
+        .unwrap();
+    assert_eq!(image.jobs[&a].updates, vec![second.clone()]);
+    // Once it ended, a new one may follow, and it may be pruned.
+    let second = with_status(second, UpdateStatus::Failed);
+    image.apply(&update_saved(&a, second.clone())).unwrap();
+    image
+        .apply(&update_saved(&a, job_update(5, &a, 3, 2)))
+        .unwrap();
+    image
+        .apply(&LogRecord::UpdateRemoved {
+            key: a.clone(),
+            id: 4,
+        })
+        .unwrap();
+    assert_eq!(
+        image.jobs[&a]
+            .updates
+            .iter()
+            .map(|u| u.id)
+            .collect::<Vec<_>>(),
+        vec![5]
+    );
+    image.check_invariants().unwrap();
+
+    // The other job is untouched throughout.
+    assert_eq!(image.jobs[&b].revs, JobRevs::default());
+    assert!(image.jobs[&b].updates.is_empty());
+
+    // Replacing the job drops its revisions and updates with its tasks.
+    let mut replaced = image.clone();
+    replaced.apply(&job_created(&a, 1)).unwrap();
+    assert_eq!(replaced.jobs[&a].revs, JobRevs::default());
+    assert!(replaced.jobs[&a].updates.is_empty());
+    replaced.check_invariants().unwrap();
+    // Removing it too; a job created again under the key starts afresh.
+    image
+        .apply(&LogRecord::JobRemoved { key: a.clone() })
+        .unwrap();
+    assert!(!image.jobs.contains_key(&a));
+    assert!(image.tasks.values().all(|t| t.job != a));
+    image.apply(&job_created(&a, 1)).unwrap();
+    assert_eq!(image.jobs[&a].revs, JobRevs::default());
+    assert!(image.jobs[&a].updates.is_empty());
+    image
+        .apply(&update_saved(&a, job_update(1, &a, 1, 1)))
+        .unwrap();
+    image.check_invariants().unwrap();
+}
+
+/// The image keeps only an update's durable fields: what `UpdateSaved` stores equals what a
+/// log or snapshot reads back.
+#[test]
+fn an_update_is_stored_without_its_transient_fields() {
+    let a = key(0);
+    let mut image = image_of(&[job_created(&a, 2)]);
+    let mut update = job_update(1, &a, 2, 0);
+    update.watching = vec![Some(5), None];
+    update.last_pulse_us = Some(17);
+    let record = update_saved(&a, update.clone());
+    image.apply(&record).unwrap();
+    let stored = &image.jobs[&a].updates[0];
+    assert_eq!((stored.watching.len(), stored.last_pulse_us), (0, None));
+    let decoded: LogRecord = postcard::from_bytes(&postcard::to_stdvec(&record).unwrap()).unwrap();
+    let mut replayed = image_of(&[job_created(&a, 2)]);
+    replayed.apply(&decoded).unwrap();
+    assert_eq!(replayed, image);
+    let snapshot = borealis_store::files::encode_snapshot(&image).unwrap();
+    assert_eq!(
+        borealis_store::files::decode_snapshot(&snapshot).unwrap(),
+        image
+    );
+}
+
+#[test]
+fn the_new_records_round_trip_and_describe_themselves() {
+    let a = key(0);
+    let mut update = with_status(job_update(7, &a, 3, 2), UpdateStatus::RollBackAwaitingPulse);
+    update.settings.pulse_interval_secs = Some(30);
+    update.instances[1].failures = 2;
+    let records = [
+        (
+            job_revised(&a, 4, 2, &[0, 1], &[(0, 0), (3, 1)]),
+            "JobRevised(role0/prod/job0, revision 2, 4 instances)",
+        ),
+        (
+            LogRecord::JobRevised {
+                key: a.clone(),
+                instances: 2,
+                config: service_config(&a),
+                revs: JobRevs::default(),
+            },
+            "JobRevised(role0/prod/job0, revision 0, 2 instances)",
+        ),
+        (
+            update_saved(&a, update),
+            "UpdateSaved(update 7 of role0/prod/job0 in ROLL_BACK_AWAITING_PULSE)",
+        ),
+        (
+            LogRecord::UpdateRemoved {
+                key: a.clone(),
+                id: 3,
+            },
+            "UpdateRemoved(update 3 of role0/prod/job0)",
+        ),
+    ];
+    for (index, (record, text)) in records.into_iter().enumerate() {
+        assert_eq!(record.to_string(), text);
+        let bytes = postcard::to_stdvec(&record).unwrap();
+        // Appended after HostModeSet (7): JobRevised, JobRevised, UpdateSaved, UpdateRemoved.
+        assert_eq!(bytes[0], [8, 8, 9, 10][index], "{record}");
+        assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+        // Whole: no shorter read of the bytes is a record.
+        assert!(postcard::from_bytes::<LogRecord>(&bytes[..bytes.len() - 1]).is_err());
+    }
+    // A task's revision ends its record.
+    let mut t = task(1, &a, 0, TaskState::Running);
+    t.rev = 300;
+    let record = LogRecord::TaskUpserted(t);
+    let bytes = postcard::to_stdvec(&record).unwrap();
+    assert_eq!(bytes[bytes.len() - 2..], [0xac, 0x02]); // 300 as a varint
+    assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+}
+
+#[test]
+fn check_invariants_names_what_is_wrong_with_revisions_and_updates() {
+    let a = key(0);
+    let mut t = task(1, &a, 0, TaskState::Running);
+    t.rev = 1;
+    let good = image_of(&[
+        job_created(&a, 2),
+        job_revised(&a, 2, 2, &[1], &[(1, 1)]),
+        LogRecord::TaskUpserted(t),
+        update_saved(
+            &a,
+            with_status(job_update(1, &a, 2, 1), UpdateStatus::RolledForward),
+        ),
+        update_saved(&a, job_update(2, &a, 2, 2)),
+    ]);
+    good.check_invariants().unwrap();
+    type Damage = Box<dyn Fn(&mut StateImage)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "head among the others",
+            Box::new(|i| {
+                let j = i.jobs.values_mut().next().unwrap();
+                j.revs.others.insert(2, j.config.clone());
+            }),
+            "revision 2 is the head and also among the other revisions",
+        ),
+        (
+            "desired revision out of range",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| {
+                    j.revs.instance_revs.insert(2, 1);
+                })
+            }),
+            "instance 2 has a desired revision",
+        ),
+        (
+            "desired revision unknown",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| {
+                    j.revs.instance_revs.insert(0, 5);
+                })
+            }),
+            "instance 0 wants revision 5",
+        ),
+        (
+            "live task on an unknown revision",
+            Box::new(|i| {
+                i.jobs.values_mut().for_each(|j| {
+                    j.revs.others.clear();
+                    j.revs.instance_revs.clear();
+                })
+            }),
+            "task 0000000000000001 is RUNNING on revision 1, which its job does not know",
+        ),
+        (
+            "update of another job",
+            Box::new(|i| {
+                i.jobs
+                    .values_mut()
+                    .for_each(|j| j.updates[0].job = "x/y/z".into())
+            }),
+            "update 1 belongs to job \"x/y/z\"",
+        ),
+        (
+            "update ids not increasing",
+            Box::new(|i| i.jobs.values_mut().for_each(|j| j.updates[1].id = 1)),
+            "update 1 comes after update 1",
+        ),
+        (
+            "active update not the last",
+            Box::new(|i| i.jobs.values_mut().for_each(|j| j.updates.swap(0, 1))),
+            "update 2 is ROLLING_FORWARD but not the last",
+        ),
+    ];
+    for (name, damage, expected) in cases {
+        let mut image = good.clone();
+        damage(&mut image);
+        let err = image.check_invariants().expect_err(name);
+        assert!(err.contains(expected), "{name}: {err}");
+    }
+}
+
+#[test]
+fn cron_set_schedules_replaces_and_deschedules() {
+    use borealis_core::cron::{CollisionPolicy, CronSchedule, CronSpec};
+    use borealis_store::image::CronImage;
+    let a = key(0);
+    let template = |schedule: &str, instances| CronImage {
+        instances,
+        config: config(&a),
+        spec: CronSpec {
+            schedule: CronSchedule::parse(schedule).unwrap(),
+            collision_policy: CollisionPolicy::CancelNew,
+        },
+    };
+    let set = |c| LogRecord::CronSet {
+        key: a.clone(),
+        cron: c,
+    };
+    check_refused(
+        "unknown job",
+        &[],
+        set(Some(template("* * * * *", 1))),
+        "does not exist",
+    );
+    check_refused(
+        "no instances",
+        &[job_created(&a, 1)],
+        set(Some(template("* * * * *", 0))),
+        "instances",
+    );
+    let other = key(1);
+    let mut wrong = template("* * * * *", 1);
+    wrong.config = config(&other);
+    check_refused(
+        "another job's config",
+        &[job_created(&a, 1)],
+        set(Some(wrong)),
+        "not",
+    );
+
+    let mut image = image_of(&[job_created(&a, 2)]);
+    image.apply(&set(Some(template("*/5 * * * *", 2)))).unwrap();
+    image.apply(&set(Some(template("@hourly", 3)))).unwrap();
+    let cron = image.jobs[&a].cron.clone().expect("scheduled");
+    assert_eq!(
+        (cron.spec.schedule.as_str(), cron.instances),
+        ("@hourly", 3)
+    );
+    assert!(image.check_invariants().is_ok());
+    // Durable as the log writes it.
+    let record = set(Some(template("0 9 * * MON-FRI", 1)));
+    let bytes = postcard::to_allocvec(&record).unwrap();
+    assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+    assert_eq!(
+        record.to_string(),
+        format!("CronSet({a}, \"0 9 * * MON-FRI\")")
+    );
+    image.apply(&set(None)).unwrap();
+    assert_eq!(image.jobs[&a].cron, None);
+    // Replacing the job drops its schedule with it.
+    image.apply(&set(Some(template("@daily", 1)))).unwrap();
+    image.apply(&job_created(&a, 1)).unwrap();
+    assert_eq!(image.jobs[&a].cron, None);
 }

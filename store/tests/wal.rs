@@ -5,13 +5,15 @@ mod common;
 use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use borealis_core::update::UpdateStatus;
 use borealis_core::{HostMode, TaskId, TaskState};
 use borealis_store::files::{segment_name, snapshot_name};
 use borealis_store::image::{HostImage, LogRecord, StateImage};
 use borealis_store::wal::{Wal, COMMIT_FRAME_BYTES, FRAME_HEADER_BYTES, RECORD_BYTES_MAX};
 use borealis_store::StoreError;
 use common::{
-    host_mode_set, image_of, job_created, key, quota, quota_set, records, service_config, task,
+    host_mode_set, image_of, job_created, job_revised, job_update, key, quota, quota_set, records,
+    service_config, task, update_saved, with_status,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -911,4 +913,94 @@ fn host_modes_and_service_configs_survive_replay_and_snapshots() {
     assert_eq!(recovery.image.hosts["h2"].mode, HostMode::Draining);
     assert_eq!(recovery.image.hosts["h3"].mode, HostMode::Drained);
     assert_eq!(recovery.image.jobs[&a].config, service_config(&a));
+}
+
+/// Revisions, updates and task revisions are durable: replayed from the log (an update's
+/// transient fields are not, and the image never holds them), carried by a snapshot, and
+/// changed and pruned by later records; the borrowed task record carries `rev` too.
+#[test]
+fn revisions_and_updates_survive_replay_and_snapshots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("shard-0");
+    let a = key(0);
+    let (mut wal, _) = open(&dir);
+    let mut on_1 = task(1, &a, 0, TaskState::Running);
+    on_1.rev = 1;
+    let mut on_0 = task(2, &a, 2, TaskState::Pending);
+    on_0.rev = 0;
+    let mut live = job_update(1, &a, 3, 1);
+    live.watching = vec![Some(1), None, Some(3)];
+    live.last_pulse_us = Some(99);
+    let records = [
+        job_created(&a, 2),
+        job_revised(&a, 3, 1, &[0], &[(2, 0)]),
+        LogRecord::TaskUpserted(on_1.clone()),
+        update_saved(&a, live.clone()),
+    ];
+    let mut image = image_of(&records);
+    for r in &records {
+        wal.append(r);
+    }
+    wal.append_task(&borealis_store::image::TaskImageRef {
+        id: on_0.id,
+        job: &on_0.job,
+        instance: on_0.instance,
+        state: on_0.state,
+        agent_name: None,
+        hostname: None,
+        failure_count: 0,
+        consecutive_flaps: 0,
+        exit_code: -1,
+        message: "",
+        ports: &[],
+        sandbox: "",
+        killed_by_user: false,
+        preempted_by: None,
+        rev: 0,
+    });
+    image.apply(&LogRecord::TaskUpserted(on_0)).unwrap();
+    wal.commit().unwrap();
+    drop(wal);
+
+    let (mut wal, recovery) = open(&dir);
+    assert_eq!(recovery.records_replayed, 5);
+    assert_eq!(recovery.image, image);
+    let j = &recovery.image.jobs[&a];
+    assert_eq!((j.revs.head, j.revs.desired(2), j.instances), (1, 0, 3));
+    assert_eq!(j.updates[0].watching, Vec::<Option<u64>>::new());
+    assert_eq!(j.updates[0].last_pulse_us, None);
+    assert_eq!(recovery.image.tasks[&TaskId(2)].rev, 0);
+    recovery.image.check_invariants().unwrap();
+
+    // Carried by a snapshot; the update ends and is pruned on top.
+    wal.snapshot(&image).unwrap();
+    let done = with_status(job_update(1, &a, 3, 1), UpdateStatus::RolledForward);
+    for r in [
+        update_saved(&a, done),
+        update_saved(&a, job_update(2, &a, 3, 1)),
+        LogRecord::UpdateRemoved {
+            key: a.clone(),
+            id: 1,
+        },
+    ] {
+        image.apply(&r).unwrap();
+        wal.append(&r);
+    }
+    wal.commit().unwrap();
+    let after_snapshot = wal.segment_path();
+    drop(wal);
+    let recovery = open(&dir).1;
+    assert!(recovery.snapshot.is_some());
+    assert_eq!(recovery.records_replayed, 3);
+    assert_eq!(recovery.image, image);
+    assert_eq!(recovery.image.jobs[&a].updates.len(), 1);
+    assert_eq!(recovery.image.jobs[&a].updates[0].id, 2);
+
+    // The snapshot alone still has the first update, active.
+    fs::write(&after_snapshot, b"").unwrap();
+    let recovery = open(&dir).1;
+    let j = &recovery.image.jobs[&a];
+    assert_eq!(j.updates.len(), 1);
+    assert_eq!(j.updates[0].status, live.status);
+    assert_eq!(j.revs.others.keys().copied().collect::<Vec<_>>(), vec![0]);
 }

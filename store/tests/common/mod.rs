@@ -1,13 +1,15 @@
 //! Shared test helpers: valid record sequences (as proptest strategies), and small builders.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
+use borealis_core::update::{JobUpdate, Rev, UpdateEvent, UpdateSettings, UpdateStatus};
 use borealis_core::{
     HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, PartitionPolicy, Resources,
     SlaPolicy, TaskConfig, TaskId, TaskState, Tier,
 };
-use borealis_store::image::{LogRecord, StateImage, TaskImage};
+use borealis_store::image::{JobRevs, LogRecord, StateImage, TaskImage};
 use proptest::prelude::*;
 
 pub fn key(i: usize) -> JobKey {
@@ -83,6 +85,69 @@ pub fn task(id: u64, job: &JobKey, instance: u32, state: TaskState) -> TaskImage
         sandbox: String::new(),
         killed_by_user: false,
         preempted_by: None,
+        rev: 0,
+    }
+}
+
+/// A new update of `job` (ROLLING_FORWARD) to revision `to_rev` over instances `0..instances`,
+/// each from revision 0, in its durable form: the transient fields a decode drops are empty.
+pub fn job_update(id: u64, job: &JobKey, instances: u32, to_rev: Rev) -> JobUpdate {
+    let mut update = JobUpdate::new(
+        id,
+        job.to_string(),
+        UpdateSettings::default(),
+        instances,
+        instances,
+        to_rev,
+        (0..instances).map(|i| (i, Some(0))),
+        1_700_000_000_000 + id,
+        format!("update {id}"),
+    );
+    update.watching.clear();
+    update
+}
+
+/// `update` with status `status`.
+pub fn with_status(mut update: JobUpdate, status: UpdateStatus) -> JobUpdate {
+    update.status = status;
+    update
+}
+
+pub fn update_saved(job: &JobKey, update: JobUpdate) -> LogRecord {
+    LogRecord::UpdateSaved {
+        key: job.clone(),
+        update,
+    }
+}
+
+/// `JobRevised` of `job` to head `head` (its config's command names the revision).
+pub fn job_revised(
+    job: &JobKey,
+    instances: u32,
+    head: Rev,
+    others: &[Rev],
+    instance_revs: &[(u32, Rev)],
+) -> LogRecord {
+    LogRecord::JobRevised {
+        key: job.clone(),
+        instances,
+        config: config_at(job, head),
+        revs: JobRevs {
+            head,
+            others: others.iter().map(|&r| (r, config_at(job, r))).collect(),
+            instance_revs: instance_revs.iter().copied().collect(),
+        },
+    }
+}
+
+/// `config(job)` for revision `rev` (0 is `config(job)` itself).
+pub fn config_at(job: &JobKey, rev: Rev) -> TaskConfig {
+    if rev == 0 {
+        return config(job);
+    }
+    TaskConfig {
+        command: format!("run {job} at revision {rev}"),
+        ..config(job)
     }
 }
 
@@ -125,14 +190,54 @@ pub fn image_of(records: &[LogRecord]) -> StateImage {
 /// An abstract step; [`interpret`] turns steps into records valid for the image so far.
 #[derive(Clone, Debug)]
 pub enum Step {
-    CreateJob { job: u8, instances: u8 },
-    RemoveJob { job: u8 },
-    NewTask { job: u8, instance: u8, state: u8 },
-    Update { pick: u16, state: u8, text: u8 },
-    End { pick: u16 },
-    Forget { pick: u16 },
-    SetQuota { role: u8, cpu: u8 },
-    SetHostMode { host: u8, mode: u8, deadline: u8 },
+    CreateJob {
+        job: u8,
+        instances: u8,
+    },
+    RemoveJob {
+        job: u8,
+    },
+    NewTask {
+        job: u8,
+        instance: u8,
+        state: u8,
+    },
+    Update {
+        pick: u16,
+        state: u8,
+        text: u8,
+    },
+    End {
+        pick: u16,
+    },
+    Forget {
+        pick: u16,
+    },
+    SetQuota {
+        role: u8,
+        cpu: u8,
+    },
+    SetHostMode {
+        host: u8,
+        mode: u8,
+        deadline: u8,
+    },
+    /// A new head revision; `keep` picks the instances that stay on their revision.
+    Revise {
+        job: u8,
+        grow: u8,
+        keep: u8,
+    },
+    /// Progresses an active update (mostly that of the next job that has one), rewrites a
+    /// finished one, or starts a new one.
+    SaveUpdate {
+        job: u8,
+        pick: u8,
+    },
+    /// Prunes the oldest update of the job (or of the next one), ending it first if active.
+    RemoveUpdate {
+        job: u8,
+    },
 }
 
 const JOBS: u8 = 5;
@@ -150,6 +255,10 @@ pub fn step() -> impl Strategy<Value = Step> {
         2 => (0u8..6, any::<u8>()).prop_map(|(role, cpu)| Step::SetQuota { role, cpu }),
         2 => (0u8..8, any::<u8>(), any::<u8>())
             .prop_map(|(host, mode, deadline)| Step::SetHostMode { host, mode, deadline }),
+        2 => (0..JOBS, any::<u8>(), any::<u8>())
+            .prop_map(|(job, grow, keep)| Step::Revise { job, grow, keep }),
+        5 => (0..JOBS, any::<u8>()).prop_map(|(job, pick)| Step::SaveUpdate { job, pick }),
+        2 => (0..JOBS).prop_map(|job| Step::RemoveUpdate { job }),
     ]
 }
 
@@ -208,6 +317,7 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                     continue; // the instance is busy: end its task first
                 }
                 let mut t = task(next_id, &key, instance, state);
+                t.rev = j.revs.desired(instance);
                 t.message = format!("new in {}", state.as_str());
                 next_id += 1;
                 emit(&mut image, LogRecord::TaskUpserted(t), &mut out);
@@ -222,6 +332,9 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                 let slot = image.jobs[&t.job].current[t.instance as usize];
                 if !state.is_terminal() && (ended || slot.is_some_and(|c| c != t.id)) {
                     continue;
+                }
+                if !state.is_terminal() && !image.jobs[&t.job].revs.knows(t.rev) {
+                    continue; // its revision is gone: it cannot come back to life
                 }
                 t.state = state;
                 t.failure_count += 1;
@@ -279,6 +392,145 @@ pub fn interpret(steps: &[Step]) -> Vec<LogRecord> {
                     host_mode_set(&format!("host{host}"), mode, deadline),
                     &mut out,
                 );
+            }
+            Step::Revise { job, grow, keep } => {
+                let key = key(job.into());
+                if !image.jobs.contains_key(&key) {
+                    emit(&mut image, job_created(&key, 3), &mut out);
+                }
+                let j = &image.jobs[&key];
+                let newest = j.revs.others.keys().next_back().copied();
+                let head = newest.map_or(j.revs.head, |r| r.max(j.revs.head)) + 1;
+                let instances = j.instances + u32::from(grow % 2);
+                let instance_revs: BTreeMap<u32, Rev> = (0..instances)
+                    .filter(|i| keep >> (i % 8) & 1 == 1)
+                    .map(|i| (i, j.revs.desired(i)))
+                    .collect();
+                // Keep exactly the revisions still used: desired ones and live tasks' ones.
+                let live = j
+                    .current
+                    .iter()
+                    .flatten()
+                    .map(|id| &image.tasks[id])
+                    .filter(|t| !t.state.is_terminal())
+                    .map(|t| t.rev);
+                let config_of = |rev: Rev| {
+                    if rev == j.revs.head {
+                        j.config.clone()
+                    } else {
+                        j.revs.others[&rev].clone()
+                    }
+                };
+                let others = instance_revs
+                    .values()
+                    .copied()
+                    .chain(live)
+                    .map(|rev| (rev, config_of(rev)))
+                    .collect();
+                let record = LogRecord::JobRevised {
+                    key: key.clone(),
+                    instances,
+                    config: if grow % 4 < 2 {
+                        config_at(&key, head)
+                    } else {
+                        TaskConfig {
+                            command: format!("serve {key} at revision {head}"),
+                            ..service_config(&key)
+                        }
+                    },
+                    revs: JobRevs {
+                        head,
+                        others,
+                        instance_revs,
+                    },
+                };
+                emit(&mut image, record, &mut out);
+            }
+            Step::SaveUpdate { job, pick } => {
+                // Mostly the job of the next active update, so that updates also end.
+                let active = (0..JOBS)
+                    .map(|i| key(usize::from((job + i) % JOBS)))
+                    .find(|k| {
+                        image
+                            .jobs
+                            .get(k)
+                            .and_then(|j| j.updates.last())
+                            .is_some_and(|u| !u.status.is_terminal())
+                    });
+                let key = match active {
+                    Some(k) if pick % 4 != 1 => k,
+                    _ => key(job.into()),
+                };
+                if !image.jobs.contains_key(&key) {
+                    emit(&mut image, job_created(&key, 3), &mut out);
+                }
+                let j = &image.jobs[&key];
+                let status = UpdateStatus::ALL[usize::from(pick) % UpdateStatus::ALL.len()];
+                let update = match j.updates.last() {
+                    Some(active) if !active.status.is_terminal() => {
+                        let mut u = active.clone();
+                        u.status = status;
+                        u.failed_instances = u32::from(pick % 3);
+                        u.updated_unix_ms += 1_000;
+                        u.events.push(UpdateEvent {
+                            unix_ms: u.updated_unix_ms,
+                            status,
+                            message: format!("to {status}"),
+                        });
+                        u
+                    }
+                    Some(_) if pick % 4 == 0 => {
+                        // A finished one rewritten in place (its audit trail grew).
+                        let mut u = j.updates[usize::from(pick) % j.updates.len()].clone();
+                        u.events.push(UpdateEvent {
+                            unix_ms: u.updated_unix_ms,
+                            status: u.status,
+                            message: format!("note {pick}"),
+                        });
+                        u
+                    }
+                    newest => {
+                        let id = newest.map_or(1, |u| u.id + 1 + u64::from(pick % 2));
+                        let mut u = JobUpdate::new(
+                            id,
+                            key.to_string(),
+                            UpdateSettings {
+                                batch_size: u32::from(pick % 3) + 1,
+                                ..UpdateSettings::default()
+                            },
+                            j.instances,
+                            j.instances,
+                            j.revs.head,
+                            (0..j.instances).map(|i| (i, Some(j.revs.desired(i)))),
+                            1_700_000_000_000 + id,
+                            format!("update {id}"),
+                        );
+                        u.watching.clear();
+                        if pick % 3 == 0 {
+                            u.status = status; // saved again only once it ended, or never
+                        }
+                        u
+                    }
+                };
+                emit(&mut image, update_saved(&key, update), &mut out);
+            }
+            Step::RemoveUpdate { job } => {
+                // The oldest update of this job, or of the next job that has one; ended
+                // first (ROLLED_FORWARD) when it is active, as `End` ends a live task.
+                let found = (0..JOBS).find_map(|i| {
+                    let key = key(usize::from((job + i) % JOBS));
+                    let oldest = image.jobs.get(&key)?.updates.first()?.clone();
+                    Some((key, oldest))
+                });
+                let Some((key, mut oldest)) = found else {
+                    continue;
+                };
+                if !oldest.status.is_terminal() {
+                    oldest.status = UpdateStatus::RolledForward;
+                    emit(&mut image, update_saved(&key, oldest.clone()), &mut out);
+                }
+                let id = oldest.id;
+                emit(&mut image, LogRecord::UpdateRemoved { key, id }, &mut out);
             }
         }
     }
