@@ -44,7 +44,7 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// The job commands of the `borealis` command line.
 #[derive(clap::Subcommand, Debug)]
 pub enum JobCommand {
-    /// Create a job from a TOML job file.
+    /// Create a job from a TOML job file (not a cron job: see `borealis cron schedule`).
     Create {
         /// The job's key: role/environment/name.
         job_key: String,
@@ -86,7 +86,8 @@ pub enum JobCommand {
         #[arg(long, default_value = "10min", value_parser = crate::parse_duration)]
         max_wait: Duration,
     },
-    /// List the scheduler's jobs with their task counts by state.
+    /// List the scheduler's jobs with their task counts by state, cron schedules and active
+    /// updates.
     List {
         /// Print a JSON array instead of one line per job.
         #[arg(long)]
@@ -170,6 +171,12 @@ pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
                 spec,
                 tier_explicit,
             } = read_job_file(parse_job_key(&job_key)?, &file)?;
+            if spec.cron.is_some() {
+                bail!(
+                    "{}'s file has a cron_schedule: schedule it with `borealis cron schedule`",
+                    spec.config.job
+                );
+            }
             Client::connect(scheduler)?.create_job(&spec, tier_explicit)?;
             format!(
                 "created job {} with {}\n",
@@ -234,7 +241,7 @@ pub fn run_job_command(scheduler: &str, cmd: JobCommand) -> anyhow::Result<()> {
     write_stdout(&output)
 }
 
-fn write_stdout(output: &str) -> anyhow::Result<()> {
+pub(crate) fn write_stdout(output: &str) -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     stdout
         .write_all(output.as_bytes())
@@ -724,7 +731,7 @@ impl Client {
     }
 }
 
-fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
+pub(crate) fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
     match response {
         OwnedMessage::Ack => Ok(()),
         other => Err(unexpected(other, request)),
@@ -762,6 +769,14 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
         OwnedMessage::HostMaintenance { .. } => "HostMaintenance",
         OwnedMessage::HostStatusList(_) => "HostStatusList",
         OwnedMessage::RestartJob { .. } => "RestartJob",
+        OwnedMessage::StartUpdate { .. } => "StartUpdate",
+        OwnedMessage::UpdateCommand { .. } => "UpdateCommand",
+        OwnedMessage::QueryUpdates { .. } => "QueryUpdates",
+        OwnedMessage::UpdateInfo(_) => "UpdateInfo",
+        OwnedMessage::UpdateList(_) => "UpdateList",
+        OwnedMessage::ScheduleCron { .. } => "ScheduleCron",
+        OwnedMessage::DescheduleCron { .. } => "DescheduleCron",
+        OwnedMessage::StartCron { .. } => "StartCron",
         OwnedMessage::JobStatus(_) => "JobStatus",
         OwnedMessage::JobList(_) => "JobList",
         OwnedMessage::Ack => "Ack",
@@ -778,7 +793,7 @@ pub(crate) fn io_reason(e: &io::Error) -> String {
     }
 }
 
-fn count_noun(n: usize, noun: &str) -> String {
+pub(crate) fn count_noun(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -817,12 +832,34 @@ impl Serialize for PortsJson<'_> {
     }
 }
 
+/// A cron job's schedule in JSON.
+#[derive(serde::Serialize)]
+struct CronJson<'a> {
+    schedule: &'a str,
+    /// Unix ms; null when not known.
+    next_run_unix_ms: Option<u64>,
+    /// The same in UTC; null when not known.
+    next_run: Option<String>,
+    collision_policy: &'static str,
+}
+
+/// A job's active update in JSON.
+#[derive(serde::Serialize)]
+struct ActiveUpdateJson {
+    update_id: u64,
+    status: &'static str,
+}
+
 #[derive(serde::Serialize)]
 struct JobSummaryJson<'a> {
     job_key: &'a str,
     instances: u32,
     is_service: bool,
     state_counts: StateCountsJson<'a>,
+    /// null: not a cron job.
+    cron: Option<CronJson<'a>>,
+    /// null: no active update.
+    update: Option<ActiveUpdateJson>,
 }
 
 impl<'a> JobSummaryJson<'a> {
@@ -832,6 +869,16 @@ impl<'a> JobSummaryJson<'a> {
             instances: job.instances,
             is_service: job.is_service,
             state_counts: StateCountsJson(&job.state_counts),
+            cron: job.cron.as_ref().map(|c| CronJson {
+                schedule: &c.schedule,
+                next_run_unix_ms: c.next_run_unix_ms,
+                next_run: c.next_run_unix_ms.map(crate::update::utc_text),
+                collision_policy: c.collision_policy.as_str(),
+            }),
+            update: job.update.map(|(update_id, status)| ActiveUpdateJson {
+                update_id,
+                status: status.as_str(),
+            }),
         }
     }
 }
@@ -861,7 +908,8 @@ struct JobStatusJson<'a> {
 }
 
 /// `status --json`: one line, `{"job_key", "instances", "is_service", "state_counts": {STATE:
-/// n}, "tasks": [{"task_id": "<16 hex digits>", "instance", "state", "agent_id", "hostname",
+/// n}, "cron": {"schedule", "next_run_unix_ms", "next_run", "collision_policy"} or null,
+/// "update": {"update_id", "status"} or null, "tasks": [{"task_id": "<16 hex digits>", "instance", "state", "agent_id", "hostname",
 /// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox",
 /// "pending_reason": "" unless PENDING and not placed, "preempted_by": "<16 hex digits>" or
 /// null}]}`, tasks in instance order.
@@ -956,7 +1004,7 @@ pub fn quota_text(info: &QuotaView) -> String {
 }
 
 /// `list --json`: one line, an array of `{"job_key", "instances", "is_service",
-/// "state_counts"}` in job key order.
+/// "state_counts", "cron", "update"}` (as `status --json` has them) in job key order.
 pub fn list_json(jobs: &[JobSummaryView]) -> String {
     let mut jobs: Vec<_> = jobs.iter().collect();
     jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
@@ -1086,29 +1134,54 @@ pub fn status_text(status: &JobStatusView) -> String {
     text
 }
 
-/// `list`: one line per job, in job key order: key, instances, kind, task counts by state.
+/// What `list` notes about a job: its cron schedule and next run (UTC), its active update.
+pub fn job_note(job: &JobSummaryView) -> String {
+    let mut notes = Vec::new();
+    if let Some(cron) = &job.cron {
+        notes.push(format!(
+            "cron {:?} next {}",
+            cron.schedule,
+            cron.next_run_unix_ms
+                .map_or_else(|| "-".to_string(), crate::update::utc_text)
+        ));
+    }
+    if let Some((id, status)) = job.update {
+        notes.push(format!("update {id} {status}"));
+    }
+    notes.join("; ")
+}
+
+/// `list`: one line per job, in job key order: key, instances, kind, task counts by state,
+/// and (when any job has one) a column with cron schedules and active updates.
 pub fn list_text(jobs: &[JobSummaryView]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".to_string();
     }
     let mut jobs: Vec<_> = jobs.iter().collect();
     jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+    let notes: Vec<String> = jobs.iter().map(|job| job_note(job)).collect();
+    let with_notes = notes.iter().any(|n| !n.is_empty());
     let rows: Vec<Vec<String>> = jobs
         .into_iter()
-        .map(|job| {
-            vec![
+        .zip(notes)
+        .map(|(job, note)| {
+            let mut row = vec![
                 job.job_key.clone(),
                 count_noun(job.instances as usize, "instance"),
                 kind_text(job.is_service).to_string(),
                 counts_text(&job.state_counts),
-            ]
+            ];
+            if with_notes {
+                row.push(or_dash(&note));
+            }
+            row
         })
         .collect();
     table_text(&rows)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use borealis_net::views::TaskInfoView;
     use borealis_net::FrameDecoder;
@@ -1131,6 +1204,8 @@ mod tests {
                 instances: 2,
                 is_service: false,
                 state_counts: counts(&[(TaskState::Running, 1), (TaskState::Finished, 1)]),
+                cron: None,
+                update: None,
             },
             // Out of instance order on purpose: output is sorted by instance.
             tasks: vec![
@@ -1234,6 +1309,8 @@ mod tests {
             "instances": 2,
             "is_service": false,
             "state_counts": {"RUNNING": 1, "FINISHED": 1},
+            "cron": null,
+            "update": null,
             "tasks": [
                 {
                     "task_id": "00000000deadbeef",
@@ -1270,7 +1347,7 @@ mod tests {
         let text = status_json(&sample_status());
         assert!(!text.contains('\n'));
         assert!(text.starts_with(
-            r#"{"job_key":"r/e/n","instances":2,"is_service":false,"state_counts":{"RUNNING":1,"FINISHED":1},"tasks":[{"task_id":"00000000deadbeef","#
+            r#"{"job_key":"r/e/n","instances":2,"is_service":false,"state_counts":{"RUNNING":1,"FINISHED":1},"cron":null,"update":null,"tasks":[{"task_id":"00000000deadbeef","#
         ), "{text}");
     }
 
@@ -1297,12 +1374,16 @@ mod tests {
                 instances: 3,
                 is_service: true,
                 state_counts: counts(&[(TaskState::Running, 3)]),
+                cron: None,
+                update: None,
             },
             JobSummaryView {
                 job_key: "www/devel/hello".into(),
                 instances: 5,
                 is_service: false,
                 state_counts: counts(&[(TaskState::Pending, 1), (TaskState::Finished, 4)]),
+                cron: None,
+                update: None,
             },
         ];
         let got: serde_json::Value = serde_json::from_str(&list_json(&jobs)).unwrap();
@@ -1310,9 +1391,9 @@ mod tests {
             got,
             json!([
                 {"job_key": "www/devel/hello", "instances": 5, "is_service": false,
-                 "state_counts": {"PENDING": 1, "FINISHED": 4}},
+                 "state_counts": {"PENDING": 1, "FINISHED": 4}, "cron": null, "update": null},
                 {"job_key": "www/prod/web", "instances": 3, "is_service": true,
-                 "state_counts": {"RUNNING": 3}},
+                 "state_counts": {"RUNNING": 3}, "cron": null, "update": null},
             ])
         );
         assert_eq!(list_json(&[]), "[]");
@@ -1322,6 +1403,83 @@ mod tests {
              www/prod/web     3 instances  service  RUNNING 3\n"
         );
         assert_eq!(list_text(&[]), "no jobs\n");
+    }
+
+    #[test]
+    fn list_shows_cron_schedules_and_active_updates() {
+        use borealis_core::cron::CollisionPolicy;
+        use borealis_core::update::UpdateStatus;
+        use borealis_net::views::CronSummaryView;
+        let job = |key: &str| JobSummaryView {
+            job_key: key.into(),
+            instances: 2,
+            is_service: false,
+            state_counts: counts(&[(TaskState::Running, 2)]),
+            cron: None,
+            update: None,
+        };
+        let jobs = vec![
+            JobSummaryView {
+                cron: Some(CronSummaryView {
+                    schedule: "0 3 * * *".into(),
+                    next_run_unix_ms: Some(1_700_000_000_000),
+                    collision_policy: CollisionPolicy::CancelNew,
+                }),
+                ..job("www/prod/nightly")
+            },
+            JobSummaryView {
+                cron: Some(CronSummaryView {
+                    schedule: "@yearly".into(),
+                    next_run_unix_ms: None,
+                    collision_policy: CollisionPolicy::KillExisting,
+                }),
+                update: Some((2, UpdateStatus::RollingBack)),
+                ..job("www/prod/yearly")
+            },
+            JobSummaryView {
+                update: Some((4, UpdateStatus::RollForwardPaused)),
+                ..job("www/prod/web")
+            },
+            job("www/prod/plain"),
+        ];
+        assert_eq!(
+            list_text(&jobs),
+            "\
+www/prod/nightly  2 instances  ad-hoc  RUNNING 2  cron \"0 3 * * *\" next 2023-11-14T22:13:20Z
+www/prod/plain    2 instances  ad-hoc  RUNNING 2  -
+www/prod/web      2 instances  ad-hoc  RUNNING 2  update 4 ROLL_FORWARD_PAUSED
+www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; update 2 ROLLING_BACK
+"
+        );
+        let got: serde_json::Value = serde_json::from_str(&list_json(&jobs)).unwrap();
+        assert_eq!(
+            got[0]["cron"],
+            json!({"schedule": "0 3 * * *", "next_run_unix_ms": 1_700_000_000_000u64,
+                   "next_run": "2023-11-14T22:13:20Z", "collision_policy": "CANCEL_NEW"})
+        );
+        assert_eq!(got[0]["update"], json!(null));
+        assert_eq!(got[1]["cron"], json!(null));
+        assert_eq!(
+            got[2]["update"],
+            json!({"update_id": 4, "status": "ROLL_FORWARD_PAUSED"})
+        );
+        assert_eq!(
+            got[3]["cron"],
+            json!({"schedule": "@yearly", "next_run_unix_ms": null, "next_run": null,
+                   "collision_policy": "KILL_EXISTING"})
+        );
+        assert_eq!(
+            got[3]["update"],
+            json!({"update_id": 2, "status": "ROLLING_BACK"})
+        );
+        // `status --json` carries them too.
+        let status = JobStatusView {
+            job: jobs[1].clone(),
+            tasks: vec![],
+        };
+        let got: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
+        assert_eq!(got["update"]["status"], "ROLLING_BACK");
+        assert_eq!(got["cron"]["schedule"], "@yearly");
     }
 
     #[test]
@@ -1685,6 +1843,12 @@ mod tests {
             "instances = 1\ncommand = \"true\"\n[resources]\ncpu = -1\nram = \"1MiB\"\ndisk = \"1MiB\"\n",
         )
         .unwrap();
+        let cron = dir.join("cron.toml");
+        std::fs::write(
+            &cron,
+            "instances = 1\ncommand = \"true\"\ncron_schedule = \"@daily\"\n[resources]\ncpu = 1\nram = \"1MiB\"\ndisk = \"1MiB\"\n",
+        )
+        .unwrap();
         let cases = [
             (
                 JobCommand::Create {
@@ -1692,6 +1856,15 @@ mod tests {
                     file: bad.clone(),
                 },
                 format!("{}: resources.cpu: must be > 0 (got -1)", bad.display()),
+            ),
+            (
+                JobCommand::Create {
+                    job_key: "www/prod/hello".into(),
+                    file: cron.clone(),
+                },
+                "www/prod/hello's file has a cron_schedule: schedule it with `borealis cron \
+                 schedule`"
+                    .to_string(),
             ),
             (
                 JobCommand::Create {
@@ -1728,7 +1901,7 @@ mod tests {
     /// A scheduler stand-in on 127.0.0.1:0 that answers one request: `respond` gets the
     /// request and its id and returns the frames' bytes to send. Returns the address and a
     /// handle that yields the request it saw.
-    fn fake_scheduler(
+    pub(crate) fn fake_scheduler(
         respond: impl FnOnce(&OwnedMessage, u64) -> Vec<u8> + Send + 'static,
     ) -> (String, thread::JoinHandle<OwnedMessage>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1755,7 +1928,7 @@ mod tests {
         (addr, handle)
     }
 
-    fn frame_of(messages: &[Vec<u8>]) -> Vec<u8> {
+    pub(crate) fn frame_of(messages: &[Vec<u8>]) -> Vec<u8> {
         let mut writer = FrameWriter::new();
         for m in messages {
             writer.push(m);
@@ -1921,6 +2094,8 @@ mod tests {
             instances: 3,
             is_service: true,
             state_counts: counts(&[(TaskState::Running, 3)]),
+            cron: None,
+            update: None,
         }]
     }
 

@@ -6,11 +6,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod admin;
 mod client;
 mod coordinator;
+mod cron;
 mod ha;
 mod host;
 mod http;
 mod restart;
 mod up;
+mod update;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -63,6 +65,22 @@ enum Command {
         #[command(subcommand)]
         command: host::HostCommand,
     },
+    /// Rolling updates of jobs: start, pause, resume, abort, rollback, pulse, list, info.
+    Update {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(subcommand)]
+        command: update::UpdateCommand,
+    },
+    /// Cron jobs: schedule, deschedule, start a run now.
+    Cron {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(subcommand)]
+        command: cron::CronCommand,
+    },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
     Up(Box<up::UpArgs>),
     /// Operator commands that work on a scheduler's data directory.
@@ -109,6 +127,11 @@ fn parse_rate(text: &str) -> Result<f64, String> {
             "{text:?} is not a rate >= 0 (attempts per second; 0: unlimited)"
         )),
     }
+}
+
+/// `--cron-timezone`: GMT, UTC or an IANA zone name, refused here unless it is one.
+fn parse_cron_timezone(text: &str) -> Result<borealis_core::cron::CronTimezone, String> {
+    borealis_core::cron::CronTimezone::parse(text).map_err(|e| e.reason().to_string())
 }
 
 fn one_line(text: &str) -> String {
@@ -306,6 +329,30 @@ pub struct SchedulerArgs {
     /// non-overlapping task reconciliation schedule.
     #[arg(long, default_value = "30min", value_parser = parse_duration)]
     pub reconciliation_schedule_spread: Duration,
+    /// Maximum number of completed job updates to retain in a job update history.
+    #[arg(long, default_value_t = 10)]
+    pub job_update_history_per_job_threshold: usize,
+    /// Job update history pruning threshold: completed updates older than this are pruned.
+    #[arg(long, default_value = "30days", value_parser = parse_duration)]
+    pub job_update_history_pruning_threshold: Duration,
+    /// Upper limit on the number of failures allowed during a job update. This helps cap
+    /// potentially unbounded entries into storage.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_update_instance_failures: u32,
+    /// TimeZone to use for cron predictions (GMT, UTC or an IANA name such as
+    /// America/New_York).
+    #[arg(long, default_value = borealis_core::cron::CRON_TIMEZONE_DEFAULT,
+          value_parser = parse_cron_timezone)]
+    pub cron_timezone: borealis_core::cron::CronTimezone,
+    /// Initial backoff delay while waiting for a previous cron run to be killed.
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub cron_start_initial_backoff: Duration,
+    /// Max backoff delay while waiting for a previous cron run to be killed.
+    #[arg(long, default_value = "1min", value_parser = parse_positive_duration)]
+    pub cron_start_max_backoff: Duration,
+    /// The maximum number of triggered cron jobs that can be processed in a batch.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cron_scheduling_max_batch_size: u32,
 }
 
 impl SchedulerArgs {
@@ -380,9 +427,14 @@ impl SchedulerArgs {
         Ok((scheduler, http))
     }
 
-    /// The shards' settings. Fails when `--tier-config` cannot be read or is not JSON.
+    /// The shards' settings. Fails when `--tier-config` cannot be read or is not JSON, or
+    /// when `--cron-start-initial-backoff` exceeds `--cron-start-max-backoff`.
     pub fn to_config(&self) -> anyhow::Result<borealis_shards::SchedulerConfig> {
         let ms = |d: Duration| d.as_millis() as u64;
+        anyhow::ensure!(
+            self.cron_start_initial_backoff <= self.cron_start_max_backoff,
+            "--cron-start-initial-backoff must not exceed --cron-start-max-backoff"
+        );
         let lifecycle = borealis_core::lifecycle::LifecyclePolicy {
             initial_schedule_penalty_ms: ms(self.initial_schedule_penalty),
             max_schedule_penalty_ms: ms(self.max_schedule_penalty),
@@ -455,6 +507,15 @@ impl SchedulerArgs {
                 reconciliation_implicit_interval_ms: ms(self.reconciliation_implicit_interval),
                 reconciliation_schedule_spread_ms: ms(self.reconciliation_schedule_spread),
             },
+            changes: borealis_shards::ChangeSettings {
+                update_history_per_job: self.job_update_history_per_job_threshold,
+                update_history_prune_threshold_ms: ms(self.job_update_history_pruning_threshold),
+                max_update_instance_failures: self.max_update_instance_failures,
+                cron_timezone: self.cron_timezone,
+                cron_start_initial_backoff_ms: ms(self.cron_start_initial_backoff),
+                cron_start_max_backoff_ms: ms(self.cron_start_max_backoff),
+                cron_scheduling_max_batch_size: self.cron_scheduling_max_batch_size as usize,
+            },
         })
     }
 }
@@ -502,6 +563,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
         Command::Quota { scheduler, command } => client::run_quota_command(&scheduler, command),
         Command::Host { scheduler, command } => host::run(&scheduler, command),
+        Command::Update { scheduler, command } => update::run(&scheduler, command),
+        Command::Cron { scheduler, command } => cron::run(&scheduler, command),
         Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
             init_logging();
@@ -606,6 +669,116 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("not a valid regular expression"), "{error}");
+    }
+
+    #[test]
+    fn update_and_cron_flags_take_auroras_defaults() {
+        let c = config(&[]).changes;
+        assert_eq!(c.update_history_per_job, 10);
+        assert_eq!(c.update_history_prune_threshold_ms, 30 * 24 * 3600 * 1000);
+        assert_eq!(c.max_update_instance_failures, 20_000);
+        assert_eq!(c.cron_timezone.as_str(), "GMT");
+        assert_eq!(c.cron_start_initial_backoff_ms, 5_000);
+        assert_eq!(c.cron_start_max_backoff_ms, 60_000);
+        assert_eq!(c.cron_scheduling_max_batch_size, 10);
+        // The same as the shards' own defaults.
+        let d = borealis_shards::ChangeSettings::default();
+        assert_eq!(
+            (
+                c.update_history_per_job,
+                c.update_history_prune_threshold_ms,
+                c.max_update_instance_failures,
+                c.cron_timezone,
+                c.cron_start_initial_backoff_ms,
+                c.cron_start_max_backoff_ms,
+                c.cron_scheduling_max_batch_size
+            ),
+            (
+                d.update_history_per_job,
+                d.update_history_prune_threshold_ms,
+                d.max_update_instance_failures,
+                d.cron_timezone,
+                d.cron_start_initial_backoff_ms,
+                d.cron_start_max_backoff_ms,
+                d.cron_scheduling_max_batch_size
+            )
+        );
+    }
+
+    #[test]
+    fn update_and_cron_flags_are_read() {
+        let c = config(&[
+            "--job-update-history-per-job-threshold",
+            "3",
+            "--job-update-history-pruning-threshold=2days",
+            "--max-update-instance-failures",
+            "50",
+            "--cron-timezone",
+            "America/New_York",
+            "--cron-start-initial-backoff",
+            "1s",
+            "--cron-start-max-backoff=2min",
+            "--cron-scheduling-max-batch-size",
+            "25",
+        ])
+        .changes;
+        assert_eq!(c.update_history_per_job, 3);
+        assert_eq!(c.update_history_prune_threshold_ms, 2 * 24 * 3600 * 1000);
+        assert_eq!(c.max_update_instance_failures, 50);
+        assert_eq!(c.cron_timezone.as_str(), "America/New_York");
+        assert_eq!(c.cron_start_initial_backoff_ms, 1_000);
+        assert_eq!(c.cron_start_max_backoff_ms, 120_000);
+        assert_eq!(c.cron_scheduling_max_batch_size, 25);
+        assert_eq!(
+            config(&["--cron-timezone", "UTC"])
+                .changes
+                .cron_timezone
+                .as_str(),
+            "UTC"
+        );
+        // No history kept is allowed (Aurora's threshold has no lower bound).
+        assert_eq!(
+            config(&["--job-update-history-per-job-threshold", "0"])
+                .changes
+                .update_history_per_job,
+            0
+        );
+    }
+
+    #[test]
+    fn bad_update_and_cron_flags_are_refused_at_startup() {
+        for flags in [
+            &["--job-update-history-per-job-threshold=-1"][..],
+            &["--job-update-history-pruning-threshold", "a month"],
+            &["--max-update-instance-failures", "0"],
+            &["--max-update-instance-failures", "many"],
+            &["--cron-timezone", "Mars/Olympus_Mons"],
+            &["--cron-timezone", "gmt"],
+            &["--cron-start-initial-backoff", "0s"],
+            &["--cron-start-max-backoff", "soon"],
+            &["--cron-scheduling-max-batch-size", "0"],
+        ] {
+            let error = scheduler_args(flags).unwrap_err().to_string();
+            let flag = flags[0].split('=').next().unwrap();
+            assert!(error.contains(flag), "{flags:?}: {error}");
+        }
+        let error = scheduler_args(&["--cron-timezone", "Mars/Olympus_Mons"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unknown time zone"), "{error}");
+        let error = scheduler_args(&[
+            "--cron-start-initial-backoff",
+            "2min",
+            "--cron-start-max-backoff",
+            "1min",
+        ])
+        .unwrap()
+        .to_config()
+        .unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "--cron-start-initial-backoff must not exceed --cron-start-max-backoff"
+        );
     }
 
     #[test]

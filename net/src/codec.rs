@@ -1,5 +1,10 @@
 //! Builders for every message and the verified decode of one.
 
+use borealis_core::cron::CollisionPolicy;
+use borealis_core::update::{
+    Command, InstancePhase, InstanceProgress, JobUpdate, Rev, UpdateEvent, UpdateSettings,
+    UpdateStatus,
+};
 use borealis_core::{
     Constraint, HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, MaintenanceOp,
     PartitionPolicy, Resources, SlaPolicy, TaskConfig, TaskId, TaskState, Tier,
@@ -262,7 +267,7 @@ fn quota_resources_from_wire(r: Option<&wire::Resources>) -> Resources {
     .unwrap_or_default()
 }
 
-fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
+fn job_summary_from_wire(j: wire::JobSummary<'_>) -> Result<JobSummaryView, WireError> {
     let mut state_counts = [0u32; TaskState::COUNT];
     for (i, n) in j
         .state_counts()
@@ -273,12 +278,221 @@ fn job_summary_from_wire(j: wire::JobSummary<'_>) -> JobSummaryView {
     {
         state_counts[i] = n;
     }
-    JobSummaryView {
+    let cron = match j.cron_schedule() {
+        Some(schedule) => Some(CronSummaryView {
+            schedule: schedule.to_string(),
+            next_run_unix_ms: Some(j.cron_next_run_unix_ms()).filter(|&ms| ms != 0),
+            collision_policy: collision_policy_from_wire(j.cron_collision_policy())?,
+        }),
+        None => None,
+    };
+    let update = if j.has_update() {
+        Some((j.update_id(), update_status_from_wire(j.update_status())?))
+    } else {
+        None
+    };
+    Ok(JobSummaryView {
         job_key: j.job_key().to_string(),
         instances: j.instances(),
         is_service: j.is_service(),
         state_counts,
+        cron,
+        update,
+    })
+}
+
+pub fn update_status_to_wire(status: UpdateStatus) -> wire::UpdateStatus {
+    match status {
+        UpdateStatus::RollingForward => wire::UpdateStatus::RollingForward,
+        UpdateStatus::RollingBack => wire::UpdateStatus::RollingBack,
+        UpdateStatus::RollForwardPaused => wire::UpdateStatus::RollForwardPaused,
+        UpdateStatus::RollBackPaused => wire::UpdateStatus::RollBackPaused,
+        UpdateStatus::RollForwardAwaitingPulse => wire::UpdateStatus::RollForwardAwaitingPulse,
+        UpdateStatus::RollBackAwaitingPulse => wire::UpdateStatus::RollBackAwaitingPulse,
+        UpdateStatus::RolledForward => wire::UpdateStatus::RolledForward,
+        UpdateStatus::RolledBack => wire::UpdateStatus::RolledBack,
+        UpdateStatus::Aborted => wire::UpdateStatus::Aborted,
+        UpdateStatus::Error => wire::UpdateStatus::Error,
+        UpdateStatus::Failed => wire::UpdateStatus::Failed,
     }
+}
+
+/// An update status off the wire; a value this build does not know is an error.
+pub fn update_status_from_wire(status: wire::UpdateStatus) -> Result<UpdateStatus, WireError> {
+    Ok(match status {
+        wire::UpdateStatus::RollingForward => UpdateStatus::RollingForward,
+        wire::UpdateStatus::RollingBack => UpdateStatus::RollingBack,
+        wire::UpdateStatus::RollForwardPaused => UpdateStatus::RollForwardPaused,
+        wire::UpdateStatus::RollBackPaused => UpdateStatus::RollBackPaused,
+        wire::UpdateStatus::RollForwardAwaitingPulse => UpdateStatus::RollForwardAwaitingPulse,
+        wire::UpdateStatus::RollBackAwaitingPulse => UpdateStatus::RollBackAwaitingPulse,
+        wire::UpdateStatus::RolledForward => UpdateStatus::RolledForward,
+        wire::UpdateStatus::RolledBack => UpdateStatus::RolledBack,
+        wire::UpdateStatus::Aborted => UpdateStatus::Aborted,
+        wire::UpdateStatus::Error => UpdateStatus::Error,
+        wire::UpdateStatus::Failed => UpdateStatus::Failed,
+        other => {
+            return Err(WireError::InvalidField {
+                field: "update_status",
+                reason: format!("unknown update status {}", other.0),
+            })
+        }
+    })
+}
+
+pub fn instance_phase_to_wire(phase: InstancePhase) -> wire::InstancePhase {
+    match phase {
+        InstancePhase::Waiting => wire::InstancePhase::Waiting,
+        InstancePhase::InFlight => wire::InstancePhase::InFlight,
+        InstancePhase::Succeeded => wire::InstancePhase::Succeeded,
+        InstancePhase::Failed => wire::InstancePhase::Failed,
+    }
+}
+
+pub fn instance_phase_from_wire(phase: wire::InstancePhase) -> Result<InstancePhase, WireError> {
+    match phase {
+        wire::InstancePhase::Waiting => Ok(InstancePhase::Waiting),
+        wire::InstancePhase::InFlight => Ok(InstancePhase::InFlight),
+        wire::InstancePhase::Succeeded => Ok(InstancePhase::Succeeded),
+        wire::InstancePhase::Failed => Ok(InstancePhase::Failed),
+        other => Err(WireError::InvalidField {
+            field: "phase",
+            reason: format!("unknown instance phase {}", other.0),
+        }),
+    }
+}
+
+pub fn update_op_to_wire(command: Command) -> wire::UpdateOp {
+    match command {
+        Command::Pause => wire::UpdateOp::Pause,
+        Command::Resume => wire::UpdateOp::Resume,
+        Command::Abort => wire::UpdateOp::Abort,
+        Command::Rollback => wire::UpdateOp::Rollback,
+        Command::Pulse => wire::UpdateOp::Pulse,
+    }
+}
+
+/// An update command off the wire; a value this build does not know is an error.
+pub fn update_op_from_wire(op: wire::UpdateOp) -> Result<Command, WireError> {
+    match op {
+        wire::UpdateOp::Pause => Ok(Command::Pause),
+        wire::UpdateOp::Resume => Ok(Command::Resume),
+        wire::UpdateOp::Abort => Ok(Command::Abort),
+        wire::UpdateOp::Rollback => Ok(Command::Rollback),
+        wire::UpdateOp::Pulse => Ok(Command::Pulse),
+        other => Err(WireError::InvalidField {
+            field: "op",
+            reason: format!("unknown update operation {}", other.0),
+        }),
+    }
+}
+
+pub fn collision_policy_to_wire(policy: CollisionPolicy) -> wire::CollisionPolicy {
+    match policy {
+        CollisionPolicy::KillExisting => wire::CollisionPolicy::KillExisting,
+        CollisionPolicy::CancelNew => wire::CollisionPolicy::CancelNew,
+    }
+}
+
+/// A cron collision policy off the wire; a value this build does not know is an error.
+pub fn collision_policy_from_wire(
+    policy: wire::CollisionPolicy,
+) -> Result<CollisionPolicy, WireError> {
+    match policy {
+        wire::CollisionPolicy::KillExisting => Ok(CollisionPolicy::KillExisting),
+        wire::CollisionPolicy::CancelNew => Ok(CollisionPolicy::CancelNew),
+        other => Err(WireError::InvalidField {
+            field: "collision_policy",
+            reason: format!("unknown cron collision policy {}", other.0),
+        }),
+    }
+}
+
+/// Update settings off the wire, as sent (`pulse_interval_secs` 0: none). Not validated: the
+/// scheduler holds them to [`UpdateSettings::validate`].
+pub fn update_settings_from_wire(s: wire::UpdateSettings<'_>) -> UpdateSettings {
+    UpdateSettings {
+        batch_size: s.batch_size(),
+        max_per_instance_failures: s.max_per_instance_failures(),
+        max_total_failures: s.max_total_failures(),
+        watch_secs: s.watch_secs(),
+        rollback_on_failure: s.rollback_on_failure(),
+        wait_for_batch_completion: s.wait_for_batch_completion(),
+        pulse_interval_secs: Some(s.pulse_interval_secs()).filter(|&secs| secs != 0),
+        sla_aware: s.sla_aware(),
+    }
+}
+
+/// A revision of `UpdateInstance`: -1 is none, anything else must be a `Rev`.
+fn rev_from_wire(rev: i64, field: &'static str) -> Result<Option<Rev>, WireError> {
+    match rev {
+        -1 => Ok(None),
+        rev => Rev::try_from(rev)
+            .map(Some)
+            .map_err(|_| WireError::InvalidField {
+                field,
+                reason: format!("revision {rev} is out of range"),
+            }),
+    }
+}
+
+fn rev_to_wire(rev: Option<Rev>) -> i64 {
+    rev.map_or(-1, i64::from)
+}
+
+fn update_info_from_wire(u: wire::UpdateInfo<'_>) -> Result<UpdateInfoView, WireError> {
+    let job_key = u.job_key().to_string();
+    let mut instances = Vec::new();
+    for i in u.instances().iter().flatten() {
+        instances.push(InstanceProgress {
+            instance: i.instance(),
+            from: rev_from_wire(i.from_rev(), "from_rev")?,
+            to: rev_from_wire(i.to_rev(), "to_rev")?,
+            phase: instance_phase_from_wire(i.phase())?,
+            failures: i.failures(),
+            in_rollback: i.in_rollback(),
+        });
+    }
+    let mut events = Vec::new();
+    for e in u.events().iter().flatten() {
+        events.push(UpdateEvent {
+            unix_ms: e.unix_ms(),
+            status: update_status_from_wire(e.status())?,
+            message: e.message().unwrap_or_default().to_string(),
+        });
+    }
+    let mut configs = Vec::new();
+    if let Some(wire_configs) = u.configs() {
+        let job = parse_job_key(&job_key)?;
+        for c in wire_configs.iter() {
+            configs.push((c.rev(), task_config_from_wire(job.clone(), c.config())?));
+        }
+    }
+    let update = JobUpdate {
+        id: u.update_id(),
+        job: job_key.clone(),
+        settings: u
+            .settings()
+            .map(update_settings_from_wire)
+            .unwrap_or_default(),
+        status: update_status_from_wire(u.status())?,
+        instances_before: u.instances_before(),
+        instances_after: u.instances_after(),
+        to_rev: u.to_rev(),
+        instances,
+        failed_instances: u.failed_instances(),
+        created_unix_ms: u.created_unix_ms(),
+        updated_unix_ms: u.updated_unix_ms(),
+        events,
+        last_pulse_us: None,
+        watching: Vec::new(),
+    };
+    Ok(UpdateInfoView {
+        job_key,
+        update,
+        in_flight: u.in_flight(),
+        configs,
+    })
 }
 
 /// Decodes any message into owned values, returning its request id too.
@@ -578,7 +792,7 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .map(task_info_from_wire)
                 .collect();
             OwnedMessage::JobStatus(JobStatusView {
-                job: job_summary_from_wire(s.job()),
+                job: job_summary_from_wire(s.job())?,
                 tasks,
             })
         }
@@ -590,7 +804,7 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .iter()
                 .flatten()
                 .map(job_summary_from_wire)
-                .collect(),
+                .collect::<Result<_, _>>()?,
         ),
         P::HostMaintenance => {
             let m = message.payload_as_host_maintenance().expect("type checked");
@@ -632,6 +846,78 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 instances: r.instances().iter().flatten().collect(),
             }
         }
+        P::StartUpdate => {
+            let u = message.payload_as_start_update().expect("type checked");
+            let job_key = parse_job_key(u.job_key())?;
+            OwnedMessage::StartUpdate {
+                config: task_config_from_wire(job_key.clone(), u.config())?,
+                tier_unset: tier_unset(u.config()),
+                job_key,
+                instances: u.instances(),
+                settings: update_settings_from_wire(u.settings()),
+                scope: u.scope().iter().flatten().collect(),
+                message: u.message().unwrap_or_default().to_string(),
+            }
+        }
+        P::UpdateCommand => {
+            let c = message.payload_as_update_command().expect("type checked");
+            OwnedMessage::UpdateCommand {
+                job_key: parse_job_key(c.job_key())?,
+                command: update_op_from_wire(c.op())?,
+                message: c.message().unwrap_or_default().to_string(),
+            }
+        }
+        P::QueryUpdates => {
+            let q = message.payload_as_query_updates().expect("type checked");
+            let job_key = match q.job_key() {
+                Some(key) if !key.is_empty() => Some(parse_job_key(key)?),
+                _ => None,
+            };
+            OwnedMessage::QueryUpdates {
+                job_key,
+                update_id: q.update_id(),
+                details: q.details(),
+            }
+        }
+        P::UpdateInfo => OwnedMessage::UpdateInfo(update_info_from_wire(
+            message.payload_as_update_info().expect("type checked"),
+        )?),
+        P::UpdateList => {
+            let l = message.payload_as_update_list().expect("type checked");
+            let mut updates = Vec::new();
+            for u in l.updates().iter().flatten() {
+                updates.push(update_info_from_wire(u)?);
+            }
+            OwnedMessage::UpdateList(updates)
+        }
+        P::ScheduleCron => {
+            let c = message.payload_as_schedule_cron().expect("type checked");
+            let job_key = parse_job_key(c.job_key())?;
+            OwnedMessage::ScheduleCron {
+                config: task_config_from_wire(job_key.clone(), c.config())?,
+                tier_unset: tier_unset(c.config()),
+                job_key,
+                instances: c.instances(),
+                schedule: c.schedule().to_string(),
+                collision_policy: collision_policy_from_wire(c.collision_policy())?,
+            }
+        }
+        P::DescheduleCron => OwnedMessage::DescheduleCron {
+            job_key: parse_job_key(
+                message
+                    .payload_as_deschedule_cron()
+                    .expect("type checked")
+                    .job_key(),
+            )?,
+        },
+        P::StartCron => OwnedMessage::StartCron {
+            job_key: parse_job_key(
+                message
+                    .payload_as_start_cron()
+                    .expect("type checked")
+                    .job_key(),
+            )?,
+        },
         P::Ack => OwnedMessage::Ack,
         P::Error => {
             let e = message.payload_as_error().expect("type checked");
@@ -1161,6 +1447,8 @@ impl Encoder {
     fn job_summary(&mut self, j: &JobSummaryView) -> WIPOffset<wire::JobSummary<'static>> {
         let job_key = self.fbb.create_string(&j.job_key);
         let counts = self.fbb.create_vector(&j.state_counts);
+        let cron_schedule = j.cron.as_ref().map(|c| self.fbb.create_string(&c.schedule));
+        let (update_id, update_status) = j.update.unwrap_or((0, UpdateStatus::RollingForward));
         wire::JobSummary::create(
             &mut self.fbb,
             &wire::JobSummaryArgs {
@@ -1168,6 +1456,20 @@ impl Encoder {
                 instances: j.instances,
                 is_service: j.is_service,
                 state_counts: Some(counts),
+                cron_schedule,
+                cron_next_run_unix_ms: j
+                    .cron
+                    .as_ref()
+                    .and_then(|c| c.next_run_unix_ms)
+                    .unwrap_or(0),
+                cron_collision_policy: collision_policy_to_wire(
+                    j.cron
+                        .as_ref()
+                        .map_or(CollisionPolicy::KillExisting, |c| c.collision_policy),
+                ),
+                update_id,
+                update_status: update_status_to_wire(update_status),
+                has_update: j.update.is_some(),
             },
         )
     }
@@ -1318,6 +1620,324 @@ impl Encoder {
             request_id,
             Some(&key_text),
             wire::Payload::RestartJob,
+            payload.as_union_value(),
+        )
+    }
+
+    fn update_settings(&mut self, s: &UpdateSettings) -> WIPOffset<wire::UpdateSettings<'static>> {
+        wire::UpdateSettings::create(
+            &mut self.fbb,
+            &wire::UpdateSettingsArgs {
+                batch_size: s.batch_size,
+                max_per_instance_failures: s.max_per_instance_failures,
+                max_total_failures: s.max_total_failures,
+                watch_secs: s.watch_secs,
+                rollback_on_failure: s.rollback_on_failure,
+                wait_for_batch_completion: s.wait_for_batch_completion,
+                pulse_interval_secs: s.pulse_interval_secs.unwrap_or(0),
+                sla_aware: s.sla_aware,
+            },
+        )
+    }
+
+    /// A message string, left out when empty (absent reads as empty).
+    fn optional_string(&mut self, text: &str) -> Option<WIPOffset<&'static str>> {
+        (!text.is_empty()).then(|| self.fbb.create_string(text))
+    }
+
+    /// Starts a rolling update whose tier is `config.tier`, as asked (`start_update_spec`
+    /// with `tier_explicit`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_update(
+        &mut self,
+        request_id: u64,
+        job_key: &JobKey,
+        instances: u32,
+        config: &TaskConfig,
+        settings: &UpdateSettings,
+        scope: &[u32],
+        message: &str,
+    ) -> &[u8] {
+        self.start_update_spec(
+            request_id, job_key, instances, config, true, settings, scope, message,
+        )
+    }
+
+    /// Starts a rolling update of `job_key` to `config` with `instances` instances, over
+    /// `scope` (empty: every instance). `tier_explicit` false: the job file named no tier (see
+    /// [`Encoder::create_job_spec`]). Routed on the job key.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_update_spec(
+        &mut self,
+        request_id: u64,
+        job_key: &JobKey,
+        instances: u32,
+        config: &TaskConfig,
+        tier_explicit: bool,
+        settings: &UpdateSettings,
+        scope: &[u32],
+        message: &str,
+    ) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let config = self.task_config(config, !tier_explicit, false);
+        let settings = self.update_settings(settings);
+        let scope = self.fbb.create_vector(scope);
+        let message = self.optional_string(message);
+        let payload = wire::StartUpdate::create(
+            &mut self.fbb,
+            &wire::StartUpdateArgs {
+                job_key: Some(key),
+                instances,
+                config: Some(config),
+                settings: Some(settings),
+                scope: Some(scope),
+                message,
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::StartUpdate,
+            payload.as_union_value(),
+        )
+    }
+
+    /// A command on the job's active update. Routed on the job key.
+    pub fn update_command(
+        &mut self,
+        request_id: u64,
+        job_key: &JobKey,
+        op: Command,
+        message: &str,
+    ) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let message = self.optional_string(message);
+        let payload = wire::UpdateCommand::create(
+            &mut self.fbb,
+            &wire::UpdateCommandArgs {
+                job_key: Some(key),
+                op: update_op_to_wire(op),
+                message,
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::UpdateCommand,
+            payload.as_union_value(),
+        )
+    }
+
+    /// Asks for one job's updates (routed on its key) or, with `job_key` None, every job's.
+    /// `update_id` 0: all of them; `details`: with per-instance progress, events and configs.
+    pub fn query_updates(
+        &mut self,
+        request_id: u64,
+        job_key: Option<&JobKey>,
+        update_id: u64,
+        details: bool,
+    ) -> &[u8] {
+        self.begin();
+        let key_text = job_key.map(JobKey::to_string);
+        let key = key_text.as_deref().map(|k| self.fbb.create_string(k));
+        let payload = wire::QueryUpdates::create(
+            &mut self.fbb,
+            &wire::QueryUpdatesArgs {
+                job_key: key,
+                update_id,
+                details,
+            },
+        );
+        self.finish_message(
+            request_id,
+            key_text.as_deref(),
+            wire::Payload::QueryUpdates,
+            payload.as_union_value(),
+        )
+    }
+
+    fn update_info_table(&mut self, view: &UpdateInfoView) -> WIPOffset<wire::UpdateInfo<'static>> {
+        let u = &view.update;
+        let job_key = self.fbb.create_string(&view.job_key);
+        let settings = self.update_settings(&u.settings);
+        let mut instances = Vec::with_capacity(u.instances.len());
+        for p in &u.instances {
+            instances.push(wire::UpdateInstance::create(
+                &mut self.fbb,
+                &wire::UpdateInstanceArgs {
+                    instance: p.instance,
+                    from_rev: rev_to_wire(p.from),
+                    to_rev: rev_to_wire(p.to),
+                    phase: instance_phase_to_wire(p.phase),
+                    failures: p.failures,
+                    in_rollback: p.in_rollback,
+                },
+            ));
+        }
+        let instances = self.fbb.create_vector(&instances);
+        let mut events = Vec::with_capacity(u.events.len());
+        for e in &u.events {
+            let message = self.optional_string(&e.message);
+            events.push(wire::UpdateEventInfo::create(
+                &mut self.fbb,
+                &wire::UpdateEventInfoArgs {
+                    unix_ms: e.unix_ms,
+                    status: update_status_to_wire(e.status),
+                    message,
+                },
+            ));
+        }
+        let events = self.fbb.create_vector(&events);
+        let mut configs = Vec::with_capacity(view.configs.len());
+        for (rev, config) in &view.configs {
+            let config = self.task_config(config, false, false);
+            configs.push(wire::RevisionConfig::create(
+                &mut self.fbb,
+                &wire::RevisionConfigArgs {
+                    rev: *rev,
+                    config: Some(config),
+                },
+            ));
+        }
+        let configs = self.fbb.create_vector(&configs);
+        wire::UpdateInfo::create(
+            &mut self.fbb,
+            &wire::UpdateInfoArgs {
+                job_key: Some(job_key),
+                update_id: u.id,
+                status: update_status_to_wire(u.status),
+                settings: Some(settings),
+                instances_before: u.instances_before,
+                instances_after: u.instances_after,
+                to_rev: u.to_rev,
+                failed_instances: u.failed_instances,
+                in_flight: view.in_flight,
+                created_unix_ms: u.created_unix_ms,
+                updated_unix_ms: u.updated_unix_ms,
+                instances: Some(instances),
+                events: Some(events),
+                configs: Some(configs),
+            },
+        )
+    }
+
+    /// One update: the answer to `StartUpdate` and `UpdateCommand`. Carries the view's
+    /// instances, events and configs as they are (empty ones for a summary).
+    pub fn update_info(&mut self, request_id: u64, update: &UpdateInfoView) -> &[u8] {
+        self.begin();
+        let payload = self.update_info_table(update);
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::UpdateInfo,
+            payload.as_union_value(),
+        )
+    }
+
+    /// The answer to `QueryUpdates`.
+    pub fn update_list(&mut self, request_id: u64, updates: &[UpdateInfoView]) -> &[u8] {
+        self.begin();
+        let tables: Vec<_> = updates.iter().map(|u| self.update_info_table(u)).collect();
+        let updates = self.fbb.create_vector(&tables);
+        let payload = wire::UpdateList::create(
+            &mut self.fbb,
+            &wire::UpdateListArgs {
+                updates: Some(updates),
+            },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::UpdateList,
+            payload.as_union_value(),
+        )
+    }
+
+    /// Schedules (or replaces) a cron job whose tier is `config.tier`, as asked
+    /// (`schedule_cron_spec` with `tier_explicit`).
+    pub fn schedule_cron(
+        &mut self,
+        request_id: u64,
+        job_key: &JobKey,
+        instances: u32,
+        config: &TaskConfig,
+        schedule: &str,
+        policy: CollisionPolicy,
+    ) -> &[u8] {
+        self.schedule_cron_spec(
+            request_id, job_key, instances, config, true, schedule, policy,
+        )
+    }
+
+    /// Schedules (or replaces) a cron job: at each trigger of `schedule`, `instances` of
+    /// `config` run. `tier_explicit` false: the job file named no tier (see
+    /// [`Encoder::create_job_spec`]). Routed on the job key.
+    #[allow(clippy::too_many_arguments)]
+    pub fn schedule_cron_spec(
+        &mut self,
+        request_id: u64,
+        job_key: &JobKey,
+        instances: u32,
+        config: &TaskConfig,
+        tier_explicit: bool,
+        schedule: &str,
+        policy: CollisionPolicy,
+    ) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let config = self.task_config(config, !tier_explicit, false);
+        let schedule = self.fbb.create_string(schedule);
+        let payload = wire::ScheduleCron::create(
+            &mut self.fbb,
+            &wire::ScheduleCronArgs {
+                job_key: Some(key),
+                instances,
+                config: Some(config),
+                schedule: Some(schedule),
+                collision_policy: collision_policy_to_wire(policy),
+            },
+        );
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::ScheduleCron,
+            payload.as_union_value(),
+        )
+    }
+
+    /// Removes a cron job's schedule (a running run is left alone). Routed on the job key.
+    pub fn deschedule_cron(&mut self, request_id: u64, job_key: &JobKey) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let payload = wire::DescheduleCron::create(
+            &mut self.fbb,
+            &wire::DescheduleCronArgs { job_key: Some(key) },
+        );
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::DescheduleCron,
+            payload.as_union_value(),
+        )
+    }
+
+    /// Runs a cron job now (its collision policy applies). Routed on the job key.
+    pub fn start_cron(&mut self, request_id: u64, job_key: &JobKey) -> &[u8] {
+        self.begin();
+        let key_text = job_key.to_string();
+        let key = self.fbb.create_string(&key_text);
+        let payload =
+            wire::StartCron::create(&mut self.fbb, &wire::StartCronArgs { job_key: Some(key) });
+        self.finish_message(
+            request_id,
+            Some(&key_text),
+            wire::Payload::StartCron,
             payload.as_union_value(),
         )
     }
@@ -1856,6 +2476,8 @@ mod tests {
                 instances: 3,
                 is_service: true,
                 state_counts: [0; TaskState::COUNT],
+                cron: None,
+                update: None,
             },
             tasks: vec![
                 task(0, TaskState::Pending, "Insufficient: ram", None),

@@ -1,6 +1,8 @@
 //! Owned forms of the wire messages, for peers off the hot path (the agent, the CLI, tests).
 //! The scheduler's shards do not use these: they read the flatbuffers in place.
 
+use borealis_core::cron::CollisionPolicy;
+use borealis_core::update::{Command, JobUpdate, Rev, UpdateSettings, UpdateStatus};
 use borealis_core::{
     Attributes, HostMode, JobKey, MaintenanceOp, Resources, TaskConfig, TaskId, TaskState,
 };
@@ -71,13 +73,41 @@ pub struct QuotaView {
     pub quota_set: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct JobSummaryView {
     pub job_key: String,
     pub instances: u32,
     pub is_service: bool,
     /// Tasks per state, indexed by `TaskState as usize`.
     pub state_counts: [u32; TaskState::COUNT],
+    /// Set for a cron job: its schedule, next run and collision policy.
+    pub cron: Option<CronSummaryView>,
+    /// The job's active update, if any: its id and status.
+    pub update: Option<(u64, UpdateStatus)>,
+}
+
+/// A cron job's schedule as a job summary carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronSummaryView {
+    /// The five-field schedule (or shortcut), as the job file gave it.
+    pub schedule: String,
+    /// When it runs next (unix ms; wire: 0 means not known).
+    pub next_run_unix_ms: Option<u64>,
+    pub collision_policy: CollisionPolicy,
+}
+
+/// One job update, as `UpdateInfo` carries it (the answer to `StartUpdate`, `UpdateCommand`,
+/// and each entry of `UpdateList`). `update.job` is `job_key`; `update`'s transient fields
+/// (`last_pulse_us`, `watching`) are left default. Without details `update.instances`,
+/// `update.events` and `configs` are empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateInfoView {
+    pub job_key: String,
+    pub update: JobUpdate,
+    /// Instances taken and not settled (known without details too).
+    pub in_flight: u32,
+    /// Every revision named by `update.instances` (from and to), with its config.
+    pub configs: Vec<(Rev, TaskConfig)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,6 +210,48 @@ pub enum OwnedMessage {
     RestartJob {
         job_key: JobKey,
         instances: Vec<u32>,
+    },
+    /// Starts a rolling update of the job to `config` with `instances` instances, over `scope`
+    /// (empty: every instance).
+    StartUpdate {
+        job_key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+        /// The job file named no tier (see `codec::tier_unset`).
+        tier_unset: bool,
+        settings: UpdateSettings,
+        scope: Vec<u32>,
+        message: String,
+    },
+    /// A command on the job's active update.
+    UpdateCommand {
+        job_key: JobKey,
+        command: Command,
+        message: String,
+    },
+    /// One job's updates (`job_key` set) or every job's; `update_id` 0: all of them.
+    QueryUpdates {
+        job_key: Option<JobKey>,
+        update_id: u64,
+        details: bool,
+    },
+    UpdateInfo(UpdateInfoView),
+    UpdateList(Vec<UpdateInfoView>),
+    /// Schedules (or replaces) a cron job.
+    ScheduleCron {
+        job_key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+        /// The job file named no tier (see `codec::tier_unset`).
+        tier_unset: bool,
+        schedule: String,
+        collision_policy: CollisionPolicy,
+    },
+    DescheduleCron {
+        job_key: JobKey,
+    },
+    StartCron {
+        job_key: JobKey,
     },
     JobStatus(JobStatusView),
     JobList(Vec<JobSummaryView>),

@@ -21,6 +21,17 @@ pub struct DesiredJob {
     /// Instances that must not run again: killed by a user, or ad-hoc instances that ended
     /// for good.
     pub retired: Vec<u32>,
+    /// Its configuration revisions (`config` is `revs.head`); absent in what builds before
+    /// rolling updates wrote: one revision, 0.
+    #[serde(default)]
+    pub revs: borealis_store::image::JobRevs,
+    /// Its updates, oldest first (finished ones without per-instance progress, to keep the
+    /// value small).
+    #[serde(default)]
+    pub updates: Vec<borealis_core::update::JobUpdate>,
+    /// A cron job's schedule and template.
+    #[serde(default)]
+    pub cron: Option<borealis_store::image::CronImage>,
 }
 
 /// Control thread → shard.

@@ -96,6 +96,43 @@ pub struct SchedulerConfig {
     pub allowed_job_environments: String,
     /// Drains under SLAs, kill retries, partitions and reconciliation.
     pub service: ServiceSettings,
+    /// Rolling updates and cron jobs.
+    pub changes: ChangeSettings,
+}
+
+/// How jobs change: rolling updates and cron runs (Aurora's flags, same meanings and defaults).
+#[derive(Clone, Debug)]
+pub struct ChangeSettings {
+    /// `--job-update-history-per-job-threshold` (10): finished updates kept per job.
+    pub update_history_per_job: usize,
+    /// `--job-update-history-pruning-threshold` (30 days): finished updates older than this
+    /// are pruned.
+    pub update_history_prune_threshold_ms: u64,
+    /// `--max-update-instance-failures` (20,000): the most failures one update may record
+    /// (`max_per_instance_failures` × instances).
+    pub max_update_instance_failures: u32,
+    /// `--cron-timezone` (GMT).
+    pub cron_timezone: borealis_core::cron::CronTimezone,
+    /// `--cron-start-initial-backoff` (5 s) and `--cron-start-max-backoff` (1 min): waits
+    /// while a previous run is being killed.
+    pub cron_start_initial_backoff_ms: u64,
+    pub cron_start_max_backoff_ms: u64,
+    /// `--cron-scheduling-max-batch-size` (10): cron triggers handled per tick and shard.
+    pub cron_scheduling_max_batch_size: usize,
+}
+
+impl Default for ChangeSettings {
+    fn default() -> ChangeSettings {
+        ChangeSettings {
+            update_history_per_job: 10,
+            update_history_prune_threshold_ms: 30 * 24 * 3600 * 1000,
+            max_update_instance_failures: 20_000,
+            cron_timezone: borealis_core::cron::CronTimezone::default(),
+            cron_start_initial_backoff_ms: 5_000,
+            cron_start_max_backoff_ms: 60_000,
+            cron_scheduling_max_batch_size: 10,
+        }
+    }
 }
 
 /// How the scheduler keeps services up through maintenance and faults (Aurora's flags, same

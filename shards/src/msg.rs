@@ -77,16 +77,19 @@ pub enum PeerMsg {
         conn: ConnId,
         bytes: Vec<u8>,
     },
-    /// Scatter part of `ListJobs`: answer with this shard's jobs.
+    /// Scatter part of `ListJobs` (or, with `updates`, of a cluster-wide `QueryUpdates`):
+    /// answer with this shard's jobs (or active updates).
     ListJobs {
         reply: ReplyTo,
         request_id: u64,
+        updates: bool,
     },
     /// Gather part of `ListJobs`.
     ListPart {
         conn: ConnId,
         request_id: u64,
         jobs: Vec<JobSummaryView>,
+        updates: Vec<borealis_net::views::UpdateInfoView>,
         /// The part's shard does not lead (yet): the list would be partial.
         refused: bool,
     },

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
-use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView};
+use borealis_net::views::{
+    ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView, UpdateInfoView,
+};
 
 use crate::agents::TaskPlan;
 use crate::invariants::Violation;
@@ -32,6 +34,9 @@ pub struct JobConfig {
     /// What maintenance must leave of the job, and what a partition does to it.
     pub sla_policy: Option<borealis_core::SlaPolicy>,
     pub partition_policy: Option<borealis_core::PartitionPolicy>,
+    /// Words appended to the command (after the plan's): a distinct configuration that
+    /// behaves the same (`TaskPlan::parse` reads only the first words).
+    pub tag: String,
 }
 
 impl JobConfig {
@@ -57,7 +62,18 @@ impl JobConfig {
             priority: 0,
             sla_policy: None,
             partition_policy: None,
+            tag: String::new(),
         }
+    }
+
+    /// Appends `word` to the command: `JobConfig::new(6, 500, 128).tag("v2")` runs
+    /// "sim run v2", a configuration other than "sim run" that also runs until killed.
+    pub fn tag(mut self, word: &str) -> JobConfig {
+        if !self.tag.is_empty() {
+            self.tag.push(' ');
+        }
+        self.tag.push_str(word);
+        self
     }
 
     pub fn sla(mut self, policy: borealis_core::SlaPolicy) -> JobConfig {
@@ -126,9 +142,16 @@ impl JobConfig {
     pub fn task_config(&self, key: &JobKey) -> TaskConfig {
         TaskConfig {
             job: key.clone(),
-            command: match self.kill_ms {
-                Some(ms) => format!("{} kill={ms}", self.plan.command()),
-                None => self.plan.command(),
+            command: {
+                let mut command = self.plan.command();
+                if !self.tag.is_empty() {
+                    command.push(' ');
+                    command.push_str(&self.tag);
+                }
+                if let Some(ms) = self.kill_ms {
+                    command.push_str(&format!(" kill={ms}"));
+                }
+                command
             },
             resources: self.resources,
             port_names: (0..self.resources.ports).map(|i| format!("p{i}")).collect(),
@@ -174,6 +197,9 @@ impl std::fmt::Debug for JobConfig {
             write!(f, " priority={}", self.priority)?;
         }
         write!(f, " failures={} {:?}", self.max_task_failures, self.plan)?;
+        if !self.tag.is_empty() {
+            write!(f, " tag={}", self.tag)?;
+        }
         for c in &self.constraints {
             match c {
                 Constraint::Value {
@@ -219,6 +245,16 @@ pub enum Request {
     /// `host maintenance ...` or `job restart` (answered with host statuses, or an ack).
     Host,
     Restart,
+    /// `borealis update start` of `key` to `instances` instances over `scope` (empty: all).
+    StartUpdate {
+        key: String,
+        instances: u32,
+        scope: Vec<u32>,
+    },
+    /// `borealis update pause|resume|abort|rollback|pulse`, or `update status` (a query).
+    Update {
+        key: String,
+    },
 }
 
 /// A reply, as the builder API returns it.
@@ -235,6 +271,8 @@ pub enum Reply {
     Quota(QuotaView),
     /// The answer to `HostMaintenance`.
     Hosts(Vec<borealis_net::views::HostStatusView>),
+    /// The answer to `StartUpdate`, `UpdateCommand` and `QueryUpdates`.
+    Updates(Vec<UpdateInfoView>),
     /// The connection closed before the answer came (the outcome is unknown).
     Lost,
 }
@@ -287,6 +325,11 @@ pub struct Ledger {
     /// Creates refused for quota (`QuotaExceeded`): a refusal is not an acknowledged create,
     /// and nothing of it may exist (for the keys the per-job facts apply to).
     pub refused_creates: BTreeSet<String>,
+    /// Updates sent and not yet seen landing (no answer, and the job's latest update is still
+    /// the one it had when they were sent): key → (that update's id, 0 for none; the
+    /// instances they cover). Those instances are not noted ended meanwhile: the update may
+    /// start them again.
+    pub reviving: BTreeMap<String, (u64, BTreeSet<u32>)>,
 }
 
 impl Ledger {
@@ -299,6 +342,47 @@ impl Ledger {
         if !self.create_sent.insert(key.to_string()) {
             self.tainted.insert(key.to_string());
         }
+    }
+
+    /// An update of `key` to `instances` instances over `scope` (empty: all) was sent. The
+    /// instances it covers may run again (an update adds back an instance that ended or was
+    /// killed): they leave the facts of ended and killed instances. Noted when sent, not
+    /// when answered: the update takes instances in the round that starts it, before its
+    /// answer arrives. `latest_update` is the job's latest update's id when it was sent (0: none).
+    pub fn note_update_sent(
+        &mut self,
+        key: &str,
+        instances: u32,
+        scope: &[u32],
+        latest_update: u64,
+    ) {
+        let covered = |i: u32| i < instances && (scope.is_empty() || scope.contains(&i));
+        let entry = self
+            .reviving
+            .entry(key.to_string())
+            .or_insert((latest_update, BTreeSet::new()));
+        entry.0 = entry.0.min(latest_update);
+        entry.1.extend((0..instances).filter(|&i| covered(i)));
+        self.ended_instances
+            .retain(|(k, i)| k.as_str() != key || !covered(*i));
+        if let Some(killed) = self.acked_kills.get_mut(key) {
+            if killed.contains(&u32::MAX) && !scope.is_empty() {
+                // "Every instance" less some cannot be told apart from the job's count later.
+                self.acked_kills.remove(key);
+            } else {
+                killed.retain(|&i| i != u32::MAX && !covered(i));
+                if killed.is_empty() {
+                    self.acked_kills.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Updates sent that the scheduler shows (the job's latest update is a newer one) are no
+    /// longer pending; `latest` answers the job's latest update's id (None: no such job).
+    pub fn note_updates_landed(&mut self, latest: impl Fn(&str) -> Option<u64>) {
+        self.reviving
+            .retain(|key, (since, _)| latest(key).is_none_or(|id| id <= *since));
     }
 
     /// Applies a client's reply; a reply that contradicts an acknowledged fact is a violation.
@@ -317,6 +401,8 @@ impl Ledger {
             OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
             OwnedMessage::QuotaInfo(info) => Reply::Quota(info.clone()),
             OwnedMessage::HostStatusList(hosts) => Reply::Hosts(hosts.clone()),
+            OwnedMessage::UpdateList(updates) => Reply::Updates(updates.clone()),
+            OwnedMessage::UpdateInfo(update) => Reply::Updates(vec![update.clone()]),
             other => {
                 return Err(Violation::new(
                     "client_reply_well_formed",
@@ -332,6 +418,9 @@ impl Ledger {
                 if *code == ErrorCode::QuotaExceeded =>
             {
                 self.refused_creates.insert(key.clone());
+            }
+            (Request::StartUpdate { key, .. }, Reply::Updates(_) | Reply::Error { .. }) => {
+                self.reviving.remove(key);
             }
             (Request::Kill { key, instances }, Reply::Ack) => {
                 let set = self.acked_kills.entry(key.clone()).or_default();

@@ -162,5 +162,6 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         max_schedule_attempts_per_sec: flags.max_schedule_attempts_per_sec,
         allowed_job_environments: flags.allowed_job_environments.clone(),
         service: flags.service.clone(),
+        changes: borealis_shards::ChangeSettings::default(),
     })
 }

@@ -53,6 +53,8 @@ pub const ALL: &[&str] = &[
     "single_leader",
     "quotas_never_exceeded",
     "refused_create_absent",
+    "update_within_batch",
+    "update_moves_only_what_it_took",
     "agent_accounting_exact_when_quiet",
     "instance_runs_once_on_agents",
     "agents_agree_with_scheduler",
@@ -230,6 +232,9 @@ impl Checker {
                 0
             };
             self.quotas_never_exceeded(inst, view.now_us, window_us, since)?;
+        }
+        for inst in view.instances.iter().filter(|i| i.acting()) {
+            updates_within_bounds(inst)?;
         }
         acked_facts(view)?;
         ended_instances_stay_ended(view)?;
@@ -436,6 +441,72 @@ fn instance_active_once(inst: &InstanceAudit) -> Result<(), Violation> {
                         inst.instance, t.job, t.instance, t.id, t.state
                     ),
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every active update of the acting instance's jobs (on the shards that act) stays within
+/// its bounds:
+/// - `update_within_batch`: at most `batch_size` instances are taken and not settled
+///   (`InstancePhase::InFlight`), so no more instances are down because of it;
+/// - `update_moves_only_what_it_took`: each instance of its scope has the desired revision the
+///   update's progress says (`InstanceProgress::desired`): one it has not taken keeps what it
+///   had (forward: its `from`), one it took wants its target, and one it wants not running (an
+///   instance it adds and has not taken yet, or one it removed) is retired.
+pub fn updates_within_bounds(inst: &InstanceAudit) -> Result<(), Violation> {
+    for shard in inst.shards.iter().filter(|s| s.acting) {
+        for j in &shard.jobs {
+            let Some(u) = j.update.as_ref().filter(|u| u.status.is_active()) else {
+                continue;
+            };
+            let in_flight = u.in_flight();
+            ensure(
+                in_flight <= u.settings.batch_size as usize,
+                "update_within_batch",
+                || {
+                    let taken: Vec<u32> = u
+                        .instances
+                        .iter()
+                        .filter(|p| p.phase == borealis_core::update::InstancePhase::InFlight)
+                        .map(|p| p.instance)
+                        .collect();
+                    format!(
+                        "instance {}: update {} of {} ({}) has {in_flight} instances in flight                          {taken:?}, over its batch_size {}",
+                        inst.instance, u.id, j.key, u.status, u.settings.batch_size
+                    )
+                },
+            )?;
+            for p in &u.instances {
+                let i = p.instance as usize;
+                let want = p.desired(u.status);
+                let retired = j.retired.get(i).copied().unwrap_or(true);
+                let has = if retired {
+                    None
+                } else {
+                    j.desired_revs.get(i).copied()
+                };
+                let ok = match want {
+                    None => retired,
+                    Some(rev) => j.desired_revs.get(i) == Some(&rev),
+                };
+                ensure(ok, "update_moves_only_what_it_took", || {
+                    format!(
+                        "instance {}: update {} of {} ({}) wants {}/{} on revision {want:?}                          (phase {}, from {:?}, to {:?}, in rollback {}), the job desires                          {has:?} for it (head {}, retired {retired})",
+                        inst.instance,
+                        u.id,
+                        j.key,
+                        u.status,
+                        j.key,
+                        p.instance,
+                        p.phase.as_str(),
+                        p.from,
+                        p.to,
+                        p.in_rollback,
+                        j.head_rev
+                    )
+                })?;
             }
         }
     }
@@ -681,7 +752,8 @@ fn acked_facts(view: &View<'_>) -> Result<(), Violation> {
 
 /// The instances the scheduler shows ended for good after an acknowledged end, not noted
 /// yet: no current task, and the instance's newest task ended with a status acked to its
-/// agent (or a kill acked to a client).
+/// agent (or a kill acked to a client); not those an update sent or under way may start
+/// again (an update adds back instances that ended).
 pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Vec<(String, u32)> {
     let mut ended = Vec::new();
     for inst in instances.iter().filter(|i| i.acting()) {
@@ -699,9 +771,19 @@ pub fn newly_ended_instances(instances: &[InstanceAudit], ledger: &Ledger) -> Ve
                 if !ledger.tracks(&key) {
                     continue;
                 }
+                let update = j.update.as_ref().filter(|u| u.status.is_active());
+                let reviving = ledger.reviving.get(&key).map(|(_, set)| set);
                 for (i, slot) in j.current.iter().enumerate() {
                     let i = i as u32;
                     if slot.is_some() || ledger.ended_instances.contains(&(key.clone(), i)) {
+                        continue;
+                    }
+                    // An update sent, or one under way, may start it again.
+                    let may_return = reviving.is_some_and(|set| set.contains(&i))
+                        || update
+                            .and_then(|u| u.progress(i))
+                            .is_some_and(|p| p.to.is_some());
+                    if may_return {
                         continue;
                     }
                     let Some(t) = newest.get(&(&j.key, i)) else {
@@ -957,6 +1039,12 @@ mod tests {
                 retired: vec![false],
                 quota_use: cpu(*used),
                 sla_policy: None,
+                head_rev: 0,
+                desired_revs: vec![0],
+                revisions: [(0, "sim run".to_string())].into_iter().collect(),
+                update: None,
+                named_revs: Default::default(),
+                cron_next_run_unix_ms: None,
             });
         }
         InstanceAudit {
@@ -1073,6 +1161,105 @@ mod tests {
                 expected
             );
         }
+    }
+
+    /// One acting shard with a 4-instance job on revision 1 updating to revision 2 (batch 2),
+    /// whose instances 0 and 1 the update took: the job desires revision 2 for them.
+    fn updating() -> InstanceAudit {
+        use borealis_core::update::{InstancePhase, JobUpdate, UpdateSettings};
+        let settings = UpdateSettings {
+            batch_size: 2,
+            ..UpdateSettings::default()
+        };
+        let scope = (0..4).map(|i| (i, Some(1)));
+        let mut u = JobUpdate::new(
+            1,
+            "www/prod/j".into(),
+            settings,
+            4,
+            4,
+            2,
+            scope,
+            0,
+            "".into(),
+        );
+        u.instances[0].phase = InstancePhase::InFlight;
+        u.instances[1].phase = InstancePhase::InFlight;
+        let mut inst = instance(None, &[]);
+        inst.shards[0].jobs.push(JobAudit {
+            key: "www/prod/j".parse().unwrap(),
+            instances: 4,
+            current: vec![None; 4],
+            resources: cpu(100),
+            production: false,
+            retired: vec![false; 4],
+            quota_use: Resources::ZERO,
+            sla_policy: None,
+            head_rev: 1,
+            desired_revs: vec![2, 2, 1, 1],
+            revisions: [(1, "sim run".to_string()), (2, "sim run v2".to_string())]
+                .into_iter()
+                .collect(),
+            update: Some(u),
+            named_revs: [1, 2].into_iter().collect(),
+            cron_next_run_unix_ms: None,
+        });
+        inst
+    }
+
+    fn update_check(inst: &InstanceAudit) -> Result<(), &'static str> {
+        updates_within_bounds(inst).map_err(|v| v.invariant)
+    }
+
+    #[test]
+    fn an_update_within_its_batch_passes() {
+        assert_eq!(update_check(&updating()), Ok(()));
+    }
+
+    #[test]
+    fn an_update_past_its_batch_is_caught() {
+        use borealis_core::update::InstancePhase;
+        let mut inst = updating();
+        let job = &mut inst.shards[0].jobs[0];
+        job.update.as_mut().unwrap().instances[2].phase = InstancePhase::InFlight;
+        job.desired_revs[2] = 2;
+        assert_eq!(update_check(&inst), Err("update_within_batch"));
+        // A finished update is not held to it.
+        let job = &mut inst.shards[0].jobs[0];
+        job.update.as_mut().unwrap().status = borealis_core::update::UpdateStatus::Aborted;
+        assert_eq!(update_check(&inst), Ok(()));
+    }
+
+    #[test]
+    fn an_update_moving_an_instance_it_has_not_taken_is_caught() {
+        let mut inst = updating();
+        inst.shards[0].jobs[0].desired_revs[3] = 2;
+        assert_eq!(update_check(&inst), Err("update_moves_only_what_it_took"));
+        // Nor may an instance it took stay behind.
+        let mut inst = updating();
+        inst.shards[0].jobs[0].desired_revs[0] = 1;
+        assert_eq!(update_check(&inst), Err("update_moves_only_what_it_took"));
+    }
+
+    #[test]
+    fn an_instance_the_update_removes_must_be_retired() {
+        use borealis_core::update::InstancePhase;
+        let mut inst = updating();
+        let job = &mut inst.shards[0].jobs[0];
+        let u = job.update.as_mut().unwrap();
+        u.instances[3].to = None; // 4 -> 3 instances
+        u.instances[3].phase = InstancePhase::Waiting;
+        assert_eq!(
+            update_check(&inst),
+            Ok(()),
+            "not taken yet: it keeps revision 1"
+        );
+        let job = &mut inst.shards[0].jobs[0];
+        job.update.as_mut().unwrap().instances[1].phase = InstancePhase::Succeeded;
+        job.update.as_mut().unwrap().instances[3].phase = InstancePhase::InFlight;
+        assert_eq!(update_check(&inst), Err("update_moves_only_what_it_took"));
+        inst.shards[0].jobs[0].retired[3] = true;
+        assert_eq!(update_check(&inst), Ok(()));
     }
 
     #[test]

@@ -36,7 +36,9 @@
 //! instance; acknowledged creates exist, acknowledged kills stay killed, ends acknowledged to
 //! agents stay ends, instances ended for good stay ended (also in etcd's desired state);
 //! quotas never exceeded (a role's production use, summed over every shard, within its quota;
-//! below a lowered quota it may stay but not grow); a create refused for quota left nothing.
+//! below a lowered quota it may stay but not grow); a create refused for quota left nothing;
+//! an active job update has at most `batch_size` instances in flight and moves (changes the
+//! desired revision of) only the instances it has taken.
 //! Once
 //! quiet (past the reconciliation grace): exact accounting, no instance running twice on the
 //! agents, agents and scheduler agree on every task, kills completed, every end acknowledged,

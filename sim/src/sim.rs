@@ -36,8 +36,9 @@
 
 use std::collections::BTreeSet;
 
+use borealis_core::update::{Command, UpdateSettings};
 use borealis_core::{Resources, TaskId, TaskState};
-use borealis_net::views::{JobStatusView, QuotaView};
+use borealis_net::views::{JobStatusView, QuotaView, UpdateInfoView};
 use borealis_shards::shard::InjectedBug;
 
 use crate::agents::{AgentSpec, AgentTask};
@@ -280,6 +281,148 @@ impl Sim {
         }
     }
 
+    /// `borealis update start`: a rolling update of `key` to `config` (its instance count
+    /// and task config) over `scope` (empty: every instance). The new update as the
+    /// scheduler answers it (without details), or the refusal's text.
+    pub fn start_update(
+        &mut self,
+        key: &str,
+        config: JobConfig,
+        settings: UpdateSettings,
+        scope: &[u32],
+    ) -> Result<UpdateInfoView, String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let task = config.task_config(&job_key);
+        let (instances, explicit) = (config.instances, config.tier_explicit);
+        let list = scope.to_vec();
+        let reply = self.request(
+            Request::StartUpdate {
+                key: key.to_string(),
+                instances,
+                scope: list.clone(),
+            },
+            |e, id| {
+                e.start_update_spec(
+                    id, &job_key, instances, &task, explicit, &settings, &list, "",
+                )
+                .to_vec()
+            },
+        );
+        one_update(reply)
+    }
+
+    /// `borealis update pause|resume|abort|rollback|pulse` of the job's active update: the
+    /// update after the command, or the refusal's text.
+    pub fn update_command(
+        &mut self,
+        key: &str,
+        command: Command,
+    ) -> Result<UpdateInfoView, String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let reply = self.request(
+            Request::Update {
+                key: key.to_string(),
+            },
+            |e, id| e.update_command(id, &job_key, command, "").to_vec(),
+        );
+        one_update(reply)
+    }
+
+    /// The job's updates, newest first; `details` adds per-instance progress, events and the
+    /// configs of the revisions they name.
+    pub fn query_updates(
+        &mut self,
+        key: &str,
+        details: bool,
+    ) -> Result<Vec<UpdateInfoView>, String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        match self.request(
+            Request::Update {
+                key: key.to_string(),
+            },
+            |e, id| e.query_updates(id, Some(&job_key), 0, details).to_vec(),
+        ) {
+            Reply::Updates(updates) => Ok(updates),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Sends a StartUpdate and does not wait for its answer; returns the request's id for
+    /// [`Sim::wait_reply`] or [`Sim::try_reply`].
+    pub fn send_start_update(
+        &mut self,
+        key: &str,
+        config: JobConfig,
+        settings: UpdateSettings,
+        scope: &[u32],
+    ) -> u64 {
+        let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
+        let task = config.task_config(&job_key);
+        let (instances, explicit) = (config.instances, config.tier_explicit);
+        let list = scope.to_vec();
+        self.world().client_request(
+            0,
+            Request::StartUpdate {
+                key: key.to_string(),
+                instances,
+                scope: list.clone(),
+            },
+            |e, id| {
+                e.start_update_spec(
+                    id, &job_key, instances, &task, explicit, &settings, &list, "",
+                )
+                .to_vec()
+            },
+        )
+    }
+
+    /// Sends an UpdateCommand and does not wait for its answer.
+    pub fn send_update_command(&mut self, key: &str, command: Command) -> u64 {
+        let job_key: borealis_core::JobKey = key.parse().expect("a valid job key");
+        self.world().client_request(
+            0,
+            Request::Update {
+                key: key.to_string(),
+            },
+            |e, id| e.update_command(id, &job_key, command, "").to_vec(),
+        )
+    }
+
+    /// The answer to a request sent with a `send_` form, if it came (nothing runs).
+    pub fn try_reply(&mut self, id: u64) -> Option<Reply> {
+        self.world().reply(0, id).cloned()
+    }
+
+    /// A job as the acting scheduler instance holds it (its revisions and latest update).
+    pub fn job_audit(&mut self, key: &str) -> Option<borealis_shards::shard::JobAudit> {
+        let key: borealis_core::JobKey = key.parse().ok()?;
+        self.audits()
+            .into_iter()
+            .filter(|i| i.acting())
+            .flat_map(|i| i.shards)
+            .filter(|s| s.acting)
+            .flat_map(|s| s.jobs)
+            .find(|j| j.key == key)
+    }
+
+    /// The current tasks of a job as the acting scheduler instance holds them, by instance.
+    pub fn current_tasks(&mut self, key: &str) -> Vec<borealis_shards::shard::TaskAudit> {
+        let Ok(key) = key.parse::<borealis_core::JobKey>() else {
+            return Vec::new();
+        };
+        let mut tasks: Vec<_> = self
+            .audits()
+            .into_iter()
+            .filter(|i| i.acting())
+            .flat_map(|i| i.shards)
+            .filter(|s| s.acting)
+            .flat_map(|s| s.tasks)
+            .filter(|t| t.current && t.job == key)
+            .collect();
+        tasks.sort_by_key(|t| t.instance);
+        tasks
+    }
+
     /// Serves `CoordinatorSlaPolicy` requests with a simulated coordinator that refuses each
     /// task's first `deny_first` requests, answering after `latency_ms`.
     pub fn coordinator(mut self, deny_first: u32, latency_ms: u64) -> Sim {
@@ -478,6 +621,17 @@ impl Sim {
             .filter(|t| t.task == task)
             .map(|t| (t.at_ms, t.from, t.to))
             .collect()
+    }
+}
+
+/// The one update an update request is answered with.
+fn one_update(reply: Reply) -> Result<UpdateInfoView, String> {
+    match reply {
+        Reply::Updates(updates) if updates.len() == 1 => {
+            Ok(updates.into_iter().next().expect("one"))
+        }
+        Reply::Error { message, .. } => Err(message),
+        other => Err(format!("{other:?}")),
     }
 }
 

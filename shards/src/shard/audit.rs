@@ -23,6 +23,9 @@ pub struct TaskAudit {
     pub running_since_us: Option<u64>,
     /// The host it is (or was last) on.
     pub hostname: Option<String>,
+    /// The job's configuration revision it runs, and that revision's command.
+    pub rev: Rev,
+    pub command: String,
 }
 
 /// An agent whose connection this shard holds.
@@ -59,6 +62,17 @@ pub struct JobAudit {
     pub quota_use: Resources,
     /// Its SLA policy as declared.
     pub sla_policy: Option<borealis_core::SlaPolicy>,
+    /// Its head revision, each instance's desired revision, and every revision it keeps with
+    /// that revision's command.
+    pub head_rev: Rev,
+    pub desired_revs: Vec<Rev>,
+    pub revisions: BTreeMap<Rev, String>,
+    /// Its latest update (active or finished).
+    pub update: Option<borealis_core::update::JobUpdate>,
+    /// The revisions its kept updates name (from, to).
+    pub named_revs: std::collections::BTreeSet<Rev>,
+    /// A cron job's next trigger (unix ms).
+    pub cron_next_run_unix_ms: Option<u64>,
 }
 
 /// Everything a shard holds that an invariant can be stated over.
@@ -104,11 +118,13 @@ impl Shard {
                     state: t.state,
                     agent: t.agent,
                     holds: t.holds,
-                    resources: job.config.resources,
+                    resources: job.config_of(t.rev).resources,
                     production: job.config.production,
                     current: job.current.get(t.instance as usize) == Some(&Some(t.id)),
                     running_since_us: t.running_since_us.filter(|_| t.state == TaskState::Running),
                     hostname: t.host.as_ref().map(|h| h.hostname.to_string()),
+                    rev: t.rev,
+                    command: job.config_of(t.rev).command.clone(),
                 }
             })
             .collect();
@@ -127,6 +143,26 @@ impl Shard {
                     retired: j.retired.clone(),
                     quota_use: self.job_quota_use(idx),
                     sla_policy: j.config.sla_policy.clone(),
+                    head_rev: j.head_rev,
+                    desired_revs: (0..j.current.len() as u32)
+                        .map(|i| j.desired_rev(i))
+                        .collect(),
+                    revisions: std::iter::once((j.head_rev, j.config.command.clone()))
+                        .chain(j.others.iter().map(|(&r, v)| (r, v.config.command.clone())))
+                        .collect(),
+                    update: j.updates.last().cloned(),
+                    named_revs: j
+                        .updates
+                        .iter()
+                        .flat_map(|u| {
+                            u.instances
+                                .iter()
+                                .flat_map(|p| [p.from, p.to])
+                                .chain([Some(u.to_rev)])
+                        })
+                        .flatten()
+                        .collect(),
+                    cron_next_run_unix_ms: j.cron.as_ref().and_then(|c| c.next_run_unix_ms),
                 }
             })
             .collect();

@@ -52,7 +52,13 @@ impl Shard {
                 | P::SetQuota
                 | P::GetQuota
                 | P::HostMaintenance
-                | P::RestartJob => {
+                | P::RestartJob
+                | P::StartUpdate
+                | P::UpdateCommand
+                | P::QueryUpdates
+                | P::ScheduleCron
+                | P::DescheduleCron
+                | P::StartCron => {
                     let refusal = self.not_leader(message.request_id());
                     self.write_conn(conn, &refusal);
                     if message.payload_type() == P::RegisterAgent {
@@ -114,7 +120,26 @@ impl Shard {
                 let m = message.payload_as_host_maintenance().expect("type checked");
                 self.host_maintenance(conn, m, message.request_id());
             }
-            P::CreateJob | P::KillJob | P::QueryJob | P::SetQuota | P::GetQuota | P::RestartJob => {
+            P::QueryUpdates
+                if message
+                    .payload_as_query_updates()
+                    .and_then(|q| q.job_key())
+                    .is_none_or(str::is_empty) =>
+            {
+                self.gather(conn, message.request_id(), true);
+            }
+            P::CreateJob
+            | P::KillJob
+            | P::QueryJob
+            | P::SetQuota
+            | P::GetQuota
+            | P::RestartJob
+            | P::StartUpdate
+            | P::UpdateCommand
+            | P::QueryUpdates
+            | P::ScheduleCron
+            | P::DescheduleCron
+            | P::StartCron => {
                 // Job requests go to the job's owner, quota requests to the role's quota
                 // owner: both route on the text (`route_hash_str`).
                 let key = match message.payload_type() {
@@ -123,6 +148,12 @@ impl Shard {
                     P::SetQuota => message.payload_as_set_quota().map(|m| m.role()),
                     P::GetQuota => message.payload_as_get_quota().map(|m| m.role()),
                     P::RestartJob => message.payload_as_restart_job().map(|m| m.job_key()),
+                    P::StartUpdate => message.payload_as_start_update().map(|m| m.job_key()),
+                    P::UpdateCommand => message.payload_as_update_command().map(|m| m.job_key()),
+                    P::QueryUpdates => message.payload_as_query_updates().and_then(|m| m.job_key()),
+                    P::ScheduleCron => message.payload_as_schedule_cron().map(|m| m.job_key()),
+                    P::DescheduleCron => message.payload_as_deschedule_cron().map(|m| m.job_key()),
+                    P::StartCron => message.payload_as_start_cron().map(|m| m.job_key()),
                     _ => message.payload_as_query_job().map(|m| m.job_key()),
                 }
                 .expect("type checked");
@@ -133,24 +164,7 @@ impl Shard {
                 };
                 self.send(owner, PeerMsg::Client { reply, bytes });
             }
-            P::ListJobs => {
-                let request_id = message.request_id();
-                self.gathers.insert(
-                    (conn, request_id),
-                    Gather {
-                        waiting: self.shard_count,
-                        jobs: Vec::new(),
-                        refused: false,
-                    },
-                );
-                let reply = ReplyTo {
-                    shard: self.id,
-                    conn,
-                };
-                for shard in ShardId::all(self.shard_count) {
-                    self.send(shard, PeerMsg::ListJobs { reply, request_id });
-                }
-            }
+            P::ListJobs => self.gather(conn, message.request_id(), false),
             other => {
                 let what = format!(
                     "unexpected message {:?} from a client or agent",
@@ -164,6 +178,35 @@ impl Shard {
                 self.write_conn(conn, &err);
                 self.protocol_error(conn, &what);
             }
+        }
+    }
+
+    /// Starts a scatter-gather over every shard: their jobs, or (`updates`) their active
+    /// updates.
+    fn gather(&mut self, conn: ConnId, request_id: u64, updates: bool) {
+        self.gathers.insert(
+            (conn, request_id),
+            Gather {
+                waiting: self.shard_count,
+                jobs: Vec::new(),
+                of_updates: updates,
+                updates: Vec::new(),
+                refused: false,
+            },
+        );
+        let reply = ReplyTo {
+            shard: self.id,
+            conn,
+        };
+        for shard in ShardId::all(self.shard_count) {
+            self.send(
+                shard,
+                PeerMsg::ListJobs {
+                    reply,
+                    request_id,
+                    updates,
+                },
+            );
         }
     }
 

@@ -132,7 +132,7 @@ impl Shard {
 
     /// Whether a RUNNING task's job lets it go now; Err says why not (and when it is asked
     /// again, or that its coordinator is being asked).
-    fn may_drain(&mut self, task_id: TaskId) -> Result<(), String> {
+    pub(super) fn may_drain(&mut self, task_id: TaskId) -> Result<(), String> {
         let now = self.now_us;
         if let Some(wait) = self.drain_waits.get(&task_id) {
             if wait.asking.is_some() || now < wait.next_us {

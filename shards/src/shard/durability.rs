@@ -26,6 +26,9 @@ impl Shard {
                 instances,
                 current,
                 history,
+                revs,
+                updates,
+                cron,
                 ..
             } = ji;
             let compiled = self.index.compile(&config);
@@ -45,6 +48,10 @@ impl Shard {
             j.retired = retired;
             let job = self.jobs.insert(j);
             self.job_index.insert(key, job);
+            self.restore_revs(job, revs, updates);
+            if let Some(cron) = cron {
+                self.install_cron(self.jobs[job].key.clone(), cron);
+            }
         }
         for (id, ti) in image.tasks {
             let Some(&job) = self.job_index.get(&ti.job) else {
@@ -80,6 +87,7 @@ impl Shard {
                     id,
                     job,
                     instance: ti.instance,
+                    rev: ti.rev,
                     state,
                     agent: None,
                     host,
@@ -134,7 +142,8 @@ impl Shard {
                 },
             );
         }
-        for job in self.jobs.iter() {
+        for &idx in self.job_index.values() {
+            let job = &self.jobs[idx];
             image.jobs.insert(
                 job.key.clone(),
                 JobImage {
@@ -143,6 +152,9 @@ impl Shard {
                     instances: job.current.len() as u32,
                     current: job.current.clone(),
                     history: job.history.iter().copied().collect(),
+                    revs: self.job_revs(idx),
+                    updates: job.updates.clone(),
+                    cron: self.cron_image(idx),
                 },
             );
         }
@@ -254,6 +266,7 @@ impl Shard {
             sandbox: t.sandbox.clone(),
             killed_by_user: t.killed_by_user,
             preempted_by: t.preempted_by,
+            rev: t.rev,
         })
     }
 
@@ -281,6 +294,7 @@ impl Shard {
             sandbox: &t.sandbox,
             killed_by_user: t.killed_by_user,
             preempted_by: t.preempted_by,
+            rev: t.rev,
         });
     }
 }

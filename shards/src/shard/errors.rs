@@ -24,6 +24,16 @@ pub enum ClientError {
     /// request).
     #[error("{0}")]
     QuotaExceeded(String),
+    /// The job has an active update, which must end (or be aborted) first.
+    #[error(
+        "job {key} has update {id} in {status}: wait for it to finish, or abort it with \
+         `borealis update abort {key}`"
+    )]
+    UpdateActive {
+        key: JobKey,
+        id: u64,
+        status: borealis_core::update::UpdateStatus,
+    },
     /// A bounded queue is full: retry.
     #[error("{0}")]
     Overloaded(String),
@@ -41,6 +51,7 @@ impl ClientError {
             ClientError::JobExists(_) => ErrorCode::JobExists,
             ClientError::TooManyTasks { .. } => ErrorCode::TooManyTasks,
             ClientError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            ClientError::UpdateActive { .. } => ErrorCode::InvalidRequest,
             ClientError::Overloaded(_) => ErrorCode::Overloaded,
             ClientError::Internal(_) => ErrorCode::Internal,
         }

@@ -103,6 +103,31 @@ impl Shard {
             for i in d.retired {
                 self.retire_instance(job, i);
             }
+            // etcd does not know which revision each live task runs (agents re-register
+            // with tasks, not revisions): an update's in-flight instances are taken again,
+            // which replaces a task that may be on either revision.
+            let mut updates = d.updates;
+            if let Some(u) = updates.last_mut().filter(|u| u.status.is_active()) {
+                u.retake_in_flight();
+            }
+            self.restore_revs(job, d.revs, updates);
+            if let Some(cron) = d.cron {
+                let key = self.jobs[job].key.clone();
+                self.install_cron(key, cron);
+            }
+            let j = &mut self.jobs[job];
+            if let Some(u) = j.updates.last().filter(|u| u.status.is_active()) {
+                for p in &u.instances {
+                    match p.desired(u.status) {
+                        Some(rev) if rev != j.head_rev => {
+                            j.instance_revs.insert(p.instance, rev);
+                        }
+                        _ => {
+                            j.instance_revs.remove(&p.instance);
+                        }
+                    }
+                }
+            }
         }
         let quota_count = quotas.len();
         for (role, quota) in quotas {
@@ -160,6 +185,11 @@ impl Shard {
         self.conns.retain(|_, c| c.agent.is_none());
         self.jobs = JobSlab::default();
         self.job_index.clear();
+        self.updating.clear();
+        self.update_wake.clear();
+        self.update_log_jobs.clear();
+        self.cron_queue.clear();
+        self.cron_starting.clear();
         self.tasks.clear();
         self.tasks_by_agent.clear();
         self.pending.clear();
@@ -288,6 +318,7 @@ impl Shard {
                 id,
                 job,
                 instance: report.instance,
+                rev: self.jobs[job].desired_rev(report.instance),
                 state: report.state,
                 agent: Some(agent),
                 host: self.agent_names.get(&agent).cloned(),
@@ -462,6 +493,19 @@ impl Shard {
                 .filter(|(_, r)| **r)
                 .map(|(i, _)| i as u32)
                 .collect(),
+            revs: self.job_revs(job),
+            updates: j
+                .updates
+                .iter()
+                .map(|u| {
+                    let mut u = u.clone();
+                    if u.status.is_terminal() {
+                        u.instances.clear();
+                    }
+                    u
+                })
+                .collect(),
+            cron: self.cron_image(job),
         }
     }
 

@@ -12,6 +12,24 @@ impl Shard {
             let refusal = self.not_leader(request_id);
             return self.reply(reply, refusal);
         }
+        if let Some(s) = message.payload_as_start_update() {
+            // An update that grows a production job asks its role's quota for the difference.
+            match self.plan_update(s) {
+                Err(e) => {
+                    let bytes = self
+                        .encoder
+                        .error(request_id, e.code(), &e.to_string())
+                        .to_vec();
+                    return self.reply(reply, bytes);
+                }
+                Ok(plan) => {
+                    if let Some(extra) = self.update_extra_demand(&plan) {
+                        let role = plan.role().to_string();
+                        return self.request_quota(reply, bytes, request_id, &role, extra);
+                    }
+                }
+            }
+        }
         if let Some(c) = message.payload_as_create_job() {
             // Every other check first; then production work asks its role's quota owner.
             match self.validate_create(c) {
@@ -71,6 +89,18 @@ impl Shard {
             let key = match message.payload_type() {
                 wire::Payload::CreateJob => message.payload_as_create_job().map(|c| c.job_key()),
                 wire::Payload::KillJob => message.payload_as_kill_job().map(|k| k.job_key()),
+                wire::Payload::StartUpdate => {
+                    message.payload_as_start_update().map(|s| s.job_key())
+                }
+                wire::Payload::UpdateCommand => {
+                    message.payload_as_update_command().map(|c| c.job_key())
+                }
+                wire::Payload::ScheduleCron => {
+                    message.payload_as_schedule_cron().map(|c| c.job_key())
+                }
+                wire::Payload::DescheduleCron => {
+                    message.payload_as_deschedule_cron().map(|c| c.job_key())
+                }
                 _ => None,
             }
             .and_then(|text| text.parse::<JobKey>().ok());
@@ -88,6 +118,18 @@ impl Shard {
                 wire::Payload::KillJob => Some(
                     self.desired_after_kill(message.payload_as_kill_job().expect("type checked")),
                 ),
+                wire::Payload::StartUpdate => Some(self.desired_after_start_update(
+                    message.payload_as_start_update().expect("type checked"),
+                )),
+                wire::Payload::UpdateCommand => Some(self.desired_after_update_command(
+                    message.payload_as_update_command().expect("type checked"),
+                )),
+                wire::Payload::ScheduleCron => Some(self.desired_after_schedule_cron(
+                    message.payload_as_schedule_cron().expect("type checked"),
+                )),
+                wire::Payload::DescheduleCron => Some(self.desired_after_deschedule_cron(
+                    message.payload_as_deschedule_cron().expect("type checked"),
+                )),
                 _ => None,
             };
             if let Some(desired) = desired {
@@ -130,6 +172,9 @@ impl Shard {
                 instances,
                 config,
                 retired: Vec::new(),
+                revs: Default::default(),
+                updates: Vec::new(),
+                cron: None,
             },
         ))
     }
@@ -162,6 +207,27 @@ impl Shard {
             wire::Payload::RestartJob => {
                 self.restart_job(message.payload_as_restart_job().expect("type checked"))
             }
+            wire::Payload::StartUpdate => self.start_update(
+                request_id,
+                message.payload_as_start_update().expect("type checked"),
+            ),
+            wire::Payload::UpdateCommand => self.update_command(
+                request_id,
+                message.payload_as_update_command().expect("type checked"),
+            ),
+            wire::Payload::ScheduleCron => {
+                self.schedule_cron(message.payload_as_schedule_cron().expect("type checked"))
+            }
+            wire::Payload::DescheduleCron => {
+                self.deschedule_cron(message.payload_as_deschedule_cron().expect("type checked"))
+            }
+            wire::Payload::StartCron => {
+                self.start_cron(message.payload_as_start_cron().expect("type checked"))
+            }
+            wire::Payload::QueryUpdates => self.query_updates(
+                request_id,
+                message.payload_as_query_updates().expect("type checked"),
+            ),
             wire::Payload::SetQuota => {
                 self.set_quota(message.payload_as_set_quota().expect("type checked"))
             }
@@ -257,6 +323,19 @@ impl Shard {
         borealis_core::validate::validate_task_config(&config)
             .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
         if let Some(&existing) = self.job_index.get(&key) {
+            if self.jobs[existing].cron.is_some() {
+                return Err(ClientError::InvalidRequest(format!(
+                    "job {key} is a cron job: change it with `borealis cron schedule`, or \
+                     `borealis cron deschedule` it first"
+                )));
+            }
+            if let Some(u) = self.jobs[existing].active_update() {
+                return Err(ClientError::UpdateActive {
+                    key,
+                    id: u.id,
+                    status: u.status,
+                });
+            }
             let live = self.jobs[existing]
                 .current
                 .iter()
@@ -293,6 +372,17 @@ impl Shard {
     /// Forgets a job whose tasks have all ended.
     pub(super) fn drop_job(&mut self, job: JobIdx) {
         let removed_key = self.jobs[job].key.clone();
+        self.updating.remove(&job);
+        self.update_wake.remove(&job);
+        self.update_log_jobs.remove(&job);
+        self.cron_starting.remove(&job);
+        if let Some(next) = self.jobs[job]
+            .cron
+            .as_ref()
+            .and_then(|c| c.next_run_unix_ms)
+        {
+            self.cron_queue.remove(&(next, job));
+        }
         let ids: Vec<TaskId> = self.jobs[job]
             .current
             .iter()
@@ -326,12 +416,14 @@ impl Shard {
     ) -> TaskId {
         let id = self.ids.next_id();
         let now = self.now_us;
+        let rev = self.jobs[job].desired_rev(instance);
         self.tasks.insert(
             id,
             Task {
                 id,
                 job,
                 instance,
+                rev,
                 state: TaskState::Init,
                 agent: None,
                 host: None,
@@ -426,6 +518,13 @@ impl Shard {
         let Some(&job) = self.job_index.get(&key) else {
             return Err(ClientError::UnknownJob(key));
         };
+        if let Some(u) = self.jobs[job].active_update() {
+            return Err(ClientError::UpdateActive {
+                key,
+                id: u.id,
+                status: u.status,
+            });
+        }
         let count = self.jobs[job].current.len() as u32;
         let instances: Vec<u32> = match instances {
             Some(list) if !list.is_empty() => list.iter().collect(),
@@ -437,6 +536,11 @@ impl Shard {
             )));
         }
         Ok((job, instances))
+    }
+
+    /// Every job of this shard, summarized (for `ListJobs`).
+    pub(super) fn job_summaries(&self) -> Vec<JobSummaryView> {
+        self.jobs.iter().map(|j| self.job_summary(j)).collect()
     }
 
     pub(super) fn job_summary(&self, job: &Job) -> JobSummaryView {
@@ -451,6 +555,8 @@ impl Shard {
             instances: job.current.len() as u32,
             is_service: job.config.is_service,
             state_counts,
+            cron: self.cron_summary(job),
+            update: job.active_update().map(|u| (u.id, u.status)),
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 use borealis_core::lifecycle::{self, Reschedule, TaskEnd};
 use borealis_core::placement::{AgentId, AttrId, CompiledTask, JobSpread, PlacementIndex, ValueId};
 use borealis_core::tier::TierConfig;
+use borealis_core::update::Rev;
 use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskIdGen, TaskState};
 use borealis_net::codec::{state_from_wire, task_config_from_wire};
 use borealis_net::views::{
@@ -28,6 +29,7 @@ use crate::SchedulerConfig;
 mod agents;
 mod audit;
 mod conns;
+mod cron;
 mod desired;
 mod drains;
 mod durability;
@@ -44,6 +46,7 @@ mod quotas;
 mod reconcile;
 mod task_lifecycle;
 mod timers;
+mod updates;
 #[cfg(feature = "sim")]
 pub use audit::InjectedBug;
 pub use audit::{AgentAudit, JobAudit, ShardAudit, TaskAudit, Transition};
@@ -159,11 +162,32 @@ struct AgentNames {
     hostname: Arc<str>,
 }
 
+/// A configuration revision of a job other than its head, compiled for placement.
+struct Variant {
+    config: Arc<TaskConfig>,
+    compiled: CompiledTask,
+}
+
 struct Job {
     key: JobKey,
     key_text: Arc<str>,
+    /// The job's head configuration (revision `head_rev`): what its instances run unless
+    /// `instance_revs` says otherwise, and whose policy (tier, SLA, partition) the job follows.
     config: Arc<TaskConfig>,
     compiled: CompiledTask,
+    head_rev: Rev,
+    /// Other revisions that an instance desires, a live task runs (updates in progress, or
+    /// left mixed by an aborted or failed one), or a kept update names (for its diff).
+    others: BTreeMap<Rev, Variant>,
+    /// Instances whose desired revision is not the head.
+    instance_revs: BTreeMap<u32, Rev>,
+    /// The job's updates, oldest first; an active one is the last.
+    updates: Vec<borealis_core::update::JobUpdate>,
+    /// The revisions or the active update changed this round (logged at its end).
+    revs_dirty: bool,
+    update_dirty: bool,
+    /// A cron job's schedule and template (see `cron`).
+    cron: Option<Box<cron::CronJob>>,
     spread: JobSpread,
     /// The current task of each instance (None once it is killed for good).
     current: Vec<Option<TaskId>>,
@@ -212,6 +236,13 @@ impl Job {
             key,
             config: Arc::new(config),
             compiled,
+            head_rev: 0,
+            others: BTreeMap::new(),
+            instance_revs: BTreeMap::new(),
+            updates: Vec::new(),
+            revs_dirty: false,
+            update_dirty: false,
+            cron: None,
             spread,
             current,
             history,
@@ -230,10 +261,44 @@ impl Job {
     }
 }
 
+impl Job {
+    /// The configuration of revision `rev` (the head, or one of the others).
+    fn config_of(&self, rev: Rev) -> &Arc<TaskConfig> {
+        if rev == self.head_rev {
+            &self.config
+        } else {
+            &self
+                .others
+                .get(&rev)
+                .expect("a revision the job keeps")
+                .config
+        }
+    }
+
+    /// The revision instance `instance` should run.
+    fn desired_rev(&self, instance: u32) -> Rev {
+        self.instance_revs
+            .get(&instance)
+            .copied()
+            .unwrap_or(self.head_rev)
+    }
+
+    /// The job's active update, if any.
+    fn active_update(&self) -> Option<&borealis_core::update::JobUpdate> {
+        self.updates.last().filter(|u| u.status.is_active())
+    }
+
+    fn active_update_mut(&mut self) -> Option<&mut borealis_core::update::JobUpdate> {
+        self.updates.last_mut().filter(|u| u.status.is_active())
+    }
+}
+
 struct Task {
     id: TaskId,
     job: JobIdx,
     instance: u32,
+    /// The job's configuration revision this task runs.
+    rev: Rev,
     state: TaskState,
     agent: Option<AgentId>,
     /// The agent's name and hostname, kept for status after the agent is gone.
@@ -316,6 +381,9 @@ struct Conn {
 struct Gather {
     waiting: usize,
     jobs: Vec<JobSummaryView>,
+    /// A cluster-wide `QueryUpdates`: the active updates gathered.
+    of_updates: bool,
+    updates: Vec<borealis_net::views::UpdateInfoView>,
     refused: bool,
 }
 
@@ -444,6 +512,20 @@ pub struct Shard {
     next_coordinator_token: u64,
     /// Explicit and implicit reconciliation with this shard's agents (see `reconcile`).
     reconciliation: reconcile::Reconciliation,
+    // Rolling updates (see `updates`): jobs with an active update,
+    updating: std::collections::BTreeSet<JobIdx>,
+    /// those to step this round (a task of theirs changed, or a command arrived),
+    update_wake: std::collections::BTreeSet<JobIdx>,
+    /// when every updating job is stepped again (watch and pulse timers),
+    next_update_timer_us: u64,
+    /// when finished updates are next pruned by age,
+    next_update_prune_us: u64,
+    /// and jobs whose revisions or updates changed outside an active update (to log).
+    update_log_jobs: std::collections::BTreeSet<JobIdx>,
+    // Cron jobs (see `cron`): by next trigger (unix ms),
+    cron_queue: std::collections::BTreeSet<(u64, JobIdx)>,
+    /// and those whose run waits for the previous one to be killed.
+    cron_starting: std::collections::BTreeSet<JobIdx>,
     /// Every transition, when the simulation asked for them (`record_transitions`).
     transition_log: Option<Vec<Transition>>,
     #[cfg(feature = "sim")]
@@ -572,6 +654,13 @@ impl Shard {
             coordinator_waits: HashMap::default(),
             next_coordinator_token: 0,
             reconciliation,
+            updating: Default::default(),
+            update_wake: Default::default(),
+            next_update_timer_us: 0,
+            next_update_prune_us: 0,
+            update_log_jobs: Default::default(),
+            cron_queue: Default::default(),
+            cron_starting: Default::default(),
             transition_log: None,
             #[cfg(feature = "sim")]
             injected_bug: None,
@@ -678,9 +767,11 @@ impl Shard {
     /// are written to the connections here, peer batches are taken by the caller after it.
     pub fn end_round(&mut self) {
         self.poll_coordinator();
+        self.drive_updates();
         self.schedule();
         self.return_borrowed();
         self.flush_quota_usage();
+        self.log_update_changes();
         self.commit_log();
         self.flush_connections();
     }

@@ -245,14 +245,15 @@ impl Shard {
                 if t.entered_us + first_delay_us > now {
                     break;
                 }
-                if job.is_some_and(|j| j != t.job) {
+                // One revision per batch: it places against one compiled config.
+                if job.is_some_and(|j| j != (t.job, t.rev)) {
                     break;
                 }
-                job = Some(t.job);
+                job = Some((t.job, t.rev));
                 run.push(task_id);
                 self.pending.pop_front();
             }
-            let Some(job) = job else {
+            let Some((job, rev)) = job else {
                 break;
             };
             attempts += run.len();
@@ -262,14 +263,22 @@ impl Shard {
             }
             agents.clear();
             let j = &mut self.jobs[job];
+            let compiled = if rev == j.head_rev {
+                &j.compiled
+            } else {
+                &j.others
+                    .get(&rev)
+                    .expect("a revision the job keeps")
+                    .compiled
+            };
             let n = self
                 .index
-                .place_batch(&j.compiled, &mut j.spread, run.len(), &mut agents);
+                .place_batch(compiled, &mut j.spread, run.len(), &mut agents);
             debug_assert_eq!(n, agents.len());
             for (task_id, agent) in run.iter().zip(agents.iter()) {
                 #[cfg(feature = "sim")]
                 if self.injected_bug == Some(audit::InjectedBug::ForgetToChargeAgent) {
-                    let need = self.jobs[job].config.resources;
+                    let need = self.jobs[job].config_of(rev).resources;
                     self.index.release(*agent, &need);
                 }
                 self.assign(*task_id, *agent);
@@ -333,7 +342,7 @@ impl Shard {
         t.holds = true;
         t.message.clear();
         t.host = self.agent_names.get(&agent).cloned();
-        let (job, instance) = (t.job, t.instance);
+        let (job, instance, rev) = (t.job, t.instance, t.rev);
         self.tasks_by_agent
             .entry(agent)
             .or_default()
@@ -342,7 +351,7 @@ impl Shard {
         self.metrics()
             .placement_latency
             .observe_nanos(waited_us * 1000);
-        let config = self.jobs[job].config.clone();
+        let config = self.jobs[job].config_of(rev).clone();
         let home = agent_home(agent);
         if home == self.id {
             self.home_launch(self.id, agent, task_id, instance, &config);

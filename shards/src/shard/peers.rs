@@ -7,8 +7,16 @@ impl Shard {
         match msg {
             PeerMsg::Client { reply, bytes } => self.handle_client(reply, bytes),
             PeerMsg::ClientReply { conn, bytes } => self.write_conn(conn, &bytes),
-            PeerMsg::ListJobs { reply, request_id } => {
-                let jobs = self.jobs.iter().map(|j| self.job_summary(j)).collect();
+            PeerMsg::ListJobs {
+                reply,
+                request_id,
+                updates,
+            } => {
+                let (jobs, updates) = if updates {
+                    (Vec::new(), self.active_update_views())
+                } else {
+                    (self.job_summaries(), Vec::new())
+                };
                 let refused = !self.acting();
                 self.send(
                     reply.shard,
@@ -16,6 +24,7 @@ impl Shard {
                         conn: reply.conn,
                         request_id,
                         jobs,
+                        updates,
                         refused,
                     },
                 );
@@ -24,10 +33,12 @@ impl Shard {
                 conn,
                 request_id,
                 jobs,
+                updates,
                 refused,
             } => {
                 if let Some(g) = self.gathers.get_mut(&(conn, request_id)) {
                     g.jobs.extend(jobs);
+                    g.updates.extend(updates);
                     g.refused |= refused;
                     g.waiting -= 1;
                     if g.waiting == 0 {
@@ -35,6 +46,9 @@ impl Shard {
                         let bytes = if g.refused {
                             // A shard still taking (or leaving) the lead: no partial lists.
                             self.not_leader(request_id)
+                        } else if g.of_updates {
+                            g.updates.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+                            self.encoder.update_list(request_id, &g.updates).to_vec()
                         } else {
                             g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
                             self.encoder.job_list(request_id, &g.jobs).to_vec()
@@ -86,7 +100,11 @@ impl Shard {
                     self.adopt_unknown(agent, &report);
                 }
                 let running = self.tasks.get(&report.task_id).map(|t| {
-                    preemption::RunningTask::of(self.id, &self.jobs[t.job].config, &self.tiers)
+                    preemption::RunningTask::of(
+                        self.id,
+                        self.jobs[t.job].config_of(t.rev),
+                        &self.tiers,
+                    )
                 });
                 let adopted = self.on_status(&Report {
                     agent,

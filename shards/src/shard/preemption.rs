@@ -278,7 +278,7 @@ impl Shard {
         else {
             return; // placed, killed or gone meanwhile
         };
-        let demand = self.jobs[t.job].config.resources;
+        let demand = self.jobs[t.job].config_of(t.rev).resources;
         let hold_ms = self.config.preemption_slot_hold_time_ms;
         self.slot_holds
             .insert(task_id, self.now_us + hold_ms * 1000);
@@ -439,12 +439,20 @@ impl Shard {
         if t.state != TaskState::Pending {
             return;
         }
-        let job = t.job;
+        let (job, rev) = (t.job, t.rev);
         let mut agents = Vec::with_capacity(1);
         let j = &mut self.jobs[job];
+        let compiled = if rev == j.head_rev {
+            &j.compiled
+        } else {
+            &j.others
+                .get(&rev)
+                .expect("a revision the job keeps")
+                .compiled
+        };
         if self
             .index
-            .place_batch(&j.compiled, &mut j.spread, 1, &mut agents)
+            .place_batch(compiled, &mut j.spread, 1, &mut agents)
             == 1
         {
             // Its id left in the blocked list is skipped: it is no longer PENDING.

@@ -121,6 +121,29 @@ impl Shard {
         true
     }
 
+    /// Undoes `retire_instance` (an update adds the instance back): it holds quota again.
+    /// Returns whether it was retired.
+    pub(super) fn unretire_instance(&mut self, job: JobIdx, instance: u32) -> bool {
+        let j = &mut self.jobs[job];
+        let Some(retired) = j.retired.get_mut(instance as usize) else {
+            return false;
+        };
+        if !*retired {
+            return false;
+        }
+        *retired = false;
+        let before = self.job_quota_use(job);
+        self.jobs[job].unretired += 1;
+        if self.jobs[job].counts_quota {
+            let after = self.job_quota_use(job);
+            let role = self.jobs[job].key.role.clone();
+            let usage = self.role_usage.entry(role.clone()).or_default();
+            *usage = plus(minus_saturating(*usage, before), after);
+            self.dirty_roles.insert(role);
+        }
+        true
+    }
+
     /// Adds a new job's contribution to its role's use.
     pub(super) fn count_job_quota_use(&mut self, job: JobIdx) {
         if !self.jobs[job].counts_quota {

@@ -82,7 +82,7 @@ impl Shard {
                 }
                 let (key, resources) = (
                     self.jobs[t.job].key_text.clone(),
-                    self.jobs[t.job].config.resources,
+                    self.jobs[t.job].config_of(t.rev).resources,
                 );
                 self.kill_on_agent(agent, task_id, key);
                 return AdoptOutcome::Killed { resources };
@@ -133,7 +133,7 @@ impl Shard {
             // what it holds until it is gone, or its room is given twice.
             let (key, resources) = (
                 self.jobs[t.job].key_text.clone(),
-                self.jobs[t.job].config.resources,
+                self.jobs[t.job].config_of(t.rev).resources,
             );
             self.kill_on_agent(agent, task_id, key);
             return AdoptOutcome::Killed { resources };
@@ -148,7 +148,7 @@ impl Shard {
                 t.message.push_str(message);
             }
         }
-        let resources = self.jobs[t.job].config.resources;
+        let resources = self.jobs[t.job].config_of(t.rev).resources;
         let ports: Vec<u16> = t.ports.iter().map(|(_, p)| *p).collect();
         let next = lifecycle::next_state_on_report(t.state, reported);
         if let Some(next) = next {
@@ -229,6 +229,9 @@ impl Shard {
         let job = t.job;
         let agent = t.agent;
         self.log_task(task_id);
+        if !self.updating.is_empty() {
+            self.update_saw_transition(task_id, prev, next);
+        }
         match next {
             _ if next.is_being_killed() => {
                 if let Some(agent) = agent {
@@ -265,7 +268,7 @@ impl Shard {
         if let Some(agent) = t.agent {
             if t.holds {
                 t.holds = false;
-                let resources = self.jobs[job].config.resources;
+                let resources = self.jobs[job].config_of(t.rev).resources;
                 self.send(
                     agent_home(agent),
                     PeerMsg::Release {
@@ -290,7 +293,7 @@ impl Shard {
         // Losing the agent is not the task's fault (no flapping penalty); a user's kill is
         // never replaced; preemption and drains fold in through the previous state.
         let interruption = lifecycle::end_interruption(t.killed_by_user, final_state);
-        let config = &self.jobs[job].config;
+        let config = self.jobs[job].config_of(t.rev);
         let outcome = lifecycle::on_terminal(
             &self.config.lifecycle,
             &TaskEnd {
@@ -307,11 +310,17 @@ impl Shard {
             },
         );
         let failure_count = outcome.failures;
-        let decision = match outcome.reschedule {
+        let mut decision = match outcome.reschedule {
             Reschedule::No => None,
             Reschedule::Now => Some((0, outcome.consecutive_flaps)),
             Reschedule::After { delay_ms } => Some((delay_ms, outcome.consecutive_flaps)),
         };
+        // An update moved the instance to another revision: the replacement starts at once
+        // on it, with fresh counts (its failures are the new configuration's).
+        let j = &self.jobs[job];
+        if t.rev != j.desired_rev(instance) && !j.retired[instance as usize] {
+            decision = Some((0, 0));
+        }
         if let Some(t) = self.tasks.get_mut(&task_id) {
             if t.failure_count != failure_count {
                 t.failure_count = failure_count;
@@ -332,7 +341,9 @@ impl Shard {
             self.write_job_desired(&key);
         }
         if let Some((delay_ms, flaps)) = decision {
-            self.new_task(job, instance, failure_count, flaps, delay_ms);
+            let fresh = self.tasks[&task_id].rev != self.jobs[job].desired_rev(instance);
+            let failures = if fresh { 0 } else { failure_count };
+            self.new_task(job, instance, failures, flaps, delay_ms);
         }
     }
 }

@@ -24,10 +24,12 @@ impl Shard {
                 self.log_task(id);
             }
         }
+        self.tick_crons();
         if elapsed_us(now, self.last_sweep_us) >= us(SWEEP_INTERVAL) {
             self.last_sweep_us = now;
             self.check_transient_timeouts(now);
             self.prune_expired_history(now);
+            self.prune_updates_by_age();
             self.expire_unadopted(now);
             self.start_missing_instances();
             self.maybe_snapshot_and_backup();

@@ -394,8 +394,17 @@ impl World {
             let key = self.open_conn(target, s, Endpoint::Client(c));
             self.clients[c].conn = Some(key);
         }
-        if let Request::Create { key, .. } = &request {
-            self.ledger.note_create_sent(key);
+        match &request {
+            Request::Create { key } => self.ledger.note_create_sent(key),
+            Request::StartUpdate {
+                key,
+                instances,
+                scope,
+            } => {
+                let latest = latest_update_id(&self.audits(), key).unwrap_or(0);
+                self.ledger.note_update_sent(key, *instances, scope, latest);
+            }
+            _ => {}
         }
         let key = self.clients[c].conn.expect("connected");
         let bytes = encode(&mut self.encoder, id);
@@ -449,6 +458,23 @@ impl World {
     pub fn reply(&self, c: usize, id: u64) -> Option<&Reply> {
         self.clients[c].replies.get(&id)
     }
+}
+
+/// The id of `key`'s latest update as the acting instance holds it (0: none); None when no
+/// acting shard holds the job.
+pub(super) fn latest_update_id(
+    audits: &[crate::invariants::InstanceAudit],
+    key: &str,
+) -> Option<u64> {
+    let key: borealis_core::JobKey = key.parse().ok()?;
+    audits
+        .iter()
+        .filter(|i| i.acting())
+        .flat_map(|i| i.shards.iter())
+        .filter(|s| s.acting)
+        .flat_map(|s| s.jobs.iter())
+        .find(|j| j.key == key)
+        .map(|j| j.update.as_ref().map_or(0, |u| u.id))
 }
 
 /// One line for a message in the log.

@@ -300,6 +300,10 @@ impl World {
         }
         self.stats.checks += 1;
         let audits = self.audits();
+        if !self.ledger.reviving.is_empty() {
+            self.ledger
+                .note_updates_landed(|key| super::net::latest_update_id(&audits, key));
+        }
         let ended = invariants::newly_ended_instances(&audits, &self.ledger);
         self.ledger.ended_instances.extend(ended);
         let view = View {
