@@ -65,7 +65,7 @@ pub fn run(scheduler: &str, cmd: CronCommand) -> anyhow::Result<()> {
         CronCommand::Start { job_key } => {
             let job = client::parse_job_key(&job_key)?;
             Client::connect(scheduler)?.start_cron(&job)?;
-            format!("started a run of cron job {job}\n")
+            format!("cron job {job} triggered: a run starts now, unless its collision policy skips it (CANCEL_NEW) or waits for the previous run to be killed (KILL_EXISTING)\n")
         }
     };
     client::write_stdout(&output)

@@ -49,6 +49,12 @@ impl Shard {
             return Err(ClientError::UnknownJob(key));
         };
         let j = &self.jobs[job];
+        if j.cron.is_some() {
+            return Err(ClientError::InvalidRequest(format!(
+                "job {key} is a cron job: change it with `borealis cron schedule` (its next run \
+                 uses the new config)"
+            )));
+        }
         if let Some(u) = j.active_update() {
             return Err(ClientError::UpdateActive {
                 key,
@@ -261,7 +267,7 @@ impl Shard {
         self.update_wake.insert(job);
         self.drive_update(job);
         let view = self.update_info_view(job, self.jobs[job].updates.len() - 1, false);
-        Ok(self.encoder.update_list(request_id, &[view]).to_vec())
+        Ok(self.encoder.update_info(request_id, &view).to_vec())
     }
 
     /// The job an update command or query names, and its active update's position.
@@ -328,7 +334,7 @@ impl Shard {
         self.drive_update(job);
         let pos = self.jobs[job].updates.len() - 1;
         let view = self.update_info_view(job, pos, false);
-        Ok(self.encoder.update_list(request_id, &[view]).to_vec())
+        Ok(self.encoder.update_info(request_id, &view).to_vec())
     }
 
     /// One job's updates (newest first), or one of them with `update_id`.
