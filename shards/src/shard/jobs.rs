@@ -30,6 +30,28 @@ impl Shard {
                 }
             }
         }
+        if let Some(c) = message.payload_as_schedule_cron() {
+            // A production cron job's runs are admitted against its role's quota when it is
+            // scheduled (its template's demand), as a create is.
+            match self.validate_cron(c) {
+                Err(e) => {
+                    let bytes = self
+                        .encoder
+                        .error(request_id, e.code(), &e.to_string())
+                        .to_vec();
+                    return self.reply(reply, bytes);
+                }
+                Ok((key, image)) => {
+                    if borealis_core::quota::counts_against_quota(&image.config, &self.tiers) {
+                        let demand = borealis_core::quota::job_demand(
+                            &image.config.resources,
+                            image.instances,
+                        );
+                        return self.request_quota(reply, bytes, request_id, &key.role, demand);
+                    }
+                }
+            }
+        }
         if let Some(c) = message.payload_as_create_job() {
             // Every other check first; then production work asks its role's quota owner.
             match self.validate_create(c) {
