@@ -84,15 +84,7 @@ impl Shard {
         let collision_policy =
             borealis_net::codec::collision_policy_from_wire(c.collision_policy())
                 .map_err(|e| ClientError::InvalidRequest(format!("cron job {key}: {e}")))?;
-        let mut config = task_config_from_wire(key.clone(), c.config())
-            .map_err(|e| ClientError::InvalidRequest(format!("cron job {key}: {e}")))?;
-        let explicit = (!borealis_net::codec::tier_unset(c.config())).then_some(config.tier);
-        config.tier = self.tiers.resolve(explicit, config.production);
-        self.tiers
-            .validate(config.tier, config.production)
-            .map_err(|e| ClientError::InvalidRequest(format!("cron job {key}: {e}")))?;
-        borealis_core::validate::validate_task_config(&config)
-            .map_err(|e| ClientError::InvalidRequest(format!("cron job {key}: {e}")))?;
+        let config = self.config_from_wire(&key, c.config(), "cron job")?;
         if config.is_service {
             return Err(ClientError::InvalidRequest(format!(
                 "cron job {key}: a cron job cannot be a service"

@@ -334,16 +334,7 @@ impl Shard {
                 self.allowed_environments.as_str()
             )));
         }
-        let mut config = task_config_from_wire(key.clone(), c.config())
-            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
-        // A job file that names no tier gets the tier config's (Aurora's `default`).
-        let explicit = (!borealis_net::codec::tier_unset(c.config())).then_some(config.tier);
-        config.tier = self.tiers.resolve(explicit, config.production);
-        self.tiers
-            .validate(config.tier, config.production)
-            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
-        borealis_core::validate::validate_task_config(&config)
-            .map_err(|e| ClientError::InvalidRequest(format!("job {key}: {e}")))?;
+        let config = self.config_from_wire(&key, c.config(), "job")?;
         if let Some(&existing) = self.job_index.get(&key) {
             if self.jobs[existing].cron.is_some() {
                 return Err(ClientError::InvalidRequest(format!(
@@ -368,6 +359,28 @@ impl Shard {
             }
         }
         Ok((key, instances, config))
+    }
+
+    /// A task config off the wire for `key`, its tier resolved (a job file that names none
+    /// gets the tier config's, Aurora's `default`) and checked; errors name `what` and the key
+    /// (`job www/prod/web: ...`, `update of ...`, `cron job ...`).
+    pub(super) fn config_from_wire(
+        &self,
+        key: &JobKey,
+        wire_config: wire::TaskConfig<'_>,
+        what: &str,
+    ) -> Result<TaskConfig, ClientError> {
+        let refuse = |e: String| ClientError::InvalidRequest(format!("{what} {key}: {e}"));
+        let mut config =
+            task_config_from_wire(key.clone(), wire_config).map_err(|e| refuse(e.to_string()))?;
+        let explicit = (!borealis_net::codec::tier_unset(wire_config)).then_some(config.tier);
+        config.tier = self.tiers.resolve(explicit, config.production);
+        self.tiers
+            .validate(config.tier, config.production)
+            .map_err(|e| refuse(e.to_string()))?;
+        borealis_core::validate::validate_task_config(&config)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(config)
     }
 
     /// Adds a job with no tasks yet.

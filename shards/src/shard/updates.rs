@@ -75,15 +75,7 @@ impl Shard {
                 max: self.config.max_tasks_per_job,
             });
         }
-        let mut config = task_config_from_wire(key.clone(), s.config())
-            .map_err(|e| ClientError::InvalidRequest(format!("update of {key}: {e}")))?;
-        let explicit = (!borealis_net::codec::tier_unset(s.config())).then_some(config.tier);
-        config.tier = self.tiers.resolve(explicit, config.production);
-        self.tiers
-            .validate(config.tier, config.production)
-            .map_err(|e| ClientError::InvalidRequest(format!("update of {key}: {e}")))?;
-        borealis_core::validate::validate_task_config(&config)
-            .map_err(|e| ClientError::InvalidRequest(format!("update of {key}: {e}")))?;
+        let config = self.config_from_wire(&key, s.config(), "update of")?;
         // What the job is (its tier, production, service kind) is not changed by an update:
         // its quota, preemption and lifecycle rules would change under running instances.
         let head = &j.config;
