@@ -255,6 +255,14 @@ pub enum Request {
     Update {
         key: String,
     },
+    /// `borealis cron schedule` of `key`: the job becomes a cron job (created if it is new).
+    ScheduleCron {
+        key: String,
+    },
+    /// `borealis cron deschedule|start` of `key`.
+    Cron {
+        key: String,
+    },
 }
 
 /// A reply, as the builder API returns it.
@@ -330,12 +338,27 @@ pub struct Ledger {
     /// instances they cover). Those instances are not noted ended meanwhile: the update may
     /// start them again.
     pub reviving: BTreeMap<String, (u64, BTreeSet<u32>)>,
+    /// Keys a cron schedule was ever sent for. A cron job's instances are retired between
+    /// runs and each trigger (or `cron start`) starts them again, a KILL_EXISTING trigger
+    /// kills the run in progress, a schedule creates the job and a deschedule forgets it: the
+    /// per-job facts above do not apply to them.
+    pub cron: BTreeSet<String>,
 }
 
 impl Ledger {
     /// Whether the per-job facts apply to `key`.
     pub fn tracks(&self, key: &str) -> bool {
-        !self.tainted.contains(key)
+        !self.tainted.contains(key) && !self.cron.contains(key)
+    }
+
+    /// A cron schedule of `key` was sent: from now on (noted when sent, not when answered:
+    /// the round that schedules it may trigger a run before the answer arrives) its
+    /// instances may end and run again, be killed and run again, and the job may go.
+    pub fn note_cron_sent(&mut self, key: &str) {
+        self.cron.insert(key.to_string());
+        self.ended_instances.retain(|(k, _)| k.as_str() != key);
+        self.acked_kills.remove(key);
+        self.reviving.remove(key);
     }
 
     pub fn note_create_sent(&mut self, key: &str) {

@@ -47,6 +47,9 @@ pub struct SchedulerFlags {
     pub max_schedule_attempts_per_sec: f64,
     /// Drains, SLAs, kill retries, partitions, reconciliation.
     pub service: borealis_shards::ServiceSettings,
+    /// Rolling updates and cron runs (`--cron-scheduling-max-batch-size`, `--cron-timezone`,
+    /// ...): Aurora's defaults.
+    pub changes: borealis_shards::ChangeSettings,
 }
 
 impl Default for SchedulerFlags {
@@ -71,6 +74,7 @@ impl Default for SchedulerFlags {
             max_tasks_per_job: 4000,
             max_schedule_attempts_per_sec: 0.0,
             service: sim_service_settings(),
+            changes: borealis_shards::ChangeSettings::default(),
         }
     }
 }
@@ -162,6 +166,6 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         max_schedule_attempts_per_sec: flags.max_schedule_attempts_per_sec,
         allowed_job_environments: flags.allowed_job_environments.clone(),
         service: flags.service.clone(),
-        changes: borealis_shards::ChangeSettings::default(),
+        changes: flags.changes.clone(),
     })
 }

@@ -36,6 +36,7 @@
 
 use std::collections::BTreeSet;
 
+use borealis_core::cron::CollisionPolicy;
 use borealis_core::update::{Command, UpdateSettings};
 use borealis_core::{Resources, TaskId, TaskState};
 use borealis_net::views::{JobStatusView, QuotaView, UpdateInfoView};
@@ -347,6 +348,58 @@ impl Sim {
         }
     }
 
+    /// `borealis cron schedule`: `key` becomes a cron job (created with every instance
+    /// retired if it is new) that runs `config` (its instance count and task config) at each
+    /// trigger of `schedule` (`--cron-timezone`, the fake wall clock), `policy` deciding what
+    /// a trigger does while a run is active. Ok once acknowledged, else the refusal's text.
+    pub fn schedule_cron(
+        &mut self,
+        key: &str,
+        config: JobConfig,
+        schedule: &str,
+        policy: CollisionPolicy,
+    ) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let task = config.task_config(&job_key);
+        let (instances, explicit) = (config.instances, config.tier_explicit);
+        let reply = self.request(
+            Request::ScheduleCron {
+                key: key.to_string(),
+            },
+            |e, id| {
+                e.schedule_cron_spec(id, &job_key, instances, &task, explicit, schedule, policy)
+                    .to_vec()
+            },
+        );
+        ack(reply)
+    }
+
+    /// `borealis cron deschedule`: the schedule goes (a run in progress finishes as a plain
+    /// job; a job with nothing live is forgotten). Ok once acknowledged.
+    pub fn deschedule_cron(&mut self, key: &str) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let reply = self.request(
+            Request::Cron {
+                key: key.to_string(),
+            },
+            |e, id| e.deschedule_cron(id, &job_key).to_vec(),
+        );
+        ack(reply)
+    }
+
+    /// `borealis cron start`: a run now, as if the schedule triggered (the collision policy
+    /// applies). Ok once acknowledged.
+    pub fn start_cron(&mut self, key: &str) -> Result<(), String> {
+        let job_key: borealis_core::JobKey = key.parse().map_err(|e| format!("{e}"))?;
+        let reply = self.request(
+            Request::Cron {
+                key: key.to_string(),
+            },
+            |e, id| e.start_cron(id, &job_key).to_vec(),
+        );
+        ack(reply)
+    }
+
     /// Sends a StartUpdate and does not wait for its answer; returns the request's id for
     /// [`Sim::wait_reply`] or [`Sim::try_reply`].
     pub fn send_start_update(
@@ -621,6 +674,15 @@ impl Sim {
             .filter(|t| t.task == task)
             .map(|t| (t.at_ms, t.from, t.to))
             .collect()
+    }
+}
+
+/// Ok for an acknowledgement, else the refusal's text (or the reply).
+fn ack(reply: Reply) -> Result<(), String> {
+    match reply {
+        Reply::Ack => Ok(()),
+        Reply::Error { message, .. } => Err(message),
+        other => Err(format!("{other:?}")),
     }
 }
 

@@ -404,6 +404,7 @@ impl World {
                 let latest = latest_update_id(&self.audits(), key).unwrap_or(0);
                 self.ledger.note_update_sent(key, *instances, scope, latest);
             }
+            Request::ScheduleCron { key } => self.ledger.note_cron_sent(key),
             _ => {}
         }
         let key = self.clients[c].conn.expect("connected");
