@@ -5,6 +5,11 @@
 //! Every launch is checked against what the agent runs: resources and ports within its
 //! registered totals, the job's constraint, and that the same (job, instance) is not active on
 //! another agent. Everything an agent sends in one wake-up goes out as one write.
+//!
+//! The updated job of `--update` runs like any other (launch, STARTING, RUNNING) but its tasks
+//! never end by themselves: a rolling update kills them (answered KILLED, as a kill of any task
+//! is) and launches their replacements. Agents past `--agents` are dedicated to it
+//! (`dedicated=loadgen/update`), and a task of one kind on the other's agents is an error.
 
 use std::cell::RefCell;
 use std::sync::atomic::Ordering::Relaxed;
@@ -37,6 +42,8 @@ pub const PORT_FIRST: u16 = 31_000;
 pub const PORT_LAST: u16 = 31_999;
 /// Disk of an average agent, in MiB.
 const AGENT_DISK_MIB: f64 = 512.0 * 1024.0;
+/// The `dedicated` attribute value of the agents dedicated to the updated job.
+pub const UPDATE_DEDICATED_VALUE: &str = "loadgen/update";
 
 thread_local! {
     /// One builder per worker thread: messages are built and copied into the agent's frame
@@ -45,9 +52,14 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
-/// An agent's registered size: the mean scaled by a factor in [0.5, 1.5] drawn from its index.
+/// An agent's registered size: the mean scaled by a factor in [0.5, 1.5] drawn from its index;
+/// exactly the mean for an agent dedicated to the updated job.
 pub fn agent_resources(config: &crate::Config, index: u32) -> Resources {
-    let factor = 0.5 + (mix(u64::from(index)) % 1001) as f64 / 1000.0;
+    let factor = if is_update_agent(config, index) {
+        1.0
+    } else {
+        0.5 + (mix(u64::from(index)) % 1001) as f64 / 1000.0
+    };
     Resources {
         cpu_millis: (config.agent_cpus * 1000.0 * factor) as u32,
         ram_mib: (f64::from(config.agent_ram_mib) * factor) as u32,
@@ -58,6 +70,11 @@ pub fn agent_resources(config: &crate::Config, index: u32) -> Resources {
 
 pub fn agent_name(index: u32) -> String {
     format!("h{index}")
+}
+
+/// Agents `--agents..` are the ones dedicated to the updated job.
+pub fn is_update_agent(config: &crate::Config, index: u32) -> bool {
+    index >= config.agents
 }
 
 fn wall_ms() -> u64 {
@@ -93,6 +110,9 @@ struct Local {
     failed: u64,
     killed: u64,
     statuses: u64,
+    update_launched: u64,
+    update_running: u64,
+    update_killed: u64,
     assigned_us: Vec<u64>,
     running_us: Vec<u64>,
 }
@@ -105,6 +125,8 @@ struct SimAgent {
     used: Resources,
     zone: u32,
     rack: u32,
+    /// Dedicated to the updated job.
+    dedicated: bool,
     tasks: Vec<SimTask>,
     writer: FrameWriter,
     decoder: FrameDecoder,
@@ -139,6 +161,7 @@ pub async fn run_agent(
         used: Resources::ZERO,
         zone: index % ZONES,
         rack: index / AGENTS_PER_RACK,
+        dedicated: is_update_agent(config, index),
         tasks: Vec::new(),
         writer: FrameWriter::new(),
         decoder: FrameDecoder::default(),
@@ -191,16 +214,23 @@ impl SimAgent {
         phase: &mut watch::Receiver<Phase>,
         register_deadline: Instant,
     ) -> Result<(), String> {
+        let mut attributes = vec![
+            ("host".into(), self.name.clone()),
+            ("rack".into(), format!("r{}", self.rack)),
+            ("zone".into(), format!("z{}", self.zone)),
+        ];
+        if self.dedicated {
+            attributes.push((
+                borealis_core::DEDICATED_ATTRIBUTE.into(),
+                UPDATE_DEDICATED_VALUE.into(),
+            ));
+        }
         let registration = AgentRegistration {
             agent_id: self.name.clone(),
             hostname: self.name.clone(),
             resources: self.total,
             port_ranges: vec![(PORT_FIRST, PORT_LAST)],
-            attributes: vec![
-                ("host".into(), self.name.clone()),
-                ("rack".into(), format!("r{}", self.rack)),
-                ("zone".into(), format!("z{}", self.zone)),
-            ],
+            attributes,
             tasks: Vec::new(),
         };
         ENCODER.with(|e| {
@@ -368,14 +398,19 @@ impl SimAgent {
         let shared = self.shared.clone();
         let task_id = launch.task_id();
         let instance = launch.instance();
-        self.local.placed += 1;
         let Some((job_index, job)) = shared.job_by_key(launch.job_key()) else {
+            self.local.placed += 1;
             self.error(format!(
                 "launch of task {task_id:016x} of a job this run never submitted: {:?}",
                 launch.job_key()
             ));
             return;
         };
+        if job.update {
+            self.local.update_launched += 1;
+        } else {
+            self.local.placed += 1;
+        }
         let Some(record) = job.instances.get(instance as usize) else {
             self.error(format!(
                 "launch of instance {instance} of {} which has {} instances",
@@ -392,7 +427,22 @@ impl SimAgent {
             return;
         }
         let launches = record.launches.fetch_add(1, Relaxed);
-        if launches == 0 {
+        if job.update {
+            // Replaced by every update: a launch after a kill is what it should see.
+            let generation = update_generation(launch.config().command());
+            match (generation, shared.update_job.get()) {
+                (Some(generation), Some(u)) => {
+                    if let Some(live) = u.live_generation.get(instance as usize) {
+                        live.store(generation, Relaxed);
+                    }
+                }
+                _ => self.error(format!(
+                    "{}/{instance}: launch (task {task_id:016x}) of the updated job with command {:?}, which names no generation",
+                    job.key,
+                    launch.config().command()
+                )),
+            }
+        } else if launches == 0 {
             let submitted = job.submitted_ns.load(Relaxed);
             let at = (now - shared.started).as_nanos() as u64;
             self.local
@@ -401,7 +451,7 @@ impl SimAgent {
         } else {
             self.local.relaunched += 1;
         }
-        if record.ends.load(Relaxed) > 0 {
+        if !job.update && record.ends.load(Relaxed) > 0 {
             self.error(format!(
                 "{}/{instance} launched again (task {task_id:016x}) after it ended",
                 job.key
@@ -461,13 +511,14 @@ impl SimAgent {
             ));
         }
         self.check_constraint(job_index, job, instance);
-        let fails = fails(
-            shared.config.seed,
-            job_index,
-            instance,
-            launches,
-            shared.config.failure_rate,
-        );
+        let fails = !job.update
+            && fails(
+                shared.config.seed,
+                job_index,
+                instance,
+                launches,
+                shared.config.failure_rate,
+            );
         let ack_delay = Duration::from_millis(shared.config.ack_delay_ms);
         let phase = if ack_delay.is_zero() {
             self.start(task_id, job_index, instance, now)
@@ -486,6 +537,18 @@ impl SimAgent {
     }
 
     fn check_constraint(&mut self, job_index: u32, job: &JobRecord, instance: u32) {
+        if self.dedicated && !job.update {
+            self.error(format!(
+                "{}/{instance} placed on an agent dedicated to the updated job",
+                job.key
+            ));
+        }
+        if job.update && !self.dedicated && self.shared.config.update_agents > 0 {
+            self.error(format!(
+                "{}/{instance} of the updated job placed on an agent not dedicated to it",
+                job.key
+            ));
+        }
         match job.constraint {
             ConstraintKind::Plain => {}
             ConstraintKind::Zone => {
@@ -531,8 +594,14 @@ impl SimAgent {
     fn start(&mut self, task_id: u64, job: u32, instance: u32, now: Instant) -> Phase2 {
         self.status(task_id, job, instance, TaskState::Starting, -1);
         self.status(task_id, job, instance, TaskState::Running, -1);
+        let record = self.shared.jobs.get(job);
+        if record.is_some_and(|j| j.update) {
+            // The updated job's tasks run until an update replaces them.
+            self.local.update_running += 1;
+            return Phase2::Running(None);
+        }
         self.local.running += 1;
-        if let Some(job) = self.shared.jobs.get(job) {
+        if let Some(job) = record {
             if job.instances[instance as usize].launches.load(Relaxed) == 1 {
                 let at = (now - self.shared.started).as_nanos() as u64;
                 let submitted = job.submitted_ns.load(Relaxed);
@@ -576,6 +645,16 @@ impl SimAgent {
             job.instances[task.instance as usize]
                 .active
                 .store(false, Relaxed);
+            if job.update {
+                if let Some(live) = self
+                    .shared
+                    .update_job
+                    .get()
+                    .and_then(|u| u.live_generation.get(task.instance as usize))
+                {
+                    live.store(crate::shared::NO_GENERATION, Relaxed);
+                }
+            }
         }
         task
     }
@@ -632,6 +711,15 @@ impl SimAgent {
             return;
         };
         let task = self.remove(i);
+        if let Some(job) = self.shared.jobs.get(task.job).filter(|j| j.update) {
+            // A rolling update replacing it.
+            self.local.update_killed += 1;
+            job.instances[task.instance as usize]
+                .ends
+                .fetch_add(1, Relaxed);
+            self.status(task.task_id, task.job, task.instance, TaskState::Killed, -1);
+            return;
+        }
         self.local.killed += 1;
         let key = self
             .shared
@@ -701,6 +789,9 @@ impl SimAgent {
             (&c.failed, &mut l.failed),
             (&c.killed, &mut l.killed),
             (&c.statuses_sent, &mut l.statuses),
+            (&c.update_launched, &mut l.update_launched),
+            (&c.update_running, &mut l.update_running),
+            (&c.update_killed, &mut l.update_killed),
         ] {
             if *value > 0 {
                 counter.fetch_add(std::mem::take(value), Relaxed);
@@ -718,5 +809,57 @@ impl SimAgent {
         for us in l.running_us.drain(..) {
             h.submit_to_running_us.saturating_record(us.max(1));
         }
+    }
+}
+
+/// The generation an updated job's command names (`... generation N`), see
+/// [`crate::update::update_command`].
+pub fn update_generation(command: &str) -> Option<u32> {
+    command
+        .rsplit_once(crate::update::GENERATION_MARK)?
+        .1
+        .trim()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn update_generations_are_read_back_from_commands() {
+        for generation in [0, 1, 7, 4_000_000] {
+            let command = crate::update::update_command(generation);
+            assert_eq!(update_generation(&command), Some(generation), "{command}");
+        }
+        assert_eq!(
+            update_generation("sleep 1 # borealis-loadgen: never run"),
+            None
+        );
+        assert_eq!(update_generation("x generation y"), None);
+    }
+
+    #[test]
+    fn update_agents_come_after_the_client_agents_and_are_uniform() {
+        let config = crate::Config::parse_from([
+            "borealis-loadgen",
+            "--scheduler",
+            "127.0.0.1:1",
+            "--agents",
+            "10",
+            "--update",
+            "during",
+            "--update-agents",
+            "5",
+        ]);
+        assert!(!is_update_agent(&config, 9));
+        assert!(is_update_agent(&config, 10));
+        let mean = agent_resources(&config, 10);
+        assert_eq!(mean.cpu_millis, 16_000);
+        assert_eq!(mean.ram_mib, 65_536);
+        assert_eq!(agent_resources(&config, 14), mean);
     }
 }

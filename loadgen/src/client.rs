@@ -96,6 +96,7 @@ pub fn job_spec(shared: &Shared, index: u32) -> (TaskConfig, JobRecord) {
         rack_counts: (kind == ConstraintKind::RackLimit).then(Default::default),
         submitted_ns: Default::default(),
         reply: Default::default(),
+        update: false,
     };
     (task, record)
 }
@@ -111,7 +112,7 @@ pub async fn connect(address: &str) -> Result<TcpStream, String> {
     }
 }
 
-async fn write(stream: &mut TcpStream, writer: &mut FrameWriter) -> Result<(), String> {
+pub(crate) async fn write(stream: &mut TcpStream, writer: &mut FrameWriter) -> Result<(), String> {
     if writer.is_empty() {
         return Ok(());
     }
@@ -125,7 +126,11 @@ async fn write(stream: &mut TcpStream, writer: &mut FrameWriter) -> Result<(), S
 }
 
 /// Reads what the socket has into `decoder`. Err when the connection ended.
-fn read_into(stream: &TcpStream, buf: &mut [u8], decoder: &mut FrameDecoder) -> Result<(), String> {
+pub(crate) fn read_into(
+    stream: &TcpStream,
+    buf: &mut [u8],
+    decoder: &mut FrameDecoder,
+) -> Result<(), String> {
     loop {
         match stream.try_read(buf) {
             Ok(0) => return Err("the scheduler closed the connection".into()),
@@ -143,7 +148,7 @@ fn read_into(stream: &TcpStream, buf: &mut [u8], decoder: &mut FrameDecoder) -> 
 }
 
 /// Calls `f` on every complete message in `decoder`.
-fn each_message(
+pub(crate) fn each_message(
     decoder: &mut FrameDecoder,
     mut f: impl FnMut(wire::Message<'_>),
 ) -> Result<(), String> {

@@ -83,6 +83,80 @@ pub struct Config {
     /// No per-second progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Rolling updates: `off`; `time` (no client load: a service job of `--update-instances`
+    /// is created, and `--update-repeat` updates of it to a new command are rolled one after
+    /// another and timed); `idle` (the job is created and RUNNING, no update, then the normal
+    /// timed window: the baseline of `during`); `during` (as `idle`, with updates of the job
+    /// rolled back to back through the window).
+    #[arg(long, default_value = "off")]
+    pub update: UpdateMode,
+    /// Instances of the updated service job.
+    #[arg(long, default_value_t = 4000)]
+    pub update_instances: u32,
+    /// Extra simulated agents dedicated to the updated job (attribute
+    /// `dedicated=loadgen/update`; uniform `--agent-cpus` and `--agent-ram-mib`, no client job
+    /// lands there). 0: the job shares the `--agents` agents with the client jobs.
+    #[arg(long, default_value_t = 400)]
+    pub update_agents: u32,
+    /// The update's `batch_size`.
+    #[arg(long, default_value_t = 100)]
+    pub update_batch_size: u32,
+    /// The update's `watch_secs`.
+    #[arg(long, default_value_t = 0)]
+    pub update_watch_secs: u32,
+    /// Updates rolled one after another in `--update time`.
+    #[arg(long, default_value_t = 1)]
+    pub update_repeat: u32,
+    /// Longest wait for the job to be RUNNING, and for one update to finish.
+    #[arg(long, default_value_t = 300.0)]
+    pub update_timeout_secs: f64,
+    /// How often the update's status is asked for (`QueryUpdates`) while it rolls.
+    #[arg(long, default_value_t = 10)]
+    pub update_poll_ms: u64,
+    /// A line on stderr per poll while an update rolls: the agents' view and the update's
+    /// per-phase counts (every poll then asks for the update's details: a diagnostic, not a
+    /// timed run).
+    #[arg(long)]
+    pub update_trace: bool,
+}
+
+/// What the loadgen does with rolling updates (`--update`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpdateMode {
+    /// No updated job.
+    Off,
+    /// Time updates of the job, without client load.
+    Time,
+    /// The job RUNNING through the window, never updated.
+    Idle,
+    /// Updates of the job rolled back to back through the window.
+    During,
+}
+
+impl UpdateMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateMode::Off => "off",
+            UpdateMode::Time => "time",
+            UpdateMode::Idle => "idle",
+            UpdateMode::During => "during",
+        }
+    }
+}
+
+impl FromStr for UpdateMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<UpdateMode, String> {
+        match text.trim() {
+            "off" => Ok(UpdateMode::Off),
+            "time" => Ok(UpdateMode::Time),
+            "idle" => Ok(UpdateMode::Idle),
+            "during" => Ok(UpdateMode::During),
+            other => Err(format!(
+                "unknown update mode {other:?} (off, time, idle, during)"
+            )),
+        }
+    }
 }
 
 impl Config {
@@ -91,8 +165,27 @@ impl Config {
         Config::parse_from(["borealis-loadgen", "--scheduler", scheduler])
     }
 
+    /// Agents the run connects: `--agents`, plus `--update-agents` when there is an updated job.
+    pub fn total_agents(&self) -> u32 {
+        self.agents.saturating_add(self.dedicated_update_agents())
+    }
+
+    /// Agents dedicated to the updated job (0: none, or the job shares the others).
+    pub fn dedicated_update_agents(&self) -> u32 {
+        if self.update == UpdateMode::Off {
+            0
+        } else {
+            self.update_agents
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.agents >= 1, "--agents must be at least 1");
+        // `--update time` needs no client agents when the job has its own.
+        let agents_min = u32::from(!(self.update == UpdateMode::Time && self.update_agents > 0));
+        anyhow::ensure!(
+            self.agents >= agents_min,
+            "--agents must be at least 1 (0 only with --update time and --update-agents > 0)"
+        );
         anyhow::ensure!(self.clients >= 1, "--clients must be at least 1");
         anyhow::ensure!(self.threads >= 1, "--threads must be at least 1");
         anyhow::ensure!(
@@ -131,6 +224,36 @@ impl Config {
             self.connect_concurrency >= 1,
             "--connect-concurrency must be at least 1"
         );
+        if self.update != UpdateMode::Off {
+            anyhow::ensure!(
+                (1..=4000).contains(&self.update_instances),
+                "--update-instances must be 1..=4000 (the scheduler's default --max-tasks-per-job)"
+            );
+            anyhow::ensure!(
+                self.update_batch_size >= 1,
+                "--update-batch-size must be at least 1"
+            );
+            anyhow::ensure!(
+                self.update_watch_secs <= 86_400,
+                "--update-watch-secs must be at most 86400"
+            );
+            anyhow::ensure!(
+                (1..=100).contains(&self.update_repeat),
+                "--update-repeat must be 1..=100"
+            );
+            anyhow::ensure!(
+                self.update_timeout_secs.is_finite() && self.update_timeout_secs > 0.0,
+                "--update-timeout-secs must be > 0"
+            );
+            anyhow::ensure!(
+                (1..=10_000).contains(&self.update_poll_ms),
+                "--update-poll-ms must be 1..=10000"
+            );
+            anyhow::ensure!(
+                self.update_agents <= 100_000,
+                "--update-agents must be at most 100000"
+            );
+        }
         Ok(())
     }
 }
@@ -276,5 +399,79 @@ mod tests {
         assert_eq!(counts, [70, 10, 10, 10]);
         assert!("bogus=1".parse::<ConstraintMix>().is_err());
         assert!("plain=0".parse::<ConstraintMix>().is_err());
+    }
+
+    #[test]
+    fn update_modes_parse() {
+        for mode in [
+            UpdateMode::Off,
+            UpdateMode::Time,
+            UpdateMode::Idle,
+            UpdateMode::During,
+        ] {
+            assert_eq!(mode.as_str().parse(), Ok(mode));
+        }
+        assert!("rolling".parse::<UpdateMode>().is_err());
+        assert!("".parse::<UpdateMode>().is_err());
+    }
+
+    #[test]
+    fn update_flags_parse_and_validate() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["borealis-loadgen", "--scheduler", "127.0.0.1:1"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all)
+        };
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.update, UpdateMode::Off);
+        assert_eq!(
+            c.total_agents(),
+            10_000,
+            "no update agents without an update"
+        );
+        c.validate().unwrap();
+
+        let c = parse(&["--update", "during"]).unwrap();
+        assert_eq!(
+            (c.update_instances, c.update_agents, c.update_batch_size),
+            (4000, 400, 100)
+        );
+        assert_eq!(c.update_watch_secs, 0);
+        assert_eq!(c.total_agents(), 10_400);
+        c.validate().unwrap();
+
+        // `time` may run without client agents when the job has its own, nothing else may.
+        let c = parse(&["--update", "time", "--agents", "0", "--update-repeat", "3"]).unwrap();
+        assert_eq!((c.total_agents(), c.update_repeat), (400, 3));
+        c.validate().unwrap();
+        let c = parse(&["--update", "time", "--agents", "0", "--update-agents", "0"]).unwrap();
+        assert!(c.validate().is_err());
+        let c = parse(&["--update", "idle", "--agents", "0"]).unwrap();
+        assert!(c.validate().is_err());
+
+        // Shared agents.
+        let c = parse(&["--update", "during", "--update-agents", "0"]).unwrap();
+        assert_eq!(c.total_agents(), 10_000);
+        c.validate().unwrap();
+
+        for bad in [
+            ["--update-instances", "0"],
+            ["--update-instances", "4001"],
+            ["--update-batch-size", "0"],
+            ["--update-repeat", "0"],
+            ["--update-timeout-secs", "0"],
+            ["--update-poll-ms", "0"],
+        ] {
+            let mut args = vec!["--update", "time"];
+            args.extend_from_slice(&bad);
+            let c = parse(&args).unwrap();
+            assert!(c.validate().is_err(), "{bad:?} accepted");
+        }
+        // The update's bounds apply only with an update.
+        parse(&["--update-instances", "0"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert!(parse(&["--update", "sometimes"]).is_err());
     }
 }

@@ -13,12 +13,20 @@
 //! on another agent; no agent was over-committed (resources, ports) or got a task its job's
 //! constraint forbids; no agent lost its connection; and, for a sample of jobs, the
 //! scheduler's own state counts (`QueryJob`) match what the agents reported.
+//!
+//! With `--update` a service job of `--update-instances` is created once the agents registered
+//! (on `--update-agents` agents of its own, or sharing the others) and waited for until every
+//! instance is RUNNING; then `time` rolls `--update-repeat` updates of it one after another
+//! with no client load and reports their times, `during` rolls updates back to back through
+//! the timed window, and `idle` leaves it running (the baseline of `during`). Each update is
+//! verified (see [`update`]); the job's tasks are counted apart from the client jobs'.
 
 mod agent;
 mod client;
 mod config;
 mod report;
 mod shared;
+pub mod update;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,8 +36,8 @@ use anyhow::Context;
 use borealis_core::TaskState;
 use tokio::sync::{watch, Semaphore};
 
-pub use config::{Config, ConstraintKind, ConstraintMix, TaskDuration};
-pub use report::{Percentiles, Report, Totals};
+pub use config::{Config, ConstraintKind, ConstraintMix, TaskDuration, UpdateMode};
+pub use report::{Percentiles, Report, Totals, UpdateReport};
 
 use crate::agent::AgentEnd;
 use crate::client::Expected;
@@ -64,7 +72,7 @@ const STOP_WAIT: Duration = Duration::from_secs(20);
 /// `verified` says whether the run was correct). Builds its own tokio runtime.
 pub fn run(config: Config) -> anyhow::Result<Report> {
     config.validate()?;
-    raise_open_files_limit(u64::from(config.agents) + u64::from(config.clients) + 256)?;
+    raise_open_files_limit(u64::from(config.total_agents()) + u64::from(config.clients) + 256)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads)
         .enable_all()
@@ -197,7 +205,7 @@ fn progress_line(shared: &Shared, elapsed: f64, last: &Snapshot, now: &Snapshot,
         c.submitted_jobs.load(Relaxed)
             .saturating_sub(c.acked_jobs.load(Relaxed) + c.rejected_jobs.load(Relaxed)),
         c.agents_registered.load(Relaxed) - c.agents_lost.load(Relaxed),
-        shared.config.agents,
+        shared.config.total_agents(),
         shared.errors.count(),
     );
 }
@@ -236,9 +244,10 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     // ---------------------------------------------------------------- agents register
     let setup_started = Instant::now();
     let slots = Arc::new(Semaphore::new(config.connect_concurrency));
-    let mut agents = Vec::with_capacity(config.agents as usize);
+    let all_agents = config.total_agents();
+    let mut agents = Vec::with_capacity(all_agents as usize);
     let failed_agents = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for index in 0..config.agents {
+    for index in 0..all_agents {
         let permit = slots.clone().acquire_owned().await.expect("never closed");
         let shared = shared.clone();
         let phase = phase_rx.clone();
@@ -266,8 +275,8 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     loop {
         let registered = shared.counters.agents_registered.load(Relaxed);
         let failed = failed_agents.load(Relaxed);
-        if registered + failed >= u64::from(config.agents) || Instant::now() >= register_deadline {
-            if failed > 0 || registered < u64::from(config.agents) {
+        if registered + failed >= u64::from(all_agents) || Instant::now() >= register_deadline {
+            if failed > 0 || registered < u64::from(all_agents) {
                 let _ = phase_tx.send(Phase::Stop);
                 let mut first = None;
                 for handle in agents {
@@ -279,7 +288,7 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
                 }
                 anyhow::bail!(
                     "only {registered} of {} agents registered within {:.0} s ({failed} failed); first failure: {}",
-                    config.agents,
+                    all_agents,
                     config.register_timeout_secs,
                     first.unwrap_or_else(|| "none (timed out)".into())
                 );
@@ -291,7 +300,7 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
             eprintln!(
                 "[setup {:6.1}s] agents registered {registered}/{}",
                 setup_started.elapsed().as_secs_f64(),
-                config.agents
+                all_agents
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,12 +309,111 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     if !config.quiet {
         eprintln!(
             "[setup {registration_secs:6.1}s] all {} agents registered",
-            config.agents
+            all_agents
         );
     }
     // Let the scheduler settle the registrations' offers before measuring its baseline.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_after_registration = rss();
+
+    // ---------------------------------------------------------------- the updated job
+    let mut driver = None;
+    let mut job_ready_secs = 0.0;
+    let mut update_setup_failed = false;
+    if config.update != UpdateMode::Off {
+        let key = update::register_job(&shared);
+        let ready = match update::Driver::connect(shared.clone(), key).await {
+            Ok(mut d) => {
+                let ready = d.create_and_wait().await;
+                driver = Some(d);
+                ready
+            }
+            Err(e) => Err(e),
+        };
+        match ready {
+            Ok(secs) => {
+                job_ready_secs = secs;
+                if !config.quiet {
+                    eprintln!(
+                        "[setup] the updated job's {} instances are RUNNING ({secs:.2} s after CreateJob)",
+                        config.update_instances
+                    );
+                }
+            }
+            Err(e) => {
+                shared.errors.push(e);
+                update_setup_failed = true;
+            }
+        }
+    }
+    if config.update == UpdateMode::Time || update_setup_failed {
+        // Timing updates (no client window), or the updated job did not come up.
+        let mut runs = Vec::new();
+        if let Some(d) = driver.as_mut().filter(|_| !update_setup_failed) {
+            for _ in 0..config.update_repeat {
+                match d.roll().await {
+                    Ok(run) => {
+                        if !config.quiet {
+                            eprintln!(
+                                "[update] {} rolled {} instances to generation {} in {:.3} s ({:.0} instances/s)",
+                                run.update_id,
+                                config.update_instances,
+                                run.generation,
+                                run.secs,
+                                run.instances_per_sec
+                            );
+                        }
+                        runs.push(run);
+                    }
+                    Err(e) => {
+                        shared.errors.push(e);
+                        break;
+                    }
+                }
+            }
+            if shared.errors.count() == 0 {
+                for p in d.final_problems() {
+                    shared.errors.push(p);
+                }
+            }
+        }
+        let log_len_at_stop = config
+            .scheduler_log
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len());
+        shared.stopping.store(true, Relaxed);
+        let _ = phase_tx.send(Phase::Stop);
+        for handle in agents {
+            let _ = tokio::time::timeout(STOP_WAIT, handle).await;
+        }
+        let (log_warnings, log_examples) = match (&config.scheduler_log, log_len_at_stop) {
+            (Some(path), Some(len)) => {
+                let (n, examples) = scan_log(path, len);
+                (Some(n), examples)
+            }
+            _ => (None, Vec::new()),
+        };
+        let notes = driver.map(|d| d.notes).unwrap_or_default();
+        let errors = shared.errors.list();
+        return Ok(Report {
+            agents: config.agents,
+            registration_secs,
+            scheduler_rss_bytes: rss(),
+            scheduler_rss_bytes_at_start: rss_at_start,
+            scheduler_rss_bytes_after_registration: rss_after_registration,
+            scheduler_log_warnings: log_warnings,
+            scheduler_log_warning_examples: log_examples,
+            totals: totals(&shared),
+            threads: config.threads,
+            seed: config.seed,
+            update_mode: config.update.as_str().into(),
+            update: Some(update_report(&config, job_ready_secs, runs, notes, None)),
+            verified: errors.is_empty(),
+            verification_errors: errors,
+            ..Report::default()
+        });
+    }
 
     // ---------------------------------------------------------------- clients, timed window
     let mut clients = Vec::new();
@@ -328,6 +436,20 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     let t0 = start.at.expect("set");
     let (scheduler_cpu_start, loadgen_cpu_start) = (scheduler_cpu(), own_cpu_secs());
     phase_tx.send(Phase::Run).expect("receivers alive");
+    // `--update during`: updates rolled back to back while the window lasts.
+    let rolling = match driver.take() {
+        Some(mut d) if config.update == UpdateMode::During => {
+            let phase = phase_rx.clone();
+            Some(tokio::spawn(async move {
+                let (runs, error) = d.roll_through_window(&phase).await;
+                (d, runs, error)
+            }))
+        }
+        other => {
+            driver = other;
+            None
+        }
+    };
     let mut last = start;
     let mut rss_max = rss_after_registration;
     let mut next_tick = t0 + Duration::from_secs(1);
@@ -382,6 +504,46 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     let drain_secs = drain_started.elapsed().as_secs_f64();
     let fully_drained = drained(&shared);
 
+    // ---------------------------------------------------------------- the updates' end
+    let mut runs = Vec::new();
+    if let Some(handle) = rolling {
+        // The update under way when the window closed finishes (bounded by its own timeout).
+        let wait = Duration::from_secs_f64(config.update_timeout_secs) + Duration::from_secs(30);
+        match tokio::time::timeout(wait, handle).await {
+            Ok(Ok((d, done, error))) => {
+                runs = done;
+                if let Some(e) = error {
+                    shared.errors.push(e);
+                }
+                driver = Some(d);
+            }
+            Ok(Err(e)) => shared.errors.push(format!("the update driver failed: {e}")),
+            Err(_) => shared.errors.push(format!(
+                "the update driver did not finish within {:.0} s of the window's end",
+                wait.as_secs_f64()
+            )),
+        }
+    }
+    if let Some(d) = &driver {
+        if shared.errors.count() == 0 {
+            for p in d.final_problems() {
+                shared.errors.push(p);
+            }
+        }
+    }
+    let window_from = (t0 - shared.started).as_secs_f64();
+    let coverage = (config.update == UpdateMode::During).then(|| {
+        let intervals: Vec<(f64, f64)> = runs
+            .iter()
+            .map(|r| (r.sent_at_secs, r.done_at_secs))
+            .collect();
+        update::coverage(&intervals, window_from, window_from + window_secs)
+    });
+    let update_section = (config.update != UpdateMode::Off).then(|| {
+        let notes = driver.as_ref().map(|d| d.notes.clone()).unwrap_or_default();
+        update_report(&config, job_ready_secs, runs, notes, coverage)
+    });
+
     // ---------------------------------------------------------------- verification
     let mut query_checked = 0;
     if fully_drained && shared.errors.count() == 0 {
@@ -432,7 +594,6 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     // ---------------------------------------------------------------- report
     let per_sec = |a: u64, b: u64| b.saturating_sub(a) as f64 / window_secs;
     let latencies = shared.merged_latencies();
-    let c = &shared.counters;
     let errors = shared.errors.list();
     Ok(Report {
         agents: config.agents,
@@ -471,20 +632,7 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
         loadgen_cpu_secs: loadgen_cpu_window,
         scheduler_log_warnings: log_warnings,
         scheduler_log_warning_examples: log_examples,
-        totals: Totals {
-            jobs_submitted: c.submitted_jobs.load(Relaxed),
-            jobs_acked: c.acked_jobs.load(Relaxed),
-            jobs_refused: c.rejected_jobs.load(Relaxed),
-            tasks_submitted: c.submitted_tasks.load(Relaxed),
-            tasks_placed: c.placed.load(Relaxed),
-            tasks_relaunched: c.relaunched.load(Relaxed),
-            tasks_running: c.running.load(Relaxed),
-            tasks_finished: c.finished.load(Relaxed),
-            tasks_failed: c.failed.load(Relaxed),
-            tasks_killed: c.killed.load(Relaxed),
-            statuses_sent: c.statuses_sent.load(Relaxed),
-            agents_lost: c.agents_lost.load(Relaxed),
-        },
+        totals: totals(&shared),
         jobs_checked_by_query: query_checked as u64,
         instances_per_job: config.instances_per_job,
         rate: config.rate,
@@ -496,9 +644,58 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
         max_active_tasks: config.max_active_tasks,
         threads: config.threads,
         seed: config.seed,
+        update_mode: config.update.as_str().into(),
+        update: update_section,
         verified: errors.is_empty(),
         verification_errors: errors,
     })
+}
+
+fn totals(shared: &Shared) -> Totals {
+    let c = &shared.counters;
+    Totals {
+        jobs_submitted: c.submitted_jobs.load(Relaxed),
+        jobs_acked: c.acked_jobs.load(Relaxed),
+        jobs_refused: c.rejected_jobs.load(Relaxed),
+        tasks_submitted: c.submitted_tasks.load(Relaxed),
+        tasks_placed: c.placed.load(Relaxed),
+        tasks_relaunched: c.relaunched.load(Relaxed),
+        tasks_running: c.running.load(Relaxed),
+        tasks_finished: c.finished.load(Relaxed),
+        tasks_failed: c.failed.load(Relaxed),
+        tasks_killed: c.killed.load(Relaxed),
+        statuses_sent: c.statuses_sent.load(Relaxed),
+        agents_lost: c.agents_lost.load(Relaxed),
+        update_launched: c.update_launched.load(Relaxed),
+        update_running: c.update_running.load(Relaxed),
+        update_killed: c.update_killed.load(Relaxed),
+    }
+}
+
+fn update_report(
+    config: &Config,
+    job_ready_secs: f64,
+    runs: Vec<update::UpdateRun>,
+    notes: Vec<String>,
+    window_coverage: Option<f64>,
+) -> UpdateReport {
+    let of =
+        |f: fn(&update::UpdateRun) -> f64| update::median(&runs.iter().map(f).collect::<Vec<_>>());
+    UpdateReport {
+        mode: config.update.as_str().into(),
+        instances: config.update_instances,
+        dedicated_agents: config.dedicated_update_agents(),
+        batch_size: config.update_batch_size,
+        watch_secs: config.update_watch_secs,
+        poll_ms: config.update_poll_ms,
+        job_ready_secs,
+        median_secs: of(|r| r.secs),
+        median_instances_per_sec: of(|r| r.instances_per_sec),
+        median_scheduler_secs: of(|r| r.scheduler_secs),
+        runs,
+        window_coverage,
+        notes,
+    }
 }
 
 /// Up to [`QUERY_SAMPLE_JOBS`] acked jobs, evenly spread, whose every instance ran once, with
@@ -514,7 +711,7 @@ fn query_sample(shared: &Shared) -> Vec<Expected> {
         let Some(job) = shared.jobs.get(index) else {
             continue;
         };
-        if job.reply.load(Relaxed) != REPLY_ACK {
+        if job.update || job.reply.load(Relaxed) != REPLY_ACK {
             continue;
         }
         let mut counts = std::collections::HashMap::new();
@@ -568,6 +765,9 @@ fn verify_instances(shared: &Shared) {
         let Some(job) = shared.jobs.get(index) else {
             continue;
         };
+        if job.update {
+            continue; // checked by the update driver
+        }
         match job.reply.load(Relaxed) {
             REPLY_NONE => {
                 note(0, job.key.to_string());

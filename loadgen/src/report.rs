@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::update::UpdateRun;
+
 /// Latency percentiles in milliseconds (all 0 when nothing was recorded).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Percentiles {
@@ -50,9 +52,37 @@ pub struct Totals {
     pub tasks_killed: u64,
     pub statuses_sent: u64,
     pub agents_lost: u64,
+    /// The updated job's (`--update`) launches, RUNNING statuses and kills; not in the above.
+    pub update_launched: u64,
+    pub update_running: u64,
+    pub update_killed: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// The rolling updates of `--update`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct UpdateReport {
+    /// `time`, `idle` or `during`.
+    pub mode: String,
+    pub instances: u32,
+    /// Agents dedicated to the job (0: it shared the client jobs' agents).
+    pub dedicated_agents: u32,
+    pub batch_size: u32,
+    pub watch_secs: u32,
+    pub poll_ms: u64,
+    /// From the job's `CreateJob` to every instance RUNNING.
+    pub job_ready_secs: f64,
+    /// Every verified update, in order.
+    pub runs: Vec<UpdateRun>,
+    pub median_secs: Option<f64>,
+    pub median_instances_per_sec: Option<f64>,
+    pub median_scheduler_secs: Option<f64>,
+    /// `during`: the share of the timed window in which an update was rolling.
+    pub window_coverage: Option<f64>,
+    /// Oddities of the scheduler's answers (not errors).
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub agents: u32,
     pub clients: u32,
@@ -106,6 +136,9 @@ pub struct Report {
     pub max_active_tasks: u64,
     pub threads: usize,
     pub seed: u64,
+    /// `--update`: `off`, `time`, `idle` or `during`.
+    pub update_mode: String,
+    pub update: Option<UpdateReport>,
     pub verified: bool,
     pub verification_errors: Vec<String>,
 }
@@ -124,6 +157,9 @@ impl Report {
 
     /// The human-readable summary.
     pub fn table(&self) -> String {
+        if self.update_mode == "time" {
+            return self.update_table();
+        }
         let mut out = String::new();
         let t = &self.totals;
         let _ = writeln!(
@@ -208,6 +244,73 @@ impl Report {
             t.statuses_sent,
             t.agents_lost
         );
+        self.update_lines(&mut out);
+        self.log_and_verification_lines(&mut out);
+        out
+    }
+
+    /// The summary of `--update time`: no client window, only the updates.
+    fn update_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "borealis-loadgen: update timing, {} client agents idle, {} threads, seed {}",
+            self.agents, self.threads, self.seed
+        );
+        self.update_lines(&mut out);
+        let t = &self.totals;
+        let _ = writeln!(
+            out,
+            "  totals         updated job: {} launches, {} running, {} kills; {} statuses; agents lost {}",
+            t.update_launched, t.update_running, t.update_killed, t.statuses_sent, t.agents_lost
+        );
+        self.log_and_verification_lines(&mut out);
+        out
+    }
+
+    fn update_lines(&self, out: &mut String) {
+        let Some(u) = &self.update else {
+            return;
+        };
+        let agents = if u.dedicated_agents > 0 {
+            format!("{} dedicated agents", u.dedicated_agents)
+        } else {
+            "the client jobs' agents".to_string()
+        };
+        let _ = writeln!(
+            out,
+            "  update         {} ({}): {} instances on {agents}, batch {}, watch {} s, polled every {} ms; job RUNNING {:.2} s after CreateJob",
+            u.mode, if u.mode == "idle" { "never updated" } else { "StartUpdate ack -> ROLLED_FORWARD" },
+            u.instances, u.batch_size, u.watch_secs, u.poll_ms, u.job_ready_secs
+        );
+        for r in &u.runs {
+            let _ = writeln!(
+                out,
+                "    update {:>3} -> generation {:>3}: {:>8.3} s ({:>7.0} instances/s; scheduler's own {:.3} s; ack {:.1} ms; {} polls; {} launches, {} kills)",
+                r.update_id, r.generation, r.secs, r.instances_per_sec, r.scheduler_secs, r.ack_ms, r.polls, r.launches, r.kills
+            );
+        }
+        if let (Some(secs), Some(rate)) = (u.median_secs, u.median_instances_per_sec) {
+            let _ = writeln!(
+                out,
+                "    median of {}:  {secs:.3} s, {rate:.0} instances/s (scheduler's own {:.3} s)",
+                u.runs.len(),
+                u.median_scheduler_secs.unwrap_or(f64::NAN)
+            );
+        }
+        if let Some(c) = u.window_coverage {
+            let _ = writeln!(
+                out,
+                "    an update was rolling for {:.1}% of the timed window",
+                c * 100.0
+            );
+        }
+        for note in &u.notes {
+            let _ = writeln!(out, "    note: {note}");
+        }
+    }
+
+    fn log_and_verification_lines(&self, out: &mut String) {
         if let Some(n) = self.scheduler_log_warnings {
             let _ = writeln!(out, "  scheduler log  {n} WARN/ERROR lines during the run");
             for line in &self.scheduler_log_warning_examples {
@@ -230,6 +333,5 @@ impl Report {
                 let _ = writeln!(out, "    - {e}");
             }
         }
-        out
     }
 }

@@ -58,6 +58,9 @@ pub struct JobRecord {
     /// When the client wrote the `CreateJob`, in ns since the run started (0: not yet sent).
     pub submitted_ns: AtomicU64,
     pub reply: AtomicU8,
+    /// The updated service job (`--update`): its tasks never end by themselves, its kills are
+    /// expected, and its launches are counted apart from the client jobs'.
+    pub update: bool,
 }
 
 /// [`JOB_CHUNK`] job slots, each set once.
@@ -118,6 +121,10 @@ pub struct Counters {
     pub agents_registered: AtomicU64,
     pub agents_lost: AtomicU64,
     pub statuses_sent: AtomicU64,
+    /// The updated job's `LaunchTask`s, RUNNING statuses and `KillTask`s (not in the above).
+    pub update_launched: AtomicU64,
+    pub update_running: AtomicU64,
+    pub update_killed: AtomicU64,
 }
 
 /// A point-in-time copy of the task counters.
@@ -220,6 +227,35 @@ impl Errors {
     }
 }
 
+/// No live task (in [`UpdateJob::live_generation`]).
+pub const NO_GENERATION: u32 = u32::MAX;
+
+/// The updated job, as the agents see it: per instance, the generation (the number in its
+/// command, 0 for the job as created, `n` after the n-th update) of its live task.
+pub struct UpdateJob {
+    pub index: u32,
+    pub live_generation: Box<[AtomicU32]>,
+}
+
+impl UpdateJob {
+    pub fn new(index: u32, instances: u32) -> UpdateJob {
+        UpdateJob {
+            index,
+            live_generation: (0..instances)
+                .map(|_| AtomicU32::new(NO_GENERATION))
+                .collect(),
+        }
+    }
+
+    /// The live generation of every instance, now.
+    pub fn generations(&self) -> Vec<u32> {
+        self.live_generation
+            .iter()
+            .map(|g| g.load(Relaxed))
+            .collect()
+    }
+}
+
 pub struct Shared {
     pub config: Config,
     pub started: Instant,
@@ -233,6 +269,8 @@ pub struct Shared {
     /// Set just before agents disconnect: what happens afterwards (the scheduler moving the
     /// tasks of the agents already gone to those still there) is not part of the run.
     pub stopping: AtomicBool,
+    /// The updated job, once created (`--update`).
+    pub update_job: OnceLock<UpdateJob>,
 }
 
 impl Shared {
@@ -249,6 +287,7 @@ impl Shared {
                 .map(|_| Mutex::new(Latencies::new()))
                 .collect(),
             stopping: AtomicBool::new(false),
+            update_job: OnceLock::new(),
         }
     }
 

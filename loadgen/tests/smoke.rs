@@ -1,6 +1,7 @@
 //! Smoke test: the real scheduler binary on loopback, the loadgen in-process with 50 agents
-//! and 2 clients for 3 s. Asserts correctness only (the run verified, every submitted task
-//! ended), never timings.
+//! and 2 clients for 3 s; and rolling updates of a small service job, timed alone and rolled
+//! while clients submit. Asserts correctness only (the run verified, every submitted task
+//! ended, every update rolled forward), never timings.
 //!
 //! The binary is not built here: `cargo build -p borealis` first (scripts/test.sh does), or
 //! point `BOREALIS_BIN` at one.
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use borealis_loadgen::{Config, TaskDuration};
+use borealis_loadgen::{Config, TaskDuration, UpdateMode};
 
 const STARTUP_MAX: Duration = Duration::from_secs(30);
 const LOG_TAIL_BYTES: usize = 16 * 1024;
@@ -161,4 +162,89 @@ fn fifty_agents_two_clients_verify() {
     assert!(t.tasks_finished > 0);
     assert!(report.jobs_checked_by_query > 0);
     assert!(report.scheduler_rss_bytes.is_some());
+}
+
+#[test]
+fn updates_timed_alone_roll_forward_and_verify() {
+    let scheduler = Scheduler::start();
+    let mut config = Config::new(&scheduler.address);
+    config.agents = 0;
+    config.update = UpdateMode::Time;
+    config.update_instances = 200;
+    config.update_agents = 20;
+    config.update_batch_size = 15;
+    config.update_repeat = 2;
+    config.update_timeout_secs = 60.0;
+    config.scheduler_pid = Some(scheduler.child.id());
+    config.register_timeout_secs = 30.0;
+    let report = borealis_loadgen::run(config).expect("the loadgen runs");
+    println!("{}", report.table());
+    assert!(
+        report.verified,
+        "verification failed: {:#?}\nscheduler log tail:\n{}",
+        report.verification_errors,
+        scheduler.log_tail()
+    );
+    let u = report.update.as_ref().expect("an update section");
+    assert_eq!(u.runs.len(), 2);
+    assert_eq!(
+        u.runs.iter().map(|r| r.generation).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    for r in &u.runs {
+        assert_eq!(
+            (r.launches, r.kills),
+            (200, 200),
+            "one replacement each: {r:?}"
+        );
+        assert!(r.secs > 0.0 && r.instances_per_sec > 0.0);
+    }
+    let t = &report.totals;
+    assert_eq!(
+        (t.update_launched, t.update_killed, t.tasks_placed),
+        (600, 400, 0)
+    );
+    assert_eq!(t.agents_lost, 0);
+}
+
+#[test]
+fn updates_during_client_load_verify() {
+    let scheduler = Scheduler::start();
+    let mut config = Config::new(&scheduler.address);
+    config.agents = 30;
+    config.clients = 1;
+    config.instances_per_job = 10;
+    config.duration = 3.0;
+    config.task_duration_ms = TaskDuration::Millis { min: 100, max: 300 };
+    config.max_active_tasks = 500;
+    config.update = UpdateMode::During;
+    config.update_instances = 100;
+    config.update_agents = 10;
+    config.update_batch_size = 20;
+    config.update_timeout_secs = 60.0;
+    config.scheduler_pid = Some(scheduler.child.id());
+    config.drain_secs = 20.0;
+    config.register_timeout_secs = 30.0;
+    let report = borealis_loadgen::run(config).expect("the loadgen runs");
+    println!("{}", report.table());
+    assert!(
+        report.verified,
+        "verification failed: {:#?}\nscheduler log tail:\n{}",
+        report.verification_errors,
+        scheduler.log_tail()
+    );
+    let u = report.update.as_ref().expect("an update section");
+    assert!(!u.runs.is_empty(), "no update rolled during the window");
+    assert!(u.window_coverage.is_some_and(|c| c > 0.0));
+    let t = &report.totals;
+    assert_eq!(
+        t.tasks_placed, t.tasks_submitted,
+        "client tasks counted apart"
+    );
+    assert_eq!(t.tasks_killed, 0, "no client task was killed");
+    assert_eq!(
+        t.update_launched,
+        100 * (1 + u.runs.len() as u64),
+        "one replacement per instance and update"
+    );
 }
