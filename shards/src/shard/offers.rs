@@ -290,8 +290,11 @@ impl Shard {
             } else if self.jobs[job].blocked.is_empty() {
                 // Placed: the penalty starts over. The last explanation is kept (shown only
                 // while the job is blocked), so a job blocked again within the explanation's
-                // rate limit still says why.
+                // rate limit still says why. It may try a loan again the next time it is
+                // blocked (an update's next batch), not only after a penalty ended (found by
+                // the update benchmark: each batch that needed a loan waited out a penalty).
                 self.jobs[job].schedule_failures = 0;
+                self.jobs[job].lend_tried = false;
             }
         }
         self.run_tasks = run;
