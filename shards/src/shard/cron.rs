@@ -55,30 +55,8 @@ impl Shard {
         &self,
         c: wire::ScheduleCron<'_>,
     ) -> Result<(JobKey, CronImage), ClientError> {
-        let key: JobKey = c
-            .job_key()
-            .parse()
-            .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
         let instances = c.instances();
-        if instances == 0 {
-            return Err(ClientError::InvalidRequest(format!(
-                "cron job {key}: instances must be >= 1"
-            )));
-        }
-        if instances > self.config.max_tasks_per_job {
-            return Err(ClientError::TooManyTasks {
-                key,
-                instances,
-                max: self.config.max_tasks_per_job,
-            });
-        }
-        if !self.allowed_environments.is_match(&key.environment) {
-            return Err(ClientError::InvalidRequest(format!(
-                "cron job {key}: environment {:?} is not allowed (--allowed-job-environments {})",
-                key.environment,
-                self.allowed_environments.as_str()
-            )));
-        }
+        let key = self.check_new_job(c.job_key(), instances, "cron job")?;
         let schedule = borealis_core::cron::CronSchedule::parse(c.schedule())
             .map_err(|e| ClientError::InvalidRequest(format!("cron job {key}: {e}")))?;
         let collision_policy =
@@ -389,8 +367,9 @@ impl Shard {
         if *self.jobs[job].config != *config || self.jobs[job].current.len() as u32 != instances {
             // A new template: the job is installed anew (its ended tasks go with the old one).
             let key = self.jobs[job].key.clone();
+            self.unqueue_cron(job);
+            self.cron_starting.remove(&job);
             let cron = self.jobs[job].cron.take();
-            self.unqueue_cron_value(job, cron.as_deref());
             self.drop_job(job);
             let new = self.install_job(key.clone(), instances, (*config).clone());
             self.log(&LogRecord::JobCreated {
@@ -407,13 +386,6 @@ impl Shard {
             return self.launch_cron_run(new, why);
         }
         self.launch_cron_run(job, why);
-    }
-
-    fn unqueue_cron_value(&mut self, job: JobIdx, cron: Option<&CronJob>) {
-        if let Some(next) = cron.and_then(|c| c.next_run_unix_ms) {
-            self.cron_queue.remove(&(next, job));
-        }
-        self.cron_starting.remove(&job);
     }
 
     fn launch_cron_run(&mut self, job: JobIdx, why: &str) {

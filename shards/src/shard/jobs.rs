@@ -310,30 +310,8 @@ impl Shard {
         &self,
         c: wire::CreateJob<'_>,
     ) -> Result<(JobKey, u32, TaskConfig), ClientError> {
-        let key: JobKey = c
-            .job_key()
-            .parse()
-            .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
         let instances = c.instances();
-        if instances == 0 {
-            return Err(ClientError::InvalidRequest(format!(
-                "job {key}: instances must be >= 1"
-            )));
-        }
-        if instances > self.config.max_tasks_per_job {
-            return Err(ClientError::TooManyTasks {
-                key,
-                instances,
-                max: self.config.max_tasks_per_job,
-            });
-        }
-        if !self.allowed_environments.is_match(&key.environment) {
-            return Err(ClientError::InvalidRequest(format!(
-                "job {key}: environment {:?} is not allowed (--allowed-job-environments {})",
-                key.environment,
-                self.allowed_environments.as_str()
-            )));
-        }
+        let key = self.check_new_job(c.job_key(), instances, "job")?;
         let config = self.config_from_wire(&key, c.config(), "job")?;
         if let Some(&existing) = self.job_index.get(&key) {
             if self.jobs[existing].cron.is_some() {
@@ -359,6 +337,40 @@ impl Shard {
             }
         }
         Ok((key, instances, config))
+    }
+
+    /// The key and instance count of a job to create (or a cron job to schedule), checked:
+    /// a valid key in an allowed environment, 1..=`--max-tasks-per-job` instances. Errors
+    /// name `what` and the key.
+    pub(super) fn check_new_job(
+        &self,
+        job_key: &str,
+        instances: u32,
+        what: &str,
+    ) -> Result<JobKey, ClientError> {
+        let key: JobKey = job_key
+            .parse()
+            .map_err(|e: borealis_core::JobKeyError| ClientError::InvalidRequest(e.to_string()))?;
+        if instances == 0 {
+            return Err(ClientError::InvalidRequest(format!(
+                "{what} {key}: instances must be >= 1"
+            )));
+        }
+        if instances > self.config.max_tasks_per_job {
+            return Err(ClientError::TooManyTasks {
+                key,
+                instances,
+                max: self.config.max_tasks_per_job,
+            });
+        }
+        if !self.allowed_environments.is_match(&key.environment) {
+            return Err(ClientError::InvalidRequest(format!(
+                "{what} {key}: environment {:?} is not allowed (--allowed-job-environments {})",
+                key.environment,
+                self.allowed_environments.as_str()
+            )));
+        }
+        Ok(key)
     }
 
     /// A task config off the wire for `key`, its tier resolved (a job file that names none

@@ -441,12 +441,9 @@ impl Shard {
             .iter()
             .map(|p| self.instance_view(job, p.instance))
             .collect();
-        let positions: HashMap<u32, usize> = update
-            .instances
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.instance, i))
-            .collect();
+        // The scope is in instance order: an instance's view is found by binary search.
+        let order: Vec<u32> = update.instances.iter().map(|p| p.instance).collect();
+        let at = |instance: u32| order.binary_search(&instance).expect("in the scope");
         // An SLA-aware update takes down at most one running instance per step, and only with
         // its job's SLA's leave (the drain machinery's check: count, percentage or
         // coordinator); the next step sees it down.
@@ -461,9 +458,9 @@ impl Shard {
         let changed = update.step(
             self.now_us,
             self.unix_ms,
-            &mut |instance| views[positions[&instance]],
+            &mut |instance| views[at(instance)],
             &mut |instance| {
-                if !sla_aware || views[positions[&instance]].running_since_us.is_none() {
+                if !sla_aware || views[at(instance)].running_since_us.is_none() {
                     return true; // not SLA-aware, or nothing up is taken down
                 }
                 if sla_leave == Some(instance) && !sla_used {
