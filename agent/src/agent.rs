@@ -458,6 +458,7 @@ impl Agent {
             port_ranges: self.config.port_ranges.clone(),
             attributes: self.config.attributes.clone(),
             tasks,
+            log_port: self.config.log_port,
         };
         self.writer.push(self.encoder.register_agent(&registration));
         for status in &overflow {
@@ -950,6 +951,7 @@ mod tests {
             port_ranges: vec![],
             attributes: vec![],
             work_dir: "/nonexistent".into(),
+            log_port: 0,
         })
         .unwrap()
     }

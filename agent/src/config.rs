@@ -18,6 +18,8 @@ pub(crate) struct Config {
     pub attributes: Attributes,
     /// Absolute; created at startup.
     pub work_dir: PathBuf,
+    /// The port the agent's HTTP sandbox server listens on (0: none), sent in registration.
+    pub log_port: u16,
 }
 
 impl Config {
@@ -109,6 +111,7 @@ impl Config {
             port_ranges,
             attributes,
             work_dir,
+            log_port: 0,
         })
     }
 }

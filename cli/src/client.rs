@@ -14,6 +14,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -21,7 +22,9 @@ use borealis_core::jobfile::{parse_job_file, JobSpec};
 use borealis_core::{JobKey, Resources, TaskId, TaskState};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
-use borealis_net::views::{ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView};
+use borealis_net::views::{
+    AgentInfoView, ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView,
+};
 use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
 use serde::ser::{Serialize, Serializer};
 
@@ -404,7 +407,8 @@ pub struct Client {
     addr: String,
     /// Listed schedulers not tried yet, in order.
     untried: VecDeque<String>,
-    stream: TcpStream,
+    options: ClientOptions,
+    stream: Stream,
     encoder: Encoder,
     writer: FrameWriter,
     decoder: FrameDecoder,
@@ -423,6 +427,84 @@ impl fmt::Debug for Client {
             .field("next_request_id", &self.next_request_id)
             .finish_non_exhaustive()
     }
+}
+
+/// How a client proves who it is: the token it authenticates with (`--token` /
+/// `BOREALIS_TOKEN`) and, for a scheduler with TLS, the client TLS configuration (the cluster
+/// CA it verifies the scheduler against; no client certificate: certificates are agents').
+#[derive(Clone, Default)]
+pub struct ClientOptions {
+    pub token: Option<String>,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+static DEFAULT_OPTIONS: OnceLock<ClientOptions> = OnceLock::new();
+
+/// Sets the options [`Client::connect`] uses (once, from the command line's flags).
+pub fn set_default_options(options: ClientOptions) {
+    let _ = DEFAULT_OPTIONS.set(options);
+}
+
+fn default_options() -> ClientOptions {
+    DEFAULT_OPTIONS.get().cloned().unwrap_or_default()
+}
+
+/// The connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Connects to `addr` with `options`: TCP, the TLS handshake (its failure named: a scheduler
+/// whose certificate the CA did not sign, say), then the token, if any.
+fn open(addr: &str, options: &ClientOptions) -> anyhow::Result<Stream> {
+    let tcp = connect_one(addr)?;
+    let Some(config) = &options.tls else {
+        return Ok(Stream::Plain(tcp));
+    };
+    let name = borealis_net::tls::server_name(addr)?;
+    let conn = rustls::ClientConnection::new(config.clone(), name)
+        .map_err(|e| anyhow!("TLS with scheduler at {addr}: {e}"))?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| anyhow!("TLS handshake with scheduler at {addr} failed: {e}"))?;
+    }
+    Ok(Stream::Tls(Box::new(tls)))
 }
 
 /// Opens a TCP connection to `addr` (`host:port`), trying each address it resolves to for
@@ -476,17 +558,29 @@ impl Client {
     /// one address: `cannot reach scheduler at <addr>: <reason>`; for a list: `cannot reach any
     /// scheduler of <list>: <addr>: <reason>; ...`.
     pub fn connect(addrs: &str) -> anyhow::Result<Client> {
+        Client::connect_with(addrs, default_options())
+    }
+
+    /// [`Client::connect`] with explicit credentials (the HTTP API forwards each caller's).
+    /// A refused token is a [`Refused`] with [`ErrorCode::Unauthenticated`].
+    pub fn connect_with(addrs: &str, options: ClientOptions) -> anyhow::Result<Client> {
         let mut untried = scheduler_list(addrs);
         if untried.len() <= 1 {
             // One address: its own error, word for word.
             let addr = untried.pop_front().unwrap_or_else(|| addrs.to_string());
-            let stream = connect_one(&addr)?;
-            return Ok(Client::with_stream(addr, stream, untried));
+            let stream = open(&addr, &options)?;
+            let mut client = Client::with_stream(addr, stream, untried, options);
+            client.authenticate()?;
+            return Ok(client);
         }
         let mut reasons = Vec::new();
         while let Some(addr) = untried.pop_front() {
-            match connect_one(&addr) {
-                Ok(stream) => return Ok(Client::with_stream(addr, stream, untried)),
+            match open(&addr, &options) {
+                Ok(stream) => {
+                    let mut client = Client::with_stream(addr, stream, untried, options);
+                    client.authenticate()?;
+                    return Ok(client);
+                }
                 Err(e) => reasons.push(format!("{e:#}")),
             }
         }
@@ -500,10 +594,16 @@ impl Client {
         )
     }
 
-    fn with_stream(addr: String, stream: TcpStream, untried: VecDeque<String>) -> Client {
+    fn with_stream(
+        addr: String,
+        stream: Stream,
+        untried: VecDeque<String>,
+        options: ClientOptions,
+    ) -> Client {
         Client {
             addr,
             untried,
+            options,
             stream,
             encoder: Encoder::new(),
             writer: FrameWriter::new(),
@@ -515,10 +615,19 @@ impl Client {
 
     /// Replaces the connection with one to `addr`.
     fn reconnect(&mut self, addr: &str) -> anyhow::Result<()> {
-        self.stream = connect_one(addr)?;
+        self.stream = open(addr, &self.options)?;
         self.addr = addr.to_string();
         self.decoder = FrameDecoder::new();
-        Ok(())
+        self.authenticate()
+    }
+
+    /// Sends the token, if there is one (a scheduler without auth accepts any).
+    fn authenticate(&mut self) -> anyhow::Result<()> {
+        let Some(token) = self.options.token.clone() else {
+            return Ok(());
+        };
+        let response = self.request_once(&mut |enc, id| enc.authenticate(id, &token).to_vec())?;
+        expect_ack(response, "Authenticate")
     }
 
     /// Connects to the next listed scheduler that accepts; `Ok(false)` when none is left.
@@ -723,6 +832,22 @@ impl Client {
     }
 
     /// Every job the scheduler knows.
+    /// Every registered agent, from every shard.
+    pub fn list_agents(&mut self) -> anyhow::Result<Vec<AgentInfoView>> {
+        match self.request(|enc, id| enc.list_agents(id).to_vec())? {
+            OwnedMessage::AgentList(agents) => Ok(agents),
+            other => Err(unexpected(other, "ListAgents")),
+        }
+    }
+
+    /// The task with this id: its job's summary and that one task.
+    pub fn query_task(&mut self, task_id: u64) -> anyhow::Result<JobStatusView> {
+        match self.request(|enc, id| enc.query_task(id, task_id).to_vec())? {
+            OwnedMessage::JobStatus(status) => Ok(status),
+            other => Err(unexpected(other, "QueryTask")),
+        }
+    }
+
     pub fn list_jobs(&mut self) -> anyhow::Result<Vec<JobSummaryView>> {
         match self.request(|enc, id| enc.list_jobs(id).to_vec())? {
             OwnedMessage::JobList(jobs) => Ok(jobs),
@@ -777,6 +902,10 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
         OwnedMessage::ScheduleCron { .. } => "ScheduleCron",
         OwnedMessage::DescheduleCron { .. } => "DescheduleCron",
         OwnedMessage::StartCron { .. } => "StartCron",
+        OwnedMessage::Authenticate { .. } => "Authenticate",
+        OwnedMessage::ListAgents => "ListAgents",
+        OwnedMessage::AgentList(_) => "AgentList",
+        OwnedMessage::QueryTask { .. } => "QueryTask",
         OwnedMessage::JobStatus(_) => "JobStatus",
         OwnedMessage::JobList(_) => "JobList",
         OwnedMessage::Ack => "Ack",
@@ -1222,6 +1351,7 @@ pub(crate) mod tests {
                     sandbox: "/var/sb/2".into(),
                     pending_reason: "".into(),
                     preempted_by: None,
+                    events: vec![],
                 },
                 TaskInfoView {
                     task_id: 0xdead_beef,
@@ -1236,6 +1366,7 @@ pub(crate) mod tests {
                     sandbox: "/path".into(),
                     pending_reason: "".into(),
                     preempted_by: None,
+                    events: vec![],
                 },
             ],
         }

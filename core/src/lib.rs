@@ -4,6 +4,7 @@
 //! randomness. Time and seeds are passed in by the caller. It knows nothing of glommio, tokio,
 //! etcd or flatbuffers; the shards runtime and the wire crate translate to and from these types.
 
+pub mod auth;
 pub mod cron;
 pub mod jobfile;
 pub mod lifecycle;

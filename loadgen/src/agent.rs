@@ -232,6 +232,7 @@ impl SimAgent {
             port_ranges: vec![(PORT_FIRST, PORT_LAST)],
             attributes,
             tasks: Vec::new(),
+            log_port: 0,
         };
         ENCODER.with(|e| {
             self.writer

@@ -255,6 +255,16 @@ fn task_info_from_wire(t: wire::TaskInfo<'_>) -> TaskInfoView {
         sandbox: t.sandbox().unwrap_or_default().to_string(),
         pending_reason: t.pending_reason().unwrap_or_default().to_string(),
         preempted_by: Some(t.preempted_by()).filter(|&id| id != 0),
+        events: t
+            .events()
+            .iter()
+            .flatten()
+            .map(|e| TaskEventView {
+                unix_ms: e.unix_ms(),
+                state: TaskState::from_u8(e.state().0),
+                message: e.message().unwrap_or_default().to_string(),
+            })
+            .collect(),
     }
 }
 
@@ -666,8 +676,16 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                     .map(|a| (a.key().to_string(), a.value().to_string()))
                     .collect(),
                 tasks,
+                log_port: r.log_port(),
             })
         }
+        P::Authenticate => OwnedMessage::Authenticate {
+            token: message
+                .payload_as_authenticate()
+                .expect("type checked")
+                .token()
+                .to_string(),
+        },
         P::TaskStatus => OwnedMessage::TaskStatus(task_status_from_wire(
             message.payload_as_task_status().expect("type checked"),
         )?),
@@ -755,6 +773,40 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
             )?,
         },
         P::ListJobs => OwnedMessage::ListJobs,
+        P::ListAgents => OwnedMessage::ListAgents,
+        P::QueryTask => OwnedMessage::QueryTask {
+            task_id: message
+                .payload_as_query_task()
+                .expect("type checked")
+                .task_id(),
+        },
+        P::AgentList => OwnedMessage::AgentList(
+            message
+                .payload_as_agent_list()
+                .expect("type checked")
+                .agents()
+                .iter()
+                .flatten()
+                .map(|a| {
+                    Ok(AgentInfoView {
+                        agent_id: a.agent_id().to_string(),
+                        hostname: a.hostname().to_string(),
+                        total: a.total().map(resources_from_wire).unwrap_or_default(),
+                        used: a.used().map(resources_from_wire).unwrap_or_default(),
+                        active_tasks: a.active_tasks(),
+                        connected: a.connected(),
+                        mode: host_mode_from_wire(a.mode())?,
+                        attributes: a
+                            .attributes()
+                            .iter()
+                            .flatten()
+                            .map(|x| (x.key().to_string(), x.value().to_string()))
+                            .collect(),
+                        log_address: a.log_address().unwrap_or_default().to_string(),
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+        ),
         P::SetQuota => {
             let q = message.payload_as_set_quota().expect("type checked");
             OwnedMessage::SetQuota {
@@ -929,6 +981,8 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 wire::ErrorCode::Overloaded => ErrorCode::Overloaded,
                 wire::ErrorCode::NotLeader => ErrorCode::NotLeader,
                 wire::ErrorCode::QuotaExceeded => ErrorCode::QuotaExceeded,
+                wire::ErrorCode::Unauthenticated => ErrorCode::Unauthenticated,
+                wire::ErrorCode::PermissionDenied => ErrorCode::PermissionDenied,
                 _ => ErrorCode::InvalidRequest,
             };
             OwnedMessage::Error {
@@ -1188,6 +1242,7 @@ impl Encoder {
                 port_ranges: Some(port_ranges),
                 attributes: Some(attributes),
                 tasks: Some(tasks),
+                log_port: r.log_port,
             },
         );
         self.finish_message(
@@ -1486,6 +1541,22 @@ impl Encoder {
             let pending_reason =
                 (!t.pending_reason.is_empty()).then(|| self.fbb.create_string(&t.pending_reason));
             let ports = self.ports(&t.ports);
+            let events = (!t.events.is_empty()).then(|| {
+                let mut offsets = Vec::with_capacity(t.events.len());
+                for e in &t.events {
+                    let message =
+                        (!e.message.is_empty()).then(|| self.fbb.create_string(&e.message));
+                    offsets.push(wire::TaskEvent::create(
+                        &mut self.fbb,
+                        &wire::TaskEventArgs {
+                            unix_ms: e.unix_ms,
+                            state: state_to_wire(e.state.unwrap_or(TaskState::Init)),
+                            message,
+                        },
+                    ));
+                }
+                self.fbb.create_vector(&offsets)
+            });
             tasks.push(wire::TaskInfo::create(
                 &mut self.fbb,
                 &wire::TaskInfoArgs {
@@ -1501,6 +1572,7 @@ impl Encoder {
                     sandbox: Some(sandbox),
                     pending_reason,
                     preempted_by: t.preempted_by.unwrap_or(0),
+                    events,
                 },
             ));
         }
@@ -1600,6 +1672,81 @@ impl Encoder {
             request_id,
             None,
             wire::Payload::HostStatusList,
+            payload.as_union_value(),
+        )
+    }
+
+    pub fn list_agents(&mut self, request_id: u64) -> &[u8] {
+        self.begin();
+        let payload = wire::ListAgents::create(&mut self.fbb, &wire::ListAgentsArgs {});
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::ListAgents,
+            payload.as_union_value(),
+        )
+    }
+
+    pub fn query_task(&mut self, request_id: u64, task_id: u64) -> &[u8] {
+        self.begin();
+        let payload = wire::QueryTask::create(&mut self.fbb, &wire::QueryTaskArgs { task_id });
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::QueryTask,
+            payload.as_union_value(),
+        )
+    }
+
+    pub fn agent_list(&mut self, request_id: u64, agents: &[AgentInfoView]) -> &[u8] {
+        self.begin();
+        let mut tables = Vec::with_capacity(agents.len());
+        for a in agents {
+            let agent_id = self.fbb.create_string(&a.agent_id);
+            let hostname = self.fbb.create_string(&a.hostname);
+            let mut attrs = Vec::with_capacity(a.attributes.len());
+            for (k, v) in &a.attributes {
+                let key = self.fbb.create_string(k);
+                let value = self.fbb.create_string(v);
+                attrs.push(wire::Attribute::create(
+                    &mut self.fbb,
+                    &wire::AttributeArgs {
+                        key: Some(key),
+                        value: Some(value),
+                    },
+                ));
+            }
+            let attributes = self.fbb.create_vector(&attrs);
+            let log_address =
+                (!a.log_address.is_empty()).then(|| self.fbb.create_string(&a.log_address));
+            let total = resources_to_wire(&a.total);
+            let used = resources_to_wire(&a.used);
+            tables.push(wire::AgentInfo::create(
+                &mut self.fbb,
+                &wire::AgentInfoArgs {
+                    agent_id: Some(agent_id),
+                    hostname: Some(hostname),
+                    total: Some(&total),
+                    used: Some(&used),
+                    active_tasks: a.active_tasks,
+                    connected: a.connected,
+                    mode: host_mode_to_wire(a.mode),
+                    attributes: Some(attributes),
+                    log_address,
+                },
+            ));
+        }
+        let agents = self.fbb.create_vector(&tables);
+        let payload = wire::AgentList::create(
+            &mut self.fbb,
+            &wire::AgentListArgs {
+                agents: Some(agents),
+            },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::AgentList,
             payload.as_union_value(),
         )
     }
@@ -1942,6 +2089,22 @@ impl Encoder {
         )
     }
 
+    /// A client's credentials (see `Authenticate` in the schema).
+    pub fn authenticate(&mut self, request_id: u64, token: &str) -> &[u8] {
+        self.begin();
+        let token = self.fbb.create_string(token);
+        let payload = wire::Authenticate::create(
+            &mut self.fbb,
+            &wire::AuthenticateArgs { token: Some(token) },
+        );
+        self.finish_message(
+            request_id,
+            None,
+            wire::Payload::Authenticate,
+            payload.as_union_value(),
+        )
+    }
+
     pub fn ack(&mut self, request_id: u64) -> &[u8] {
         self.begin();
         let payload = wire::Ack::create(&mut self.fbb, &wire::AckArgs {});
@@ -1976,6 +2139,8 @@ impl Encoder {
             ErrorCode::Overloaded => wire::ErrorCode::Overloaded,
             ErrorCode::NotLeader => wire::ErrorCode::NotLeader,
             ErrorCode::QuotaExceeded => wire::ErrorCode::QuotaExceeded,
+            ErrorCode::Unauthenticated => wire::ErrorCode::Unauthenticated,
+            ErrorCode::PermissionDenied => wire::ErrorCode::PermissionDenied,
         };
         let leader = leader.map(|l| self.fbb.create_string(l));
         let payload = wire::Error::create(
@@ -2176,6 +2341,7 @@ mod tests {
             port_ranges: vec![(31_000, 31_099)],
             attributes: vec![("rack".into(), "r1".into())],
             tasks: vec![],
+            log_port: 8080,
         };
         assert_eq!(
             roundtrip(enc.register_agent(&reg)).1,
@@ -2469,6 +2635,11 @@ mod tests {
             sandbox: String::new(),
             pending_reason: reason.into(),
             preempted_by,
+            events: vec![TaskEventView {
+                unix_ms: 1_700_000_000_000 + u64::from(instance),
+                state: Some(state),
+                message: reason.into(),
+            }],
         };
         let status = JobStatusView {
             job: JobSummaryView {

@@ -15,6 +15,7 @@ pub use generated::borealis::wire;
 
 pub mod codec;
 pub mod frame;
+pub mod tls;
 pub mod views;
 
 pub use codec::{decode_message, Encoder, WireError};

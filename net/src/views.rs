@@ -31,6 +31,8 @@ pub struct AgentRegistration {
     pub attributes: Attributes,
     /// Every task the agent knows (after a reconnect: what it still runs or has finished).
     pub tasks: Vec<TaskStatusReport>,
+    /// The port of the agent's HTTP sandbox server (task logs); 0: it serves none.
+    pub log_port: u16,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +61,31 @@ pub struct TaskInfoView {
     pub pending_reason: String,
     /// The task that preempted this one (wire: 0 means none).
     pub preempted_by: Option<u64>,
+    /// The task's latest state changes, oldest first.
+    pub events: Vec<TaskEventView>,
+}
+
+/// One registered agent (the answer to `ListAgents` lists them).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct AgentInfoView {
+    pub agent_id: String,
+    pub hostname: String,
+    pub total: Resources,
+    pub used: Resources,
+    pub active_tasks: u32,
+    pub connected: bool,
+    pub mode: HostMode,
+    pub attributes: Vec<(String, String)>,
+    /// `ip:port` of its HTTP sandbox server; empty: none.
+    pub log_address: String,
+}
+
+/// One state change of a task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEventView {
+    pub unix_ms: u64,
+    pub state: Option<TaskState>,
+    pub message: String,
 }
 
 /// A role's quota and what its production tasks use of it (the answer to `GetQuota`).
@@ -153,6 +180,10 @@ pub enum ErrorCode {
     NotLeader,
     /// The request would take a role's production jobs over its quota (or the role has none).
     QuotaExceeded,
+    /// No valid credentials (a client without a token, an agent without a certificate).
+    Unauthenticated,
+    /// Authenticated, but the principal may not do this.
+    PermissionDenied,
 }
 
 /// Any message, decoded into owned values.
@@ -160,6 +191,15 @@ pub enum ErrorCode {
 pub enum OwnedMessage {
     RegisterAgent(AgentRegistration),
     TaskStatus(TaskStatusReport),
+    /// A client's token (the first request on a connection to a scheduler with auth).
+    Authenticate {
+        token: String,
+    },
+    ListAgents,
+    AgentList(Vec<AgentInfoView>),
+    QueryTask {
+        task_id: u64,
+    },
     AgentRegistered {
         agent_id: String,
     },

@@ -271,6 +271,7 @@ impl SimAgent {
                 .filter(|(_, t)| t.is_live() || !t.acked)
                 .map(|(id, t)| status(*id, t, 0))
                 .collect(),
+            log_port: 0,
         }
     }
 

@@ -345,6 +345,7 @@ fn garbage_frames_disconnect_only_that_peer() {
         port_ranges: vec![],
         attributes: vec![("rack".into(), "fake".into())],
         tasks: vec![],
+        log_port: 0,
     };
     let mut encoder = Encoder::new();
     let mut writer = FrameWriter::new();

@@ -105,6 +105,7 @@ impl Shard {
                     preempted_by: ti.preempted_by,
                     next_kill_retry_us: 0,
                     kill_retries: 0,
+                    events: Vec::new(),
                 },
             );
             self.state_counts[state as usize] += 1;

@@ -336,6 +336,7 @@ impl Shard {
                 preempted_by: None,
                 next_kill_retry_us: 0,
                 kill_retries: 0,
+                events: Vec::new(),
             },
         );
         self.jobs[job].current[instance] = Some(id);

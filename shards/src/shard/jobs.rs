@@ -488,6 +488,7 @@ impl Shard {
                 preempted_by: None,
                 next_kill_retry_us: 0,
                 kill_retries: 0,
+                events: Vec::new(),
             },
         );
         self.jobs[job].current[instance as usize] = Some(id);
@@ -646,6 +647,15 @@ impl Shard {
                     sandbox: t.sandbox.clone(),
                     pending_reason: self.pending_reason_of(j, t),
                     preempted_by: t.preempted_by.map(|p| p.0),
+                    events: t
+                        .events
+                        .iter()
+                        .map(|e| TaskEventView {
+                            unix_ms: e.unix_ms,
+                            state: Some(e.state),
+                            message: e.message.to_string(),
+                        })
+                        .collect(),
                 }
             })
             .collect();

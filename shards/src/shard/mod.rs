@@ -16,7 +16,7 @@ use borealis_core::update::Rev;
 use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskIdGen, TaskState};
 use borealis_net::codec::{state_from_wire, task_config_from_wire};
 use borealis_net::views::{
-    ErrorCode, JobStatusView, JobSummaryView, TaskInfoView, TaskStatusReport,
+    ErrorCode, JobStatusView, JobSummaryView, TaskEventView, TaskInfoView, TaskStatusReport,
 };
 use borealis_net::{wire, Encoder, FrameWriter};
 use bytes::Bytes;
@@ -322,6 +322,20 @@ struct Task {
     /// Being killed: when the kill is sent again if the agent has not answered (0: never).
     next_kill_retry_us: u64,
     kill_retries: u32,
+    /// The latest state changes, oldest first, at most [`TASK_EVENTS_MAX`] (not logged: a
+    /// restored task's events start at its restore).
+    events: Vec<TaskEvent>,
+}
+
+/// Most state changes a task remembers for `job status` and the UI (Aurora keeps every one;
+/// the bound keeps 100,000 tasks' memory fixed).
+pub const TASK_EVENTS_MAX: usize = 12;
+
+/// One state change of a task.
+struct TaskEvent {
+    unix_ms: u64,
+    state: TaskState,
+    message: Box<str>,
 }
 
 /// An agent whose connection this shard holds.

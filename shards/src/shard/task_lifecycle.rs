@@ -182,6 +182,7 @@ impl Shard {
     /// the transition for the simulation. Returns the previous state; logging is the caller's.
     pub(super) fn set_state(&mut self, task_id: TaskId, next: TaskState) -> TaskState {
         let now = self.now_us;
+        let unix_ms = self.unix_ms;
         let t = self
             .tasks
             .get_mut(&task_id)
@@ -193,6 +194,14 @@ impl Shard {
         );
         t.state = next;
         t.entered_us = now;
+        if t.events.len() >= TASK_EVENTS_MAX {
+            t.events.remove(0);
+        }
+        t.events.push(TaskEvent {
+            unix_ms,
+            state: next,
+            message: Box::from(""),
+        });
         if next == TaskState::Running {
             t.running_since_us = Some(now);
         }
@@ -221,6 +230,11 @@ impl Shard {
         let now = self.now_us;
         let prev = self.set_state(task_id, next);
         let t = self.tasks.get_mut(&task_id).expect("just changed");
+        if !why.is_empty() {
+            if let Some(event) = t.events.last_mut() {
+                event.message = Box::from(why);
+            }
+        }
         if (t.message.is_empty() || !next.is_terminal()) && t.message != why {
             // Reuses the string's buffer: no allocation per transition.
             t.message.clear();
