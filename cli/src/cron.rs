@@ -139,7 +139,9 @@ disk = "64MiB"
         use clap::Parser;
         let argv = ["borealis", "cron"].iter().chain(args).copied();
         match crate::Cli::try_parse_from(argv)?.command {
-            crate::Command::Cron { scheduler, command } => Ok((scheduler, command)),
+            crate::Command::Cron {
+                scheduler, command, ..
+            } => Ok((scheduler, command)),
             other => panic!("{other:?}"),
         }
     }

@@ -280,6 +280,7 @@ h3        NONE      0       -                     -
             crate::Command::Host {
                 scheduler,
                 command: HostCommand::Maintenance(cmd),
+                ..
             } => Ok((scheduler, cmd)),
             other => panic!("{other:?}"),
         }

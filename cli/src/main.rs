@@ -11,6 +11,7 @@ mod ha;
 mod host;
 mod http;
 mod restart;
+mod security;
 mod up;
 mod update;
 
@@ -46,6 +47,8 @@ enum Command {
         /// The scheduler to talk to.
         #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
         scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
         #[command(subcommand)]
         command: client::JobCommand,
     },
@@ -54,6 +57,8 @@ enum Command {
         /// The scheduler to talk to.
         #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
         scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
         #[command(subcommand)]
         command: client::QuotaCommand,
     },
@@ -62,6 +67,8 @@ enum Command {
         /// The scheduler to talk to.
         #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
         scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
         #[command(subcommand)]
         command: host::HostCommand,
     },
@@ -70,6 +77,8 @@ enum Command {
         /// The scheduler to talk to.
         #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
         scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
         #[command(subcommand)]
         command: update::UpdateCommand,
     },
@@ -78,10 +87,13 @@ enum Command {
         /// The scheduler to talk to.
         #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
         scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
         #[command(subcommand)]
         command: cron::CronCommand,
     },
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
+    #[command(mut_arg("http_port", |a| a.default_value(up::UP_HTTP_PORT_TEXT)))]
     Up(Box<up::UpArgs>),
     /// Operator commands that work on a scheduler's data directory.
     Admin {
@@ -353,6 +365,8 @@ pub struct SchedulerArgs {
     /// The maximum number of triggered cron jobs that can be processed in a batch.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub cron_scheduling_max_batch_size: u32,
+    #[command(flatten)]
+    pub security: security::SecurityArgs,
 }
 
 impl SchedulerArgs {
@@ -393,8 +407,16 @@ impl SchedulerArgs {
 
     /// Starts the scheduler (and, with etcd, its control thread) and its HTTP endpoint.
     pub fn start(&self) -> anyhow::Result<(borealis_shards::Scheduler, SocketAddr)> {
-        let config = self.to_config()?;
+        let security = self.security.resolve()?;
+        self.security.check_exposure(self.ip, &security)?;
+        let mut config = self.to_config_with(&security)?;
         let metrics = borealis_shards::metrics::Metrics::new(config.shards, &config.cluster_name);
+        if let Some(path) = &self.security.audit_log {
+            config.security.audit = Some(borealis_shards::audit_log::AuditLog::open(
+                path,
+                metrics.audit_dropped_total.clone(),
+            )?);
+        }
         let (links, view) = match self.ha_config() {
             Some(ha_config) => {
                 let (links, view) = ha::start(ha_config, metrics.clone())?;
@@ -429,7 +451,17 @@ impl SchedulerArgs {
 
     /// The shards' settings. Fails when `--tier-config` cannot be read or is not JSON, or
     /// when `--cron-start-initial-backoff` exceeds `--cron-start-max-backoff`.
+    #[cfg(test)]
     pub fn to_config(&self) -> anyhow::Result<borealis_shards::SchedulerConfig> {
+        self.to_config_with(&self.security.resolve()?)
+    }
+
+    /// The shards' settings, with the security flags already resolved (no audit log yet: it
+    /// needs the metrics).
+    fn to_config_with(
+        &self,
+        security: &security::Security,
+    ) -> anyhow::Result<borealis_shards::SchedulerConfig> {
         let ms = |d: Duration| d.as_millis() as u64;
         anyhow::ensure!(
             self.cron_start_initial_backoff <= self.cron_start_max_backoff,
@@ -516,6 +548,11 @@ impl SchedulerArgs {
                 cron_start_max_backoff_ms: ms(self.cron_start_max_backoff),
                 cron_scheduling_max_batch_size: self.cron_scheduling_max_batch_size as usize,
             },
+            security: borealis_shards::SecuritySettings {
+                tls: security.server_tls.clone(),
+                auth: security.auth.clone(),
+                audit: None,
+            },
         })
     }
 }
@@ -560,11 +597,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging();
             borealis_agent::run(args)
         }
-        Command::Job { scheduler, command } => client::run_job_command(&scheduler, command),
-        Command::Quota { scheduler, command } => client::run_quota_command(&scheduler, command),
-        Command::Host { scheduler, command } => host::run(&scheduler, command),
-        Command::Update { scheduler, command } => update::run(&scheduler, command),
-        Command::Cron { scheduler, command } => cron::run(&scheduler, command),
+        Command::Job {
+            scheduler,
+            conn,
+            command,
+        } => {
+            client::set_default_options(conn.options()?);
+            client::run_job_command(&scheduler, command)
+        }
+        Command::Quota {
+            scheduler,
+            conn,
+            command,
+        } => {
+            client::set_default_options(conn.options()?);
+            client::run_quota_command(&scheduler, command)
+        }
+        Command::Host {
+            scheduler,
+            conn,
+            command,
+        } => {
+            client::set_default_options(conn.options()?);
+            host::run(&scheduler, command)
+        }
+        Command::Update {
+            scheduler,
+            conn,
+            command,
+        } => {
+            client::set_default_options(conn.options()?);
+            update::run(&scheduler, command)
+        }
+        Command::Cron {
+            scheduler,
+            conn,
+            command,
+        } => {
+            client::set_default_options(conn.options()?);
+            cron::run(&scheduler, command)
+        }
         Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
             init_logging();
@@ -836,6 +908,42 @@ mod tests {
             args.scheduler.first_schedule_delay,
             Duration::from_millis(5)
         );
+        // `up` serves its UI on a fixed port; `scheduler` keeps Aurora's default (0: any).
+        assert_eq!(args.scheduler.http_port, up::UP_HTTP_PORT);
+        assert_eq!(scheduler_args(&[]).unwrap().http_port, 0);
+        let cli = Cli::try_parse_from(["borealis", "up", "--http-port", "9000"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("not up");
+        };
+        assert_eq!(args.scheduler.http_port, 9000);
+    }
+
+    #[test]
+    fn client_commands_take_a_token_and_a_ca() {
+        let cli = Cli::try_parse_from([
+            "borealis",
+            "job",
+            "list",
+            "--token",
+            "0123456789abcdef0123",
+            "--tls-ca",
+            "/etc/borealis/ca.pem",
+        ])
+        .unwrap();
+        let Command::Job { conn, .. } = cli.command else {
+            panic!("not job");
+        };
+        assert_eq!(conn.token.as_deref(), Some("0123456789abcdef0123"));
+        assert_eq!(
+            conn.tls_ca.as_deref(),
+            Some(std::path::Path::new("/etc/borealis/ca.pem"))
+        );
+        // A missing CA file is named.
+        let error = conn.options().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("/etc/borealis/ca.pem"),
+            "{error:#}"
+        );
     }
 
     #[test]
@@ -865,6 +973,7 @@ mod tests {
             Command::Quota {
                 scheduler,
                 command: client::QuotaCommand::Get { role, json },
+                ..
             } => assert_eq!(
                 (scheduler.as_str(), role.as_str(), json),
                 ("h:1", "www", true)

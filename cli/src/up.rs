@@ -10,6 +10,12 @@ use clap::Args;
 use crate::client::Client;
 use crate::SchedulerArgs;
 
+/// `borealis up`'s HTTP port (the web UI), unless `--http-port` says otherwise: fixed, so the
+/// banner's address is the same every time (Aurora's UI port).
+pub const UP_HTTP_PORT: u16 = 8081;
+/// [`UP_HTTP_PORT`] as clap's default value.
+pub const UP_HTTP_PORT_TEXT: &str = "8081";
+
 #[derive(Args, Debug)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -43,12 +49,22 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     if args.agent.work_dir.is_none() {
         args.agent.work_dir = Some(args.scheduler.data_dir.join("agent"));
     }
+    let scheme = if args.scheduler.security.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     println!("Borealis is up.");
     println!(
         "  scheduler: {dial} (cluster {}, embedded storage)",
         args.scheduler.cluster_name
     );
-    println!("  http:      http://{http}/leaderhealth");
+    println!("  web UI:    {scheme}://{http}/");
+    println!("  http:      {scheme}://{http}/api/v1  /metrics  /leaderhealth");
+    println!(
+        "  security:  {}",
+        security_note(&args.scheduler.security, addr.ip())
+    );
     println!(
         "  agent:     work dir {}",
         args.agent.work_dir.as_ref().expect("set").display()
@@ -79,6 +95,26 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     drop(scheduler);
     println!("Borealis stopped.");
     Ok(())
+}
+
+/// What protects the scheduler, in a line of the banner.
+fn security_note(security: &crate::security::SecurityArgs, ip: IpAddr) -> String {
+    let tls = if security.tls_cert.is_some() {
+        "TLS"
+    } else {
+        "no TLS"
+    };
+    let auth = if security.auth_file.is_some() {
+        "tokens required (--auth-file)"
+    } else {
+        "no authentication: anyone who can reach it may do anything"
+    };
+    let reach = if ip.is_loopback() {
+        " (listening on loopback only)"
+    } else {
+        ""
+    };
+    format!("{tls}, {auth}{reach}")
 }
 
 /// Creates the job, waits (bounded) until every instance has ended, prints the status.

@@ -945,7 +945,9 @@ config: rev 1 -> rev 2:
         use clap::Parser;
         let argv = ["borealis", "update"].iter().chain(args).copied();
         match crate::Cli::try_parse_from(argv)?.command {
-            crate::Command::Update { scheduler, command } => Ok((scheduler, command)),
+            crate::Command::Update {
+                scheduler, command, ..
+            } => Ok((scheduler, command)),
             other => panic!("{other:?}"),
         }
     }

@@ -416,12 +416,16 @@ pub enum Adoption {
 /// awaiting its agent), is not terminal, and is reported running — or reported ended, when it was
 /// restored awaiting adoption (its end while the scheduler was down is the truth: it must not be
 /// marked LOST and run again) or is PARTITIONED (its end while its agent was away is the truth,
-/// LOST included: the agent does not know it). Anything else is refused, and a non-terminal
-/// report is killed on that agent, so no instance runs twice.
+/// LOST included: the agent does not know it). Never a task the scheduler placed on (or
+/// restored on) an agent of another name (`placed_elsewhere`): an agent's registration may
+/// claim only its own tasks, or any agent could take over (and run twice) another's. Anything
+/// else is refused, and a non-terminal report is killed on that agent, so no instance runs
+/// twice.
 pub fn adoption(
     same_agent: bool,
     adopting: bool,
     placed: bool,
+    placed_elsewhere: bool,
     awaiting_adoption: bool,
     current: TaskState,
     reported: TaskState,
@@ -432,6 +436,7 @@ pub fn adoption(
     let away = awaiting_adoption || current == TaskState::Partitioned;
     let ended_while_away = away && reported.is_terminal();
     let adoptable = adopting
+        && !placed_elsewhere
         && (placed || awaiting_adoption)
         && !current.is_terminal()
         && (!reported.is_terminal() || ended_while_away);
@@ -487,12 +492,25 @@ mod tests {
     fn adoption_rule() {
         let check = |same, adopting, placed, awaiting, current, reported, expected| {
             assert_eq!(
-                adoption(same, adopting, placed, awaiting, current, reported),
+                adoption(same, adopting, placed, false, awaiting, current, reported),
                 expected,
                 "same {same} adopting {adopting} placed {placed} awaiting {awaiting} \
                  {current} reported {reported}"
             );
         };
+        // Another agent's registration claiming a task placed (or restored) on an agent of
+        // another name: refused, and killed there while it runs, whatever its state.
+        for (placed, awaiting) in [(true, false), (false, true)] {
+            for current in [Assigned, Starting, Running, Partitioned] {
+                for (reported, kill) in [(Running, true), (Starting, true), (Finished, false)] {
+                    assert_eq!(
+                        adoption(false, true, placed, true, awaiting, current, reported),
+                        Adoption::Refuse { kill },
+                        "{current} reported {reported} awaiting {awaiting}"
+                    );
+                }
+            }
+        }
         // The task's own agent: applied, whatever it says.
         check(true, false, true, false, Running, Finished, Adoption::Apply);
         // Re-registration adopts a placed, live task reported running.

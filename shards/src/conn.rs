@@ -2,14 +2,25 @@
 //! connection. Readers reassemble frames, verify every message once (so the rest of the
 //! scheduler reads them unchecked) and hand them to the shard loop; a bad frame closes that
 //! connection only.
+//!
+//! With TLS (`--tls-cert`, `--tls-key`, `--tls-ca`) each accepted socket first completes a
+//! rustls handshake, driven by futures-rustls over the shard's own glommio socket: rustls'
+//! state machine does the cryptography inline on the shard's thread, and every read and write
+//! is the shard's non-blocking IO, so a handshake never blocks the shard. It is bounded by
+//! [`TLS_HANDSHAKE_TIMEOUT`]; a failed one (no certificate of the CA where one is presented,
+//! an expired one, a peer speaking plain frames) closes that socket only. What the peer proved
+//! ([`PeerIdentity`]) goes to the shard with the connection.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use borealis_net::frame::split_messages;
+use borealis_net::tls::PeerIdentity;
 use borealis_net::{decode_message, FrameDecoder};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use crate::msg::{ConnId, Inbound};
 
@@ -21,8 +32,15 @@ const READ_BYTES_MIN: usize = 4 * 1024;
 const READ_BYTES_MAX: usize = 256 * 1024;
 /// Most bytes one write coalesces from queued batches.
 const WRITE_COALESCE_BYTES_MAX: usize = 4 << 20;
+/// How long a peer has to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    inbound: Rc<LocalSender<Inbound>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
     let mut next_conn = ConnId(1);
     loop {
         let stream = match listener.accept().await {
@@ -36,16 +54,48 @@ pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>
         let conn = next_conn;
         next_conn.0 += 1;
         let inbound = inbound.clone();
-        glommio::spawn_local(serve_connection(conn, stream, inbound)).detach();
+        let acceptor = acceptor.clone();
+        glommio::spawn_local(async move {
+            let Ok(peer) = stream.peer_addr() else {
+                return;
+            };
+            let _ = stream.set_nodelay(true);
+            let Some(acceptor) = acceptor else {
+                return serve_connection(conn, peer, stream, PeerIdentity::Plain, inbound).await;
+            };
+            let handshake = futures_lite::future::or(
+                async { Some(acceptor.accept(stream).await) },
+                async {
+                    glommio::timer::sleep(TLS_HANDSHAKE_TIMEOUT).await;
+                    None
+                },
+            );
+            match handshake.await {
+                Some(Ok(tls)) => {
+                    let identity = PeerIdentity::of(tls.get_ref().1.peer_certificates());
+                    serve_connection(conn, peer, tls, identity, inbound).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, "TLS handshake failed, closing: {e}");
+                }
+                None => {
+                    tracing::warn!(%peer, "TLS handshake timed out after {TLS_HANDSHAKE_TIMEOUT:?}, closing");
+                }
+            }
+        })
+        .detach();
     }
 }
 
-async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSender<Inbound>>) {
-    let peer = match stream.peer_addr() {
-        Ok(peer) => peer,
-        Err(_) => return,
-    };
-    let _ = stream.set_nodelay(true);
+async fn serve_connection<S>(
+    conn: ConnId,
+    peer: std::net::SocketAddr,
+    stream: S,
+    identity: PeerIdentity,
+    inbound: Rc<LocalSender<Inbound>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
     // The halves share the stream through futures-lite's split, whose lock is only taken for
     // the length of one poll on this one thread: never contended, never held across an await.
     let (mut read_half, mut write_half) = futures_lite::io::split(stream);
@@ -54,6 +104,7 @@ async fn serve_connection(conn: ConnId, stream: TcpStream, inbound: Rc<LocalSend
         .send(Inbound::ConnOpened {
             conn,
             peer,
+            identity,
             out: Box::new(out_tx),
         })
         .await
@@ -98,9 +149,9 @@ enum Ended {
 }
 
 /// Reads until the peer closes or misbehaves.
-async fn read_frames(
+async fn read_frames<S: AsyncRead + Unpin>(
     conn: ConnId,
-    stream: &mut futures_lite::io::ReadHalf<TcpStream>,
+    stream: &mut futures_lite::io::ReadHalf<S>,
     inbound: &LocalSender<Inbound>,
 ) -> Ended {
     let mut decoder = FrameDecoder::new();

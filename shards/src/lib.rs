@@ -5,6 +5,7 @@
 //! connections it accepted, and their offers. Owned state is never locked and never shared:
 //! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
+pub mod audit_log;
 pub mod conn;
 pub mod coordinator;
 pub mod ha;
@@ -98,6 +99,23 @@ pub struct SchedulerConfig {
     pub service: ServiceSettings,
     /// Rolling updates and cron jobs.
     pub changes: ChangeSettings,
+    /// TLS, authentication and the audit log.
+    pub security: SecuritySettings,
+}
+
+/// Who may connect and what they may do (issue 10). The default is the embedded,
+/// zero-config one: plain TCP, no authentication, no audit log.
+#[derive(Clone, Debug, Default)]
+pub struct SecuritySettings {
+    /// `--tls-cert`, `--tls-key`, `--tls-ca`: every connection to the client/agent port is
+    /// TLS; an agent must present a certificate of the CA to register, and a peer that
+    /// presented one may never act as a client.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `--auth-file`: a client must authenticate with a token before any request, and each
+    /// request is authorized per role and action.
+    pub auth: Option<Arc<borealis_core::auth::AuthPolicy>>,
+    /// `--audit-log`: every accepted mutation, one JSON line each.
+    pub audit: Option<audit_log::AuditLog>,
 }
 
 /// How jobs change: rolling updates and cron runs (Aurora's flags, same meanings and defaults).
@@ -428,7 +446,12 @@ async fn run_shard(
     };
     let (in_tx, in_rx) = local_channel::new_bounded::<Inbound>(INBOUND_QUEUE_MAX);
     let in_tx = Rc::new(in_tx);
-    glommio::spawn_local(conn::accept_loop(listener, in_tx.clone())).detach();
+    glommio::spawn_local(conn::accept_loop(
+        listener,
+        in_tx.clone(),
+        config.security.tls.clone(),
+    ))
+    .detach();
     for (from, rx) in receivers.streams() {
         let in_tx = in_tx.clone();
         glommio::spawn_local(async move {

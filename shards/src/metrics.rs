@@ -148,6 +148,8 @@ pub struct ShardMetrics {
     pub peer_outbox_depth: LocalGauge,
     pub messages_received_total: LocalCounter,
     pub protocol_errors_total: LocalCounter,
+    /// Requests and registrations refused for authentication or authorization.
+    pub auth_refusals_total: LocalCounter,
 }
 
 impl ShardMetrics {
@@ -163,6 +165,9 @@ pub struct Metrics {
     pub cluster_name: String,
     /// 1 while this scheduler leads (the embedded scheduler always does).
     pub leader: LocalGauge,
+    /// Audit log entries dropped (its queue full or its writer gone), shared with the
+    /// `AuditLog` (many writers: a plain atomic).
+    pub audit_dropped_total: Arc<AtomicU64>,
 }
 
 impl Metrics {
@@ -178,6 +183,7 @@ impl Metrics {
                 .collect(),
             cluster_name: cluster_name.to_string(),
             leader: LocalGauge::default(),
+            audit_dropped_total: Arc::default(),
         })
     }
 
@@ -365,6 +371,16 @@ impl Metrics {
             "borealis_protocol_errors_total",
             "Connections dropped for protocol errors, per shard.",
             per_shard(&|s| s.protocol_errors_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_auth_refusals_total",
+            "Requests and agent registrations refused for authentication or authorization, per shard.",
+            per_shard(&|s| s.auth_refusals_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_audit_dropped_total",
+            "Audit log entries dropped because its queue was full or its writer had stopped.",
+            vec![(vec![], self.audit_dropped_total.load(Relaxed) as f64)],
         ));
         families.push(self.histogram_family(
             "borealis_scheduling_round_duration_seconds",

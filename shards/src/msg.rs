@@ -11,6 +11,28 @@ use borealis_core::{Attributes, Resources, TaskConfig, TaskId};
 use borealis_net::views::{JobSummaryView, TaskStatusReport};
 use bytes::Bytes;
 
+/// What a scatter-gather asks every shard for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GatherOf {
+    /// Its jobs' summaries.
+    Jobs,
+    /// Its active updates.
+    Updates,
+    /// Its home agents.
+    Agents,
+    /// The task with this id, with its job, if the shard owns it.
+    Task(TaskId),
+}
+
+/// One shard's part of a scatter-gather (only the field of its `GatherOf` is filled).
+#[derive(Debug, Default)]
+pub struct GatherPart {
+    pub jobs: Vec<JobSummaryView>,
+    pub updates: Vec<borealis_net::views::UpdateInfoView>,
+    pub agents: Vec<borealis_net::views::AgentInfoView>,
+    pub task: Option<borealis_net::views::JobStatusView>,
+}
+
 /// Index of a shard, `0..shard_count`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShardId(pub usize);
@@ -77,20 +99,19 @@ pub enum PeerMsg {
         conn: ConnId,
         bytes: Vec<u8>,
     },
-    /// Scatter part of `ListJobs` (or, with `updates`, of a cluster-wide `QueryUpdates`):
-    /// answer with this shard's jobs (or active updates).
-    ListJobs {
+    /// Scatter part of a cluster-wide question (`ListJobs`, a cluster-wide `QueryUpdates`,
+    /// `ListAgents`, `QueryTask`): answer with this shard's part.
+    Gather {
         reply: ReplyTo,
         request_id: u64,
-        updates: bool,
+        of: GatherOf,
     },
-    /// Gather part of `ListJobs`.
-    ListPart {
+    /// Gather part: one shard's answer.
+    GatherPart {
         conn: ConnId,
         request_id: u64,
-        jobs: Vec<JobSummaryView>,
-        updates: Vec<borealis_net::views::UpdateInfoView>,
-        /// The part's shard does not lead (yet): the list would be partial.
+        part: GatherPart,
+        /// The part's shard does not lead (yet): the answer would be partial.
         refused: bool,
     },
     /// A verified `TaskStatus` message from `agent` for a job the receiver owns.
@@ -302,6 +323,8 @@ pub enum Inbound {
     ConnOpened {
         conn: ConnId,
         peer: std::net::SocketAddr,
+        /// What the peer proved in the TLS handshake (`Plain` without TLS).
+        identity: borealis_net::tls::PeerIdentity,
         out: Box<dyn ConnOut>,
     },
     /// Verified messages of one or more frames from a connection.

@@ -50,6 +50,8 @@ pub struct SchedulerFlags {
     /// Rolling updates and cron runs (`--cron-scheduling-max-batch-size`, `--cron-timezone`,
     /// ...): Aurora's defaults.
     pub changes: borealis_shards::ChangeSettings,
+    /// Authentication and authorization (no TLS: the simulation's connections are its own).
+    pub security: borealis_shards::SecuritySettings,
 }
 
 impl Default for SchedulerFlags {
@@ -75,6 +77,7 @@ impl Default for SchedulerFlags {
             max_schedule_attempts_per_sec: 0.0,
             service: sim_service_settings(),
             changes: borealis_shards::ChangeSettings::default(),
+            security: borealis_shards::SecuritySettings::default(),
         }
     }
 }
@@ -167,5 +170,6 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         allowed_job_environments: flags.allowed_job_environments.clone(),
         service: flags.service.clone(),
         changes: flags.changes.clone(),
+        security: flags.security.clone(),
     })
 }

@@ -51,6 +51,10 @@ impl Shard {
             }
         }
         let adopting = reports.len();
+        let log_address = match (r.log_port(), self.conns.get(&conn)) {
+            (0, _) | (_, None) => None,
+            (port, Some(c)) => Some(std::net::SocketAddr::new(c.peer.ip(), port)),
+        };
         self.home_agents.insert(
             agent,
             HomeAgent {
@@ -69,6 +73,7 @@ impl Shard {
                 running: HashMap::default(),
                 dying: BTreeMap::new(),
                 last_seen_us: self.now_us,
+                log_address,
             },
         );
         self.agent_names.insert(

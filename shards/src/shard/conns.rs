@@ -19,6 +19,9 @@ impl Shard {
     }
 
     pub(super) fn write_conn(&mut self, conn: ConnId, message: &[u8]) {
+        if !self.pending_audits.is_empty() {
+            self.audit_answer(conn, message);
+        }
         if let Some(c) = self.conns.get_mut(&conn) {
             c.writer.push(message);
         }
@@ -42,6 +45,28 @@ impl Shard {
         let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };
         let is_agent = self.conns.get(&conn).and_then(|c| c.agent);
         use wire::Payload as P;
+        // Who the peer is comes first, in every mode: a follower checks tokens too (clients
+        // authenticate before they learn who leads), and refuses what a peer may not ask.
+        match message.payload_type() {
+            P::Authenticate => {
+                let token = message
+                    .payload_as_authenticate()
+                    .map(|a| a.token())
+                    .unwrap_or_default();
+                return self.authenticate(conn, message.request_id(), token);
+            }
+            P::RegisterAgent => {
+                if !self.admit_agent(conn, message.request_id()) {
+                    return;
+                }
+            }
+            P::TaskStatus | P::Heartbeat => {}
+            _ => {
+                if !self.authorize(conn, &message) {
+                    return;
+                }
+            }
+        }
         if !self.acting() {
             match message.payload_type() {
                 P::RegisterAgent
@@ -58,7 +83,9 @@ impl Shard {
                 | P::QueryUpdates
                 | P::ScheduleCron
                 | P::DescheduleCron
-                | P::StartCron => {
+                | P::StartCron
+                | P::ListAgents
+                | P::QueryTask => {
                     let refusal = self.not_leader(message.request_id());
                     self.write_conn(conn, &refusal);
                     if message.payload_type() == P::RegisterAgent {
@@ -126,7 +153,7 @@ impl Shard {
                     .and_then(|q| q.job_key())
                     .is_none_or(str::is_empty) =>
             {
-                self.gather(conn, message.request_id(), true);
+                self.gather(conn, message.request_id(), GatherOf::Updates);
             }
             P::CreateJob
             | P::KillJob
@@ -164,7 +191,15 @@ impl Shard {
                 };
                 self.send(owner, PeerMsg::Client { reply, bytes });
             }
-            P::ListJobs => self.gather(conn, message.request_id(), false),
+            P::ListJobs => self.gather(conn, message.request_id(), GatherOf::Jobs),
+            P::ListAgents => self.gather(conn, message.request_id(), GatherOf::Agents),
+            P::QueryTask => {
+                let task_id = message
+                    .payload_as_query_task()
+                    .expect("type checked")
+                    .task_id();
+                self.gather(conn, message.request_id(), GatherOf::Task(TaskId(task_id)));
+            }
             other => {
                 let what = format!(
                     "unexpected message {:?} from a client or agent",
@@ -178,35 +213,6 @@ impl Shard {
                 self.write_conn(conn, &err);
                 self.protocol_error(conn, &what);
             }
-        }
-    }
-
-    /// Starts a scatter-gather over every shard: their jobs, or (`updates`) their active
-    /// updates.
-    fn gather(&mut self, conn: ConnId, request_id: u64, updates: bool) {
-        self.gathers.insert(
-            (conn, request_id),
-            Gather {
-                waiting: self.shard_count,
-                jobs: Vec::new(),
-                of_updates: updates,
-                updates: Vec::new(),
-                refused: false,
-            },
-        );
-        let reply = ReplyTo {
-            shard: self.id,
-            conn,
-        };
-        for shard in ShardId::all(self.shard_count) {
-            self.send(
-                shard,
-                PeerMsg::ListJobs {
-                    reply,
-                    request_id,
-                    updates,
-                },
-            );
         }
     }
 
@@ -228,6 +234,7 @@ impl Shard {
         }
         self.gathers.retain(|(c, _), _| *c != conn);
         self.host_requests.retain(|(c, _), _| *c != conn);
+        self.pending_audits.retain(|(c, _), _| *c != conn);
     }
 
     /// Writes each connection's batched frames (one queued write per connection per round).

@@ -628,41 +628,54 @@ impl Shard {
             .iter()
             .chain(j.current.iter().flatten())
             .filter_map(|id| self.tasks.get(id))
-            .map(|t| {
-                let (agent_id, hostname) = t
-                    .host
-                    .as_ref()
-                    .map(|h| (h.name.to_string(), h.hostname.to_string()))
-                    .unwrap_or_default();
-                TaskInfoView {
-                    task_id: t.id.0,
-                    instance: t.instance,
-                    state: Some(t.state),
-                    agent_id,
-                    hostname,
-                    failure_count: t.failure_count,
-                    exit_code: t.exit_code,
-                    message: t.message.clone(),
-                    ports: t.ports.clone(),
-                    sandbox: t.sandbox.clone(),
-                    pending_reason: self.pending_reason_of(j, t),
-                    preempted_by: t.preempted_by.map(|p| p.0),
-                    events: t
-                        .events
-                        .iter()
-                        .map(|e| TaskEventView {
-                            unix_ms: e.unix_ms,
-                            state: Some(e.state),
-                            message: e.message.to_string(),
-                        })
-                        .collect(),
-                }
-            })
+            .map(|t| self.task_info(j, t))
             .collect();
         tasks.sort_by_key(|t| (t.instance, t.task_id));
         JobStatusView {
             job: self.job_summary(j),
             tasks,
         }
+    }
+
+    /// One task as a job's status shows it.
+    pub(super) fn task_info(&self, j: &Job, t: &Task) -> TaskInfoView {
+        let (agent_id, hostname) = t
+            .host
+            .as_ref()
+            .map(|h| (h.name.to_string(), h.hostname.to_string()))
+            .unwrap_or_default();
+        TaskInfoView {
+            task_id: t.id.0,
+            instance: t.instance,
+            state: Some(t.state),
+            agent_id,
+            hostname,
+            failure_count: t.failure_count,
+            exit_code: t.exit_code,
+            message: t.message.clone(),
+            ports: t.ports.clone(),
+            sandbox: t.sandbox.clone(),
+            pending_reason: self.pending_reason_of(j, t),
+            preempted_by: t.preempted_by.map(|p| p.0),
+            events: t
+                .events
+                .iter()
+                .map(|e| TaskEventView {
+                    unix_ms: e.unix_ms,
+                    state: Some(e.state),
+                    message: e.message.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The job status of just one task (the answer to `QueryTask`), if this shard owns it.
+    pub(super) fn task_status(&self, id: TaskId) -> Option<JobStatusView> {
+        let t = self.tasks.get(&id)?;
+        let j = &self.jobs[t.job];
+        Some(JobStatusView {
+            job: self.job_summary(j),
+            tasks: vec![self.task_info(j, t)],
+        })
     }
 }

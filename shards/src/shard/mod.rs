@@ -26,6 +26,7 @@ use crate::metrics::{AttemptResult, Metrics, ShardMetrics};
 use crate::msg::*;
 use crate::SchedulerConfig;
 
+mod access;
 mod agents;
 mod audit;
 mod conns;
@@ -34,6 +35,7 @@ mod desired;
 mod drains;
 mod durability;
 mod errors;
+mod gather;
 mod ha_mode;
 mod history;
 mod jobs;
@@ -360,6 +362,8 @@ struct HomeAgent {
     dying: BTreeMap<TaskId, Resources>,
     /// When the agent last sent anything (shard clock, µs).
     last_seen_us: u64,
+    /// Its HTTP sandbox server (task logs): the connection's IP and the port it registered.
+    log_address: Option<std::net::SocketAddr>,
 }
 
 enum OfferWhere {
@@ -389,16 +393,10 @@ struct Conn {
     writer: FrameWriter,
     agent: Option<AgentId>,
     peer: std::net::SocketAddr,
-}
-
-/// A `ListJobs` scatter-gather in progress on this (the connection's) shard.
-struct Gather {
-    waiting: usize,
-    jobs: Vec<JobSummaryView>,
-    /// A cluster-wide `QueryUpdates`: the active updates gathered.
-    of_updates: bool,
-    updates: Vec<borealis_net::views::UpdateInfoView>,
-    refused: bool,
+    /// What the peer proved in the TLS handshake.
+    identity: borealis_net::tls::PeerIdentity,
+    /// The client principal its token authenticated (`Authenticate`), with `--auth-file`.
+    principal: Option<Arc<borealis_core::auth::Principal>>,
 }
 
 pub struct Shard {
@@ -476,7 +474,9 @@ pub struct Shard {
     /// Scratch for `schedule` (kept to avoid allocating each round).
     run_tasks: Vec<TaskId>,
     run_agents: Vec<AgentId>,
-    gathers: HashMap<(ConnId, u64), Gather>,
+    gathers: HashMap<(ConnId, u64), gather::Gather>,
+    /// Accepted-looking mutations awaiting their answer, for the audit log (see `access`).
+    pending_audits: HashMap<(ConnId, u64), crate::audit_log::AuditEntry>,
     outbox: Vec<PeerBatch>,
     /// Numbers the why-pending requests this shard sends (see `pending`).
     next_explain_epoch: u64,
@@ -636,6 +636,7 @@ impl Shard {
             run_tasks: Vec::new(),
             run_agents: Vec::new(),
             gathers: HashMap::default(),
+            pending_audits: HashMap::default(),
             outbox: (0..shard_count).map(|_| Vec::new()).collect(),
             next_explain_epoch: 0,
             tiers,
@@ -709,8 +710,13 @@ impl Shard {
                     self.handle_peer(from, msg);
                 }
             }
-            Inbound::ConnOpened { conn, peer, out } => {
-                tracing::debug!(shard = %self.id, %conn, %peer, "connection opened");
+            Inbound::ConnOpened {
+                conn,
+                peer,
+                identity,
+                out,
+            } => {
+                tracing::debug!(shard = %self.id, %conn, %peer, ?identity, "connection opened");
                 self.conns.insert(
                     conn,
                     Conn {
@@ -718,6 +724,8 @@ impl Shard {
                         writer: FrameWriter::new(),
                         agent: None,
                         peer,
+                        identity,
+                        principal: None,
                     },
                 );
             }

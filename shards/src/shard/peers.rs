@@ -7,56 +7,17 @@ impl Shard {
         match msg {
             PeerMsg::Client { reply, bytes } => self.handle_client(reply, bytes),
             PeerMsg::ClientReply { conn, bytes } => self.write_conn(conn, &bytes),
-            PeerMsg::ListJobs {
+            PeerMsg::Gather {
                 reply,
                 request_id,
-                updates,
-            } => {
-                let (jobs, updates) = if updates {
-                    (Vec::new(), self.active_update_views())
-                } else {
-                    (self.job_summaries(), Vec::new())
-                };
-                let refused = !self.acting();
-                self.send(
-                    reply.shard,
-                    PeerMsg::ListPart {
-                        conn: reply.conn,
-                        request_id,
-                        jobs,
-                        updates,
-                        refused,
-                    },
-                );
-            }
-            PeerMsg::ListPart {
+                of,
+            } => self.gather_part(reply, request_id, of),
+            PeerMsg::GatherPart {
                 conn,
                 request_id,
-                jobs,
-                updates,
+                part,
                 refused,
-            } => {
-                if let Some(g) = self.gathers.get_mut(&(conn, request_id)) {
-                    g.jobs.extend(jobs);
-                    g.updates.extend(updates);
-                    g.refused |= refused;
-                    g.waiting -= 1;
-                    if g.waiting == 0 {
-                        let mut g = self.gathers.remove(&(conn, request_id)).expect("present");
-                        let bytes = if g.refused {
-                            // A shard still taking (or leaving) the lead: no partial lists.
-                            self.not_leader(request_id)
-                        } else if g.of_updates {
-                            g.updates.sort_by(|a, b| a.job_key.cmp(&b.job_key));
-                            self.encoder.update_list(request_id, &g.updates).to_vec()
-                        } else {
-                            g.jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
-                            self.encoder.job_list(request_id, &g.jobs).to_vec()
-                        };
-                        self.write_conn(conn, &bytes);
-                    }
-                }
-            }
+            } => self.gather_arrived(conn, request_id, part, refused),
             PeerMsg::Status { agent, bytes } => {
                 // SAFETY: verified by the reader of the agent's connection.
                 let message = unsafe { flatbuffers::root_unchecked::<wire::Message>(&bytes) };

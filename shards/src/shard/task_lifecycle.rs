@@ -66,10 +66,17 @@ impl Shard {
             }
             return AdoptOutcome::Nothing;
         };
+        // The agent the task was placed on (or restored on), by its stable name: agent
+        // numbers change with every registration, names do not.
+        let placed_elsewhere = match (&t.host, self.agent_names.get(&agent)) {
+            (Some(placed_on), Some(reporter)) => placed_on.name != reporter.name,
+            _ => false,
+        };
         let decision = lifecycle::adoption(
             t.agent == Some(agent),
             adopting,
             t.agent.is_some(),
+            placed_elsewhere,
             t.awaiting_adoption,
             t.state,
             reported,
@@ -77,6 +84,15 @@ impl Shard {
         match decision {
             lifecycle::Adoption::Apply => {}
             lifecycle::Adoption::Refuse { kill } => {
+                if placed_elsewhere {
+                    tracing::warn!(
+                        task = %task_id,
+                        reporter = ?self.agent_names.get(&agent).map(|n| n.name.clone()),
+                        placed_on = ?t.host.as_ref().map(|h| h.name.clone()),
+                        kill,
+                        "refused an agent's claim to a task placed on another agent"
+                    );
+                }
                 if !kill {
                     return AdoptOutcome::Nothing;
                 }

@@ -31,6 +31,7 @@ impl World {
             Inbound::ConnOpened {
                 conn: ConnId(conn),
                 peer,
+                identity: borealis_net::tls::PeerIdentity::Plain,
                 out: Box::new(SimConnOut::new(pipe)),
             },
         );
