@@ -641,6 +641,14 @@ fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// A temp dir for a cluster (its logs, data, and whatever its flags name).
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("borealis-e2e-")
+        .tempdir()
+        .expect("create a temp dir")
+}
+
 /// An agent to start: its identity, what it offers, its attributes.
 #[derive(Clone, Debug)]
 pub struct AgentSpec {
@@ -652,6 +660,8 @@ pub struct AgentSpec {
     pub ports: String,
     /// `key=value` attributes.
     pub attributes: Vec<String>,
+    /// More `borealis agent` flags (TLS, say).
+    pub extra_args: Vec<String>,
 }
 
 impl AgentSpec {
@@ -665,6 +675,7 @@ impl AgentSpec {
             disk: "1GiB".into(),
             ports: "31000-31099".into(),
             attributes: vec!["rack=r1".into()],
+            extra_args: Vec::new(),
         }
     }
 
@@ -693,6 +704,8 @@ pub struct Cluster {
     /// Schedulers replaced by [`Cluster::restart_scheduler`] (stopped; kept so that a failing
     /// test prints their logs too).
     previous_schedulers: Vec<Proc>,
+    /// Flags every client command of [`Cluster::cli`] gets (a token, a CA).
+    pub client_flags: Vec<String>,
     dir: Option<TempDir>,
 }
 
@@ -704,16 +717,26 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra scheduler flags.
     pub fn start_with(scheduler_args: &[&str], agents: &[AgentSpec]) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("borealis-e2e-")
-            .tempdir()
-            .expect("create a temp dir");
-        let (port, scheduler) = start_scheduler(dir.path(), scheduler_args);
+        Cluster::start_in(temp_dir(), scheduler_args, &[], agents)
+    }
+
+    /// Like [`Cluster::start_with`], in `dir` (made with [`temp_dir`], holding what the flags
+    /// name: certificates, an auth file), with `client_flags` added to every client command
+    /// (the readiness check's too).
+    pub fn start_in(
+        dir: TempDir,
+        scheduler_args: &[&str],
+        client_flags: &[&str],
+        agents: &[AgentSpec],
+    ) -> Cluster {
+        let client_flags: Vec<String> = client_flags.iter().map(|s| s.to_string()).collect();
+        let (port, scheduler) = start_scheduler(dir.path(), scheduler_args, &client_flags);
         let mut cluster = Cluster {
             port,
             agents: Vec::new(),
             scheduler,
             previous_schedulers: Vec::new(),
+            client_flags,
             dir: Some(dir),
         };
         for spec in agents {
@@ -791,6 +814,7 @@ impl Cluster {
             args.push("--attribute".into());
             args.push(attribute.clone());
         }
+        args.extend(spec.extra_args.iter().cloned());
         let mut proc = Proc::spawn(&format!("agent-{}", spec.agent_id), &args, self.dir());
         let scheduler = &self.scheduler;
         let agent_id = spec.agent_id.clone();
@@ -872,7 +896,9 @@ impl Cluster {
                     std::thread::sleep(Duration::from_millis(500));
                     break;
                 }
-                let output = run_borealis(&["job", "list", "--json", "--scheduler", &addr]);
+                let mut list = vec!["job", "list", "--json", "--scheduler", &addr];
+                list.extend(self.client_flags.iter().map(String::as_str));
+                let output = run_borealis(&list);
                 if output.status.success() {
                     return;
                 }
@@ -930,6 +956,7 @@ impl Cluster {
         let addr = self.addr();
         let mut all = args.to_vec();
         all.extend(["--scheduler", addr.as_str()]);
+        all.extend(self.client_flags.iter().map(String::as_str));
         run_borealis(&all)
     }
 
@@ -1075,7 +1102,7 @@ fn scheduler_args_for(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
 
 /// Starts a scheduler on a free port and waits until `job list` answers. Retries on a fresh
 /// port if the process exits first (another test may have taken the port meanwhile).
-fn start_scheduler(dir: &Path, extra: &[&str]) -> (u16, Proc) {
+fn start_scheduler(dir: &Path, extra: &[&str], client_flags: &[String]) -> (u16, Proc) {
     for attempt in 1..=SCHEDULER_START_ATTEMPTS {
         let port = free_port();
         let args = scheduler_args_for(dir, port, extra);
@@ -1093,7 +1120,9 @@ fn start_scheduler(dir: &Path, extra: &[&str]) -> (u16, Proc) {
                 }
                 break;
             }
-            let output = run_borealis(&["job", "list", "--json", "--scheduler", &addr]);
+            let mut list = vec!["job", "list", "--json", "--scheduler", &addr];
+            list.extend(client_flags.iter().map(String::as_str));
+            let output = run_borealis(&list);
             if output.status.success() {
                 return (port, proc);
             }
