@@ -296,6 +296,8 @@ pub struct SimClient {
     pub in_flight: BTreeMap<u64, Request>,
     /// Answers by request id (read by the builder API).
     pub replies: BTreeMap<u64, Reply>,
+    /// The token it authenticates every new connection with (`Authenticate` first).
+    pub token: Option<String>,
 }
 
 impl SimClient {

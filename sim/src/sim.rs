@@ -189,6 +189,12 @@ impl Sim {
         }
     }
 
+    /// The token the builder API's client authenticates with from its next connection on
+    /// (`None`: none); drops its current connection so the next request authenticates.
+    pub fn client_token(&mut self, token: Option<&str>) {
+        self.world().set_client_token(0, token);
+    }
+
     /// Creates a job; Ok once the scheduler acknowledged it.
     pub fn create_job(&mut self, key: &str, config: JobConfig) -> Result<(), String> {
         match self.create_job_reply(key, config) {

@@ -371,6 +371,15 @@ impl World {
     // ----- clients -----
 
     /// Sends a client request (connecting first); returns its request id.
+    /// Client `c` authenticates each new connection with `token` from now on; its current
+    /// connection is closed, so the next request opens (and authenticates) a new one.
+    pub fn set_client_token(&mut self, c: usize, token: Option<&str>) {
+        if let Some(key) = self.clients[c].conn.take() {
+            self.drop_conn(key, true);
+        }
+        self.clients[c].token = token.map(str::to_string);
+    }
+
     pub fn client_request(
         &mut self,
         c: usize,
@@ -394,6 +403,13 @@ impl World {
             let s = self.rng.below(self.instances[target].shard_count as u64) as usize;
             let key = self.open_conn(target, s, Endpoint::Client(c));
             self.clients[c].conn = Some(key);
+            if let Some(token) = self.clients[c].token.clone() {
+                // Its answer (not in flight) is skipped; the shard reads the connection in
+                // order, so the request below is the authenticated principal's.
+                let auth_id = self.clients[c].request_id();
+                let bytes = self.encoder.authenticate(auth_id, &token).to_vec();
+                self.send_on(key, &[bytes]);
+            }
         }
         match &request {
             Request::Create { key } => self.ledger.note_create_sent(key),
