@@ -47,6 +47,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use borealis_core::{TaskId, TaskState};
@@ -56,8 +58,7 @@ use borealis_net::views::{
     AgentRegistration, ErrorCode, LaunchView, OwnedMessage, TaskStatusReport,
 };
 use borealis_net::{decode_message, wire, Encoder, FrameDecoder, FrameWriter, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
@@ -65,6 +66,7 @@ use crate::config::Config;
 use crate::health::Monitor;
 use crate::http::LoopbackClient;
 use crate::kill::KillPlan;
+use crate::logs::Sandboxes;
 use crate::process::{self, Lifeline};
 use crate::watch::{self, Event, Exit, Watched};
 
@@ -74,6 +76,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// follower answers at once, and during a failover the new leader waits for its agents only a
 /// reconciliation grace, so the agent keeps asking at least this often.
 const NOT_LEADER_BACKOFF_MAX: Duration = Duration::from_millis(300);
+/// Connecting, and with TLS the handshake too.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A batch not written within this long means the scheduler stopped reading.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -124,6 +127,90 @@ fn bound_status(status: &mut TaskStatusReport) {
 /// Rough encoded size of a status, for budgeting.
 fn status_size_estimate(status: &TaskStatusReport) -> usize {
     96 + status.job_key.len() + status.message.len() + status.sandbox.len()
+}
+
+/// The scheduler connection: plain TCP, or TLS over it (`--tls-*`). The session reads and
+/// writes it through [`tokio::io::split`] halves either way.
+pub(crate) enum SchedulerStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The session's writing half.
+type Writer = WriteHalf<SchedulerStream>;
+
+impl AsyncRead for SchedulerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SchedulerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            SchedulerStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SchedulerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            SchedulerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            SchedulerStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SchedulerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            SchedulerStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            SchedulerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            SchedulerStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Why a connection attempt failed (logged once per attempt).
+#[derive(Debug)]
+enum ConnectError {
+    Tcp(std::io::Error),
+    /// The scheduler address has no host a certificate can be checked against.
+    Name(String),
+    Handshake(std::io::Error),
+    TimedOut,
+}
+
+/// TCP to `address`, then with `tls` the handshake (checking the scheduler's certificate
+/// against the host of `address`, presenting the agent's).
+async fn open(
+    address: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<SchedulerStream, ConnectError> {
+    let tcp = TcpStream::connect(address)
+        .await
+        .map_err(ConnectError::Tcp)?;
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let Some(config) = tls else {
+        return Ok(SchedulerStream::Plain(tcp));
+    };
+    let name = borealis_net::tls::server_name(address)
+        .map_err(|e| ConnectError::Name(format!("{e:#}")))?;
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(ConnectError::Handshake)?;
+    Ok(SchedulerStream::Tls(Box::new(stream)))
 }
 
 /// How a connection ended.
@@ -185,6 +272,9 @@ pub(crate) struct Agent {
     refused_not_leader: bool,
     /// Ends when the agent does; every task's guard then kills the task's process group.
     lifeline: Lifeline,
+    /// The started tasks' sandboxes, for the log server: an entry per task in `tasks` that
+    /// started, removed with it.
+    sandboxes: Arc<Sandboxes>,
 }
 
 fn now_ms() -> u64 {
@@ -207,7 +297,7 @@ fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
 }
 
 impl Agent {
-    pub fn new(config: Config) -> std::io::Result<Agent> {
+    pub fn new(config: Config, sandboxes: Arc<Sandboxes>) -> std::io::Result<Agent> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let lifeline = Lifeline::new()?;
         Ok(Agent {
@@ -231,6 +321,7 @@ impl Agent {
             leader_hint: None,
             refused_not_leader: false,
             lifeline,
+            sandboxes,
         })
     }
 
@@ -294,7 +385,7 @@ impl Agent {
     async fn connect<F: Future<Output = ()>>(
         &mut self,
         shutdown: &mut Pin<&mut F>,
-    ) -> Option<(TcpStream, String)> {
+    ) -> Option<(SchedulerStream, String)> {
         if let Some(leader) = self.leader_hint.take() {
             if self.config.scheduler.contains(&leader) {
                 tracing::info!(scheduler = %leader, "connecting to the leader a follower named");
@@ -331,11 +422,14 @@ impl Agent {
         &mut self,
         address: &str,
         shutdown: &mut Pin<&mut F>,
-    ) -> Option<Option<TcpStream>> {
-        let mut attempt = pin!(tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect(address.to_string())
-        ));
+    ) -> Option<Option<SchedulerStream>> {
+        let tls = self.config.tls.clone();
+        let mut attempt = pin!(async {
+            match tokio::time::timeout(CONNECT_TIMEOUT, open(address, tls.as_ref())).await {
+                Ok(result) => result,
+                Err(_) => Err(ConnectError::TimedOut),
+            }
+        });
         let result = loop {
             tokio::select! {
                 biased;
@@ -345,12 +439,20 @@ impl Agent {
             }
         };
         match result {
-            Ok(Ok(stream)) => return Some(Some(stream)),
-            Ok(Err(e)) => {
+            Ok(stream) => return Some(Some(stream)),
+            Err(ConnectError::Tcp(e)) => {
                 tracing::warn!(scheduler = %address, error = %e, "cannot connect to the scheduler")
             }
-            Err(_) => {
-                tracing::warn!(scheduler = %address, "connecting to the scheduler timed out")
+            Err(ConnectError::Name(e)) => {
+                tracing::warn!(scheduler = %address, error = %e,
+                    "cannot check the scheduler's TLS certificate against its address")
+            }
+            Err(ConnectError::Handshake(e)) => {
+                tracing::warn!(scheduler = %address, "TLS handshake with scheduler at {address} failed: {e}")
+            }
+            Err(ConnectError::TimedOut) => {
+                tracing::warn!(scheduler = %address, timeout = ?CONNECT_TIMEOUT,
+                    "connecting to the scheduler timed out")
             }
         }
         Some(None)
@@ -359,14 +461,11 @@ impl Agent {
     /// One connection: register, then serve messages until it breaks or shutdown.
     async fn session<F: Future<Output = ()>>(
         &mut self,
-        stream: TcpStream,
+        stream: SchedulerStream,
         address: &str,
         shutdown: &mut Pin<&mut F>,
     ) -> SessionEnd {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-        let (mut reader, mut writer) = stream.into_split();
+        let (mut reader, mut writer) = tokio::io::split(stream);
         tracing::info!(scheduler = %address, "connected to the scheduler; registering");
         if let Err(e) = self.register(&mut writer).await {
             tracing::warn!(scheduler = %address, error = %e, "cannot register with the scheduler");
@@ -430,7 +529,7 @@ impl Agent {
 
     /// Sends `RegisterAgent` with every running task and every terminal one whose end the
     /// scheduler has not acknowledged.
-    async fn register(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    async fn register(&mut self, writer: &mut Writer) -> std::io::Result<()> {
         // The registration supersedes whatever was queued for an earlier connection.
         self.outbox.clear();
         self.writer.clear();
@@ -476,7 +575,7 @@ impl Agent {
     async fn drain_frames(
         &mut self,
         decoder: &mut FrameDecoder,
-        writer: &mut OwnedWriteHalf,
+        writer: &mut Writer,
     ) -> Result<(), SessionError> {
         loop {
             let frame = match decoder.next_frame() {
@@ -685,6 +784,8 @@ impl Agent {
                     events: self.events_tx.clone(),
                 }));
                 self.running += 1;
+                self.sandboxes
+                    .insert(launch.task_id, &status.job_key, started.sandbox.clone());
                 self.tasks.insert(
                     launch.task_id,
                     Task {
@@ -734,7 +835,7 @@ impl Agent {
     async fn reconcile(
         &mut self,
         mut task_ids: Vec<TaskId>,
-        writer: &mut OwnedWriteHalf,
+        writer: &mut Writer,
     ) -> std::io::Result<()> {
         if task_ids.is_empty() {
             task_ids = self.tasks.keys().copied().collect();
@@ -808,7 +909,7 @@ impl Agent {
     }
 
     /// Writes the queued status updates (and anything else batched) as one write.
-    async fn flush(&mut self, writer: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    async fn flush(&mut self, writer: &mut Writer) -> std::io::Result<()> {
         if self.outbox.is_empty() && self.writer.is_empty() {
             return Ok(());
         }
@@ -893,6 +994,7 @@ impl Agent {
         while self.history.len() > self.history_max {
             if let Some(old) = self.history.pop_front() {
                 self.tasks.remove(&old);
+                self.sandboxes.remove(old);
             }
         }
     }
@@ -923,7 +1025,7 @@ enum SessionError {
     Io(std::io::Error),
 }
 
-async fn write_all(writer: &mut OwnedWriteHalf, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_all(writer: &mut Writer, bytes: &[u8]) -> std::io::Result<()> {
     match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(bytes)).await {
         Ok(result) => result,
         Err(_) => Err(std::io::Error::new(
@@ -938,21 +1040,25 @@ mod tests {
     use super::*;
 
     fn agent() -> Agent {
-        Agent::new(Config {
-            scheduler: vec!["127.0.0.1:1".into()],
-            agent_id: "a".into(),
-            hostname: "h".into(),
-            resources: borealis_core::Resources {
-                cpu_millis: 1000,
-                ram_mib: 64,
-                disk_mib: 64,
-                ports: 0,
+        Agent::new(
+            Config {
+                scheduler: vec!["127.0.0.1:1".into()],
+                agent_id: "a".into(),
+                hostname: "h".into(),
+                resources: borealis_core::Resources {
+                    cpu_millis: 1000,
+                    ram_mib: 64,
+                    disk_mib: 64,
+                    ports: 0,
+                },
+                port_ranges: vec![],
+                attributes: vec![],
+                work_dir: "/nonexistent".into(),
+                log_port: 0,
+                tls: None,
             },
-            port_ranges: vec![],
-            attributes: vec![],
-            work_dir: "/nonexistent".into(),
-            log_port: 0,
-        })
+            Arc::default(),
+        )
         .unwrap()
     }
 

@@ -1,12 +1,16 @@
 //! Resolving [`AgentArgs`] into the agent's configuration: defaults detected from the
 //! machine, sizes and port ranges parsed.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use borealis_core::auth::AuthPolicy;
 use borealis_core::{Attributes, Resources};
+use borealis_net::tls::TlsFiles;
 
-use crate::AgentArgs;
+use crate::{AgentArgs, ServeArgs};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -20,10 +24,70 @@ pub(crate) struct Config {
     pub work_dir: PathBuf,
     /// The port the agent's HTTP sandbox server listens on (0: none), sent in registration.
     pub log_port: u16,
+    /// With `--tls-*`: the scheduler connection's TLS (the CA, the agent's certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The log server's configuration (`--http-*`, and the TLS and auth flags).
+pub(crate) struct LogServerConfig {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub auth: Option<Arc<AuthPolicy>>,
+}
+
+fn tls_files(serve: &ServeArgs) -> anyhow::Result<Option<TlsFiles>> {
+    TlsFiles::from_flags(
+        serve.tls_cert.clone(),
+        serve.tls_key.clone(),
+        serve.tls_ca.clone(),
+    )
+}
+
+/// The log server's configuration (HTTPS with the agent's certificate under `--tls-*`); None
+/// with `--no-http`.
+pub(crate) fn resolve_log_server(serve: &ServeArgs) -> anyhow::Result<Option<LogServerConfig>> {
+    if serve.no_http {
+        if let Some(file) = &serve.auth_file {
+            bail!(
+                "--auth-file {} protects the log server, which --no-http turns off",
+                file.display()
+            );
+        }
+        return Ok(None);
+    }
+    let tls = match tls_files(serve)? {
+        Some(files) => Some(borealis_net::tls::server_config(&files).context("log server TLS")?),
+        None => None,
+    };
+    let auth = match &serve.auth_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read auth file {}", path.display()))?;
+            let policy = AuthPolicy::parse(&text)
+                .map_err(|e| anyhow::anyhow!("auth file {}: {e}", path.display()))?;
+            Some(Arc::new(policy))
+        }
+        None => None,
+    };
+    let ip = serve.http_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    Ok(Some(LogServerConfig {
+        addr: SocketAddr::new(ip, serve.http_port),
+        tls,
+        auth,
+    }))
 }
 
 impl Config {
     pub fn resolve(args: AgentArgs) -> anyhow::Result<Config> {
+        // The scheduler connection presents the agent's certificate and checks the
+        // scheduler's against the CA.
+        let tls = match tls_files(&args.serve)? {
+            Some(files) => Some(
+                borealis_net::tls::client_config(&files.ca, Some((&files.cert, &files.key)))
+                    .context("scheduler connection TLS")?,
+            ),
+            None => None,
+        };
         let scheduler: Vec<String> = args
             .scheduler
             .iter()
@@ -112,6 +176,7 @@ impl Config {
             attributes,
             work_dir,
             log_port: 0,
+            tls,
         })
     }
 }
@@ -273,6 +338,7 @@ mod tests {
             hostname: None,
             ports: "31000-31999".into(),
             work_dir: Some(dir.path().join("w")),
+            serve: ServeArgs::default(),
         })
         .unwrap();
         assert_eq!(config.scheduler, vec!["127.0.0.1:1"]);
@@ -301,6 +367,7 @@ mod tests {
             hostname: Some("h".into()),
             ports: "1-2".into(),
             work_dir: Some(dir.path().to_path_buf()),
+            serve: ServeArgs::default(),
         };
         assert!(Config::resolve(base.clone()).is_ok());
         let mut a = base.clone();

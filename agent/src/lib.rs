@@ -25,21 +25,36 @@
 //!   (re)connect the agent re-registers with the statuses of every running task and of every
 //!   ended task whose end the scheduler has not acknowledged (`StatusAck`, sent once the
 //!   scheduler recorded it durably; see `agent.rs` for the rules and bounds).
+//! - With `--tls-cert`, `--tls-key` and `--tls-ca` the scheduler connection is TLS: the agent
+//!   checks the scheduler's certificate against the CA (and the host of the scheduler
+//!   address) and presents its own, which a scheduler with TLS requires of an agent. A failed
+//!   handshake is logged with its reason and retried with the usual backoff.
+//! - The log server (`logs.rs`; `--http-ip`, `--http-port`, off with `--no-http`) serves the
+//!   known tasks' `stdout` and `stderr` by byte range on a thread of its own; its port goes in
+//!   the registration, so the scheduler can tell `borealis task logs` where to ask. HTTPS with
+//!   the agent's certificate under `--tls-*`; with `--auth-file`, bearer tokens of principals
+//!   that may read the task's role.
 
 mod agent;
 mod config;
 mod health;
 mod http;
 mod kill;
+mod logs;
 mod process;
+#[cfg(test)]
+mod testcerts;
 mod watch;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 pub use config::{parse_port_ranges, parse_size_mib};
+pub use logs::{parse_task_id, HEADER_OFFSET, HEADER_SIZE, LENGTH_DEFAULT, LENGTH_MAX};
 
 /// Command-line arguments of `borealis agent`.
 #[derive(clap::Args, Debug, Clone)]
@@ -71,6 +86,87 @@ pub struct AgentArgs {
     /// Directory holding the task sandboxes [default: ./borealis-agent-<agent_id>].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// TLS and the log server. Flags of `borealis agent` ([`AgentCommand`]); not parsed with
+    /// the flags above, because `borealis up` flattens these next to its scheduler's
+    /// `--tls-*`, `--auth-file` and `--http-port` (it sets them itself).
+    #[arg(skip)]
+    pub serve: ServeArgs,
+}
+
+/// `borealis agent`'s TLS and log server flags.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// PEM certificate the agent presents to the scheduler and serves HTTPS logs with (with
+    /// --tls-key and --tls-ca; all three or none). The scheduler's CA must have signed it.
+    #[arg(long, value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate of the cluster CA: the scheduler's certificate must chain to it.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// TOML file of principals (the scheduler's --auth-file): the log server then answers only
+    /// requests with a bearer token of a principal that may read the task's role.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+    /// Port of the log server (GET /tasks/{task_id}/files/{stdout|stderr}); 0: an ephemeral
+    /// port. Sent to the scheduler in the registration.
+    #[arg(long, default_value_t = 0)]
+    pub http_port: u16,
+    /// Address the log server listens on [default: 0.0.0.0].
+    #[arg(long, value_name = "IP")]
+    pub http_ip: Option<IpAddr>,
+    /// No log server (`borealis task logs` then cannot read this agent's tasks).
+    #[arg(long, conflicts_with_all = ["http_port", "http_ip"])]
+    pub no_http: bool,
+}
+
+/// `borealis agent`'s whole command line: [`AgentArgs`] and [`ServeArgs`].
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentCommand {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+impl AgentCommand {
+    /// The [`AgentArgs`] to [`run`], with the serve flags in them.
+    pub fn into_args(self) -> AgentArgs {
+        AgentArgs {
+            serve: self.serve,
+            ..self.agent
+        }
+    }
+}
+
+/// A log server for the given sandboxes alone, without an agent: what the agent runs, for
+/// tests of clients (`borealis task logs`). Stops when dropped.
+#[doc(hidden)]
+pub struct StandaloneLogServer {
+    server: logs::LogServer,
+}
+
+impl StandaloneLogServer {
+    /// Serves `tasks` (id, job key, sandbox directory) on `addr` (port 0: ephemeral).
+    pub fn start(
+        addr: std::net::SocketAddr,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        auth: Option<Arc<borealis_core::auth::AuthPolicy>>,
+        tasks: &[(borealis_core::TaskId, &str, PathBuf)],
+    ) -> anyhow::Result<StandaloneLogServer> {
+        let sandboxes = Arc::new(logs::Sandboxes::default());
+        for (task_id, job_key, dir) in tasks {
+            sandboxes.insert(*task_id, job_key, dir.clone());
+        }
+        let server = logs::LogServer::start(addr, tls, logs::ServerState { sandboxes, auth })?;
+        Ok(StandaloneLogServer { server })
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr
+    }
 }
 
 /// Runs the agent on its own single-threaded tokio runtime until SIGINT or SIGTERM.
@@ -91,7 +187,33 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// that lives as long as the agent (the thread of a runtime's `block_on`, or a current-thread
 /// runtime), since the children are SIGKILLed when that thread exits.
 pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let config = config::Config::resolve(args)?;
+    let log_server = config::resolve_log_server(&args.serve)?;
+    let mut config = config::Config::resolve(args)?;
+    let sandboxes = Arc::new(logs::Sandboxes::default());
+    // Listening before the first registration, which carries the port.
+    let log_server = match log_server {
+        Some(setup) => {
+            let auth = setup.auth.is_some();
+            let https = setup.tls.is_some();
+            let server = logs::LogServer::start(
+                setup.addr,
+                setup.tls,
+                logs::ServerState {
+                    sandboxes: sandboxes.clone(),
+                    auth: setup.auth,
+                },
+            )?;
+            tracing::info!(addr = %server.addr, https, auth, "log server listening");
+            if !auth && !server.addr.ip().is_loopback() {
+                tracing::warn!(addr = %server.addr,
+                    "the log server answers anyone who can reach it with any task's output; \
+                     give --auth-file, listen on loopback (--http-ip 127.0.0.1) or --no-http");
+            }
+            config.log_port = server.addr.port();
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(
         agent_id = %config.agent_id,
         hostname = %config.hostname,
@@ -101,12 +223,16 @@ pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> a
         disk_mib = config.resources.disk_mib,
         ports = config.resources.ports,
         schedulers = ?config.scheduler,
+        tls = config.tls.is_some(),
+        log_port = config.log_port,
         "agent starting"
     );
-    agent::Agent::new(config)
+    let result = agent::Agent::new(config, sandboxes)
         .context("cannot create the agent's lifeline pipe")?
         .run(shutdown)
-        .await
+        .await;
+    drop(log_server);
+    result
 }
 
 fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
@@ -139,6 +265,10 @@ mod tests {
             hostname: None,
             ports: "31000-31001".into(),
             work_dir: None,
+            serve: ServeArgs {
+                no_http: true,
+                ..ServeArgs::default()
+            },
         };
         let future = run_until(args, std::future::ready(()));
         assert_send(&future);

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use borealis_agent::{run_until, AgentArgs};
+use borealis_agent::{run_until, AgentArgs, ServeArgs};
 use borealis_core::{Resources, TaskConfig, TaskId, TaskState, Tier};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
@@ -261,6 +261,10 @@ impl Harness {
             hostname: Some("testhost".into()),
             ports: "31000-31009".into(),
             work_dir: Some(self.work_dir.path().join("work")),
+            serve: ServeArgs {
+                http_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+                ..ServeArgs::default()
+            },
         }
     }
 
@@ -1078,6 +1082,10 @@ fn agent_process_helper() {
         hostname: Some("testhost".into()),
         ports: "31000-31009".into(),
         work_dir: Some(work_dir.into()),
+        serve: ServeArgs {
+            no_http: true,
+            ..ServeArgs::default()
+        },
     })
     .unwrap();
 }
@@ -1675,4 +1683,235 @@ async fn a_shutdown_request_nobody_answers_moves_on_at_once() {
         kill_sent.elapsed()
     );
     harness.stop().await;
+}
+
+/// A GET over `stream` (the log server closes after each answer): status, headers (names
+/// lower-cased), body.
+async fn http_get<S>(mut stream: S, target: &str) -> (u16, Vec<(String, String)>, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let request = format!("GET {target} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    match timeout(STEP, stream.read_to_end(&mut raw)).await.unwrap() {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => panic!("reading the answer: {e}"),
+    }
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> &'a str {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+}
+
+#[tokio::test]
+async fn serves_its_tasks_output_on_the_port_it_registers() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    let registration = conn.registration().await;
+    assert_ne!(
+        registration.log_port, 0,
+        "the log server's port is registered"
+    );
+    let addr = format!("127.0.0.1:{}", registration.log_port);
+
+    conn.launch(0xc1, 0, "printf 'hello\\nworld\\n'; echo oops >&2", 1, &[])
+        .await;
+    conn.status(0xc1, TaskState::Finished).await;
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (status, headers, body) =
+        http_get(tcp, "/tasks/00000000000000c1/files/stdout?tail=6").await;
+    assert_eq!((status, body.as_str()), (200, "world\n"));
+    assert_eq!(header(&headers, "x-log-size"), "12");
+    assert_eq!(header(&headers, "x-log-offset"), "6");
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (status, _, body) = http_get(tcp, "/tasks/0xc1/files/stderr").await;
+    assert_eq!((status, body.as_str()), (200, "oops\n"));
+    // A task this agent never ran.
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (status, _, _) = http_get(tcp, "/tasks/0xdead/files/stdout").await;
+    assert_eq!(status, 404);
+    harness.stop().await;
+}
+
+mod tls {
+    use super::*;
+    use borealis_net::tls::{PeerIdentity, TlsFiles};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    pub struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+        pub pem: PathBuf,
+        dir: PathBuf,
+    }
+
+    impl Ca {
+        pub fn new(dir: &Path, name: &str) -> Ca {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            let pem = dir.join(format!("{name}-ca.pem"));
+            std::fs::write(&pem, cert.pem()).unwrap();
+            Ca {
+                cert,
+                key,
+                pem,
+                dir: dir.to_path_buf(),
+            }
+        }
+
+        pub fn issue(&self, name: &str) -> TlsFiles {
+            let key = KeyPair::generate().unwrap();
+            let params =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .unwrap();
+            let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+            let files = TlsFiles {
+                cert: self.dir.join(format!("{name}.pem")),
+                key: self.dir.join(format!("{name}-key.pem")),
+                ca: self.pem.clone(),
+            };
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            files
+        }
+    }
+
+    fn with_tls(args: &mut AgentArgs, files: &TlsFiles) {
+        args.serve.tls_cert = Some(files.cert.clone());
+        args.serve.tls_key = Some(files.key.clone());
+        args.serve.tls_ca = Some(files.ca.clone());
+    }
+
+    /// Reads frames from `stream` until the agent's registration.
+    async fn read_registration<S: tokio::io::AsyncRead + Unpin>(
+        stream: &mut S,
+    ) -> AgentRegistration {
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = timeout(STEP, stream.read(&mut buf)).await.unwrap().unwrap();
+            assert_ne!(n, 0, "the agent closed before registering");
+            decoder.extend(&buf[..n]);
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                for bytes in split_messages(frame).unwrap() {
+                    if let (_, OwnedMessage::RegisterAgent(r)) =
+                        to_owned(decode_message(&bytes).unwrap()).unwrap()
+                    {
+                        return r;
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn registers_over_tls_with_its_certificate_and_serves_https() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "cluster");
+        let scheduler = ca.issue("scheduler");
+        let agent = ca.issue("agent");
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(borealis_net::tls::server_config(&scheduler).unwrap());
+        let harness = Harness::start_with(|args| with_tls(args, &agent)).await;
+        let (tcp, _) = timeout(STEP, harness.listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut stream = timeout(STEP, acceptor.accept(tcp)).await.unwrap().unwrap();
+        // The agent presented its certificate (of the CA: the handshake verified it).
+        assert_eq!(
+            PeerIdentity::of(stream.get_ref().1.peer_certificates()),
+            PeerIdentity::Certified
+        );
+        let registration = read_registration(&mut stream).await;
+        assert_eq!(registration.agent_id, "agent-1");
+        assert_ne!(registration.log_port, 0);
+
+        // The log server speaks HTTPS with the agent's certificate.
+        let config = borealis_net::tls::client_config(&ca.pem, None).unwrap();
+        let addr = format!("127.0.0.1:{}", registration.log_port);
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let name = borealis_net::tls::server_name(&addr).unwrap();
+        let https = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (status, _, _) = http_get(https, "/tasks/0x1/files/stdout").await;
+        assert_eq!(status, 404, "HTTPS answered");
+        drop(stream);
+        harness.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_scheduler_of_another_ca_is_refused_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "cluster");
+        let impostor = Ca::new(dir.path(), "impostor").issue("scheduler");
+        let agent = ca.issue("agent");
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(borealis_net::tls::server_config(&impostor).unwrap());
+        let harness = Harness::start_with(|args| with_tls(args, &agent)).await;
+        // Each attempt's handshake fails (the agent does not trust the certificate), and the
+        // agent tries again.
+        for attempt in 0..2 {
+            let (tcp, _) = timeout(STEP, harness.listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let result = timeout(STEP, acceptor.accept(tcp)).await.unwrap();
+            assert!(
+                result.is_err(),
+                "attempt {attempt}: the handshake succeeded"
+            );
+        }
+        harness.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_agent_certificate_of_another_ca_is_refused_by_the_scheduler() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new(dir.path(), "cluster");
+        let scheduler = ca.issue("scheduler");
+        let mut stranger = Ca::new(dir.path(), "stranger").issue("agent");
+        // It trusts the scheduler (the right CA) but its own certificate is another CA's.
+        stranger.ca = ca.pem.clone();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(borealis_net::tls::server_config(&scheduler).unwrap());
+        let harness = Harness::start_with(|args| with_tls(args, &stranger)).await;
+        let (tcp, _) = timeout(STEP, harness.listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let error = timeout(STEP, acceptor.accept(tcp))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(error.to_string().contains("UnknownIssuer"), "{error}");
+        harness.stop().await;
+    }
 }

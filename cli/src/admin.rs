@@ -1,5 +1,6 @@
 //! `borealis admin`: operator commands on a scheduler's durable state (Aurora's
-//! listBackups, stageRecovery + commitRecovery).
+//! listBackups, stageRecovery + commitRecovery), and the cluster's certificates and tokens
+//! (`certs.rs`).
 
 use std::path::PathBuf;
 
@@ -12,6 +13,12 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// Make the cluster CA (once per --out directory, then reused) and certificates of it for
+    /// the scheduler (--scheduler-name) and agents (--agent): NAME.pem and NAME-key.pem.
+    Certs(crate::certs::CertsArgs),
+    /// Print a new random client token on stdout, and its auth file entry (the token's
+    /// SHA-256 and the permissions) on stderr or appended to --append FILE.
+    Token(crate::certs::TokenArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -45,6 +52,8 @@ pub enum BackupCommand {
 
 pub fn run(command: AdminCommand) -> anyhow::Result<()> {
     match command {
+        AdminCommand::Certs(args) => crate::certs::run_certs(&args),
+        AdminCommand::Token(args) => crate::certs::run_token(&args),
         AdminCommand::Backup { command } => match command {
             BackupCommand::Now { http } => {
                 let name = post_backup(&http)?;
