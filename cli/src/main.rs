@@ -4,14 +4,18 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
+mod api;
+mod certs;
 mod client;
 mod coordinator;
 mod cron;
 mod ha;
 mod host;
 mod http;
+mod logs;
 mod restart;
 mod security;
+mod ui;
 mod up;
 mod update;
 
@@ -41,7 +45,7 @@ enum Command {
     /// Run the scheduler.
     Scheduler(Box<SchedulerArgs>),
     /// Run an agent that offers this machine's resources and runs tasks.
-    Agent(borealis_agent::AgentArgs),
+    Agent(Box<borealis_agent::AgentCommand>),
     /// Create, inspect and kill jobs.
     Job {
         /// The scheduler to talk to.
@@ -95,6 +99,16 @@ enum Command {
     /// Run a scheduler (embedded storage, no etcd) and one local agent in this process.
     #[command(mut_arg("http_port", |a| a.default_value(up::UP_HTTP_PORT_TEXT)))]
     Up(Box<up::UpArgs>),
+    /// A task's output: `task logs TASK_ID` reads it from the agent that runs it.
+    Task {
+        /// The scheduler to talk to.
+        #[arg(long, global = true, default_value = client::DEFAULT_SCHEDULER)]
+        scheduler: String,
+        #[command(flatten)]
+        conn: security::ClientFlags,
+        #[command(subcommand)]
+        command: logs::TaskCommand,
+    },
     /// Operator commands that work on a scheduler's data directory.
     Admin {
         #[command(subcommand)]
@@ -425,6 +439,7 @@ impl SchedulerArgs {
             None => (None, None),
         };
         let backup_requests = config.backup_requests.clone();
+        let audit = config.security.audit.clone();
         anyhow::ensure!(
             self.sla_aware_kill_retry_min_delay <= self.sla_aware_kill_retry_max_delay,
             "--sla-aware-kill-retry-min-delay must not exceed --sla-aware-kill-retry-max-delay"
@@ -439,13 +454,18 @@ impl SchedulerArgs {
             self.max_parallel_coordinated_maintenance as usize,
             self.sla_coordinator_timeout,
         )?;
-        let http = http::serve(
-            self.ip,
-            self.http_port,
-            scheduler.metrics.clone(),
-            view,
+        let http = http::serve(http::HttpSettings {
+            ip: self.ip,
+            port: self.http_port,
+            metrics: scheduler.metrics.clone(),
+            leadership: view,
             backup_requests,
-        )?;
+            scheduler_addr: http::dial_addr(scheduler.addr),
+            tls: security.tls.clone(),
+            auth: security.auth.clone(),
+            audit: audit.clone(),
+            cluster_name: self.cluster_name.clone(),
+        })?;
         Ok((scheduler, http))
     }
 
@@ -595,7 +615,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Agent(args) => {
             init_logging();
-            borealis_agent::run(args)
+            borealis_agent::run((*args).into_args())
         }
         Command::Job {
             scheduler,
@@ -636,6 +656,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             client::set_default_options(conn.options()?);
             cron::run(&scheduler, command)
+        }
+        Command::Task {
+            scheduler,
+            conn,
+            command,
+        } => {
+            let options = conn.options()?;
+            client::set_default_options(options.clone());
+            logs::run(&scheduler, command, options)
         }
         Command::Admin { command } => admin::run(command),
         Command::Up(args) => {
