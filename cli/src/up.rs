@@ -12,6 +12,7 @@ use crate::SchedulerArgs;
 
 /// `borealis up`'s HTTP port (the web UI), unless `--http-port` says otherwise: fixed, so the
 /// banner's address is the same every time (Aurora's UI port).
+#[cfg_attr(not(test), allow(dead_code))] // clap takes the text; tests check the number
 pub const UP_HTTP_PORT: u16 = 8081;
 /// [`UP_HTTP_PORT`] as clap's default value.
 pub const UP_HTTP_PORT_TEXT: &str = "8081";
@@ -49,6 +50,19 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     if args.agent.work_dir.is_none() {
         args.agent.work_dir = Some(args.scheduler.data_dir.join("agent"));
     }
+    // The local agent's log server: where the scheduler listens, with its certificate (the
+    // CA signed it, so it serves as the agent's client certificate too) and its auth file.
+    let security = &args.scheduler.security;
+    let serve = &mut args.agent.serve;
+    serve.http_ip = Some(if addr.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        addr.ip()
+    });
+    serve.tls_cert = security.tls_cert.clone();
+    serve.tls_key = security.tls_key.clone();
+    serve.tls_ca = security.tls_ca.clone();
+    serve.auth_file = security.auth_file.clone();
     let scheme = if args.scheduler.security.tls_cert.is_some() {
         "https"
     } else {
