@@ -20,11 +20,10 @@ use borealis_core::{Resources, TaskState};
 use borealis_net::frame::split_messages;
 use borealis_net::views::AgentRegistration;
 use borealis_net::{decode_message, wire, Encoder, FrameDecoder, FrameWriter};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 
 use crate::config::{ConstraintKind, TaskDuration, AGENTS_PER_RACK, HOST_LIMIT, RACK_LIMIT, ZONES};
+use crate::conn::Conn;
 use crate::shared::{fails, mix, JobRecord, Shared, HISTOGRAM_SHARDS};
 use crate::Phase;
 
@@ -36,7 +35,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes read from the socket per wake-up at most (then the agent yields to its peers).
 const READ_PER_WAKE_MAX: usize = 1 << 20;
-const READ_CHUNK: usize = 64 * 1024;
 /// Port range every simulated agent offers.
 pub const PORT_FIRST: u16 = 31_000;
 pub const PORT_LAST: u16 = 31_999;
@@ -49,7 +47,6 @@ thread_local! {
     /// One builder per worker thread: messages are built and copied into the agent's frame
     /// writer without awaiting in between.
     static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::new());
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
 }
 
 /// An agent's registered size: the mean scaled by a factor in [0.5, 1.5] drawn from its index;
@@ -180,6 +177,11 @@ pub async fn run_agent(
         .serve(&mut stream, &mut permit, &mut phase, register_deadline)
         .await;
     agent.publish();
+    if result.is_ok() {
+        // A TLS agent says goodbye (close_notify), or the scheduler logs every one as lost
+        // by an unexpected EOF. Nothing for a plain one.
+        stream.close().await;
+    }
     match result {
         Ok(()) => AgentEnd::Stopped,
         Err(e) if agent.registered => AgentEnd::Lost(e),
@@ -188,18 +190,19 @@ pub async fn run_agent(
 }
 
 impl SimAgent {
-    async fn connect(&mut self) -> Result<TcpStream, String> {
+    async fn connect(&mut self) -> Result<Conn, String> {
         let mut backoff = Duration::from_millis(100);
         let mut last = String::new();
         for _ in 0..CONNECT_ATTEMPTS {
             let address = self.shared.config.scheduler.as_str();
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(stream);
-                }
-                Ok(Err(e)) => last = format!("cannot connect to {address}: {e}"),
-                Err(_) => last = format!("connecting to {address} timed out"),
+            match self
+                .shared
+                .security
+                .connect(address, true, CONNECT_TIMEOUT)
+                .await
+            {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = e,
             }
             tokio::time::sleep(backoff).await;
             backoff *= 2;
@@ -209,7 +212,7 @@ impl SimAgent {
 
     async fn serve(
         &mut self,
-        stream: &mut TcpStream,
+        stream: &mut Conn,
         permit: &mut Option<OwnedSemaphorePermit>,
         phase: &mut watch::Receiver<Phase>,
         register_deadline: Instant,
@@ -258,9 +261,9 @@ impl SimAgent {
                         return Ok(());
                     }
                 }
-                ready = stream.readable() => {
-                    ready.map_err(|e| format!("connection lost: {e}"))?;
-                    self.read_available(stream)?;
+                read = stream.fill(&mut self.decoder, READ_PER_WAKE_MAX) => {
+                    read?;
+                    self.handle_frames()?;
                     if self.registered && permit.is_some() {
                         *permit = None;
                         self.shared.counters.agents_registered.fetch_add(1, Relaxed);
@@ -286,28 +289,8 @@ impl SimAgent {
         }
     }
 
-    /// Reads whatever the socket has (bounded) and handles every complete message.
-    fn read_available(&mut self, stream: &TcpStream) -> Result<(), String> {
-        let mut total = 0;
-        READ_BUF.with(|buf| -> Result<(), String> {
-            let mut buf = buf.borrow_mut();
-            while total < READ_PER_WAKE_MAX {
-                match stream.try_read(&mut buf) {
-                    Ok(0) => return Err("the scheduler closed the connection".into()),
-                    Ok(n) => {
-                        total += n;
-                        self.decoder.extend(&buf[..n]);
-                        if n < buf.len() {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(format!("connection lost: {e}")),
-                }
-            }
-            Ok(())
-        })?;
+    /// Handles every complete message the decoder holds (what [`Conn::fill`] read).
+    fn handle_frames(&mut self) -> Result<(), String> {
         let now = Instant::now();
         loop {
             let frame = match self.decoder.next_frame() {
@@ -764,7 +747,7 @@ impl SimAgent {
         });
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), String> {
+    async fn flush(&mut self, stream: &mut Conn) -> Result<(), String> {
         if self.writer.is_empty() {
             return Ok(());
         }

@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use borealis_core::{Constraint, JobKey, Resources, TaskConfig, TaskState, Tier};
 use borealis_net::frame::split_messages;
 use borealis_net::{decode_message, wire, Encoder, FrameDecoder, FrameWriter};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{ConstraintKind, HOST_LIMIT, RACK_LIMIT, ZONES};
+use crate::conn::Conn;
 use crate::shared::{mix, InstanceRecord, JobRecord, Shared, JOBS_MAX, REPLY_ACK, REPLY_ERROR};
 use crate::Phase;
 
@@ -24,7 +23,6 @@ const IN_FLIGHT_JOBS_MAX: u64 = 512;
 const JOBS_PER_WRITE_MAX: usize = 64;
 /// How often a client blocked by `--max-active-tasks` looks again.
 const BLOCKED_POLL: Duration = Duration::from_millis(2);
-const READ_CHUNK: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -101,18 +99,66 @@ pub fn job_spec(shared: &Shared, index: u32) -> (TaskConfig, JobRecord) {
     (task, record)
 }
 
-pub async fn connect(address: &str) -> Result<TcpStream, String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
+/// The request id of the `Authenticate` a client sends first (its answer is read before any
+/// other request is sent).
+const AUTHENTICATE_REQUEST_ID: u64 = u64::MAX;
+
+/// A client connection (over TLS when `--tls-ca`), authenticated with `--token` when given:
+/// `Authenticate` first, and its answer must be `Ack`.
+pub async fn connect(shared: &Shared) -> Result<Conn, String> {
+    let address = shared.config.scheduler.as_str();
+    let mut stream = shared
+        .security
+        .connect(address, false, CONNECT_TIMEOUT)
+        .await?;
+    let Some(token) = &shared.security.token else {
+        return Ok(stream);
+    };
+    let mut writer = FrameWriter::new();
+    writer.push(Encoder::new().authenticate(AUTHENTICATE_REQUEST_ID, token));
+    write(&mut stream, &mut writer)
+        .await
+        .map_err(|e| format!("Authenticate: {e}"))?;
+    let mut decoder = FrameDecoder::new();
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let mut answer: Option<Result<(), String>> = None;
+        each_message(&mut decoder, |message| {
+            if answer.is_some() {
+                return;
+            }
+            answer = Some(match message.payload_type() {
+                wire::Payload::Ack if message.request_id() == AUTHENTICATE_REQUEST_ID => Ok(()),
+                wire::Payload::Error => {
+                    let e = message.payload_as_error().expect("type checked");
+                    Err(format!(
+                        "Authenticate refused: {:?}: {}",
+                        e.code(),
+                        e.message()
+                    ))
+                }
+                other => Err(format!(
+                    "Authenticate answered with {} (request id {})",
+                    other.variant_name().unwrap_or("unknown"),
+                    message.request_id()
+                )),
+            });
+        })
+        .map_err(|e| format!("Authenticate: {e}"))?;
+        match answer {
+            Some(Ok(())) => return Ok(stream),
+            Some(Err(e)) => return Err(e),
+            None => {}
         }
-        Ok(Err(e)) => Err(format!("cannot connect to {address}: {e}")),
-        Err(_) => Err(format!("connecting to {address} timed out")),
+        match tokio::time::timeout_at(deadline, stream.fill(&mut decoder, usize::MAX)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("Authenticate: {e}")),
+            Err(_) => return Err("Authenticate: no answer in time".into()),
+        }
     }
 }
 
-pub(crate) async fn write(stream: &mut TcpStream, writer: &mut FrameWriter) -> Result<(), String> {
+pub(crate) async fn write(stream: &mut Conn, writer: &mut FrameWriter) -> Result<(), String> {
     if writer.is_empty() {
         return Ok(());
     }
@@ -122,28 +168,6 @@ pub(crate) async fn write(stream: &mut TcpStream, writer: &mut FrameWriter) -> R
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("connection lost while writing: {e}")),
         Err(_) => Err("a write to the scheduler took over 30 s".into()),
-    }
-}
-
-/// Reads what the socket has into `decoder`. Err when the connection ended.
-pub(crate) fn read_into(
-    stream: &TcpStream,
-    buf: &mut [u8],
-    decoder: &mut FrameDecoder,
-) -> Result<(), String> {
-    loop {
-        match stream.try_read(buf) {
-            Ok(0) => return Err("the scheduler closed the connection".into()),
-            Ok(n) => {
-                decoder.extend(&buf[..n]);
-                if n < buf.len() {
-                    return Ok(());
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("connection lost: {e}")),
-        }
     }
 }
 
@@ -171,7 +195,7 @@ pub(crate) fn each_message(
 pub async fn run_client(
     id: u32,
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: Conn,
     mut phase: watch::Receiver<Phase>,
 ) -> Result<(), String> {
     let config = &shared.config;
@@ -180,7 +204,6 @@ pub async fn run_client(
     let mut encoder = Encoder::new();
     let mut writer = FrameWriter::new();
     let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut in_flight: u64 = 0;
     let mut sent_tasks: u64 = 0;
     let mut window_start: Option<Instant> = None;
@@ -259,9 +282,8 @@ pub async fn run_client(
                     return Ok(());
                 }
             }
-            ready = stream.readable() => {
-                ready.map_err(|e| format!("connection lost: {e}"))?;
-                read_into(&stream, &mut buf, &mut decoder)?;
+            read = stream.fill(&mut decoder, usize::MAX) => {
+                read?;
                 each_message(&mut decoder, |message| {
                     in_flight = in_flight.saturating_sub(1);
                     on_reply(&shared, message);
@@ -326,14 +348,13 @@ pub struct Expected {
 /// counts and compares them with what the agents reported. Retries mismatches until `deadline`
 /// (the scheduler may still be applying the last statuses). Returns the mismatches.
 pub async fn check_jobs(shared: &Shared, expected: &[Expected], deadline: Instant) -> Vec<String> {
-    let mut stream = match connect(&shared.config.scheduler).await {
+    let mut stream = match connect(shared).await {
         Ok(stream) => stream,
         Err(e) => return vec![format!("QueryJob check: {e}")],
     };
     let mut encoder = Encoder::new();
     let mut writer = FrameWriter::new();
     let mut decoder = FrameDecoder::new();
-    let mut buf = vec![0u8; READ_CHUNK];
     let mut left: Vec<&Expected> = expected.iter().collect();
     let mut problems: HashMap<u32, String> = HashMap::new();
     loop {
@@ -346,10 +367,12 @@ pub async fn check_jobs(shared: &Shared, expected: &[Expected], deadline: Instan
         }
         let mut answers = 0;
         while answers < left.len() {
-            let read = tokio::time::timeout_at(deadline.into(), stream.readable()).await;
+            let read =
+                tokio::time::timeout_at(deadline.into(), stream.fill(&mut decoder, usize::MAX))
+                    .await;
             match read {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return vec![format!("QueryJob check: connection lost: {e}")],
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return vec![format!("QueryJob check: {e}")],
                 Err(_) => {
                     return vec![format!(
                         "QueryJob check: {} of {} answers missing at the deadline",
@@ -357,9 +380,6 @@ pub async fn check_jobs(shared: &Shared, expected: &[Expected], deadline: Instan
                         left.len()
                     )]
                 }
-            }
-            if let Err(e) = read_into(&stream, &mut buf, &mut decoder) {
-                return vec![format!("QueryJob check: {e}")];
             }
             let result = each_message(&mut decoder, |message| {
                 answers += 1;

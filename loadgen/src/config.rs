@@ -118,6 +118,21 @@ pub struct Config {
     /// timed run).
     #[arg(long)]
     pub update_trace: bool,
+    /// PEM CA certificate: connect over TLS, verifying the scheduler's certificate against it
+    /// (the scheduler's `--tls-ca`).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM certificate (signed by `--tls-ca`) every simulated agent presents; clients present
+    /// none. With `--tls-key`.
+    #[arg(long, requires = "tls_key", requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Token every client connection authenticates with first (`Authenticate`, answered
+    /// `Ack`): for a scheduler run with `--auth-file`.
+    #[arg(long, env = "BOREALIS_LOADGEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// What the loadgen does with rolling updates (`--update`).

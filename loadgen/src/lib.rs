@@ -24,6 +24,7 @@
 mod agent;
 mod client;
 mod config;
+mod conn;
 mod report;
 mod shared;
 pub mod update;
@@ -234,7 +235,28 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
         % 10_000_000_000;
-    let shared = Arc::new(Shared::new(config.clone(), run_id));
+    let mut shared = Shared::new(config.clone(), run_id);
+    shared.security = conn::Security::from_config(&config)?;
+    if !config.quiet && (shared.security.tls() || shared.security.token.is_some()) {
+        eprintln!(
+            "loadgen: {}{}",
+            if shared.security.tls() {
+                if config.tls_cert.is_some() {
+                    "TLS (agents present --tls-cert)"
+                } else {
+                    "TLS (agents present no certificate)"
+                }
+            } else {
+                "plain TCP"
+            },
+            if shared.security.token.is_some() {
+                ", clients authenticate with a token"
+            } else {
+                ""
+            }
+        );
+    }
+    let shared = Arc::new(shared);
     let (phase_tx, phase_rx) = watch::channel(Phase::Setup);
     let pid = config.scheduler_pid;
     let rss = || pid.and_then(read_rss_bytes);
@@ -418,7 +440,7 @@ async fn run_async(config: Config) -> anyhow::Result<Report> {
     // ---------------------------------------------------------------- clients, timed window
     let mut clients = Vec::new();
     for id in 0..config.clients {
-        let stream = client::connect(&config.scheduler)
+        let stream = client::connect(&shared)
             .await
             .map_err(|e| anyhow::anyhow!("client {id}: {e}"))?;
         let shared = shared.clone();

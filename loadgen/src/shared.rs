@@ -271,6 +271,8 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// The updated job, once created (`--update`).
     pub update_job: OnceLock<UpdateJob>,
+    /// TLS and the client token (`--tls-*`, `--token`); none by default.
+    pub security: crate::conn::Security,
 }
 
 impl Shared {
@@ -288,6 +290,7 @@ impl Shared {
                 .collect(),
             stopping: AtomicBool::new(false),
             update_job: OnceLock::new(),
+            security: Default::default(),
         }
     }
 

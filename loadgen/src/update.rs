@@ -19,12 +19,12 @@ use borealis_net::codec::to_owned;
 use borealis_net::views::{OwnedMessage, UpdateInfoView};
 use borealis_net::{Encoder, FrameDecoder, FrameWriter};
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::agent::UPDATE_DEDICATED_VALUE;
 use crate::client;
 use crate::config::ConstraintKind;
+use crate::conn::Conn;
 use crate::shared::{InstanceRecord, JobRecord, Shared, UpdateJob};
 use crate::Phase;
 
@@ -39,7 +39,6 @@ const UPDATE_TASK: Resources = Resources {
 };
 /// How often the job's coming up is looked at.
 const READY_POLL: Duration = Duration::from_millis(20);
-const READ_CHUNK: usize = 256 * 1024;
 /// Events of a failed update quoted in its error.
 const EVENTS_QUOTED: usize = 5;
 
@@ -323,22 +322,20 @@ pub fn coverage(intervals: &[(f64, f64)], from: f64, to: f64) -> f64 {
 
 /// One client connection, one request at a time.
 struct Rpc {
-    stream: TcpStream,
+    stream: Conn,
     encoder: Encoder,
     writer: FrameWriter,
     decoder: FrameDecoder,
-    buf: Vec<u8>,
     next_id: u64,
 }
 
 impl Rpc {
-    async fn connect(address: &str) -> Result<Rpc, String> {
+    async fn connect(shared: &Shared) -> Result<Rpc, String> {
         Ok(Rpc {
-            stream: client::connect(address).await?,
+            stream: client::connect(shared).await?,
             encoder: Encoder::new(),
             writer: FrameWriter::new(),
             decoder: FrameDecoder::new(),
-            buf: vec![0; READ_CHUNK],
             next_id: 1,
         })
     }
@@ -384,9 +381,10 @@ impl Rpc {
             if let Some(answer) = found {
                 return answer;
             }
-            match tokio::time::timeout_at(deadline.into(), self.stream.readable()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(format!("{what}: connection lost: {e}")),
+            let read = self.stream.fill(&mut self.decoder, usize::MAX);
+            match tokio::time::timeout_at(deadline.into(), read).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("{what}: {e}")),
                 Err(_) => {
                     let others = if skipped == 0 {
                         "nothing else arrived on the connection".to_string()
@@ -398,8 +396,6 @@ impl Rpc {
                     ));
                 }
             }
-            client::read_into(&self.stream, &mut self.buf, &mut self.decoder)
-                .map_err(|e| format!("{what}: {e}"))?;
         }
     }
 }
@@ -436,7 +432,7 @@ pub struct Driver {
 
 impl Driver {
     pub async fn connect(shared: Arc<Shared>, key: JobKey) -> Result<Driver, String> {
-        let rpc = Rpc::connect(&shared.config.scheduler)
+        let rpc = Rpc::connect(&shared)
             .await
             .map_err(|e| format!("update driver: {e}"))?;
         Ok(Driver {
