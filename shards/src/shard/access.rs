@@ -32,7 +32,7 @@ pub(super) struct Ask {
     pub target: String,
 }
 
-/// A connection's standing.
+/// The role of a job key (its first segment; the whole text when it has none).
 pub(super) fn role_of(job_key: &str) -> &str {
     job_key.split('/').next().unwrap_or(job_key)
 }
