@@ -344,6 +344,21 @@ pub fn settings_text(s: &UpdateSettings) -> String {
     )
 }
 
+/// A revision of an update rendered as its job file: the target with the instances after
+/// the update, any other with those before.
+pub fn revision_job_file(
+    up: &borealis_core::update::JobUpdate,
+    rev: Rev,
+    config: &TaskConfig,
+) -> String {
+    let instances = if rev == up.to_rev {
+        up.instances_after
+    } else {
+        up.instances_before
+    };
+    job_file_text(instances, config)
+}
+
 /// A revision's config rendered as the job file that would create it with `instances`.
 pub fn job_file_text(instances: u32, config: &TaskConfig) -> String {
     JobSpec {
@@ -607,16 +622,9 @@ impl<'a> UpdateJson<'a> {
             configs: u
                 .configs
                 .iter()
-                .map(|(rev, config)| {
-                    let instances = if *rev == up.to_rev {
-                        up.instances_after
-                    } else {
-                        up.instances_before
-                    };
-                    ConfigJson {
-                        rev: *rev,
-                        job_file: job_file_text(instances, config),
-                    }
+                .map(|(rev, config)| ConfigJson {
+                    rev: *rev,
+                    job_file: revision_job_file(up, *rev, config),
                 })
                 .collect(),
             diffs: config_diffs(u),

@@ -667,16 +667,9 @@ impl UpdateDetail {
             configs: u
                 .configs
                 .iter()
-                .map(|(rev, config)| {
-                    let instances = if *rev == up.to_rev {
-                        up.instances_after
-                    } else {
-                        up.instances_before
-                    };
-                    UpdateConfig {
-                        rev: *rev,
-                        job_file: crate::update::job_file_text(instances, config),
-                    }
+                .map(|(rev, config)| UpdateConfig {
+                    rev: *rev,
+                    job_file: crate::update::revision_job_file(up, *rev, config),
                 })
                 .collect(),
             diffs: crate::update::config_diffs(u)
