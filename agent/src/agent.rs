@@ -293,6 +293,7 @@ fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
         message: UNKNOWN_TASK.to_string(),
         timestamp_ms: now_ms(),
         sandbox: String::new(),
+        usage: None,
     }
 }
 
@@ -697,6 +698,7 @@ impl Agent {
             message,
             timestamp_ms: now_ms(),
             sandbox: String::new(),
+            usage: None,
         };
         self.insert_ended(status.clone());
         self.report(status);
@@ -744,6 +746,7 @@ impl Agent {
             message: String::new(),
             timestamp_ms: now_ms(),
             sandbox: String::new(),
+            usage: None,
         };
         self.report(status.clone());
         match process::start(&self.config.work_dir, &launch, &self.lifeline) {
@@ -1072,6 +1075,7 @@ mod tests {
             message: String::new(),
             timestamp_ms: 0,
             sandbox: String::new(),
+            usage: None,
         });
     }
 

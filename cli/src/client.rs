@@ -1352,6 +1352,7 @@ pub(crate) mod tests {
                     pending_reason: "".into(),
                     preempted_by: None,
                     events: vec![],
+                    usage: None,
                 },
                 TaskInfoView {
                     task_id: 0xdead_beef,
@@ -1367,6 +1368,7 @@ pub(crate) mod tests {
                     pending_reason: "".into(),
                     preempted_by: None,
                     events: vec![],
+                    usage: None,
                 },
             ],
         }

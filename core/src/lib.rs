@@ -26,6 +26,6 @@ pub use model::*;
 pub use quota::{check_quota, counts_against_quota, job_demand, Quota, QuotaError, QuotaLedger};
 pub use service::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
 pub use sla::{JobSla, SlaSettings, SlaVerdict};
-pub use state::TaskState;
+pub use state::{TaskState, TaskUsage};
 pub use tier::{TierConfig, TierConfigError, TierSettings};
 pub use validate::{validate_task_config, ConfigError};

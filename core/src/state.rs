@@ -8,6 +8,19 @@
 
 use serde::{Deserialize, Serialize};
 
+/// What a task used, as its agent measured it: from the task's cgroups under isolation (every
+/// process of the task), else from the task's process and the children it waited for
+/// (`getrusage`). Reported with the task's terminal status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// CPU time, user and system, in milliseconds.
+    pub cpu_time_ms: u64,
+    /// The most memory the task held at once (RSS and page cache charged to it), in bytes.
+    pub peak_memory_bytes: u64,
+    /// The sandbox's size when last measured, in bytes (0: not measured).
+    pub disk_bytes: u64,
+}
+
 /// A task's state. The numeric values are the wire values (`net/schema/borealis.fbs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[repr(u8)]

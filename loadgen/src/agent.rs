@@ -739,6 +739,7 @@ impl SimAgent {
                     message: None,
                     timestamp_ms: wall_ms(),
                     sandbox: None,
+                    usage: None,
                 },
             );
             let bytes =

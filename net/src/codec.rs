@@ -7,7 +7,7 @@ use borealis_core::update::{
 };
 use borealis_core::{
     Constraint, HealthCheck, HealthChecker, HostMode, HttpLifecycle, JobKey, MaintenanceOp,
-    PartitionPolicy, Resources, SlaPolicy, TaskConfig, TaskId, TaskState, Tier,
+    PartitionPolicy, Resources, SlaPolicy, TaskConfig, TaskId, TaskState, TaskUsage, Tier,
 };
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 
@@ -228,7 +228,20 @@ fn task_status_from_wire(s: wire::TaskStatus<'_>) -> Result<TaskStatusReport, Wi
         message: s.message().unwrap_or_default().to_string(),
         timestamp_ms: s.timestamp_ms(),
         sandbox: s.sandbox().unwrap_or_default().to_string(),
+        usage: s.usage().map(usage_from_wire),
     })
+}
+
+fn usage_from_wire(u: &wire::TaskUsage) -> TaskUsage {
+    TaskUsage {
+        cpu_time_ms: u.cpu_time_ms(),
+        peak_memory_bytes: u.peak_memory_bytes(),
+        disk_bytes: u.disk_bytes(),
+    }
+}
+
+fn usage_to_wire(u: &TaskUsage) -> wire::TaskUsage {
+    wire::TaskUsage::new(u.cpu_time_ms, u.peak_memory_bytes, u.disk_bytes)
 }
 
 fn ports_from_wire(
@@ -265,6 +278,7 @@ fn task_info_from_wire(t: wire::TaskInfo<'_>) -> TaskInfoView {
                 message: e.message().unwrap_or_default().to_string(),
             })
             .collect(),
+        usage: t.usage().map(usage_from_wire),
     }
 }
 
@@ -1175,6 +1189,7 @@ impl Encoder {
                 message: Some(message),
                 timestamp_ms: s.timestamp_ms,
                 sandbox: Some(sandbox),
+                usage: s.usage.as_ref().map(usage_to_wire).as_ref(),
             },
         )
     }
@@ -1573,6 +1588,7 @@ impl Encoder {
                     pending_reason,
                     preempted_by: t.preempted_by.unwrap_or(0),
                     events,
+                    usage: t.usage.as_ref().map(usage_to_wire).as_ref(),
                 },
             ));
         }
@@ -2319,6 +2335,11 @@ mod tests {
             message: "exit 2".into(),
             timestamp_ms: 42,
             sandbox: "/tmp/s".into(),
+            usage: Some(TaskUsage {
+                cpu_time_ms: 1_234,
+                peak_memory_bytes: 56 << 20,
+                disk_bytes: 4096,
+            }),
         };
         assert_eq!(
             roundtrip(enc.task_status(&status)).1,
@@ -2640,6 +2661,11 @@ mod tests {
                 state: Some(state),
                 message: reason.into(),
             }],
+            usage: (state == TaskState::Finished).then_some(TaskUsage {
+                cpu_time_ms: 7,
+                peak_memory_bytes: 1 << 20,
+                disk_bytes: 0,
+            }),
         };
         let status = JobStatusView {
             job: JobSummaryView {

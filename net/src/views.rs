@@ -5,6 +5,7 @@ use borealis_core::cron::CollisionPolicy;
 use borealis_core::update::{Command, JobUpdate, Rev, UpdateSettings, UpdateStatus};
 use borealis_core::{
     Attributes, HostMode, JobKey, MaintenanceOp, Resources, TaskConfig, TaskId, TaskState,
+    TaskUsage,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct TaskStatusReport {
     pub timestamp_ms: u64,
     /// The task's sandbox directory on the agent (empty when it has none yet).
     pub sandbox: String,
+    /// What the task used (with a terminal status, when the agent measured it).
+    pub usage: Option<TaskUsage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +66,8 @@ pub struct TaskInfoView {
     pub preempted_by: Option<u64>,
     /// The task's latest state changes, oldest first.
     pub events: Vec<TaskEventView>,
+    /// What the task used, as its agent reported with its terminal status.
+    pub usage: Option<TaskUsage>,
 }
 
 /// One registered agent (the answer to `ListAgents` lists them).

@@ -296,6 +296,7 @@ impl SimAgent {
                     message: "unknown to the agent".into(),
                     timestamp_ms: 0,
                     sandbox: String::new(),
+                    usage: None,
                 },
             };
             self.outbox.push(report);
@@ -387,6 +388,7 @@ impl SimAgent {
                 message: "unknown task".into(),
                 timestamp_ms: now_ms,
                 sandbox: String::new(),
+                usage: None,
             });
             return Vec::new();
         };
@@ -536,6 +538,7 @@ fn status(id: TaskId, t: &AgentTask, now_ms: u64) -> TaskStatusReport {
         message: String::new(),
         timestamp_ms: now_ms,
         sandbox: t.sandbox.clone(),
+        usage: None,
     }
 }
 

@@ -551,6 +551,7 @@ fn an_agent_cannot_adopt_a_task_placed_on_another_agent() {
         message: String::new(),
         timestamp_ms: 0,
         sandbox: "/elsewhere".into(),
+        usage: None,
     };
     let mut impostor = Peer::plain(&cluster.addr());
     impostor

@@ -46,6 +46,7 @@ impl Shard {
                     message: t.message().unwrap_or_default().to_string(),
                     timestamp_ms: t.timestamp_ms(),
                     sandbox: t.sandbox().unwrap_or_default().to_string(),
+                    usage: None,
                 }),
                 Err(e) => tracing::warn!(agent = %name, "ignoring reported task: {e}"),
             }

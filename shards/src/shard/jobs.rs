@@ -655,6 +655,7 @@ impl Shard {
             message: t.message.clone(),
             ports: t.ports.clone(),
             sandbox: t.sandbox.clone(),
+            usage: None,
             pending_reason: self.pending_reason_of(j, t),
             preempted_by: t.preempted_by.map(|p| p.0),
             events: t
