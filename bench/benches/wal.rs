@@ -63,6 +63,7 @@ fn task(job: &JobKey, id: u64, instance: u32, state: TaskState) -> TaskImage {
         killed_by_user: false,
         preempted_by: None,
         rev: 0,
+        usage: None,
     }
 }
 

@@ -1027,6 +1027,9 @@ struct TaskJson<'a> {
     pending_reason: &'a str,
     /// The preemptor's task id as `task_id` prints ids; null when not preempted.
     preempted_by: Option<String>,
+    /// What the task used (`cpu_time_ms`, `peak_memory_bytes`, `disk_bytes`), as its agent
+    /// reported when it ended; null before that, or when the agent measured nothing.
+    usage: Option<borealis_core::TaskUsage>,
 }
 
 #[derive(serde::Serialize)]
@@ -1041,7 +1044,9 @@ struct JobStatusJson<'a> {
 /// "update": {"update_id", "status"} or null, "tasks": [{"task_id": "<16 hex digits>", "instance", "state", "agent_id", "hostname",
 /// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox",
 /// "pending_reason": "" unless PENDING and not placed, "preempted_by": "<16 hex digits>" or
-/// null}]}`, tasks in instance order.
+/// null, "usage": {"cpu_time_ms", "peak_memory_bytes", "disk_bytes"} (what an ended task used,
+/// as its agent measured it: CPU time in ms, peak memory and sandbox size in bytes) or null}]}`,
+/// tasks in instance order.
 pub fn status_json(status: &JobStatusView) -> String {
     let mut tasks: Vec<_> = status.tasks.iter().collect();
     tasks.sort_by_key(|t| (t.instance, t.task_id));
@@ -1062,6 +1067,7 @@ pub fn status_json(status: &JobStatusView) -> String {
                 sandbox: &t.sandbox,
                 pending_reason: &t.pending_reason,
                 preempted_by: t.preempted_by.map(|id| TaskId(id).to_string()),
+                usage: t.usage,
             })
             .collect(),
     };
@@ -1201,6 +1207,27 @@ fn or_dash(text: &str) -> String {
     }
 }
 
+/// CPU time as seconds with two decimals: `1.23s`.
+pub(crate) fn cpu_time_text(cpu_time_ms: u64) -> String {
+    format!("{}.{:02}s", cpu_time_ms / 1000, (cpu_time_ms % 1000) / 10)
+}
+
+/// A size in binary units with one decimal (`56.0MiB`), plain bytes below 1 KiB (`512B`).
+pub(crate) fn bytes_text(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    // 1023.96 KiB would print as 1024.0KiB: such a value is the next unit's 1.0.
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
 /// What `status` notes about a task: why it is pending, who preempted it.
 fn task_note(t: &borealis_net::views::TaskInfoView) -> String {
     let mut notes = Vec::new();
@@ -1214,7 +1241,9 @@ fn task_note(t: &borealis_net::views::TaskInfoView) -> String {
 }
 
 /// `status`: a header with the job key and its task counts by state, then one row per task,
-/// with a NOTE column (why a task is pending, who preempted it) when any task has a note.
+/// with CPU (CPU time) and MEM (peak memory) columns when any task has a usage (ended tasks
+/// whose agent measured it; `-` for the others), and a NOTE column (why a task is pending, who
+/// preempted it) when any task has a note.
 pub fn status_text(status: &JobStatusView) -> String {
     let job = &status.job;
     let mut text = format!(
@@ -1228,9 +1257,14 @@ pub fn status_text(status: &JobStatusView) -> String {
     tasks.sort_by_key(|t| (t.instance, t.task_id));
     let notes: Vec<String> = tasks.iter().map(|t| task_note(t)).collect();
     let with_notes = notes.iter().any(|n| !n.is_empty());
-    let mut header = ["INSTANCE", "TASK ID", "STATE", "HOST", "EXIT", "SANDBOX"]
+    let with_usage = tasks.iter().any(|t| t.usage.is_some());
+    let mut header = ["INSTANCE", "TASK ID", "STATE", "HOST", "EXIT"]
         .map(String::from)
         .to_vec();
+    if with_usage {
+        header.extend(["CPU", "MEM"].map(String::from));
+    }
+    header.push("SANDBOX".to_string());
     if with_notes {
         header.push("NOTE".to_string());
     }
@@ -1252,8 +1286,17 @@ pub fn status_text(status: &JobStatusView) -> String {
             state_name(t.state).to_string(),
             or_dash(host),
             exit_code,
-            or_dash(&t.sandbox),
         ];
+        if with_usage {
+            row.extend(match &t.usage {
+                Some(u) => [
+                    cpu_time_text(u.cpu_time_ms),
+                    bytes_text(u.peak_memory_bytes),
+                ],
+                None => ["-".to_string(), "-".to_string()],
+            });
+        }
+        row.push(or_dash(&t.sandbox));
         if with_notes {
             row.push(or_dash(&note));
         }
@@ -1457,7 +1500,8 @@ pub(crate) mod tests {
                     "ports": {"http": 31000, "admin": 31001},
                     "sandbox": "/path",
                     "pending_reason": "",
-                    "preempted_by": null
+                    "preempted_by": null,
+                    "usage": null
                 },
                 {
                     "task_id": "0000000000001234",
@@ -1471,7 +1515,8 @@ pub(crate) mod tests {
                     "ports": {},
                     "sandbox": "/var/sb/2",
                     "pending_reason": "",
-                    "preempted_by": null
+                    "preempted_by": null,
+                    "usage": null
                 }
             ]
         });
@@ -1632,6 +1677,11 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
         // tasks[0] is instance 1.
         status.tasks[0].preempted_by = Some(0x6b08_0000_0100_0002);
         status.tasks[0].state = Some(TaskState::Killed);
+        status.tasks[0].usage = Some(borealis_core::TaskUsage {
+            cpu_time_ms: 1_234,
+            peak_memory_bytes: 56 << 20,
+            disk_bytes: 3 << 30,
+        });
         status.tasks.push(TaskInfoView {
             task_id: 0x77,
             instance: 2,
@@ -1649,10 +1699,10 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
         assert_eq!(
             status_text(&status),
             "r/e/n (ad-hoc, 3 instances): RUNNING 1, FINISHED 1\n\
-             INSTANCE  TASK ID           STATE    HOST  EXIT  SANDBOX    NOTE\n\
-             0         00000000deadbeef  RUNNING  h1    -     /path      -\n\
-             1         0000000000001234  KILLED   a2    0     /var/sb/2  preempted by 6b08000001000002\n\
-             2         0000000000000077  PENDING  -     -     -          Insufficient resources: ram\n"
+             INSTANCE  TASK ID           STATE    HOST  EXIT  CPU    MEM      SANDBOX    NOTE\n\
+             0         00000000deadbeef  RUNNING  h1    -     -      -        /path      -\n\
+             1         0000000000001234  KILLED   a2    0     1.23s  56.0MiB  /var/sb/2  preempted by 6b08000001000002\n\
+             2         0000000000000077  PENDING  -     -     -      -        -          Insufficient resources: ram\n"
         );
         let got: serde_json::Value = serde_json::from_str(&status_json(&status)).unwrap();
         assert_eq!(got["tasks"][0]["pending_reason"], "");
@@ -1663,6 +1713,46 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
             "Insufficient resources: ram"
         );
         assert_eq!(got["tasks"][2]["state"], "PENDING");
+        // The killed task's usage, whole; none for the others.
+        assert_eq!(
+            got["tasks"][1]["usage"],
+            json!({"cpu_time_ms": 1234, "peak_memory_bytes": 58_720_256, "disk_bytes": 3_221_225_472u64})
+        );
+        assert_eq!(got["tasks"][0]["usage"], serde_json::Value::Null);
+        assert_eq!(got["tasks"][2]["usage"], serde_json::Value::Null);
+        let text = status_json(&status);
+        assert!(
+            text.contains(r#""preempted_by":"6b08000001000002","usage":{"cpu_time_ms":1234,"peak_memory_bytes":58720256,"disk_bytes":3221225472}}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn usage_reads_as_seconds_and_binary_units() {
+        let cases = [
+            (0, "0.00s"),
+            (9, "0.00s"),
+            (1_234, "1.23s"),
+            (60_000, "60.00s"),
+            (3_600_999, "3600.99s"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(cpu_time_text(ms), text, "{ms} ms");
+        }
+        let cases = [
+            (0, "0B"),
+            (1023, "1023B"),
+            (1024, "1.0KiB"),
+            (1536, "1.5KiB"),
+            ((1 << 20) - 1, "1.0MiB"),
+            (56 << 20, "56.0MiB"),
+            ((3 << 30) + (1 << 29), "3.5GiB"),
+            (5 << 40, "5.0TiB"),
+            (u64::MAX, "16.0EiB"),
+        ];
+        for (bytes, text) in cases {
+            assert_eq!(bytes_text(bytes), text, "{bytes} bytes");
+        }
     }
 
     #[test]

@@ -149,9 +149,25 @@
   }
 
   function fmtBytes(n) {
+    if (n >= 1024 ** 4) return `${(n / 1024 ** 4).toFixed(1)} TiB`;
+    if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(1)} GiB`;
     if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MiB`;
     if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
     return `${n} B`;
+  }
+
+  /** CPU time (ms): seconds with two decimals below a minute, then as a duration. */
+  function fmtCpuTime(ms) {
+    if (ms === null || ms === undefined) return "—";
+    return ms < 60000 ? `${(ms / 1000).toFixed(2)} s` : fmtDuration(ms);
+  }
+
+  /** An ended task's usage (`usage` of an instance, null when none), one field of it. */
+  function usageCell(i, field) {
+    if (!i.usage) return muted("—");
+    if (field === "cpu_time_ms") return fmtCpuTime(i.usage.cpu_time_ms);
+    const n = i.usage[field];
+    return field === "disk_bytes" && !n ? muted("not measured") : fmtBytes(n);
   }
 
   const RESOURCES = [
@@ -611,6 +627,8 @@
       { title: "State", cell: (i) => badge(i.state) },
       { title: "Host", cell: (i) => i.hostname || muted("—") },
       { title: "Exit", class: "num", cell: (i) => (i.exit_code === null ? muted("—") : String(i.exit_code)) },
+      { title: "CPU", class: "num", cell: (i) => usageCell(i, "cpu_time_ms") },
+      { title: "Peak memory", class: "num", cell: (i) => usageCell(i, "peak_memory_bytes") },
       { title: "Last event", cell: (i) => timeCell(i.events.length ? i.events[i.events.length - 1].unix_ms : 0) },
       { title: "Message", class: "wide", cell: (i) => i.message || muted("") },
       { title: "Logs", cell: (i) => logLinks(i, `history-${i.task_id}-`) },
@@ -642,6 +660,9 @@
         row("Failures", num(i.failure_count), "task-failures"),
         row("Exit code", i.exit_code === null ? muted("—") : String(i.exit_code), "task-exit"),
         row("Message", i.message || muted("—"), "task-message"),
+        i.usage ? row("CPU time", usageCell(i, "cpu_time_ms"), "task-cpu-time") : null,
+        i.usage ? row("Peak memory", usageCell(i, "peak_memory_bytes"), "task-peak-memory") : null,
+        i.usage ? row("Sandbox disk", usageCell(i, "disk_bytes"), "task-disk") : null,
         i.preempted_by ? row("Preempted by", mono(i.preempted_by), "task-preempted-by") : null);
       setChildren(logs, h("span", { class: "muted" }, "Logs "), logLinks(i, ""));
       setChildren(events, timeline(i.events));

@@ -8,12 +8,15 @@
 //! commit: lose `StatusAck`s (it then reports the unacknowledged ends again), duplicate and
 //! reorder the status updates it sends.
 //!
+//! A terminal status carries the task's usage, as the real agent measures it: drawn from the
+//! seed and the task's simulated run (see [`usage`]), so a run repeats exactly.
+//!
 //! An agent never touches the world: it changes its own state, queues statuses in its
 //! outbox and returns the timers it wants; the world delivers both.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use borealis_core::{Attributes, Resources, TaskId, TaskState};
+use borealis_core::{Attributes, Resources, TaskId, TaskState, TaskUsage};
 use borealis_net::views::{AgentRegistration, LaunchView, TaskStatusReport};
 
 use crate::rng::{mix, Rng};
@@ -134,6 +137,22 @@ fn kill_ms(seed: u64, task: TaskId, command_kill_ms: Option<u64>) -> u64 {
     command_kill_ms.unwrap_or_else(|| mix(&[seed, task.0, 0x4b11]) % 800)
 }
 
+/// What a task that ran `run_ms` (from RUNNING to its end) used, deterministic in the seed and
+/// the task: CPU time at 10% to 100% of its CPU share over the run, a peak memory of 10% to
+/// 90% of its RAM (never above it), and a sandbox of at most a tenth of its disk.
+pub fn usage(seed: u64, task: TaskId, resources: &Resources, run_ms: u64) -> TaskUsage {
+    const MIB: u64 = 1 << 20;
+    let mut rng = Rng::new(mix(&[seed, task.0, 0x05a9e]));
+    let busy_percent = rng.range(10, 100);
+    let memory_percent = rng.range(10, 90);
+    let disk_permille = rng.below(101);
+    TaskUsage {
+        cpu_time_ms: run_ms * u64::from(resources.cpu_millis) / 1000 * busy_percent / 100,
+        peak_memory_bytes: u64::from(resources.ram_mib) * MIB * memory_percent / 100,
+        disk_bytes: u64::from(resources.disk_mib) * MIB * disk_permille / 1000,
+    }
+}
+
 /// A command's `kill=MS` word: how long killing the task takes.
 pub fn command_kill_ms(command: &str) -> Option<u64> {
     command
@@ -156,6 +175,10 @@ pub struct AgentTask {
     pub killing: bool,
     /// The STARTING → RUNNING timer is armed.
     pub starting: bool,
+    /// When (simulated ms) it became RUNNING; None before.
+    pub running_since_ms: Option<u64>,
+    /// What it used, once it ended (reported with its end).
+    pub usage: Option<TaskUsage>,
     /// When (ms after RUNNING) and how the task ends by itself; None: runs until killed.
     end: Option<(u64, TaskState)>,
     /// How long a kill takes, when the command says.
@@ -366,6 +389,8 @@ impl SimAgent {
                 acked: false,
                 killing: false,
                 starting: true,
+                running_since_ms: None,
+                usage: None,
                 end: fate.end,
                 kill_ms: command_kill_ms(&launch.config.command),
                 tier: launch.config.tier,
@@ -415,6 +440,7 @@ impl SimAgent {
                     return Vec::new();
                 }
                 t.state = TaskState::Running;
+                t.running_since_ms = Some(now_ms);
                 t.sandbox = format!("/sandbox/{id}");
                 let end = t.end;
                 self.report(id, now_ms);
@@ -464,6 +490,10 @@ impl SimAgent {
         t.killing = false;
         t.starting = false;
         t.acked = false;
+        let run_ms = t
+            .running_since_ms
+            .map_or(0, |since| now_ms.saturating_sub(since));
+        t.usage = Some(usage(self.seed, id, &t.resources, run_ms));
         self.report(id, now_ms);
     }
 
@@ -538,7 +568,7 @@ fn status(id: TaskId, t: &AgentTask, now_ms: u64) -> TaskStatusReport {
         message: String::new(),
         timestamp_ms: now_ms,
         sandbox: t.sandbox.clone(),
-        usage: None,
+        usage: t.usage.filter(|_| t.state.is_terminal()),
     }
 }
 

@@ -183,6 +183,56 @@ fn kill_is_acknowledged_and_stays_killed_across_a_crash() {
     assert_eq!(running(&states), 2, "{states:?}");
 }
 
+/// What the agent measured of each ended task reaches the job's status with its end, stays
+/// through repeated and garbled reports, and survives a crash (it is in the log); a task that
+/// has not ended has none.
+#[test]
+fn ended_tasks_usage_reaches_their_status_and_survives_a_crash() {
+    let mut sim = Sim::new(8).shards(2).agent("a1", res(4000, 8192), &[]);
+    sim.step(&Event::LoseAcks { agent: 0, count: 2 });
+    sim.step(&Event::GarbleStatuses {
+        agent: 0,
+        duplicate: true,
+        reorder: false,
+        ms: 60_000,
+    });
+    sim.create_job(
+        "batch/test/used",
+        JobConfig::new(2, 1000, 256)
+            .max_task_failures(0)
+            .plan(TaskPlan::FinishAfter(1_500)),
+    )
+    .unwrap();
+    sim.create_job("www/prod/runs", JobConfig::new(1, 500, 128).service())
+        .unwrap();
+    sim.advance(5_000);
+    sim.run_until_quiet();
+    let measured: std::collections::BTreeMap<u64, borealis_core::TaskUsage> = sim
+        .agent_tasks("a1")
+        .into_iter()
+        .filter_map(|(id, t)| Some((id.0, t.usage?)))
+        .collect();
+    let check = |sim: &mut Sim| {
+        let status = sim.job_status("batch/test/used").unwrap();
+        assert_eq!(status.tasks.len(), 2, "{:?}", status.tasks);
+        for t in &status.tasks {
+            assert_eq!(t.state, Some(TaskState::Finished), "{t:?}");
+            let usage = t.usage.expect("a finished task's usage");
+            assert_eq!(Some(&usage), measured.get(&t.task_id), "{t:?}");
+            // About 1.5 s of running on one core at most; below its 256 MiB.
+            assert!(usage.cpu_time_ms <= 1_600, "{usage:?}");
+            assert!(usage.peak_memory_bytes > 0, "{usage:?}");
+            assert!(usage.peak_memory_bytes < 256 << 20, "{usage:?}");
+        }
+        let live = sim.job_status("www/prod/runs").unwrap();
+        assert!(live.tasks.iter().all(|t| t.usage.is_none()), "{live:?}");
+    };
+    check(&mut sim);
+    sim.crash_and_recover();
+    sim.run_until_quiet();
+    check(&mut sim);
+}
+
 #[test]
 fn ha_new_leader_adopts_the_running_tasks() {
     let mut sim = Sim::new(7)

@@ -13,9 +13,9 @@ pub const SNAPSHOT_MAGIC: [u8; 8] = *b"BRLSSNAP";
 /// Format version after the magic; bumped when the layout or the image's encoding changes.
 /// 2: tasks' `preempted_by` and the image's `quotas`. 3: the job config's `health_check`,
 /// `http_lifecycle`, `sla_policy`, `partition_policy`, and the image's `hosts`. 4: tasks'
-/// `rev`, jobs' `revs` and `updates` (rolling updates). Versions 1 to 3 are still read
-/// (`crate::legacy`).
-pub const SNAPSHOT_VERSION: u32 = 4;
+/// `rev`, jobs' `revs` and `updates` (rolling updates), and `cron`. 5: tasks' `usage`.
+/// Versions 1 to 4 are still read (`crate::legacy`).
+pub const SNAPSHOT_VERSION: u32 = 5;
 /// magic (8) | version (u32 LE) | payload length (u64 LE) | crc32c of the payload (u32 LE).
 pub const SNAPSHOT_HEADER_BYTES: usize = 8 + 4 + 8 + 4;
 
@@ -45,6 +45,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<StateImage, String> {
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if version != SNAPSHOT_VERSION
+        && version != crate::legacy::SNAPSHOT_VERSION_4
         && version != crate::legacy::SNAPSHOT_VERSION_3
         && version != crate::legacy::SNAPSHOT_VERSION_2
         && version != crate::legacy::SNAPSHOT_VERSION_1

@@ -35,7 +35,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use borealis_core::update::{JobUpdate, Rev};
-use borealis_core::{route_hash_str, HostMode, JobKey, Resources, TaskConfig, TaskId, TaskState};
+use borealis_core::{
+    route_hash_str, HostMode, JobKey, Resources, TaskConfig, TaskId, TaskState, TaskUsage,
+};
 use serde::{Deserialize, Serialize};
 
 /// Most instances a job may have in the image. Bounds the `current` vector a single record can
@@ -61,9 +63,13 @@ pub struct TaskImage {
     /// The task that preempted this one (Aurora: a PREEMPTING task's preemptor).
     pub preempted_by: Option<TaskId>,
     /// The configuration revision the task runs (see [`JobRevs`]); 0 for tasks of format 3
-    /// and before. New fields go at the end: the encoding is positional (see `crate::legacy`
-    /// for older records).
+    /// and before.
     pub rev: Rev,
+    /// What the task used, as its agent reported with its terminal status (format 5); `None`
+    /// until then, for tasks whose agent reports none, and for tasks of format 4 and before.
+    /// New fields go at the end: the encoding is positional (see `crate::legacy` for older
+    /// records).
+    pub usage: Option<TaskUsage>,
 }
 
 /// A [`TaskImage`] of borrowed fields. It serializes exactly like a `TaskImage` (postcard
@@ -86,6 +92,7 @@ pub struct TaskImageRef<'a> {
     pub killed_by_user: bool,
     pub preempted_by: Option<TaskId>,
     pub rev: Rev,
+    pub usage: Option<TaskUsage>,
 }
 
 /// `LogRecord::TaskUpserted` of a borrowed image (see [`TaskImageRef`]).

@@ -12,7 +12,11 @@
 //!   revision 0), a job's image ends at `history` (no `revs`, `updates`: read as
 //!   `JobRevs::default()`, i.e. head revision 0 and nothing else, and no updates). Format 2's
 //!   task image is format 3's;
-//! - 4: the current one ([`files::SNAPSHOT_VERSION`](crate::files::SNAPSHOT_VERSION)).
+//! - 4: before tasks' resource usage: a task's image ends at `rev` (no `usage`: read as
+//!   `None`). Everything else is as now: format 4 added jobs' `revs`, `updates` and `cron`, and
+//!   the records `JobRevised`, `UpdateSaved`, `UpdateRemoved`, `CronSet`. Format 3's task image
+//!   is format 4's without `rev`;
+//! - 5: the current one ([`files::SNAPSHOT_VERSION`](crate::files::SNAPSHOT_VERSION)).
 //!
 //! Snapshot files say their format in their header, so each is read by its own layout.
 //!
@@ -24,33 +28,38 @@
 //!   and the frame end with `finalization_wait_secs`), and the current layout then needs at
 //!   least the four `Option` tags that follow: the payload runs out, the decode fails. An
 //!   older `TaskUpserted` likewise ends before the current task image's last fields (the
-//!   image is the record's only field): one of format 2 or 3 before `rev`, one of format 1
-//!   before the `preempted_by` tag;
+//!   image is the record's only field): one of format 4 before the `usage` tag, one of format
+//!   2 or 3 before `rev`, one of format 1 before the `preempted_by` tag. Every other format-4
+//!   record is byte for byte a current one (format 5 changed only the task image), and decodes
+//!   as itself;
 //! - a current record always decodes as the current layout, so it never reaches the older
 //!   ones. Had it reached them, it would still be refused: where an older layout reads a
 //!   prefix of a current record (a current `JobCreated` read as format 2 stops before the
-//!   four tags; a current `TaskUpserted` read as format 3 or 2 before `rev`, as format 1
-//!   before `preempted_by`), bytes are left over, and a leftover byte fails the decode — this
-//!   is why the whole frame must be consumed, as an `Option`'s tag or a small `rev` is one
-//!   byte that a shorter layout would otherwise ignore. The variants format 4 added
-//!   (`JobRevised`, `UpdateSaved`, `UpdateRemoved`) have indexes no older layout has;
-//! - what fails the current layout is tried as format 3, then 2, then 1, and a record that
-//!   is whole in more than one of these layouts means the same in each: format 3 differs
-//!   from format 2 only in `TaskConfig` (a format-2 `JobCreated` runs out as format 3), and
-//!   from format 4 only in the task image (and format 4's new variants); a format-1 record
-//!   that is whole as format 2 or 3 (all but `TaskUpserted`) encodes exactly as its later
-//!   forms.
+//!   four tags; a current `TaskUpserted` read as format 4 before `usage`, as format 3 or 2
+//!   before `rev`, as format 1 before `preempted_by`), bytes are left over, and a leftover
+//!   byte fails the decode — this is why the whole frame must be consumed, as an `Option`'s
+//!   tag or a small `rev` is one byte that a shorter layout would otherwise ignore. The
+//!   variants format 4 added (`JobRevised`, `UpdateSaved`, `UpdateRemoved`, `CronSet`) have
+//!   indexes no layout before 4 has;
+//! - what fails the current layout is tried as format 4, then 3, then 2, then 1, and a record
+//!   that is whole in more than one of these layouts means the same in each: format 4 differs
+//!   from format 5 only in the task image (so only a `TaskUpserted` reaches it, and a format-3
+//!   one runs out before `rev`); format 3 differs from format 2 only in `TaskConfig` (a
+//!   format-2 `JobCreated` runs out as format 3), and from format 4 only in the task image
+//!   (and format 4's new variants); a format-1 record that is whole as format 2 or 3 (all but
+//!   `TaskUpserted`) encodes exactly as its later forms.
 //!
 //! Hence the rule for the next change: fields go at the end of the last field of a record
-//! (as `TaskConfig` ends `JobCreated`, and `rev` ends the task image of `TaskUpserted`), or the
-//! record needs a new variant.
+//! (as `TaskConfig` ends `JobCreated`, and `usage` ends the task image of `TaskUpserted`), or
+//! the record needs a new variant.
 
 use std::collections::BTreeMap;
 
+use borealis_core::update::{JobUpdate, Rev};
 use borealis_core::{Constraint, HostMode, JobKey, Resources, TaskConfig, TaskId, TaskState, Tier};
 use serde::Deserialize;
 
-use crate::image::{HostImage, JobImage, JobRevs, LogRecord, StateImage, TaskImage};
+use crate::image::{CronImage, HostImage, JobImage, JobRevs, LogRecord, StateImage, TaskImage};
 
 /// The snapshot format before quotas and `preempted_by`.
 pub const SNAPSHOT_VERSION_1: u32 = 1;
@@ -58,6 +67,8 @@ pub const SNAPSHOT_VERSION_1: u32 = 1;
 pub const SNAPSHOT_VERSION_2: u32 = 2;
 /// The snapshot format before configuration revisions and rolling updates.
 pub const SNAPSHOT_VERSION_3: u32 = 3;
+/// The snapshot format before tasks' resource usage.
+pub const SNAPSHOT_VERSION_4: u32 = 4;
 
 /// [`TaskConfig`] in formats 1 and 2.
 #[derive(Deserialize)]
@@ -231,6 +242,51 @@ impl From<TaskImageV3> for TaskImage {
             killed_by_user: t.killed_by_user,
             preempted_by: t.preempted_by,
             rev: 0,
+            usage: None,
+        }
+    }
+}
+
+/// [`TaskImage`] in format 4: no `usage`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize, Clone))]
+struct TaskImageV4 {
+    id: TaskId,
+    job: JobKey,
+    instance: u32,
+    state: TaskState,
+    agent_name: Option<String>,
+    hostname: Option<String>,
+    failure_count: u32,
+    consecutive_flaps: u32,
+    exit_code: i32,
+    message: String,
+    ports: Vec<(String, u16)>,
+    sandbox: String,
+    killed_by_user: bool,
+    preempted_by: Option<TaskId>,
+    rev: Rev,
+}
+
+impl From<TaskImageV4> for TaskImage {
+    fn from(t: TaskImageV4) -> TaskImage {
+        TaskImage {
+            id: t.id,
+            job: t.job,
+            instance: t.instance,
+            state: t.state,
+            agent_name: t.agent_name,
+            hostname: t.hostname,
+            failure_count: t.failure_count,
+            consecutive_flaps: t.consecutive_flaps,
+            exit_code: t.exit_code,
+            message: t.message,
+            ports: t.ports,
+            sandbox: t.sandbox,
+            killed_by_user: t.killed_by_user,
+            preempted_by: t.preempted_by,
+            rev: t.rev,
+            usage: None,
         }
     }
 }
@@ -258,6 +314,16 @@ struct StateImageV2 {
 struct StateImageV3 {
     jobs: BTreeMap<JobKey, JobImageV3>,
     tasks: BTreeMap<TaskId, TaskImageV3>,
+    quotas: BTreeMap<String, Resources>,
+    hosts: BTreeMap<String, HostImage>,
+}
+
+/// [`StateImage`] in format 4: the current jobs, quotas and hosts, tasks without `usage`.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+struct StateImageV4 {
+    jobs: BTreeMap<JobKey, JobImage>,
+    tasks: BTreeMap<TaskId, TaskImageV4>,
     quotas: BTreeMap<String, Resources>,
     hosts: BTreeMap<String, HostImage>,
 }
@@ -345,6 +411,57 @@ enum LogRecordV3 {
     },
 }
 
+/// [`LogRecord`] in format 4: the same variants in the same order, every one but
+/// `TaskUpserted` (whose task image has no `usage`) the same as now.
+#[allow(clippy::large_enum_variant)]
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(serde::Serialize))]
+enum LogRecordV4 {
+    JobCreated {
+        key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+    },
+    JobRemoved {
+        key: JobKey,
+    },
+    TaskUpserted(TaskImageV4),
+    TaskEnded {
+        id: TaskId,
+    },
+    TaskForgotten {
+        id: TaskId,
+    },
+    Commit,
+    QuotaSet {
+        role: String,
+        quota: Resources,
+    },
+    HostModeSet {
+        host: String,
+        mode: HostMode,
+        drain_deadline_unix_ms: u64,
+    },
+    JobRevised {
+        key: JobKey,
+        instances: u32,
+        config: TaskConfig,
+        revs: JobRevs,
+    },
+    UpdateSaved {
+        key: JobKey,
+        update: JobUpdate,
+    },
+    UpdateRemoved {
+        key: JobKey,
+        id: u64,
+    },
+    CronSet {
+        key: JobKey,
+        cron: Option<CronImage>,
+    },
+}
+
 fn jobs_of<J: Into<JobImage>>(jobs: BTreeMap<JobKey, J>) -> BTreeMap<JobKey, JobImage> {
     jobs.into_iter().map(|(k, j)| (k, j.into())).collect()
 }
@@ -399,13 +516,64 @@ pub(crate) fn decode_state_image(
                 hosts: image.hosts,
             })
         }
+        SNAPSHOT_VERSION_4 => {
+            decode_whole::<StateImageV4>(payload, "format-4 image").map(|image| StateImage {
+                jobs: image.jobs,
+                tasks: tasks_of(image.tasks),
+                quotas: image.quotas,
+                hosts: image.hosts,
+            })
+        }
         _ => return None,
     })
 }
 
-/// Decodes a whole record payload written in format 3, 2 or 1 (see the module doc for why the
-/// order and the whole-payload rule make this unambiguous); `None` when it is none of them.
+/// Decodes a whole record payload written in format 4, 3, 2 or 1 (see the module doc for why
+/// the order and the whole-payload rule make this unambiguous); `None` when it is none of
+/// them.
 pub(crate) fn decode_record_legacy(payload: &[u8]) -> Option<LogRecord> {
+    if let Ok(record) = decode_whole::<LogRecordV4>(payload, "format-4 record") {
+        return Some(match record {
+            LogRecordV4::JobCreated {
+                key,
+                instances,
+                config,
+            } => LogRecord::JobCreated {
+                key,
+                instances,
+                config,
+            },
+            LogRecordV4::JobRemoved { key } => LogRecord::JobRemoved { key },
+            LogRecordV4::TaskUpserted(t) => LogRecord::TaskUpserted(t.into()),
+            LogRecordV4::TaskEnded { id } => LogRecord::TaskEnded { id },
+            LogRecordV4::TaskForgotten { id } => LogRecord::TaskForgotten { id },
+            LogRecordV4::Commit => LogRecord::Commit,
+            LogRecordV4::QuotaSet { role, quota } => LogRecord::QuotaSet { role, quota },
+            LogRecordV4::HostModeSet {
+                host,
+                mode,
+                drain_deadline_unix_ms,
+            } => LogRecord::HostModeSet {
+                host,
+                mode,
+                drain_deadline_unix_ms,
+            },
+            LogRecordV4::JobRevised {
+                key,
+                instances,
+                config,
+                revs,
+            } => LogRecord::JobRevised {
+                key,
+                instances,
+                config,
+                revs,
+            },
+            LogRecordV4::UpdateSaved { key, update } => LogRecord::UpdateSaved { key, update },
+            LogRecordV4::UpdateRemoved { key, id } => LogRecord::UpdateRemoved { key, id },
+            LogRecordV4::CronSet { key, cron } => LogRecord::CronSet { key, cron },
+        });
+    }
     if let Ok(record) = decode_whole::<LogRecordV3>(payload, "format-3 record") {
         return Some(match record {
             LogRecordV3::JobCreated {
@@ -481,8 +649,10 @@ mod tests {
     };
     use crate::wal::decode_frame;
     use crate::Wal;
-    use borealis_core::update::{JobUpdate, Rev, UpdateSettings, UpdateStatus};
-    use borealis_core::{HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy};
+    use borealis_core::update::{UpdateSettings, UpdateStatus};
+    use borealis_core::{
+        HealthCheck, HealthChecker, HttpLifecycle, PartitionPolicy, SlaPolicy, TaskUsage,
+    };
 
     fn job() -> JobKey {
         "www/prod/hello".parse().unwrap()
@@ -576,11 +746,50 @@ mod tests {
         }
     }
 
-    /// `task_v3` in the current layout, on revision `rev`.
+    /// `task_v3` in the current layout, on revision `rev`, with no usage.
     fn task(id: u64, state: TaskState, rev: Rev) -> TaskImage {
         TaskImage {
             rev,
             ..task_v3(id, state).into()
+        }
+    }
+
+    /// `task` in format 4 (no usage).
+    fn task_v4(id: u64, state: TaskState, rev: Rev) -> TaskImageV4 {
+        let t = task(id, state, rev);
+        TaskImageV4 {
+            id: t.id,
+            job: t.job,
+            instance: t.instance,
+            state: t.state,
+            agent_name: t.agent_name,
+            hostname: t.hostname,
+            failure_count: t.failure_count,
+            consecutive_flaps: t.consecutive_flaps,
+            exit_code: t.exit_code,
+            message: t.message,
+            ports: t.ports,
+            sandbox: t.sandbox,
+            killed_by_user: t.killed_by_user,
+            preempted_by: t.preempted_by,
+            rev: t.rev,
+        }
+    }
+
+    /// A usage with something (beyond one byte's varint) in every field.
+    fn usage() -> TaskUsage {
+        TaskUsage {
+            cpu_time_ms: 1_234,
+            peak_memory_bytes: 56 << 20,
+            disk_bytes: 7 << 30,
+        }
+    }
+
+    /// `task` with `usage()`, as a task that ended on an agent reporting it.
+    fn task_used(id: u64, state: TaskState, rev: Rev) -> TaskImage {
+        TaskImage {
+            usage: Some(usage()),
+            ..task(id, state, rev)
         }
     }
 
@@ -636,8 +845,9 @@ mod tests {
     }
 
     /// Appends current records (the format-4 ones among them: a revision, an update, a task
-    /// on the new revision), reopens, snapshots in the current format and reopens again: the
-    /// state carries through each step, and the new snapshot is format 4.
+    /// on the new revision; and format 5's: a task ended with its usage), reopens, snapshots
+    /// in the current format and reopens again: the state carries through each step, and the
+    /// new snapshot is format 5.
     fn continue_in_the_current_format(dir: &std::path::Path, wal: Wal, mut image: StateImage) {
         let mut wal = wal;
         let old = &image.jobs[&job()];
@@ -664,6 +874,11 @@ mod tests {
                 instance: grown - 1,
                 ..task(7, TaskState::Pending, 1)
             }),
+            LogRecord::TaskUpserted(TaskImage {
+                instance: grown - 1,
+                ..task_used(7, TaskState::Finished, 1)
+            }),
+            LogRecord::TaskEnded { id: TaskId(7) },
             LogRecord::QuotaSet {
                 role: "www".into(),
                 quota: Resources::ZERO,
@@ -698,16 +913,18 @@ mod tests {
             vec![update(1, UpdateStatus::RollingForward)]
         );
         assert_eq!(recovery.image.tasks[&TaskId(7)].rev, 1);
+        assert_eq!(recovery.image.tasks[&TaskId(7)].usage, Some(usage()));
         wal.snapshot(&image).unwrap();
         drop(wal);
         let (_, recovery) = Wal::open(dir).unwrap();
         assert_eq!(recovery.image, image);
+        assert_eq!(recovery.image.tasks[&TaskId(7)].usage, Some(usage()));
         let snapshot = std::fs::read(recovery.snapshot.expect("a snapshot")).unwrap();
         assert_eq!(
             u32::from_le_bytes(snapshot[8..12].try_into().unwrap()),
             crate::files::SNAPSHOT_VERSION
         );
-        assert_eq!(crate::files::SNAPSHOT_VERSION, 4);
+        assert_eq!(crate::files::SNAPSHOT_VERSION, 5);
     }
 
     /// A shard dir an earlier build wrote (a format-1 snapshot and format-1 records after it)
@@ -935,6 +1152,105 @@ mod tests {
         continue_in_the_current_format(&dir, wal, image);
     }
 
+    /// The same for the build before tasks' resource usage (format 4: revisions, updates,
+    /// task revisions, but no usage): every task reads with no usage, everything else as it
+    /// was written.
+    #[test]
+    fn a_format_4_shard_dir_recovers_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("shard-0");
+        std::fs::create_dir_all(&dir).unwrap();
+        let revs = JobRevs {
+            head: 1,
+            others: [(0, config())].into(),
+            instance_revs: [(1, 0)].into(),
+        };
+        let mut jobs = BTreeMap::new();
+        jobs.insert(
+            job(),
+            JobImage {
+                key: job(),
+                config: config_full(),
+                instances: 2,
+                current: vec![Some(TaskId(1)), None],
+                history: vec![],
+                revs: revs.clone(),
+                updates: vec![],
+                cron: None,
+            },
+        );
+        let mut tasks = BTreeMap::new();
+        tasks.insert(TaskId(1), task_v4(1, TaskState::Running, 1));
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "h9".to_string(),
+            HostImage {
+                mode: HostMode::Draining,
+                drain_deadline_unix_ms: 11,
+            },
+        );
+        std::fs::write(
+            dir.join(snapshot_name(2)),
+            snapshot_of(
+                SNAPSHOT_VERSION_4,
+                &StateImageV4 {
+                    jobs,
+                    tasks,
+                    quotas: [("www".to_string(), Resources::ZERO)].into(),
+                    hosts,
+                },
+            ),
+        )
+        .unwrap();
+        let mut log = frame(&LogRecordV4::TaskUpserted(task_v4(
+            1,
+            TaskState::Finished,
+            1,
+        )));
+        log.extend(frame(&LogRecordV4::TaskEnded { id: TaskId(1) }));
+        log.extend(frame(&LogRecordV4::TaskUpserted(TaskImageV4 {
+            instance: 1,
+            preempted_by: None,
+            ..task_v4(2, TaskState::Running, 0)
+        })));
+        log.extend(frame(&LogRecordV4::UpdateSaved {
+            key: job(),
+            update: update(1, UpdateStatus::RollForwardPaused),
+        }));
+        log.extend(frame(&LogRecordV4::Commit));
+        std::fs::write(dir.join(segment_name(2)), &log).unwrap();
+
+        let (wal, recovery) = Wal::open(&dir).unwrap();
+        assert_eq!(recovery.records_replayed, 4);
+        assert_eq!(recovery.cut, None);
+        let image = recovery.image;
+        assert_eq!(image.tasks[&TaskId(1)], task(1, TaskState::Finished, 1));
+        assert_eq!(image.tasks[&TaskId(1)].usage, None);
+        assert_eq!(
+            image.tasks[&TaskId(2)],
+            TaskImage {
+                instance: 1,
+                preempted_by: None,
+                ..task(2, TaskState::Running, 0)
+            }
+        );
+        let j = &image.jobs[&job()];
+        assert_eq!(
+            (&j.history, &j.current, &j.config, &j.revs),
+            (
+                &vec![TaskId(1)],
+                &vec![None, Some(TaskId(2))],
+                &config_full(),
+                &revs
+            )
+        );
+        assert_eq!(j.updates, vec![update(1, UpdateStatus::RollForwardPaused)]);
+        assert_eq!(image.quotas["www"], Resources::ZERO);
+        assert_eq!(image.hosts["h9"].mode, HostMode::Draining);
+        image.check_invariants().unwrap();
+        continue_in_the_current_format(&dir, wal, image);
+    }
+
     /// Snapshots of every format decode to the same current image; the current one
     /// round-trips with the new fields set, and no payload is read under another header.
     #[test]
@@ -963,8 +1279,28 @@ mod tests {
         let v3 = snapshot_of(
             SNAPSHOT_VERSION_3,
             &StateImageV3 {
-                jobs: jobs.into_iter().map(|(k, j)| (k, j.into())).collect(),
+                jobs: jobs
+                    .clone()
+                    .into_iter()
+                    .map(|(k, j)| (k, j.into()))
+                    .collect(),
                 tasks: tasks_v3,
+                quotas: BTreeMap::new(),
+                hosts: BTreeMap::new(),
+            },
+        );
+        let mut tasks_v4 = BTreeMap::new();
+        let mut task_v4_1 = task_v4(1, TaskState::Running, 0);
+        task_v4_1.preempted_by = None;
+        tasks_v4.insert(TaskId(1), task_v4_1);
+        let v4 = snapshot_of(
+            SNAPSHOT_VERSION_4,
+            &StateImageV4 {
+                jobs: jobs
+                    .into_iter()
+                    .map(|(k, j)| (k, JobImageV3::from(j).into()))
+                    .collect(),
+                tasks: tasks_v4,
                 quotas: BTreeMap::new(),
                 hosts: BTreeMap::new(),
             },
@@ -987,7 +1323,8 @@ mod tests {
             .tasks
             .insert(TaskId(1), task_v1(1, TaskState::Running).into());
         assert_eq!(expected.tasks[&TaskId(1)].rev, 0);
-        for (version, bytes) in [(1, &v1), (2, &v2), (3, &v3)] {
+        assert_eq!(expected.tasks[&TaskId(1)].usage, None);
+        for (version, bytes) in [(1, &v1), (2, &v2), (3, &v3), (4, &v4)] {
             assert_eq!(
                 decode_snapshot(bytes),
                 Ok(expected.clone()),
@@ -995,9 +1332,9 @@ mod tests {
             );
         }
         // A payload under the next version's header is not that format's image (format 2's
-        // configs end early; format 3's jobs end before their revisions), and says so rather
-        // than reading garbage.
-        for (older, newer) in [(&v2, 3u32), (&v3, 4)] {
+        // configs end early; format 3's jobs end before their revisions; format 4's tasks
+        // before their usage), and says so rather than reading garbage.
+        for (older, newer) in [(&v2, 3u32), (&v3, 4), (&v4, 5)] {
             let mut mislabelled = older.clone();
             mislabelled[8..12].copy_from_slice(&newer.to_le_bytes());
             assert!(decode_snapshot(&mislabelled).is_err(), "as format {newer}");
@@ -1017,7 +1354,12 @@ mod tests {
             update(1, UpdateStatus::RolledBack),
             update(2, UpdateStatus::RollForwardPaused),
         ];
-        current.tasks.get_mut(&TaskId(1)).unwrap().rev = 1;
+        let t = current.tasks.get_mut(&TaskId(1)).unwrap();
+        t.rev = 1;
+        t.state = TaskState::Finished;
+        t.usage = Some(usage());
+        current.jobs.get_mut(&job()).unwrap().current[0] = None;
+        current.jobs.get_mut(&job()).unwrap().history = vec![TaskId(1)];
         current.hosts.insert(
             "h1".into(),
             HostImage {
@@ -1034,24 +1376,37 @@ mod tests {
         );
         current.check_invariants().unwrap();
         let bytes = encode_snapshot(&current).unwrap();
-        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 4);
-        assert_eq!(decode_snapshot(&bytes), Ok(current.clone()));
+        assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), 5);
+        let decoded = decode_snapshot(&bytes).unwrap();
+        assert_eq!(decoded, current);
+        assert_eq!(decoded.tasks[&TaskId(1)].usage, Some(usage()));
         // A current payload under an older header is refused too.
-        for version in [SNAPSHOT_VERSION_1, SNAPSHOT_VERSION_2, SNAPSHOT_VERSION_3] {
+        for version in [
+            SNAPSHOT_VERSION_1,
+            SNAPSHOT_VERSION_2,
+            SNAPSHOT_VERSION_3,
+            SNAPSHOT_VERSION_4,
+        ] {
             let mut old = bytes.clone();
             old[8..12].copy_from_slice(&version.to_le_bytes());
             assert!(decode_snapshot(&old).is_err(), "as format {version}");
         }
-        // Even the plainest current image (every new field at its default) is no format-3
-        // one: the defaults are bytes a format-3 reader finds left over.
+        // Even the plainest current image (every new field at its default) is no format-3 or
+        // format-4 one: the defaults are bytes an older reader finds left over.
         let mut plain = current;
         for j in plain.jobs.values_mut() {
             (j.revs, j.updates) = (JobRevs::default(), vec![]);
         }
-        plain.tasks.values_mut().for_each(|t| t.rev = 0);
-        let mut old = encode_snapshot(&plain).unwrap();
-        old[8..12].copy_from_slice(&SNAPSHOT_VERSION_3.to_le_bytes());
-        assert!(decode_snapshot(&old).is_err());
+        plain
+            .tasks
+            .values_mut()
+            .for_each(|t| (t.rev, t.usage) = (0, None));
+        plain.hosts.clear();
+        for version in [SNAPSHOT_VERSION_3, SNAPSHOT_VERSION_4] {
+            let mut old = encode_snapshot(&plain).unwrap();
+            old[8..12].copy_from_slice(&version.to_le_bytes());
+            assert!(decode_snapshot(&old).is_err(), "as format {version}");
+        }
     }
 
     /// The records format 4 added, in the current layout.
@@ -1088,6 +1443,27 @@ mod tests {
                 key: job(),
                 id: u64::MAX,
             },
+        ]
+    }
+
+    /// The records format 5 changed: task images with a usage, and one without.
+    fn format_5_records() -> Vec<LogRecord> {
+        vec![
+            LogRecord::TaskUpserted(task_used(3, TaskState::Finished, 0)),
+            LogRecord::TaskUpserted(task_used(3, TaskState::Failed, 300)),
+            LogRecord::TaskUpserted(TaskImage {
+                usage: Some(TaskUsage::default()),
+                ..task(3, TaskState::Killed, 1)
+            }),
+            LogRecord::TaskUpserted(TaskImage {
+                usage: Some(TaskUsage {
+                    cpu_time_ms: u64::MAX,
+                    peak_memory_bytes: u64::MAX,
+                    disk_bytes: u64::MAX,
+                }),
+                ..task(3, TaskState::Finished, 1)
+            }),
+            LogRecord::TaskUpserted(task(3, TaskState::Running, 2)),
         ]
     }
 
@@ -1143,6 +1519,32 @@ mod tests {
                 LogRecord::TaskUpserted(task(3, TaskState::Lost, 0)),
             ),
             (
+                frame(&LogRecordV4::TaskUpserted(task_v4(3, TaskState::Lost, 0))),
+                LogRecord::TaskUpserted(task(3, TaskState::Lost, 0)),
+            ),
+            (
+                frame(&LogRecordV4::TaskUpserted(task_v4(
+                    3,
+                    TaskState::Finished,
+                    300,
+                ))),
+                LogRecord::TaskUpserted(task(3, TaskState::Finished, 300)),
+            ),
+            (
+                frame(&LogRecordV4::UpdateRemoved { key: job(), id: 7 }),
+                LogRecord::UpdateRemoved { key: job(), id: 7 },
+            ),
+            (
+                frame(&LogRecordV4::CronSet {
+                    key: job(),
+                    cron: None,
+                }),
+                LogRecord::CronSet {
+                    key: job(),
+                    cron: None,
+                },
+            ),
+            (
                 frame(&LogRecordV2::QuotaSet {
                     role: "r".into(),
                     quota: Resources::ZERO,
@@ -1193,9 +1595,20 @@ mod tests {
         );
         let current_task =
             postcard::to_stdvec(&LogRecord::TaskUpserted(task(3, TaskState::Lost, 0))).unwrap();
-        assert_eq!(current_task.len(), v3_task.len() + 1);
+        assert_eq!(current_task.len(), v3_task.len() + 2);
         assert_eq!(current_task[..v3_task.len()], v3_task[..]);
         assert!(postcard::from_bytes::<LogRecord>(&v3_task).is_err());
+        // A format-4 TaskUpserted ends where its task's `rev` ends: one byte (the `None` tag
+        // of `usage`) short of the current layout.
+        let v4_task =
+            postcard::to_stdvec(&LogRecordV4::TaskUpserted(task_v4(3, TaskState::Lost, 0)))
+                .unwrap();
+        assert_eq!(v4_task.len(), v3_task.len() + 1);
+        assert_eq!(current_task.len(), v4_task.len() + 1);
+        assert_eq!(current_task[..v4_task.len()], v4_task[..]);
+        assert!(postcard::from_bytes::<LogRecord>(&v4_task).is_err());
+        assert!(postcard::take_from_bytes::<LogRecordV3>(&v4_task)
+            .is_ok_and(|(_, rest)| rest.len() == 1));
 
         // Current records, whatever their new fields hold, are never read as older ones:
         // the older layouts leave bytes over, or have no such variant. And they decode as
@@ -1212,14 +1625,23 @@ mod tests {
         };
         let mut currents = vec![job_created.clone(), full_job, hosts];
         currents.extend(format_4_records());
+        currents.extend(format_5_records());
         for record in currents {
             let bytes = postcard::to_stdvec(&record).unwrap();
-            let is_new = matches!(
-                record,
-                LogRecord::TaskUpserted(_)
-                    | LogRecord::JobRevised { .. }
-                    | LogRecord::UpdateSaved { .. }
-                    | LogRecord::UpdateRemoved { .. }
+            let is_task = matches!(record, LogRecord::TaskUpserted(_));
+            let is_new = is_task
+                || matches!(
+                    record,
+                    LogRecord::JobRevised { .. }
+                        | LogRecord::UpdateSaved { .. }
+                        | LogRecord::UpdateRemoved { .. }
+                        | LogRecord::CronSet { .. }
+                );
+            assert!(
+                postcard::take_from_bytes::<LogRecordV4>(&bytes)
+                    .map_or(true, |(_, rest)| !rest.is_empty())
+                    || !is_task,
+                "{record} reads whole as format 4"
             );
             assert!(
                 postcard::take_from_bytes::<LogRecordV3>(&bytes)
@@ -1237,10 +1659,10 @@ mod tests {
                     .map_or(true, |(_, rest)| !rest.is_empty()),
                 "{record} reads whole as format 1"
             );
-            // The records format 4 kept as they were are format-3 records too, meaning the
-            // same; the others are no older record.
+            // The records format 5 kept as they were (all but `TaskUpserted`) are format-4
+            // records too, meaning the same; a current `TaskUpserted` is no older record.
             let legacy = decode_record_legacy(&bytes);
-            if is_new {
+            if is_task {
                 assert!(legacy.is_none(), "{record}");
             } else {
                 assert_eq!(legacy.as_ref(), Some(&record));
@@ -1259,24 +1681,41 @@ mod tests {
         })
         .unwrap();
         assert!(postcard::take_from_bytes::<LogRecordV2>(&hosts).is_err());
-        // A current TaskUpserted is three bytes longer than its format-1 form (the tag, the
-        // preemptor's id, the revision), one longer than its format-3 form.
+        // A current TaskUpserted is four bytes longer than its format-1 form (the tag, the
+        // preemptor's id, the revision, the usage's tag), two longer than its format-3 form,
+        // one longer than its format-4 form; with a usage, that usage's varints longer still.
         assert!(postcard::take_from_bytes::<LogRecordV1>(&current_task)
-            .is_ok_and(|(_, rest)| rest.len() == 1 + 1 + 1));
+            .is_ok_and(|(_, rest)| rest.len() == 1 + 1 + 1 + 1));
         assert!(postcard::take_from_bytes::<LogRecordV3>(&current_task)
+            .is_ok_and(|(_, rest)| rest.len() == 2));
+        assert!(postcard::take_from_bytes::<LogRecordV4>(&current_task)
             .is_ok_and(|(_, rest)| rest.len() == 1));
+        let used_task =
+            postcard::to_stdvec(&LogRecord::TaskUpserted(task_used(3, TaskState::Lost, 0)))
+                .unwrap();
+        assert_eq!(used_task[..v4_task.len()], v4_task[..]);
+        assert!(postcard::take_from_bytes::<LogRecordV4>(&used_task)
+            .is_ok_and(|(_, rest)| rest.len() > 1 && rest[0] == 1));
         // An older record with a byte appended is nobody's: not current, not older.
         let mut padded = v2.clone();
         padded.push(0);
         assert!(postcard::from_bytes::<LogRecord>(&padded).is_err());
         assert!(decode_record_legacy(&padded).is_none());
-        // (A format-3 TaskUpserted with a byte appended is a current one: that byte is where
-        // the current layout has `rev`. Frames hold what one build wrote, so it never is.)
+        // (A format-3 TaskUpserted with a byte appended is a format-4 one, that byte where
+        // format 4 has `rev`; with a zero byte more, a current one, with no usage. Frames hold
+        // what one build wrote, so it never is.)
         let mut padded = v3_task.clone();
         padded.push(5);
+        assert!(postcard::from_bytes::<LogRecord>(&padded).is_err());
+        assert_eq!(
+            decode_record_legacy(&padded),
+            Some(LogRecord::TaskUpserted(task(3, TaskState::Lost, 5)))
+        );
+        padded.push(0);
         assert_eq!(
             postcard::from_bytes::<LogRecord>(&padded).unwrap(),
             LogRecord::TaskUpserted(task(3, TaskState::Lost, 5))
         );
+        assert!(decode_record_legacy(&padded).is_none());
     }
 }

@@ -597,13 +597,18 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
     use borealis_store::image::{LogRecord, TaskImage, TaskImageRef, TaskUpsertRef};
     let job: JobKey = "www/prod/hello".parse().unwrap();
     let ports = vec![("http".to_string(), 31_000u16)];
-    for (agent, message, preempted_by, rev) in [
-        (None, "", None, 0),
+    for (agent, message, preempted_by, rev, usage) in [
+        (None, "", None, 0, None),
         (
             Some("a1"),
             "exited with status 3",
             Some(TaskId(0x6b08_0000_0100_0002)),
             70_000,
+            Some(borealis_core::TaskUsage {
+                cpu_time_ms: 1_234,
+                peak_memory_bytes: 56 << 20,
+                disk_bytes: 3 << 30,
+            }),
         ),
     ] {
         let borrowed = TaskImageRef {
@@ -622,6 +627,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             killed_by_user: true,
             preempted_by,
             rev,
+            usage,
         };
         let owned = LogRecord::TaskUpserted(TaskImage {
             id: borrowed.id,
@@ -639,6 +645,7 @@ fn borrowed_task_record_encodes_like_the_owned_one() {
             killed_by_user: true,
             preempted_by,
             rev,
+            usage,
         });
         let a = postcard::to_stdvec(&TaskUpsertRef(&borrowed)).unwrap();
         let b = postcard::to_stdvec(&owned).unwrap();
@@ -981,13 +988,26 @@ fn the_new_records_round_trip_and_describe_themselves() {
         // Whole: no shorter read of the bytes is a record.
         assert!(postcard::from_bytes::<LogRecord>(&bytes[..bytes.len() - 1]).is_err());
     }
-    // A task's revision ends its record.
+    // A task's revision, then its usage (format 5), end its record.
     let mut t = task(1, &a, 0, TaskState::Running);
     t.rev = 300;
+    let record = LogRecord::TaskUpserted(t.clone());
+    let bytes = postcard::to_stdvec(&record).unwrap();
+    // 300 as a varint, then the `None` tag of the usage.
+    assert_eq!(bytes[bytes.len() - 3..], [0xac, 0x02, 0]);
+    assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+    t.state = TaskState::Finished;
+    t.usage = Some(borealis_core::TaskUsage {
+        cpu_time_ms: 1,
+        peak_memory_bytes: 300,
+        disk_bytes: 0,
+    });
     let record = LogRecord::TaskUpserted(t);
     let bytes = postcard::to_stdvec(&record).unwrap();
-    assert_eq!(bytes[bytes.len() - 2..], [0xac, 0x02]); // 300 as a varint
+    // The `Some` tag, then each field as a varint.
+    assert_eq!(bytes[bytes.len() - 7..], [0xac, 0x02, 1, 1, 0xac, 0x02, 0]);
     assert_eq!(postcard::from_bytes::<LogRecord>(&bytes).unwrap(), record);
+    assert!(postcard::from_bytes::<LogRecord>(&bytes[..bytes.len() - 1]).is_err());
 }
 
 #[test]

@@ -957,6 +957,7 @@ fn revisions_and_updates_survive_replay_and_snapshots() {
         killed_by_user: false,
         preempted_by: None,
         rev: 0,
+        usage: None,
     });
     image.apply(&LogRecord::TaskUpserted(on_0)).unwrap();
     wal.commit().unwrap();

@@ -819,6 +819,21 @@ mod tests {
         let mut all = Vec::new();
         refs(&json, &mut all);
         assert!(!all.is_empty());
+        // A task's usage is documented, as an optional field of an instance.
+        assert_eq!(
+            schemas["TaskUsage"]["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![
+                "cpu_time_ms".to_string(),
+                "disk_bytes".to_string(),
+                "peak_memory_bytes".to_string()
+            ])
+        );
+        assert!(!schemas["Instance"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&"usage".into()));
         for r in &all {
             let name = r
                 .strip_prefix("#/components/schemas/")

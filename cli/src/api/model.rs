@@ -236,6 +236,27 @@ impl TaskEvent {
     }
 }
 
+/// What an ended task used, as its agent measured it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TaskUsage {
+    /// CPU time, user and system, in milliseconds.
+    pub cpu_time_ms: u64,
+    /// The most memory the task held at once (RSS and page cache charged to it), in bytes.
+    pub peak_memory_bytes: u64,
+    /// The sandbox's size when last measured, in bytes (0: not measured).
+    pub disk_bytes: u64,
+}
+
+impl TaskUsage {
+    fn of(u: &borealis_core::TaskUsage) -> TaskUsage {
+        TaskUsage {
+            cpu_time_ms: u.cpu_time_ms,
+            peak_memory_bytes: u.peak_memory_bytes,
+            disk_bytes: u.disk_bytes,
+        }
+    }
+}
+
 /// Where a task's output is read through this API.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct LogLinks {
@@ -265,6 +286,9 @@ pub struct Instance {
     pub pending_reason: String,
     /// The task that preempted this one (16 hex digits); null when none.
     pub preempted_by: Option<String>,
+    /// What the task used, as its agent reported when it ended; null while it runs, and when
+    /// the agent measured nothing.
+    pub usage: Option<TaskUsage>,
     /// Milliseconds since the task's last state change; null without events.
     pub age_ms: Option<u64>,
     /// The task's latest state changes, oldest first.
@@ -297,6 +321,7 @@ impl Instance {
             sandbox: t.sandbox.clone(),
             pending_reason: t.pending_reason.clone(),
             preempted_by: t.preempted_by.map(task_id_text),
+            usage: t.usage.as_ref().map(TaskUsage::of),
             age_ms: t.events.last().map(|e| now_ms.saturating_sub(e.unix_ms)),
             events: t.events.iter().map(TaskEvent::of).collect(),
             logs: (!t.agent_id.is_empty()).then(|| LogLinks {
@@ -824,6 +849,26 @@ mod tests {
         let i = Instance::of(&t, 1_500);
         assert!(i.logs.is_none());
         assert_eq!(i.exit_code, Some(0));
+        assert_eq!(i.usage, None);
+        assert_eq!(
+            serde_json::to_value(&i).unwrap()["usage"],
+            serde_json::Value::Null
+        );
+        t.state = Some(TaskState::Finished);
+        t.usage = Some(borealis_core::TaskUsage {
+            cpu_time_ms: 1_234,
+            peak_memory_bytes: 56 << 20,
+            disk_bytes: 4096,
+        });
+        let i = Instance::of(&t, 1_500);
+        assert_eq!(
+            serde_json::to_value(&i).unwrap()["usage"],
+            serde_json::json!({
+                "cpu_time_ms": 1234,
+                "peak_memory_bytes": 58_720_256,
+                "disk_bytes": 4096
+            })
+        );
     }
 
     #[test]

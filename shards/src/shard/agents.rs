@@ -46,7 +46,7 @@ impl Shard {
                     message: t.message().unwrap_or_default().to_string(),
                     timestamp_ms: t.timestamp_ms(),
                     sandbox: t.sandbox().unwrap_or_default().to_string(),
-                    usage: None,
+                    usage: t.usage().map(usage_from_wire),
                 }),
                 Err(e) => tracing::warn!(agent = %name, "ignoring reported task: {e}"),
             }

@@ -106,6 +106,7 @@ impl Shard {
                     next_kill_retry_us: 0,
                     kill_retries: 0,
                     events: Vec::new(),
+                    usage: ti.usage,
                 },
             );
             self.state_counts[state as usize] += 1;
@@ -268,6 +269,7 @@ impl Shard {
             killed_by_user: t.killed_by_user,
             preempted_by: t.preempted_by,
             rev: t.rev,
+            usage: t.usage,
         })
     }
 
@@ -296,6 +298,7 @@ impl Shard {
             killed_by_user: t.killed_by_user,
             preempted_by: t.preempted_by,
             rev: t.rev,
+            usage: t.usage,
         });
     }
 }

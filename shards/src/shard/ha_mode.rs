@@ -337,6 +337,8 @@ impl Shard {
                 next_kill_retry_us: 0,
                 kill_retries: 0,
                 events: Vec::new(),
+                // Adopted running: nothing measured yet.
+                usage: None,
             },
         );
         self.jobs[job].current[instance] = Some(id);

@@ -489,6 +489,7 @@ impl Shard {
                 next_kill_retry_us: 0,
                 kill_retries: 0,
                 events: Vec::new(),
+                usage: None,
             },
         );
         self.jobs[job].current[instance as usize] = Some(id);
@@ -655,7 +656,7 @@ impl Shard {
             message: t.message.clone(),
             ports: t.ports.clone(),
             sandbox: t.sandbox.clone(),
-            usage: None,
+            usage: t.usage,
             pending_reason: self.pending_reason_of(j, t),
             preempted_by: t.preempted_by.map(|p| p.0),
             events: t

@@ -13,7 +13,7 @@ use borealis_core::lifecycle::{self, Reschedule, TaskEnd};
 use borealis_core::placement::{AgentId, AttrId, CompiledTask, JobSpread, PlacementIndex, ValueId};
 use borealis_core::tier::TierConfig;
 use borealis_core::update::Rev;
-use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskIdGen, TaskState};
+use borealis_core::{JobKey, Resources, TaskConfig, TaskId, TaskIdGen, TaskState, TaskUsage};
 use borealis_net::codec::{state_from_wire, task_config_from_wire};
 use borealis_net::views::{
     ErrorCode, JobStatusView, JobSummaryView, TaskEventView, TaskInfoView, TaskStatusReport,
@@ -155,6 +155,17 @@ struct Report<'a> {
     message: &'a str,
     sandbox: &'a str,
     adopting: bool,
+    /// What the task used, when the agent says (with a terminal status).
+    usage: Option<TaskUsage>,
+}
+
+/// A task's usage as the agent's wire status (or registration) carries it.
+fn usage_from_wire(u: &wire::TaskUsage) -> TaskUsage {
+    TaskUsage {
+        cpu_time_ms: u.cpu_time_ms(),
+        peak_memory_bytes: u.peak_memory_bytes(),
+        disk_bytes: u.disk_bytes(),
+    }
 }
 
 /// An agent's name (its `agent_id`) and hostname.
@@ -327,6 +338,10 @@ struct Task {
     /// The latest state changes, oldest first, at most [`TASK_EVENTS_MAX`] (not logged: a
     /// restored task's events start at its restore).
     events: Vec<TaskEvent>,
+    /// What the task used, as its agent reported with its terminal status (logged); `None`
+    /// before that, and when the agent measured nothing. A later report without a usage
+    /// leaves it as it is.
+    usage: Option<TaskUsage>,
 }
 
 /// Most state changes a task remembers for `job status` and the UI (Aurora keeps every one;

@@ -34,6 +34,7 @@ impl Shard {
                             message: s.message().unwrap_or_default(),
                             sandbox: s.sandbox().unwrap_or_default(),
                             adopting: false,
+                            usage: s.usage().map(usage_from_wire),
                         });
                     }
                     Err(e) => tracing::warn!("ignoring status: {e}"),
@@ -75,6 +76,7 @@ impl Shard {
                     message: &report.message,
                     sandbox: &report.sandbox,
                     adopting: true,
+                    usage: report.usage,
                 });
                 let (adopted, killed) = match adopted {
                     task_lifecycle::AdoptOutcome::Adopted { resources, ports } => {

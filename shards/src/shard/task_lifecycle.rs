@@ -51,7 +51,10 @@ impl Shard {
             message,
             sandbox,
             adopting,
+            usage,
         } = *report;
+        // Only an end says what the task used; a report without a usage keeps what is known.
+        let usage = usage.filter(|_| reported.is_terminal());
         let Some(t) = self.tasks.get_mut(&task_id) else {
             if !reported.is_terminal() {
                 tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
@@ -143,6 +146,12 @@ impl Shard {
         }
         if t.state.is_terminal() {
             if reported.is_terminal() {
+                // Ended here first (LOST when its agent went, say): the agent's end still
+                // says what the run used, once.
+                if usage.is_some() && t.usage.is_none() {
+                    t.usage = usage;
+                    self.log_task(task_id);
+                }
                 return AdoptOutcome::Nothing;
             }
             // Ended here (LOST when its agent went), still running there: kill it, and count
@@ -153,6 +162,10 @@ impl Shard {
             );
             self.kill_on_agent(agent, task_id, key);
             return AdoptOutcome::Killed { resources };
+        }
+        let used = usage.is_some() && t.usage != usage;
+        if used {
+            t.usage = usage;
         }
         if reported.is_terminal() {
             t.exit_code = exit_code;
@@ -169,6 +182,8 @@ impl Shard {
         let next = lifecycle::next_state_on_report(t.state, reported);
         if let Some(next) = next {
             self.transition(task_id, next, message);
+        } else if used {
+            self.log_task(task_id);
         }
         if adopting {
             if let Some(t) = self.tasks.get(&task_id) {

@@ -86,6 +86,7 @@ pub fn task(id: u64, job: &JobKey, instance: u32, state: TaskState) -> TaskImage
         killed_by_user: false,
         preempted_by: None,
         rev: 0,
+        usage: None,
     }
 }
 
