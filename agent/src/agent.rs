@@ -46,12 +46,13 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use borealis_core::{TaskId, TaskState};
+use borealis_core::{TaskId, TaskState, TaskUsage};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
 use borealis_net::views::{
@@ -62,13 +63,20 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Wri
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cgroup::Cgroups;
 use crate::config::Config;
+use crate::disk::{DiskReport, DiskWatch};
 use crate::health::Monitor;
 use crate::http::LoopbackClient;
 use crate::kill::KillPlan;
+use crate::launcher::{Janitor, Launcher, LauncherSettings, Output, Started};
 use crate::logs::Sandboxes;
-use crate::process::{self, Lifeline};
-use crate::watch::{self, Event, Exit, Watched};
+use crate::process;
+use crate::reaper::Lifeline;
+use crate::sandbox_gc::{GcSettings, SandboxGc};
+use crate::users::RunAs;
+use crate::watch::{self, Event, Exit, KillReason, Killer, TaskProcess, Watched};
+use crate::Isolation;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -86,8 +94,14 @@ const TERMINAL_HISTORY_MAX: usize = 10_000;
 /// Terminal statuses waiting for the scheduler's acknowledgement; beyond it the oldest is given
 /// up (see the module documentation).
 const UNACKED_TERMINAL_MAX: usize = 100_000;
-/// Most task processes alive at once; launches beyond it fail.
+/// Most tasks starting or running at once; launches beyond it fail.
 const RUNNING_TASKS_MAX: usize = 100_000;
+/// Entries a sandbox measurement reads at most (a lower bound of its size beyond).
+const DISK_MEASURE_ENTRIES: u64 = 1_000_000;
+/// Disk measurements waiting for the event loop (the watcher skips a round's report beyond).
+const DISK_QUEUE: usize = 4096;
+/// Pause before a reaper that died is started again.
+const REAPER_RESTART_PAUSE: Duration = Duration::from_secs(1);
 /// Queued status updates that force a flush in the middle of a turn.
 const OUTBOX_FLUSH_AT: usize = 4096;
 /// Watcher events (healthy, ended) waiting for the event loop (watchers wait when it is full).
@@ -222,10 +236,19 @@ enum SessionEnd {
 
 struct Task {
     status: TaskStatusReport,
+    /// While the launcher starts it or its process runs (counted in [`Agent::running`]).
+    live: bool,
     /// While the process runs: its process group.
     pgid: Option<i32>,
     /// While the process runs and no kill was requested: the watcher's kill trigger.
-    kill: Option<oneshot::Sender<()>>,
+    kill: Option<oneshot::Sender<KillReason>>,
+    /// A kill requested while the launcher was still starting the task.
+    kill_before_start: Option<KillReason>,
+    /// The task's ram (the memory limit an OOM kill exceeded).
+    ram_mib: u32,
+    /// The task's disk limit, and its sandbox's size when last measured.
+    disk_mib: u32,
+    disk_bytes: u64,
     /// While the terminal status waits for the scheduler's acknowledgement: its key in
     /// [`Agent::unacked`]. None while the task runs, and once acknowledged (or given up).
     unacked: Option<u64>,
@@ -270,11 +293,98 @@ pub(crate) struct Agent {
     leader_hint: Option<String>,
     /// The scheduler of this session refused with `NotLeader`.
     refused_not_leader: bool,
-    /// Ends when the agent does; every task's guard then kills the task's process group.
-    lifeline: Lifeline,
+    /// Starts tasks off the event loop (`launcher.rs`); its results arrive on `launched`.
+    launcher: Launcher,
+    launched: tokio::sync::mpsc::UnboundedReceiver<Output>,
+    /// With cgroups: cleans up after tasks, off the event loop.
+    janitor: Option<Janitor>,
+    /// What a watcher needs of a launch the launcher is still starting.
+    pending_launches: HashMap<TaskId, PendingLaunch>,
+    /// Shutting down: a task the launcher still starts is killed at once.
+    stopping: bool,
+    /// Measures running tasks' sandboxes against their disk limits (`disk.rs`).
+    disk: DiskWatch,
+    disk_reports: mpsc::Receiver<DiskReport>,
+    /// Removes ended tasks' sandboxes after `--gc-delay` (`sandbox_gc.rs`).
+    gc: SandboxGc,
     /// The started tasks' sandboxes, for the log server: an entry per task in `tasks` that
     /// started, removed with it.
     sandboxes: Arc<Sandboxes>,
+}
+
+/// What the event loop waits for.
+enum Input {
+    Event(Event),
+    Launcher(Output),
+    Disk(DiskReport),
+}
+
+/// The parts of a launch its watcher needs, kept while the launcher starts the task.
+struct PendingLaunch {
+    health_check: Option<borealis_core::HealthCheck>,
+    ports: Vec<(String, u16)>,
+    kill_plan: KillPlan,
+}
+
+impl PendingLaunch {
+    fn of(launch: &LaunchView) -> PendingLaunch {
+        PendingLaunch {
+            health_check: launch.config.health_check.clone(),
+            ports: launch.ports.clone(),
+            kill_plan: KillPlan::new(
+                launch.config.http_lifecycle.as_ref(),
+                launch.config.finalization_wait_secs,
+                &launch.ports,
+            ),
+        }
+    }
+}
+
+/// The name of the agent's cgroup subtree: its id, and a hash of its work dir so that two
+/// agents of one id on one machine (tests) never share one, while a restart finds its own.
+fn cgroup_subtree_name(config: &Config) -> String {
+    let id: String = config
+        .agent_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let hash = borealis_core::route_hash_str(&config.work_dir.to_string_lossy());
+    format!("borealis-{id}-{:08x}", hash as u32)
+}
+
+/// Watches the reaper: when it dies, [`Event::ReaperDied`] (after a pause when `restarted`,
+/// so that a reaper that cannot live does not spin).
+fn watch_reaper(
+    reaper: crate::spawn::Child,
+    events: mpsc::Sender<Event>,
+    restarted: bool,
+) -> std::io::Result<()> {
+    let mut reaper = TaskProcess::new(reaper)?;
+    tracing::info!(pid = reaper.pid(), restarted, "reaper started");
+    tokio::spawn(async move {
+        let end = reaper.wait().await;
+        tracing::error!(end = ?end.map(|r| r.status), "the agent's reaper ended");
+        tokio::time::sleep(REAPER_RESTART_PAUSE).await;
+        let _ = events.send(Event::ReaperDied).await;
+    });
+    Ok(())
+}
+
+/// Kills and reaps a started task nobody will watch.
+fn spawn_kill(started: Started) -> std::io::Result<()> {
+    let mut process = TaskProcess::new(started.child)?;
+    process.kill();
+    tokio::spawn(async move {
+        let _ = process.wait().await;
+    });
+    Ok(())
 }
 
 fn now_ms() -> u64 {
@@ -298,9 +408,86 @@ fn lost_unknown(task_id: TaskId, job_key: &str) -> TaskStatusReport {
 }
 
 impl Agent {
-    pub fn new(config: Config, sandboxes: Arc<Sandboxes>) -> std::io::Result<Agent> {
+    /// Sets up isolation (detects cgroups, kills what an earlier run left, starts the reaper)
+    /// and the launcher; the error says why the agent cannot start.
+    pub async fn new(config: Config, sandboxes: Arc<Sandboxes>) -> anyhow::Result<Agent> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let run_as = RunAs::resolve(&config.executor_user).map_err(anyhow::Error::msg)?;
+        if run_as.switches_users() {
+            if let Err(e) = crate::sandbox::check_searchable(&config.work_dir) {
+                tracing::warn!("--work-dir: {e}");
+            }
+        }
+        let cgroups = match config.isolation {
+            Isolation::None => None,
+            requested => match Cgroups::detect(&cgroup_subtree_name(&config)) {
+                Ok(cgroups) => Some(Arc::new(cgroups)),
+                Err(e) if requested == Isolation::Auto => {
+                    tracing::warn!(reason = %e,
+                        "no cgroups: tasks run without limits, and processes that leave a \
+                         task's process group escape its kill (--isolation auto)");
+                    None
+                }
+                Err(e) => anyhow::bail!(
+                    "--isolation cgroups: {e}. Run the agent as root or in a delegated cgroup, \
+                     or pass --isolation none (no limits; setsid escapes a kill)"
+                ),
+            },
+        };
+        if let Some(cgroups) = &cgroups {
+            let left = cgroups.sweep();
+            if left > 0 {
+                tracing::warn!(
+                    cgroups = left,
+                    "removed task cgroups an earlier run left behind"
+                );
+            }
+        }
+        tracing::info!(
+            isolation = %cgroups.as_ref().map_or("none".to_string(), |c| c.describe()),
+            run_as = %run_as.describe(),
+            pids_limit = config.pids_limit,
+            reserved_cpu_millis = config.reserved.cpu_millis,
+            reserved_ram_mib = config.reserved.ram_mib,
+            "task isolation"
+        );
+        let janitor = match &cgroups {
+            Some(c) => Some(Janitor::start(c.clone())?),
+            None => None,
+        };
+        let (disk_tx, disk_reports) = mpsc::channel(DISK_QUEUE);
+        let disk = DiskWatch::spawn(config.disk_check_interval, DISK_MEASURE_ENTRIES, disk_tx)?;
+        // Before any launch: the collector's first scan finds only what earlier runs left (this
+        // run's tasks are all newer than the scan).
+        let gc = SandboxGc::spawn(
+            config.work_dir.join(crate::sandbox::SANDBOXES),
+            GcSettings {
+                delay: config.gc_delay,
+                disk_headroom: config.gc_disk_headroom,
+                check_interval: config.gc_check_interval,
+                ..GcSettings::default()
+            },
+            |_| false,
+        )?;
         let lifeline = Lifeline::new()?;
+        let (launcher, mut launched) = Launcher::start(
+            LauncherSettings {
+                work_dir: config.work_dir.clone(),
+                hostname: config.hostname.clone(),
+                cgroups: cgroups.clone(),
+                pids_max: config.pids_limit,
+                run_as,
+            },
+            lifeline,
+        )?;
+        if cgroups.is_some() {
+            // The reaper comes first: without it no task may start.
+            match launched.recv().await {
+                Some(Output::Reaper(Ok(reaper))) => watch_reaper(reaper, events_tx.clone(), false)?,
+                Some(Output::Reaper(Err(e))) => anyhow::bail!("{e}"),
+                _ => anyhow::bail!("the launcher thread stopped"),
+            }
+        }
         Ok(Agent {
             config,
             tasks: HashMap::new(),
@@ -321,7 +508,14 @@ impl Agent {
             next_address: 0,
             leader_hint: None,
             refused_not_leader: false,
-            lifeline,
+            launcher,
+            launched,
+            janitor,
+            pending_launches: HashMap::new(),
+            stopping: false,
+            disk,
+            disk_reports,
+            gc,
             sandboxes,
         })
     }
@@ -375,7 +569,7 @@ impl Agent {
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return false,
-                Some(event) = self.events_rx.recv() => self.on_event_offline(event),
+                input = self.next_input() => self.on_input(input, false),
                 _ = &mut sleep => return true,
             }
         }
@@ -435,7 +629,7 @@ impl Agent {
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return None,
-                Some(event) = self.events_rx.recv() => self.on_event_offline(event),
+                input = self.next_input() => self.on_input(input, false),
                 result = &mut attempt => break result,
             }
         };
@@ -488,10 +682,11 @@ impl Agent {
                 _ = heartbeat.tick() => {
                     self.writer.push(self.encoder.heartbeat(now_ms()));
                 }
-                Some(event) = self.events_rx.recv() => {
-                    self.on_event(event);
-                    while let Ok(event) = self.events_rx.try_recv() {
-                        self.on_event(event);
+                input = self.next_input() => {
+                    self.on_input(input, true);
+                    // Everything else already queued goes in the same frame.
+                    while let Some(input) = self.try_next_input() {
+                        self.on_input(input, true);
                     }
                 }
                 read = reader.read(&mut buf) => {
@@ -712,14 +907,21 @@ impl Agent {
             task_id,
             Task {
                 status,
+                live: false,
                 pgid: None,
                 kill: None,
+                kill_before_start: None,
+                ram_mib: 0,
+                disk_mib: 0,
+                disk_bytes: 0,
                 unacked: None,
             },
         );
         self.await_ack(task_id);
     }
 
+    /// Reports the task STARTING and hands it to the launcher (`launcher.rs`), whose answer
+    /// arrives as [`Output::Launched`].
     fn launch(&mut self, launch: LaunchView) {
         if let Some(task) = self.tasks.get(&launch.task_id) {
             tracing::debug!(task = %launch.task_id, "launch of a known task: resending its status");
@@ -737,7 +939,7 @@ impl Agent {
             );
             return;
         }
-        let mut status = TaskStatusReport {
+        let status = TaskStatusReport {
             task_id: launch.task_id,
             job_key,
             instance: launch.instance,
@@ -749,66 +951,138 @@ impl Agent {
             usage: None,
         };
         self.report(status.clone());
-        match process::start(&self.config.work_dir, &launch, &self.lifeline) {
-            Ok(started) => {
-                let health_checked = launch.config.health_check.is_some();
-                tracing::info!(task = %launch.task_id, job = %status.job_key, instance = launch.instance,
-                    pid = started.pgid, sandbox = %started.sandbox.display(), health_checked,
-                    "task started");
-                // Health-checked: STARTING again, now with the sandbox, until it is healthy.
-                if !health_checked {
-                    status.state = TaskState::Running;
-                }
-                status.timestamp_ms = now_ms();
-                status.sandbox = started.sandbox.to_string_lossy().into_owned();
-                let health = launch.config.health_check.as_ref().map(|check| {
-                    Monitor::new(
-                        check,
-                        &launch.ports,
-                        started.sandbox.clone(),
-                        started.env.clone(),
-                        self.client.clone(),
-                    )
-                });
-                let (kill_tx, kill_rx) = oneshot::channel();
-                tokio::spawn(watch::watch(Watched {
-                    task_id: launch.task_id,
-                    child: started.child,
-                    pgid: started.pgid,
-                    guard: started.guard,
-                    kill: kill_rx,
-                    health,
-                    kill_plan: KillPlan::new(
-                        launch.config.http_lifecycle.as_ref(),
-                        launch.config.finalization_wait_secs,
-                        &launch.ports,
-                    ),
-                    client: self.client.clone(),
-                    events: self.events_tx.clone(),
-                }));
-                self.running += 1;
-                self.sandboxes
-                    .insert(launch.task_id, &status.job_key, started.sandbox.clone());
-                self.tasks.insert(
-                    launch.task_id,
-                    Task {
-                        status: status.clone(),
-                        pgid: Some(started.pgid),
-                        kill: Some(kill_tx),
-                        unacked: None,
-                    },
+        self.running += 1;
+        self.tasks.insert(
+            launch.task_id,
+            Task {
+                status,
+                live: true,
+                pgid: None,
+                kill: None,
+                kill_before_start: None,
+                ram_mib: launch.config.resources.ram_mib,
+                disk_mib: launch.config.resources.disk_mib,
+                disk_bytes: 0,
+                unacked: None,
+            },
+        );
+        self.pending_launches
+            .insert(launch.task_id, PendingLaunch::of(&launch));
+        self.launcher.launch(launch);
+    }
+
+    /// The launcher started the task (or could not): watch it, report it RUNNING (STARTING
+    /// again, with its sandbox, while health checks decide), or FAILED with the reason.
+    fn on_launched(&mut self, task_id: TaskId, result: Result<Started, String>) {
+        let pending = self.pending_launches.remove(&task_id);
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            tracing::error!(task = %task_id, "the launcher answered for a task the agent does not know");
+            return;
+        };
+        let (started, pending) = match (result, pending) {
+            (Ok(started), Some(_)) if self.stopping => {
+                let _ = spawn_kill(started);
+                task.live = false;
+                self.running -= 1;
+                return;
+            }
+            (Ok(started), Some(pending)) => (started, pending),
+            (Ok(started), None) => {
+                tracing::error!(task = %task_id, "a started task without its launch; killing it");
+                let _ = spawn_kill(started);
+                return;
+            }
+            (Err(reason), _) => {
+                tracing::warn!(task = %task_id, job = %task.status.job_key, %reason, "task failed to start");
+                task.live = false;
+                self.running -= 1;
+                task.status.state = TaskState::Failed;
+                task.status.timestamp_ms = now_ms();
+                task.status.message = reason;
+                let status = task.status.clone();
+                self.await_ack(task_id);
+                self.report(status);
+                return;
+            }
+        };
+        let pid = started.child.pid;
+        let process = match TaskProcess::new(started.child) {
+            Ok(process) => process,
+            Err(e) => {
+                // Cannot watch it: it must not run unseen.
+                // SAFETY: plain system call on the unreaped child's group.
+                unsafe { libc::killpg(pid, libc::SIGKILL) };
+                tracing::error!(task = %task_id, error = %e, "cannot watch a started task; killed it");
+                self.on_launched(
+                    task_id,
+                    Err(format!("cannot watch the task's process: {e}")),
                 );
-                self.report(status);
+                return;
             }
-            Err(reason) => {
-                tracing::warn!(task = %launch.task_id, job = %status.job_key, %reason, "task failed to start");
-                status.state = TaskState::Failed;
-                status.timestamp_ms = now_ms();
-                status.message = reason;
-                self.insert_ended(status.clone());
-                self.report(status);
+        };
+        let guard = match started.guard.map(TaskProcess::new).transpose() {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::error!(task = %task_id, error = %e, "cannot watch a task's guard");
+                None
             }
+        };
+        let health_checked = pending.health_check.is_some();
+        tracing::info!(task = %task_id, job = %task.status.job_key, instance = task.status.instance,
+            pid, sandbox = %started.sandbox.display(), health_checked, "task started");
+        let health = pending.health_check.as_ref().map(|check| {
+            Monitor::new(
+                check,
+                &pending.ports,
+                started.sandbox.clone(),
+                started.env.clone(),
+                started.credentials.clone(),
+                self.client.clone(),
+            )
+        });
+        let (kill_tx, kill_rx) = oneshot::channel();
+        let killer = Killer::new(
+            pid,
+            match (started.cgroup, &self.janitor) {
+                (Some(cg), Some(janitor)) => Some((cg, janitor.clone())),
+                _ => None,
+            },
+        );
+        tokio::spawn(watch::watch(Watched {
+            task_id,
+            process,
+            killer,
+            guard,
+            kill: kill_rx,
+            health,
+            kill_plan: pending.kill_plan,
+            client: self.client.clone(),
+            events: self.events_tx.clone(),
+        }));
+        self.sandboxes
+            .insert(task_id, &task.status.job_key, started.sandbox.clone());
+        if task.disk_mib > 0 {
+            self.disk.watch(
+                task_id.0,
+                started.sandbox.clone(),
+                u64::from(task.disk_mib) << 20,
+            );
         }
+        task.pgid = Some(pid);
+        // Health-checked: STARTING again, now with the sandbox, until it is healthy.
+        if !health_checked {
+            task.status.state = TaskState::Running;
+        }
+        task.status.timestamp_ms = now_ms();
+        task.status.sandbox = started.sandbox.to_string_lossy().into_owned();
+        let status = task.status.clone();
+        match task.kill_before_start.take() {
+            Some(reason) => {
+                let _ = kill_tx.send(reason);
+            }
+            None => task.kill = Some(kill_tx),
+        }
+        self.report(status);
     }
 
     fn kill(&mut self, task_id: TaskId, job_key: &str) {
@@ -827,7 +1101,11 @@ impl Agent {
                 tracing::info!(task = %task_id, "kill requested");
                 // A closed watcher means the exit is already on its way; a watcher already
                 // killing the task as unhealthy goes on with that.
-                let _ = trigger.send(());
+                let _ = trigger.send(KillReason::Requested);
+            }
+            None if task.live && task.pgid.is_none() => {
+                tracing::info!(task = %task_id, "kill requested while the task starts");
+                task.kill_before_start.get_or_insert(KillReason::Requested);
             }
             None => tracing::debug!(task = %task_id, "task already being killed"),
         }
@@ -865,16 +1143,30 @@ impl Agent {
             tracing::error!(task = %exit.task_id, "exit of a task the agent does not know");
             return None;
         };
-        let (state, exit_code, message) = process::outcome(&exit.status, &exit.end);
-        tracing::info!(task = %exit.task_id, job = %task.status.job_key, %state, exit_code, %message, "task ended");
-        if task.pgid.take().is_some() {
+        let oom = exit.oom_killed.then_some(task.ram_mib);
+        let (state, exit_code, message) = process::outcome(&exit.status, &exit.end, oom);
+        tracing::info!(task = %exit.task_id, job = %task.status.job_key, %state, exit_code, %message,
+            cpu_time_ms = exit.usage.cpu_time_ms, peak_memory_bytes = exit.usage.peak_memory_bytes,
+            "task ended");
+        if task.live {
+            task.live = false;
             self.running -= 1;
         }
+        task.pgid = None;
         task.kill = None;
         task.status.state = state;
         task.status.exit_code = exit_code;
         task.status.message = message;
         task.status.timestamp_ms = now_ms();
+        task.status.usage = Some(TaskUsage {
+            disk_bytes: task.disk_bytes,
+            ..exit.usage
+        });
+        self.disk.unwatch(exit.task_id.0);
+        if !task.status.sandbox.is_empty() {
+            self.gc
+                .ended(PathBuf::from(&task.status.sandbox), SystemTime::now());
+        }
         let status = task.status.clone();
         self.await_ack(exit.task_id);
         Some(status)
@@ -893,22 +1185,101 @@ impl Agent {
         Some(task.status.clone())
     }
 
-    fn record_event(&mut self, event: Event) -> Option<TaskStatusReport> {
-        match event {
-            Event::Healthy(task_id) => self.record_healthy(task_id),
-            Event::Ended(exit) => self.record_exit(exit),
+    /// The next thing for the event loop: a watcher's event, the launcher's answer or a
+    /// sandbox measurement.
+    async fn next_input(&mut self) -> Input {
+        tokio::select! {
+            biased;
+            Some(output) = self.launched.recv() => Input::Launcher(output),
+            Some(event) = self.events_rx.recv() => Input::Event(event),
+            Some(report) = self.disk_reports.recv() => Input::Disk(report),
         }
     }
 
-    fn on_event(&mut self, event: Event) {
-        if let Some(status) = self.record_event(event) {
-            self.report(status);
+    /// [`Agent::next_input`] if one is queued already.
+    fn try_next_input(&mut self) -> Option<Input> {
+        if let Ok(output) = self.launched.try_recv() {
+            return Some(Input::Launcher(output));
         }
+        if let Ok(event) = self.events_rx.try_recv() {
+            return Some(Input::Event(event));
+        }
+        self.disk_reports.try_recv().ok().map(Input::Disk)
     }
 
-    /// While disconnected the status stays in the task table; the next registration carries it.
-    fn on_event_offline(&mut self, event: Event) {
-        self.record_event(event);
+    /// A sandbox measurement: remembered (reported with the task's end), and a task over its
+    /// disk limit is killed and fails with the reason.
+    fn on_disk_report(&mut self, report: DiskReport) {
+        let task_id = TaskId(report.task);
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        if task.pgid.is_none() {
+            return; // ended meanwhile: a late report
+        }
+        task.disk_bytes = report.usage.bytes;
+        if report.usage.bytes <= report.limit_bytes {
+            return;
+        }
+        let Some(trigger) = task.kill.take() else {
+            return; // already being killed
+        };
+        let reason = format!(
+            "disk limit of {} MiB exceeded: the sandbox holds {}{} MiB",
+            report.limit_bytes >> 20,
+            if report.usage.truncated {
+                "at least "
+            } else {
+                ""
+            },
+            report.usage.bytes >> 20
+        );
+        tracing::warn!(task = %task_id, job = %task.status.job_key, %reason, "killing a task over its disk limit");
+        let _ = trigger.send(KillReason::Failed(reason));
+    }
+
+    /// Handles an input; `online`: the statuses it makes are reported now (else the next
+    /// registration carries them).
+    fn on_input(&mut self, input: Input, online: bool) {
+        let before = self.outbox.len();
+        match input {
+            Input::Event(Event::Healthy(task_id)) => {
+                if let Some(status) = self.record_healthy(task_id) {
+                    self.report(status);
+                }
+            }
+            Input::Event(Event::Ended(exit)) => {
+                if let Some(status) = self.record_exit(exit) {
+                    self.report(status);
+                }
+            }
+            Input::Disk(report) => self.on_disk_report(report),
+            Input::Event(Event::ReaperDied) => {
+                tracing::error!("the agent's reaper died; starting a new one");
+                self.launcher.restart_reaper();
+            }
+            Input::Launcher(Output::Launched { task_id, result }) => {
+                self.on_launched(task_id, result)
+            }
+            Input::Launcher(Output::Reaper(Ok(reaper))) => {
+                if let Err(e) = watch_reaper(reaper, self.events_tx.clone(), true) {
+                    tracing::error!(error = %e, "cannot watch the new reaper");
+                }
+            }
+            Input::Launcher(Output::Reaper(Err(e))) => {
+                tracing::error!(error = %e, "cannot start a new reaper; trying again");
+                let events = self.events_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(REAPER_RESTART_PAUSE).await;
+                    let _ = events.send(Event::ReaperDied).await;
+                });
+            }
+        }
+        if !online {
+            // While disconnected the statuses stay in the task table; the next registration
+            // carries them.
+            self.outbox.truncate(before);
+        }
     }
 
     /// Writes the queued status updates (and anything else batched) as one write.
@@ -1002,8 +1373,17 @@ impl Agent {
         }
     }
 
-    /// Kills every running task's process group and waits (briefly) for them to be reaped.
+    /// Kills every running task's process group and waits (briefly) for them to be reaped;
+    /// with cgroups the reaper then kills whatever is left (the lifeline ends with the
+    /// launcher).
     async fn shutdown(mut self) {
+        self.stopping = true;
+        tracing::info!(
+            removed = self.gc.removed(),
+            bytes_freed = self.gc.bytes_freed(),
+            failures = self.gc.failures(),
+            "sandbox collection this run"
+        );
         let groups: Vec<i32> = self.tasks.values().filter_map(|t| t.pgid).collect();
         tracing::info!(tasks = groups.len(), "agent stopping; killing its tasks");
         for pgid in groups {
@@ -1011,8 +1391,8 @@ impl Agent {
         }
         let deadline = tokio::time::Instant::now() + SHUTDOWN_REAP_WAIT;
         while self.running > 0 {
-            match tokio::time::timeout_at(deadline, self.events_rx.recv()).await {
-                Ok(Some(event)) => self.on_event_offline(event),
+            match tokio::time::timeout_at(deadline, self.next_input()).await {
+                Ok(input) => self.on_input(input, false),
                 _ => {
                     tracing::warn!(tasks = self.running, "tasks not reaped at shutdown");
                     break;
@@ -1043,26 +1423,42 @@ mod tests {
     use super::*;
 
     fn agent() -> Agent {
-        Agent::new(
-            Config {
-                scheduler: vec!["127.0.0.1:1".into()],
-                agent_id: "a".into(),
-                hostname: "h".into(),
-                resources: borealis_core::Resources {
-                    cpu_millis: 1000,
-                    ram_mib: 64,
-                    disk_mib: 64,
-                    ports: 0,
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let work_dir =
+            std::env::temp_dir().join(format!("borealis-agent-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&work_dir).unwrap();
+        runtime
+            .block_on(Agent::new(
+                Config {
+                    scheduler: vec!["127.0.0.1:1".into()],
+                    agent_id: "a".into(),
+                    hostname: "h".into(),
+                    resources: borealis_core::Resources {
+                        cpu_millis: 1000,
+                        ram_mib: 64,
+                        disk_mib: 64,
+                        ports: 0,
+                    },
+                    port_ranges: vec![],
+                    attributes: vec![],
+                    work_dir,
+                    log_port: 0,
+                    tls: None,
+                    isolation: Isolation::None,
+                    pids_limit: 64,
+                    executor_user: "root".into(),
+                    reserved: borealis_core::Resources::default(),
+                    gc_delay: Duration::from_secs(3600),
+                    gc_disk_headroom: 0.1,
+                    gc_check_interval: Duration::from_secs(60),
+                    disk_check_interval: Duration::from_secs(60),
                 },
-                port_ranges: vec![],
-                attributes: vec![],
-                work_dir: "/nonexistent".into(),
-                log_port: 0,
-                tls: None,
-            },
-            Arc::default(),
-        )
-        .unwrap()
+                Arc::default(),
+            ))
+            .unwrap()
     }
 
     fn ended(agent: &mut Agent, task: u64, state: TaskState) {

@@ -4,13 +4,14 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use borealis_core::auth::AuthPolicy;
 use borealis_core::{Attributes, Resources};
 use borealis_net::tls::TlsFiles;
 
-use crate::{AgentArgs, ServeArgs};
+use crate::{AgentArgs, Isolation, ServeArgs};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
@@ -26,7 +27,22 @@ pub(crate) struct Config {
     pub log_port: u16,
     /// With `--tls-*`: the scheduler connection's TLS (the CA, the agent's certificate).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `--isolation` as given (detected at startup: `agent.rs`).
+    pub isolation: Isolation,
+    pub pids_limit: u32,
+    /// `--executor-user` (root when not given).
+    pub executor_user: String,
+    /// The executor reservation taken off what the agent offers (`resources` is what is left).
+    pub reserved: Resources,
+    /// `--gc-delay`, `--gc-disk-headroom`, and how often the collector checks.
+    pub gc_delay: Duration,
+    pub gc_disk_headroom: f64,
+    pub gc_check_interval: Duration,
+    pub disk_check_interval: Duration,
 }
+
+/// How often the sandbox collector looks for sandboxes to remove (or `--gc-delay`, if shorter).
+const GC_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The log server's configuration (`--http-*`, and the TLS and auth flags).
 pub(crate) struct LogServerConfig {
@@ -128,18 +144,44 @@ impl Config {
         if !cpus.is_finite() || cpus <= 0.0 {
             bail!("--cpus: {cpus} is not a positive number");
         }
-        let cpu_millis = (cpus * 1000.0).round().min(f64::from(u32::MAX)) as u32;
+        let total_cpu_millis = (cpus * 1000.0).round().min(f64::from(u32::MAX)) as u32;
+        let reserved_cpus = args.thermos_executor_cpu;
+        if !reserved_cpus.is_finite() || reserved_cpus < 0.0 {
+            bail!("--thermos-executor-cpu: {reserved_cpus} is not a number of cpus");
+        }
+        let reserved_cpu_millis = (reserved_cpus * 1000.0).round().min(f64::from(u32::MAX)) as u32;
+        let reserved_ram_mib = parse_size_mib(&args.thermos_executor_ram)
+            .with_context(|| format!("--thermos-executor-ram {:?}", args.thermos_executor_ram))?;
+        if reserved_cpu_millis >= total_cpu_millis {
+            bail!(
+                "--thermos-executor-cpu {reserved_cpus}: the agent would have nothing left of its \
+                 {cpus} cpus to offer"
+            );
+        }
+        let cpu_millis = total_cpu_millis - reserved_cpu_millis;
         let ram_mib = match &args.ram {
             Some(text) => parse_size_mib(text).with_context(|| format!("--ram {text:?}"))?,
             None => {
                 mem_total_mib().context("cannot read MemTotal from /proc/meminfo; pass --ram")?
             }
         };
+        if reserved_ram_mib >= ram_mib {
+            bail!(
+                "--thermos-executor-ram {}: the agent would have nothing left of its {ram_mib} MiB \
+                 of ram to offer",
+                args.thermos_executor_ram
+            );
+        }
+        let ram_mib = ram_mib - reserved_ram_mib;
         let disk_mib = match &args.disk {
             Some(text) => parse_size_mib(text).with_context(|| format!("--disk {text:?}"))?,
             None => free_disk_mib(&work_dir)
                 .with_context(|| format!("cannot statvfs {}; pass --disk", work_dir.display()))?,
         };
+        let headroom = args.gc_disk_headroom;
+        if !(0.0..=1.0).contains(&headroom) {
+            bail!("--gc-disk-headroom {headroom}: expected a fraction from 0 to 1");
+        }
         let port_ranges =
             parse_port_ranges(&args.ports).with_context(|| format!("--ports {:?}", args.ports))?;
         let port_count: u32 = port_ranges
@@ -177,6 +219,19 @@ impl Config {
             work_dir,
             log_port: 0,
             tls,
+            isolation: args.isolation,
+            pids_limit: args.pids_limit,
+            executor_user: args.executor_user.unwrap_or_else(|| "root".to_string()),
+            reserved: Resources {
+                cpu_millis: reserved_cpu_millis,
+                ram_mib: reserved_ram_mib,
+                disk_mib: 0,
+                ports: 0,
+            },
+            gc_delay: args.gc_delay,
+            gc_disk_headroom: headroom,
+            gc_check_interval: GC_CHECK_INTERVAL.min(args.gc_delay.max(Duration::from_secs(1))),
+            disk_check_interval: args.disk_check_interval.max(Duration::from_millis(100)),
         })
     }
 }
@@ -325,6 +380,47 @@ mod tests {
         assert!(parse_mem_total_mib("MemFree: 1 kB").is_err());
     }
 
+    /// `borealis agent` with its defaults (no scheduler running).
+    fn test_args() -> AgentArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: AgentArgs,
+        }
+        Cli::parse_from(["agent"]).agent
+    }
+
+    #[test]
+    fn the_executor_reservation_is_taken_off_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::resolve(AgentArgs {
+            cpus: Some(2.0),
+            ram: Some("1GiB".into()),
+            disk: Some("1GiB".into()),
+            agent_id: Some("a".into()),
+            hostname: Some("h".into()),
+            work_dir: Some(dir.path().to_path_buf()),
+            ..test_args()
+        })
+        .unwrap();
+        assert_eq!(config.resources.cpu_millis, 1750);
+        assert_eq!(config.resources.ram_mib, 1024 - 128);
+        assert_eq!(config.reserved.cpu_millis, 250);
+        assert_eq!(config.executor_user, "root");
+        let err = Config::resolve(AgentArgs {
+            cpus: Some(0.25),
+            ram: Some("1GiB".into()),
+            disk: Some("1GiB".into()),
+            agent_id: Some("a".into()),
+            hostname: Some("h".into()),
+            work_dir: Some(dir.path().to_path_buf()),
+            ..test_args()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("nothing left"), "{err:#}");
+    }
+
     #[test]
     fn machine_defaults_resolve() {
         let dir = tempfile::tempdir().unwrap();
@@ -338,7 +434,7 @@ mod tests {
             hostname: None,
             ports: "31000-31999".into(),
             work_dir: Some(dir.path().join("w")),
-            serve: ServeArgs::default(),
+            ..test_args()
         })
         .unwrap();
         assert_eq!(config.scheduler, vec!["127.0.0.1:1"]);
@@ -367,7 +463,7 @@ mod tests {
             hostname: Some("h".into()),
             ports: "1-2".into(),
             work_dir: Some(dir.path().to_path_buf()),
-            serve: ServeArgs::default(),
+            ..test_args()
         };
         assert!(Config::resolve(base.clone()).is_ok());
         let mut a = base.clone();

@@ -21,7 +21,6 @@
 //! The counting is [`Tally`], pure and tested alone; [`Monitor`] adds the clock and the probes.
 
 use std::ffi::OsString;
-use std::fs::File;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,6 +33,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::http::{seconds, LoopbackClient, RequestError};
 use crate::process;
+use crate::spawn::Credentials;
 
 /// Shortest interval and timeout honoured: a job's 0 means "as often / as long as sensible",
 /// not a busy loop.
@@ -137,6 +137,8 @@ enum Probe {
         command: String,
         sandbox: PathBuf,
         env: Vec<(String, OsString)>,
+        /// The task's user, when the agent switched to it: the check runs as it too.
+        credentials: Option<Credentials>,
     },
 }
 
@@ -157,6 +159,7 @@ impl Monitor {
         ports: &[(String, u16)],
         sandbox: PathBuf,
         env: Vec<(String, OsString)>,
+        credentials: Option<Credentials>,
         client: LoopbackClient,
     ) -> Monitor {
         let probe = match &check.checker {
@@ -178,6 +181,7 @@ impl Monitor {
                 command: command.clone(),
                 sandbox,
                 env,
+                credentials,
             },
         };
         let started = Instant::now();
@@ -234,7 +238,8 @@ impl Monitor {
                 command,
                 sandbox,
                 env,
-            } => run_shell_check(command, sandbox, env, self.timeout).await,
+                credentials,
+            } => run_shell_check(command, sandbox, env, credentials.as_ref(), self.timeout).await,
         }
     }
 }
@@ -261,10 +266,30 @@ async fn run_shell_check(
     command: &str,
     sandbox: &std::path::Path,
     env: &[(String, OsString)],
+    credentials: Option<&Credentials>,
     timeout: Duration,
 ) -> Result<(), String> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let quoted = quote(command);
-    let output = match File::create(sandbox.join("health_check.log")) {
+    // The sandbox is the task user's: never follow a link planted there, never block on a fifo.
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(sandbox.join("health_check.log"));
+    let opened = opened.and_then(|file| {
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o640));
+        if let Some(c) = credentials {
+            std::os::unix::fs::fchown(&file, Some(c.uid), Some(c.gid))?;
+        }
+        Ok(file)
+    });
+    let output = match opened {
         Ok(file) => file,
         Err(e) => return Err(format!("cannot create health_check.log: {e}")),
     };
@@ -276,12 +301,17 @@ async fn run_shell_check(
         .arg("-c")
         .arg(command)
         .current_dir(sandbox)
+        .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(output)
         .stderr(stderr)
         .kill_on_drop(true)
         .process_group(0);
+    if let Some(c) = credentials {
+        // std drops root's supplementary groups when it changes the uid.
+        shell.uid(c.uid).gid(c.gid);
+    }
     process::die_with_agent(&mut shell);
     let child = shell
         .spawn()

@@ -4,8 +4,10 @@
 //! 1. With an HTTP lifecycle: POST `graceful_shutdown_endpoint` on 127.0.0.1:<its named port>,
 //!    wait up to `graceful_shutdown_wait_secs`;
 //! 2. POST `shutdown_endpoint`, wait up to `shutdown_wait_secs`;
-//! 3. SIGTERM to the task's process group, wait up to `finalization_wait_secs`;
-//! 4. SIGKILL to the group.
+//! 3. SIGTERM to the task's process group (and, with cgroups, to every process of the task),
+//!    wait up to `finalization_wait_secs`;
+//! 4. SIGKILL to the group and the task's whole cgroup (frozen first on cgroup v1, so no
+//!    process forks away meanwhile).
 //!
 //! Every wait ends as soon as the task's process exits, and the steps after it are skipped. A
 //! wait is measured from the moment its POST is sent. A POST that gets no answer within
@@ -18,16 +20,15 @@
 //! agent starts it at most once per task (a repeated kill request finds the trigger taken).
 
 use std::io;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use borealis_core::{HttpLifecycle, TaskId};
 use hyper::Method;
-use tokio::process::Child;
 use tokio::time::Instant;
 
 use crate::http::{seconds, LoopbackClient};
-use crate::process;
+use crate::spawn::Reaped;
+use crate::watch::{Killer, TaskProcess};
 
 /// Longest a lifecycle POST may take to be answered.
 pub(crate) const POST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -73,15 +74,15 @@ impl KillPlan {
     }
 }
 
-/// Carries out the kill sequence on the task's shell `child`, leader of group `pgid`, and
-/// returns its exit status once it is gone.
+/// Carries out the kill sequence on the task's process (its shell) and everything `killer`
+/// reaches, and returns its end once it is gone.
 pub(crate) async fn escalate(
     task_id: TaskId,
-    child: &mut Child,
-    pgid: i32,
+    child: &mut TaskProcess,
+    killer: &Killer,
     plan: &KillPlan,
     client: &LoopbackClient,
-) -> io::Result<ExitStatus> {
+) -> io::Result<Reaped> {
     if let Some(http) = &plan.http {
         match &http.port {
             Err(name) => tracing::warn!(task = %task_id, port = %name,
@@ -100,14 +101,16 @@ pub(crate) async fn escalate(
             }
         }
     }
-    tracing::debug!(task = %task_id, pgid, wait = ?plan.finalization_wait, "SIGTERM");
-    process::signal_group(pgid, libc::SIGTERM);
+    let pid = child.pid();
+    tracing::debug!(task = %task_id, pid, wait = ?plan.finalization_wait, "SIGTERM");
+    killer.terminate();
     if let Ok(status) = tokio::time::timeout(plan.finalization_wait, child.wait()).await {
         return status;
     }
-    tracing::info!(task = %task_id, pgid, wait = ?plan.finalization_wait,
+    tracing::info!(task = %task_id, pid, wait = ?plan.finalization_wait,
         "still running after the finalization wait: SIGKILL");
-    process::signal_group(pgid, libc::SIGKILL);
+    killer.kill().await;
+    child.kill();
     child.wait().await
 }
 
@@ -115,12 +118,12 @@ pub(crate) async fn escalate(
 /// to exit. The exit status when it did; None to go on with the next step.
 async fn post_and_wait(
     task_id: TaskId,
-    child: &mut Child,
+    child: &mut TaskProcess,
     client: &LoopbackClient,
     port: u16,
     endpoint: &str,
     wait: Duration,
-) -> Option<io::Result<ExitStatus>> {
+) -> Option<io::Result<Reaped>> {
     let deadline = Instant::now() + wait;
     tracing::debug!(task = %task_id, port, endpoint, wait = %seconds(wait), "POST");
     let answer = tokio::select! {

@@ -36,20 +36,29 @@
 //!   that may read the task's role.
 
 mod agent;
+mod cgroup;
 mod config;
+mod disk;
 mod health;
 mod http;
 mod kill;
+mod launcher;
 mod logs;
 mod process;
+mod reaper;
+mod sandbox;
+mod sandbox_gc;
+mod spawn;
 #[cfg(test)]
 mod testcerts;
+mod users;
 mod watch;
 
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -86,11 +95,57 @@ pub struct AgentArgs {
     /// Directory holding the task sandboxes [default: ./borealis-agent-<agent_id>].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// How tasks are isolated. cgroups: each task in a cgroup of its own, with its cpu as
+    /// shares and a hard quota, its ram as a hard memory limit and --pids-limit, killed as a
+    /// whole (the agent needs root or a delegated cgroup; it refuses to start without the
+    /// controllers). none: no limits, one guard process per task, and processes that leave
+    /// the task's process group (setsid) escape its kill. auto: cgroups where available, else
+    /// none with a warning.
+    #[arg(long, value_enum, default_value_t = Isolation::Cgroups)]
+    pub isolation: Isolation,
+    /// Most processes and threads one task may have at once (its cgroup's pids.max).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids_limit: u32,
+    /// The user tasks run as (Aurora's -executor_user). root: when the agent runs as root, each
+    /// task runs as the user its job's role names (a role with no such user fails its task);
+    /// any other user: every task runs as that user. An agent not running as root runs every
+    /// task as its own user [default: root].
+    #[arg(long, value_name = "USER")]
+    pub executor_user: Option<String>,
+    /// CPUs the agent reserves for itself out of what it offers (Aurora's
+    /// -thermos_executor_cpu). Borealis has one executor per agent, not one per task, so this
+    /// is charged once per agent, not per task.
+    #[arg(long, default_value_t = 0.25)]
+    pub thermos_executor_cpu: f64,
+    /// RAM the agent reserves for itself out of what it offers (Aurora's
+    /// -thermos_executor_ram), charged once per agent, like --thermos-executor-cpu.
+    #[arg(long, default_value = "128MB")]
+    pub thermos_executor_ram: String,
+    /// How long an ended task's sandbox is kept (Mesos' --gc_delay), shortened under disk
+    /// pressure for all but the newest sandbox of each instance.
+    #[arg(long, default_value = "1week", value_parser = humantime::parse_duration)]
+    pub gc_delay: Duration,
+    /// Fraction of the sandboxes' disk to keep free: sandboxes are kept for gc-delay × (1 −
+    /// headroom − the fraction in use) (Mesos' --gc_disk_headroom).
+    #[arg(long, default_value_t = 0.1)]
+    pub gc_disk_headroom: f64,
+    /// How often each running task's sandbox is measured against its disk limit; a task over
+    /// it fails (Mesos' --container_disk_watcher_interval).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub disk_check_interval: Duration,
     /// TLS and the log server. Flags of `borealis agent` ([`AgentCommand`]); not parsed with
     /// the flags above, because `borealis up` flattens these next to its scheduler's
     /// `--tls-*`, `--auth-file` and `--http-port` (it sets them itself).
     #[arg(skip)]
     pub serve: ServeArgs,
+}
+
+/// `--isolation`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    Cgroups,
+    None,
+    Auto,
 }
 
 /// `borealis agent`'s TLS and log server flags.
@@ -228,7 +283,7 @@ pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> a
         "agent starting"
     );
     let result = agent::Agent::new(config, sandboxes)
-        .context("cannot create the agent's lifeline pipe")?
+        .await?
         .run(shutdown)
         .await;
     drop(log_server);
@@ -265,6 +320,14 @@ mod tests {
             hostname: None,
             ports: "31000-31001".into(),
             work_dir: None,
+            isolation: Isolation::None,
+            pids_limit: 64,
+            executor_user: None,
+            thermos_executor_cpu: 0.0,
+            thermos_executor_ram: "0".into(),
+            gc_delay: Duration::from_secs(60),
+            gc_disk_headroom: 0.1,
+            disk_check_interval: Duration::from_secs(15),
             serve: ServeArgs {
                 no_http: true,
                 ..ServeArgs::default()

@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use borealis_agent::{run_until, AgentArgs, ServeArgs};
+use std::os::unix::fs::PermissionsExt;
+
+use borealis_agent::{run_until, AgentArgs, Isolation, ServeArgs};
 use borealis_core::{Resources, TaskConfig, TaskId, TaskState, Tier};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
@@ -223,6 +225,23 @@ fn task_config(command: &str, finalization_wait_secs: u32) -> TaskConfig {
     }
 }
 
+/// `borealis agent`'s defaults, but: no executor reservation (the tests count resources
+/// exactly), tasks as `nobody` (the tests' roles are no users here), cgroups.
+fn default_args() -> AgentArgs {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+    let mut args = Cli::parse_from(["agent"]).agent;
+    args.thermos_executor_cpu = 0.0;
+    args.thermos_executor_ram = "0".into();
+    args.executor_user = Some("nobody".into());
+    args.isolation = Isolation::Cgroups;
+    args
+}
+
 struct Harness {
     listener: TcpListener,
     work_dir: tempfile::TempDir,
@@ -238,6 +257,8 @@ impl Harness {
     async fn start_with(adjust: impl FnOnce(&mut AgentArgs)) -> Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let work_dir = tempfile::tempdir().unwrap();
+        // Tasks run as `nobody`: they must be able to reach their sandboxes.
+        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let mut harness = Harness {
             listener,
             work_dir,
@@ -265,6 +286,7 @@ impl Harness {
                 http_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
                 ..ServeArgs::default()
             },
+            ..default_args()
         }
     }
 
@@ -345,7 +367,7 @@ async fn registers_runs_tasks_and_reports_their_ends() {
     let work = harness.work_dir.path().join("work").canonicalize().unwrap();
     assert_eq!(
         sandbox,
-        work.join("sandboxes/www.prod.hello/2/00000000000000a1")
+        work.join("sandboxes/www/prod/hello/2/00000000000000a1")
     );
     let failed = conn.status(0xa1, TaskState::Failed).await;
     assert_eq!(failed.exit_code, 3);
@@ -540,7 +562,8 @@ async fn group_is_gone(pgid: i32) {
 
 #[tokio::test]
 async fn a_task_group_has_a_guard_until_the_task_ends() {
-    let harness = Harness::start().await;
+    // Guards are what `--isolation none` has instead of cgroups and the reaper.
+    let harness = Harness::start_with(|a| a.isolation = Isolation::None).await;
     let mut conn = Conn::accept(&harness.listener).await;
     conn.registration().await;
 
@@ -902,7 +925,7 @@ async fn a_sandbox_that_cannot_be_created_fails_the_task() {
     conn.status(0xe1, TaskState::Starting).await;
     let failed = conn.status(0xe1, TaskState::Failed).await;
     assert!(
-        failed.message.starts_with("cannot create sandbox"),
+        failed.message.starts_with("cannot create the sandbox"),
         "{}",
         failed.message
     );
@@ -1086,6 +1109,11 @@ fn agent_process_helper() {
             no_http: true,
             ..ServeArgs::default()
         },
+        isolation: match std::env::var("BOREALIS_TEST_AGENT_ISOLATION").as_deref() {
+            Ok("none") => Isolation::None,
+            _ => Isolation::Cgroups,
+        },
+        ..default_args()
     })
     .unwrap();
 }
@@ -1110,6 +1138,17 @@ async fn task_dies_with_agent_process(
     pid_files: &[&str],
     within: Duration,
 ) -> std::process::ExitStatus {
+    task_dies_with_agent_process_isolated("cgroups", signal, command, pid_files, within).await
+}
+
+/// [`task_dies_with_agent_process`] with `--isolation` `isolation`.
+async fn task_dies_with_agent_process_isolated(
+    isolation: &str,
+    signal: libc::c_int,
+    command: &str,
+    pid_files: &[&str],
+    within: Duration,
+) -> std::process::ExitStatus {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let work_dir = tempfile::tempdir().unwrap();
     let mut agent = tokio::process::Command::new(std::env::current_exe().unwrap())
@@ -1124,6 +1163,7 @@ async fn task_dies_with_agent_process(
             listener.local_addr().unwrap().to_string(),
         )
         .env("BOREALIS_TEST_AGENT_WORK_DIR", work_dir.path())
+        .env("BOREALIS_TEST_AGENT_ISOLATION", isolation)
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -1199,6 +1239,171 @@ async fn the_whole_task_process_tree_dies_when_the_agent_process_is_killed() {
     )
     .await;
     assert!(!status.success());
+}
+
+#[tokio::test]
+async fn the_whole_task_process_tree_dies_with_the_agent_without_cgroups_too() {
+    // The guard's promise, for what stays in the task's process group.
+    let status = task_dies_with_agent_process_isolated(
+        "none",
+        libc::SIGKILL,
+        "sleep 30 & echo $! > child; echo $$ > pid; wait",
+        &["child"],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn a_setsid_grandchild_dies_with_the_agent_process() {
+    // It left the task's session and process group: only its cgroup still holds it, which
+    // the agent's reaper kills once the agent is gone.
+    let status = task_dies_with_agent_process(
+        libc::SIGKILL,
+        "setsid sh -c 'echo $$ > escaped; exec sleep 30' & echo $$ > pid; wait",
+        &["escaped"],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(!status.success());
+}
+
+// ---- Isolation ----
+
+/// A task's config with this ram and disk (MiB).
+fn sized_config(command: &str, ram_mib: u32, disk_mib: u32) -> TaskConfig {
+    let mut config = task_config(command, 1);
+    config.resources.ram_mib = ram_mib;
+    config.resources.disk_mib = disk_mib;
+    config
+}
+
+#[tokio::test]
+async fn a_kill_takes_the_tasks_whole_cgroup_setsid_children_too() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(
+        0x101,
+        0,
+        "setsid sh -c 'trap \"\" TERM; echo $$ > escaped; while :; do sleep 1; done' & \
+         echo $$ > pid; exec sleep 60",
+        1,
+        &[],
+    )
+    .await;
+    let running = conn.status(0x101, TaskState::Running).await;
+    let escaped = Path::new(&running.sandbox).join("escaped");
+    wait_for_file(&escaped).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid: i32 = read(&escaped).trim().parse().unwrap();
+    let _guard = KillOnDrop(pid);
+    assert!(process_running(pid));
+    // SAFETY: plain system call.
+    assert_ne!(unsafe { libc::getsid(pid) }, unsafe { libc::getsid(0) });
+    conn.kill(0x101).await;
+    let killed = conn.status(0x101, TaskState::Killed).await;
+    assert!(killed.usage.is_some(), "{killed:?}");
+    timeout(STEP, async {
+        while process_running(pid) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the setsid grandchild {pid} survived the task's kill"));
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_past_its_memory_limit_fails_with_the_limit() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    // `tail` keeps a line that never ends in memory: it grows until the OOM killer comes.
+    conn.launch_config(0x102, 0, &sized_config("tail /dev/zero", 32, 16), &[])
+        .await;
+    let failed = conn.status(0x102, TaskState::Failed).await;
+    assert!(
+        failed
+            .message
+            .starts_with("memory limit of 32 MiB exceeded"),
+        "{}",
+        failed.message
+    );
+    let usage = failed.usage.expect("usage with the end");
+    assert!(usage.peak_memory_bytes >= 16 << 20, "{usage:?}");
+    assert!(usage.peak_memory_bytes <= 33 << 20, "{usage:?}");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_task_over_its_disk_limit_fails_with_the_limit() {
+    let harness = Harness::start_with(|a| a.disk_check_interval = Duration::from_millis(100)).await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch_config(
+        0x103,
+        0,
+        &sized_config("head -c 24000000 /dev/urandom > big; exec sleep 60", 64, 16),
+        &[],
+    )
+    .await;
+    conn.status(0x103, TaskState::Running).await;
+    let failed = conn.status(0x103, TaskState::Failed).await;
+    assert!(
+        failed
+            .message
+            .starts_with("disk limit of 16 MiB exceeded: the sandbox holds"),
+        "{}",
+        failed.message
+    );
+    assert!(failed.usage.unwrap().disk_bytes > 16 << 20);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_finished_task_reports_what_it_used() {
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch(
+        0x104,
+        0,
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; id -un > whoami; env > env",
+        1,
+        &[],
+    )
+    .await;
+    let running = conn.status(0x104, TaskState::Running).await;
+    let finished = conn.status(0x104, TaskState::Finished).await;
+    let usage = finished.usage.expect("usage with the end");
+    assert!(usage.cpu_time_ms > 0, "{usage:?}");
+    assert!(usage.peak_memory_bytes > 0, "{usage:?}");
+    let sandbox = Path::new(&running.sandbox);
+    assert_eq!(read(sandbox.join("whoami")), "nobody\n");
+    // The environment is built from nothing: none of the agent's own.
+    let env = read(sandbox.join("env"));
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, _)| k)
+        .collect();
+    for name in names {
+        assert!(
+            name.starts_with("BOREALIS_")
+                || ["PATH", "HOME", "USER", "LOGNAME", "TMPDIR", "PWD"].contains(&name),
+            "{name} leaked into the task's environment: {env}"
+        );
+    }
+    // The sandbox is the task user's; its parents are not.
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(std::fs::metadata(sandbox).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::metadata(sandbox.parent().unwrap()).unwrap().uid(),
+        0
+    );
+    harness.stop().await;
 }
 
 // ---- Health checks and the kill sequence ----
