@@ -52,6 +52,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::Context as _;
 use borealis_core::{TaskId, TaskState, TaskUsage};
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
@@ -455,12 +456,15 @@ impl Agent {
             Some(c) => Some(Janitor::start(c.clone())?),
             None => None,
         };
+        let sandboxes_dir = config.work_dir.join(crate::sandbox::SANDBOXES);
+        std::fs::create_dir_all(&sandboxes_dir)
+            .with_context(|| format!("cannot create {}", sandboxes_dir.display()))?;
         let (disk_tx, disk_reports) = mpsc::channel(DISK_QUEUE);
         let disk = DiskWatch::spawn(config.disk_check_interval, DISK_MEASURE_ENTRIES, disk_tx)?;
         // Before any launch: the collector's first scan finds only what earlier runs left (this
         // run's tasks are all newer than the scan).
         let gc = SandboxGc::spawn(
-            config.work_dir.join(crate::sandbox::SANDBOXES),
+            sandboxes_dir,
             GcSettings {
                 delay: config.gc_delay,
                 disk_headroom: config.gc_disk_headroom,

@@ -466,6 +466,15 @@ impl Cgroups {
         }
     }
 
+    /// Makes the subtree directory `dir` again (v2: with its controllers enabled).
+    fn recreate_subtree(&self, dir: &Path) -> io::Result<()> {
+        mkdir(dir)?;
+        if let Kind::V2 { .. } = &self.kind {
+            write_file(&dir.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+        }
+        Ok(())
+    }
+
     /// The directories a task's cgroup has, one per hierarchy.
     fn task_dirs(&self, cg: &TaskCgroup) -> Vec<PathBuf> {
         match &self.kind {
@@ -493,7 +502,16 @@ impl Cgroups {
         }
         let mut made = Vec::with_capacity(dirs.len());
         for dir in &dirs {
-            if let Err(e) = fs::create_dir(dir) {
+            let mut result = fs::create_dir(dir);
+            if matches!(&result, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+                // The subtree went (the reaper of an earlier run of this agent removes it once
+                // empty): make it again.
+                if let Some(parent) = dir.parent() {
+                    let _ = self.recreate_subtree(parent);
+                }
+                result = fs::create_dir(dir);
+            }
+            if let Err(e) = result {
                 for d in made.iter().rev() {
                     let _ = fs::remove_dir(d);
                 }

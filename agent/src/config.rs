@@ -219,7 +219,7 @@ impl Config {
             work_dir,
             log_port: 0,
             tls,
-            isolation: args.isolation,
+            isolation: args.isolation.unwrap_or(Isolation::Cgroups),
             pids_limit: args.pids_limit,
             executor_user: args.executor_user.unwrap_or_else(|| "root".to_string()),
             reserved: Resources {

@@ -100,9 +100,9 @@ pub struct AgentArgs {
     /// whole (the agent needs root or a delegated cgroup; it refuses to start without the
     /// controllers). none: no limits, one guard process per task, and processes that leave
     /// the task's process group (setsid) escape its kill. auto: cgroups where available, else
-    /// none with a warning.
-    #[arg(long, value_enum, default_value_t = Isolation::Cgroups)]
-    pub isolation: Isolation,
+    /// none with a warning [default: cgroups; `borealis up`: auto].
+    #[arg(long, value_enum)]
+    pub isolation: Option<Isolation>,
     /// Most processes and threads one task may have at once (its cgroup's pids.max).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub pids_limit: u32,
@@ -320,7 +320,7 @@ mod tests {
             hostname: None,
             ports: "31000-31001".into(),
             work_dir: None,
-            isolation: Isolation::None,
+            isolation: Some(Isolation::None),
             pids_limit: 64,
             executor_user: None,
             thermos_executor_cpu: 0.0,

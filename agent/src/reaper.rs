@@ -12,7 +12,8 @@
 //!   with the lifeline as its stdin. Its `read` returns when the agent dies; it then kills
 //!   every task cgroup of the agent's subtree (v2 `cgroup.kill`; v1 freeze, SIGKILL each
 //!   process, thaw, repeated until none is left), so processes that left their task's process
-//!   group or session (`setsid`, double forks) die too, then removes the emptied cgroups. The
+//!   group or session (`setsid`, double forks) die too, then removes the emptied cgroups and
+//!   the agent's subtree (a clean shutdown ends the lifeline too, so this is the cleanup). The
 //!   agent watches its reaper and starts a new one if it dies (someone SIGKILLed it); and a
 //!   restarted agent kills whatever its subtree still holds before it registers
 //!   (`Cgroups::sweep`), which covers an agent and a reaper killed together.
@@ -50,7 +51,7 @@ while [ "$pass" -lt 50 ]; do
   pass=$((pass + 1))
   sleep 0.05
 done
-for dir in "$@"; do for d in "$dir"/task-*; do rmdir "$d" 2>/dev/null; done; done
+for dir in "$@"; do for d in "$dir"/task-*; do rmdir "$d" 2>/dev/null; done; rmdir "$dir" 2>/dev/null; done
 "#;
 /// `$0` of the reaper, what `ps` shows.
 const REAPER_NAME: &str = "borealis-reaper";

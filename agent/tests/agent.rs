@@ -238,7 +238,7 @@ fn default_args() -> AgentArgs {
     args.thermos_executor_cpu = 0.0;
     args.thermos_executor_ram = "0".into();
     args.executor_user = Some("nobody".into());
-    args.isolation = Isolation::Cgroups;
+    args.isolation = Some(Isolation::Cgroups);
     args
 }
 
@@ -563,7 +563,7 @@ async fn group_is_gone(pgid: i32) {
 #[tokio::test]
 async fn a_task_group_has_a_guard_until_the_task_ends() {
     // Guards are what `--isolation none` has instead of cgroups and the reaper.
-    let harness = Harness::start_with(|a| a.isolation = Isolation::None).await;
+    let harness = Harness::start_with(|a| a.isolation = Some(Isolation::None)).await;
     let mut conn = Conn::accept(&harness.listener).await;
     conn.registration().await;
 
@@ -1109,10 +1109,12 @@ fn agent_process_helper() {
             no_http: true,
             ..ServeArgs::default()
         },
-        isolation: match std::env::var("BOREALIS_TEST_AGENT_ISOLATION").as_deref() {
-            Ok("none") => Isolation::None,
-            _ => Isolation::Cgroups,
-        },
+        isolation: Some(
+            match std::env::var("BOREALIS_TEST_AGENT_ISOLATION").as_deref() {
+                Ok("none") => Isolation::None,
+                _ => Isolation::Cgroups,
+            },
+        ),
         ..default_args()
     })
     .unwrap();

@@ -26,9 +26,10 @@ pub struct UpArgs {
     /// Create this job file once the agent has registered, wait for it and print its status.
     #[arg(long, value_name = "FILE")]
     pub submit: Option<PathBuf>,
-    /// The job key for --submit.
-    #[arg(long, default_value = "demo/devel/hello")]
-    pub job_key: String,
+    /// The job key for --submit [default: <your user>/devel/hello: tasks run as the user their
+    /// role names, so the sample job runs as you].
+    #[arg(long)]
+    pub job_key: Option<String>,
 }
 
 pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
@@ -47,6 +48,14 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         addr.port(),
     );
     args.agent.scheduler = vec![dial.to_string()];
+    // A local trial: isolate tasks where this machine can, else run them plainly (said).
+    args.agent
+        .isolation
+        .get_or_insert(borealis_agent::Isolation::Auto);
+    let job_key = args
+        .job_key
+        .clone()
+        .unwrap_or_else(|| format!("{}/devel/hello", current_user()));
     if args.agent.work_dir.is_none() {
         args.agent.work_dir = Some(args.scheduler.data_dir.join("agent"));
     }
@@ -83,11 +92,14 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         "  agent:     work dir {}",
         args.agent.work_dir.as_ref().expect("set").display()
     );
+    println!(
+        "  tasks:     each in a cgroup of its own where this machine has them (--isolation auto), \
+         as the user their role names"
+    );
     println!("Submit the sample job from another terminal:");
-    println!("  borealis job create demo/devel/hello examples/hello.toml --scheduler {dial}");
-    println!("  borealis job status demo/devel/hello --scheduler {dial}");
+    println!("  borealis job create {job_key} examples/hello.toml --scheduler {dial}");
+    println!("  borealis job status {job_key} --scheduler {dial}");
     if let Some(file) = args.submit.clone() {
-        let job_key = args.job_key.clone();
         let scheduler_addr = dial.to_string();
         std::thread::Builder::new()
             .name("up-submit".into())
@@ -109,6 +121,35 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     drop(scheduler);
     println!("Borealis stopped.");
     Ok(())
+}
+
+/// The name of the user running `up` (its uid when it has none).
+fn current_user() -> String {
+    // SAFETY: plain system call.
+    let uid = unsafe { libc::geteuid() };
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: the buffers are valid for the call; on success the name points into `buf`.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            uid,
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    if rc == 0 && !result.is_null() {
+        // SAFETY: getpwuid_r succeeded: a valid C string.
+        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+        if let Ok(name) = name.to_str() {
+            if borealis_core::JobKey::new(name, "devel", "hello").is_ok() {
+                return name.to_string();
+            }
+        }
+    }
+    "demo".to_string()
 }
 
 /// What protects the scheduler, in a line of the banner.
