@@ -919,8 +919,10 @@ async fn a_sandbox_that_cannot_be_created_fails_the_task() {
     let harness = Harness::start().await;
     let mut conn = Conn::accept(&harness.listener).await;
     conn.registration().await;
-    // The agent created its work dir; make `sandboxes` a file.
-    std::fs::write(harness.work_dir.path().join("work/sandboxes"), "").unwrap();
+    // The agent created its work dir and `sandboxes` in it; make `sandboxes` a file.
+    let sandboxes = harness.work_dir.path().join("work/sandboxes");
+    std::fs::remove_dir(&sandboxes).unwrap();
+    std::fs::write(&sandboxes, "").unwrap();
     conn.launch(0xe1, 0, "exit 0", 1, &[]).await;
     conn.status(0xe1, TaskState::Starting).await;
     let failed = conn.status(0xe1, TaskState::Failed).await;
