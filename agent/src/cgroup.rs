@@ -37,6 +37,18 @@
 //!   [`Usage::oom_kills`] counts;
 //! - pids: `pids.max`, `--pids-limit`.
 //!
+//! # Reuse
+//!
+//! Creating and removing a cgroup in five v1 hierarchies costs more kernel time than starting
+//! a small task's process, so on v1 a task's cgroup is reused: once a task's cgroup is empty and
+//! holds (almost) no memory charge — at most [`REUSE_CHARGE_MAX`], so no page cache or tmpfs
+//! page of one task counts against the next — its peak memory and CPU time are reset and it
+//! waits in a bounded pool ([`POOL_MAX`]) for the next task, which sets its own limits. The
+//! OOM-kill count cannot be reset: each use remembers it at the start. Anything else (a busy
+//! cgroup, a charged one, a full pool, v2, whose `memory.peak` cannot be reset before Linux
+//! 6.12) is removed as before. Pooled cgroups are named `task-<n>` like any other, so the reaper
+//! and the startup sweep treat them alike.
+//!
 //! Every operation here is blocking file IO on cgroupfs: the agent runs them on its launcher
 //! and janitor threads (`launcher.rs`), never on its event loop.
 
@@ -48,7 +60,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use borealis_core::TaskId;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The cpu period of the hard cpu limit (the kernel's default period).
 const CPU_PERIOD_US: u64 = 100_000;
@@ -60,6 +72,10 @@ const FREEZE_WAIT: Duration = Duration::from_secs(1);
 const KILL_PASSES: u32 = 20;
 /// The prefix of a task's cgroup name.
 const TASK_PREFIX: &str = "task-";
+/// Most empty cgroups kept for reuse.
+pub(crate) const POOL_MAX: usize = 1024;
+/// Most memory still charged to an empty cgroup that is reused.
+pub(crate) const REUSE_CHARGE_MAX: u64 = 1 << 20;
 
 /// The limits of one task's cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,21 +118,25 @@ enum Kind {
 #[derive(Debug)]
 pub(crate) struct Cgroups {
     kind: Kind,
+    /// Empty, reset cgroups waiting for a task (see "Reuse").
+    pool: crossbeam::queue::ArrayQueue<TaskCgroup>,
+    /// The number of the next new cgroup (unique within the subtree for this run).
+    next: AtomicU64,
+    /// A random-enough start for `next`, so a restarted agent does not collide with leftovers.
+    run: u64,
 }
 
 /// One task's cgroup: its name in the subtree of every hierarchy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TaskCgroup {
     name: String,
+    /// OOM kills counted before this use (a reused cgroup's count cannot be reset).
+    oom_base: u64,
+    /// The limits it has (a reused cgroup whose next task has the same needs no writes).
+    limits: Option<Limits>,
 }
 
 impl TaskCgroup {
-    pub fn of(task_id: TaskId) -> TaskCgroup {
-        TaskCgroup {
-            name: format!("{TASK_PREFIX}{task_id}"),
-        }
-    }
-
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -400,17 +420,15 @@ impl Cgroups {
         }
         let memsw = memory.join("memory.memsw.limit_in_bytes").exists();
         let cpuacct = cpuacct.filter(|d| *d != cpu || d.join("cpuacct.usage").exists());
-        Ok(Cgroups {
-            kind: Kind::V1 {
-                dirs,
-                cpu,
-                cpuacct,
-                memory,
-                pids,
-                freezer,
-                memsw,
-            },
-        })
+        Ok(Cgroups::with(Kind::V1 {
+            dirs,
+            cpu,
+            cpuacct,
+            memory,
+            pids,
+            freezer,
+            memsw,
+        }))
     }
 
     fn setup_v2(own_dir: &Path, name: &str) -> Result<Cgroups, String> {
@@ -447,9 +465,70 @@ impl Cgroups {
         })?;
         let swap =
             subtree.join("memory.swap.max").exists() || own_dir.join("memory.swap.max").exists();
-        Ok(Cgroups {
-            kind: Kind::V2 { subtree, swap },
-        })
+        Ok(Cgroups::with(Kind::V2 { subtree, swap }))
+    }
+
+    fn with(kind: Kind) -> Cgroups {
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        Cgroups {
+            kind,
+            pool: crossbeam::queue::ArrayQueue::new(POOL_MAX),
+            next: AtomicU64::new(0),
+            run,
+        }
+    }
+
+    /// A cgroup for a task, with its limits: a pooled one, else a new one.
+    pub fn acquire(&self, limits: &Limits) -> Result<TaskCgroup, String> {
+        if let Some(mut cg) = self.pool.pop() {
+            if cg.limits == Some(*limits) || self.set_limits(&cg, limits).is_ok() {
+                cg.limits = Some(*limits);
+                cg.oom_base = 0;
+                cg.oom_base = self.usage(&cg).oom_kills;
+                return Ok(cg);
+            }
+            // It cannot take these limits (say, the memory limit below what it still holds):
+            // a new one instead.
+            let _ = self.remove(&cg);
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let cg = TaskCgroup {
+            name: format!("{TASK_PREFIX}{:x}-{n:x}", self.run),
+            oom_base: 0,
+            limits: Some(*limits),
+        };
+        self.create(&cg, limits)?;
+        Ok(cg)
+    }
+
+    /// The task is done with its (empty) cgroup: reset and pooled when it can be reused (see
+    /// "Reuse"), else removed (an error: still busy, retry later).
+    pub fn release(&self, cg: TaskCgroup) -> io::Result<()> {
+        if let Kind::V1 {
+            cpuacct, memory, ..
+        } = &self.kind
+        {
+            let memory = memory.join(&cg.name);
+            let charged = read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(u64::MAX);
+            if charged <= REUSE_CHARGE_MAX && self.is_empty(&cg) {
+                let reset =
+                    write_file(&memory.join("memory.max_usage_in_bytes"), "0").and_then(|()| {
+                        match cpuacct {
+                            Some(d) => write_file(&d.join(&cg.name).join("cpuacct.usage"), "0"),
+                            None => Ok(()),
+                        }
+                    });
+                if reset.is_ok() {
+                    match self.pool.push(cg) {
+                        Ok(()) => return Ok(()),
+                        Err(cg) => return self.remove(&cg),
+                    }
+                }
+            }
+        }
+        self.remove(&cg)
     }
 
     /// `"cgroup v2 at <dir>"` or `"cgroup v1 (<dirs>)"`, for the startup log.
@@ -491,10 +570,9 @@ impl Cgroups {
         }
     }
 
-    /// Creates the task's cgroup with its limits. A leftover of the same name (a task the
-    /// agent relaunches after a restart) is killed and replaced. Nothing is left behind on an
-    /// error.
-    pub fn create(&self, cg: &TaskCgroup, limits: &Limits) -> Result<(), String> {
+    /// Creates the task's cgroup with its limits. A leftover of the same name is killed and
+    /// replaced. Nothing is left behind on an error.
+    fn create(&self, cg: &TaskCgroup, limits: &Limits) -> Result<(), String> {
         let dirs = self.task_dirs(cg);
         if dirs.iter().any(|d| d.exists()) {
             self.kill_all(cg);
@@ -544,8 +622,12 @@ impl Cgroups {
                 write_named(&cpu, "cpu.shares", &shares.to_string())?;
                 write_named(&cpu, "cpu.cfs_quota_us", &quota.to_string())?;
                 let memory = memory.join(&cg.name);
-                write_named(&memory, "memory.limit_in_bytes", &ram_bytes)?;
-                if *memsw {
+                // memsw may never be below the memory limit: lowering goes memory first,
+                // raising (a reused cgroup) memsw first.
+                if write_named(&memory, "memory.limit_in_bytes", &ram_bytes).is_err() && *memsw {
+                    write_named(&memory, "memory.memsw.limit_in_bytes", &ram_bytes)?;
+                    write_named(&memory, "memory.limit_in_bytes", &ram_bytes)?;
+                } else if *memsw {
                     write_named(&memory, "memory.memsw.limit_in_bytes", &ram_bytes)?;
                 }
                 write_named(&pids_dir.join(&cg.name), "pids.max", &pids)?;
@@ -693,7 +775,8 @@ impl Cgroups {
                     oom_kills: read_to_string(&memory.join("memory.oom_control"))
                         .ok()
                         .and_then(|t| keyed(&t, "oom_kill"))
-                        .unwrap_or(0),
+                        .unwrap_or(0)
+                        .saturating_sub(cg.oom_base),
                 }
             }
             Kind::V2 { subtree, .. } => {
@@ -705,7 +788,9 @@ impl Cgroups {
                         .and_then(|t| keyed(&t, "usage_usec"))
                         .map_or(0, |us| us / 1_000),
                     peak_memory_bytes: read_u64(&dir.join("memory.peak")).unwrap_or(0),
-                    oom_kills: keyed(&events, "oom_kill").unwrap_or(0),
+                    oom_kills: keyed(&events, "oom_kill")
+                        .unwrap_or(0)
+                        .saturating_sub(cg.oom_base),
                 }
             }
         }
@@ -748,7 +833,14 @@ impl Cgroups {
                 scan(d);
             }
         }
-        names.into_iter().map(|name| TaskCgroup { name }).collect()
+        names
+            .into_iter()
+            .map(|name| TaskCgroup {
+                name,
+                oom_base: 0,
+                limits: None,
+            })
+            .collect()
     }
 
     /// Kills and removes every task cgroup an earlier run of this agent left (its reaper

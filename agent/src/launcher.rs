@@ -1,17 +1,20 @@
 //! The agent's two worker threads, which do every blocking step of a task's life so that the
 //! event loop never waits on a disk or on cgroupfs:
 //!
-//! - the **launcher** looks up the task's user, creates its sandbox, creates its cgroup with
-//!   its limits, and spawns its process (`spawn.rs`, one process creation per task), then hands
-//!   the started task back to the event loop. It is long-lived on purpose: every task's
-//!   `PR_SET_PDEATHSIG` is tied to it. It also starts the agent's reaper (`reaper.rs`).
+//! - the **launchers** (one per core, two to four) look up the task's user, create its sandbox,
+//!   create its cgroup with its limits, and spawn its process (`spawn.rs`, one process creation
+//!   per task), then hand the started task back to the event loop. Several, because a launch is
+//!   mostly waiting on the kernel (inode and cgroup creation, the child's exec, during which
+//!   `CLONE_VFORK` holds the launching thread), and launches of different tasks are
+//!   independent. They are long-lived on purpose: every task's `PR_SET_PDEATHSIG` is tied to
+//!   the thread that started it. One of them also starts the agent's reaper (`reaper.rs`).
 //! - the **janitor**, once a task's process has exited, kills what is left in its cgroup,
 //!   reads what the cgroup used (CPU time, peak memory, OOM kills) and removes it; and it
 //!   carries out the final SIGKILL of a kill (freeze, kill, thaw). A cgroup that cannot be
 //!   removed yet (a process stuck in the kernel) is retried later, bounded.
 //!
-//! Both take jobs in arrival order from an unbounded channel and work through everything
-//! queued before waiting again (one wake-up per burst, not per task). The channels are bounded
+//! Both take jobs in arrival order from unbounded channels (the launchers share one) and work
+//! through everything queued before waiting again (one wake-up per burst, not per task). The channels are bounded
 //! in practice by the agent's task limit: at most one launch per task in its table, and one
 //! finish per started task.
 
@@ -35,6 +38,8 @@ use crate::sandbox;
 use crate::spawn::{self, Child, Credentials, Group, Spawner, Spec};
 use crate::users::{RunAs, Users};
 
+/// Most launcher threads.
+const LAUNCHERS_MAX: usize = 4;
 /// Most cgroups waiting to be removed again; beyond it the oldest is given up (logged).
 const RETRY_MAX: usize = 10_000;
 /// How often the janitor retries removing cgroups that were still busy.
@@ -81,57 +86,64 @@ enum Job {
     StartReaper,
 }
 
-/// The event loop's end of the launcher thread. Dropping it stops the thread, which SIGKILLs
-/// every task's process (their parent-death signal) and ends the lifeline.
+/// The event loop's end of the launcher threads. Dropping it stops them, which SIGKILLs every
+/// task's process (their parent-death signal) and ends the lifeline.
 pub(crate) struct Launcher {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    jobs: Option<crossbeam::channel::Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Launcher {
-    /// Starts the thread; its outputs arrive on the receiver. With cgroups it starts the
-    /// reaper first (its output is the first).
+    /// Starts the threads; their outputs arrive on the receiver. With cgroups the first starts
+    /// the reaper before anything else (its output is the first).
     pub fn start(
         settings: LauncherSettings,
         lifeline: Lifeline,
     ) -> std::io::Result<(Launcher, tokio_mpsc::UnboundedReceiver<Output>)> {
-        let (jobs_tx, jobs_rx) = mpsc::channel();
+        let (jobs_tx, jobs_rx) = crossbeam::channel::unbounded::<Job>();
         let (out_tx, out_rx) = tokio_mpsc::unbounded_channel();
-        let null = File::open("/dev/null")?;
-        let with_reaper = settings.cgroups.is_some();
-        let thread = std::thread::Builder::new()
-            .name("borealis-launcher".into())
-            .spawn(move || {
-                let mut worker = Worker {
-                    users: Users::new(settings.run_as.clone()),
-                    settings,
-                    lifeline,
-                    spawner: Spawner::new(),
-                    null,
-                };
-                if with_reaper {
-                    let reaper = worker.start_reaper();
-                    if out_tx.send(Output::Reaper(reaper)).is_err() {
-                        return;
-                    }
-                }
-                while let Ok(job) = jobs_rx.recv() {
-                    let output = match job {
-                        Job::Launch(launch) => Output::Launched {
-                            task_id: launch.task_id,
-                            result: worker.launch(&launch),
-                        },
-                        Job::StartReaper => Output::Reaper(worker.start_reaper()),
-                    };
-                    if out_tx.send(output).is_err() {
-                        break;
-                    }
-                }
-            })?;
+        let settings = Arc::new(settings);
+        let lifeline = Arc::new(lifeline);
+        let count = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, LAUNCHERS_MAX);
+        let mut threads = Vec::with_capacity(count);
+        for index in 0..count {
+            let mut worker = Worker {
+                users: Users::new(settings.run_as.clone()),
+                settings: settings.clone(),
+                lifeline: lifeline.clone(),
+                spawner: Spawner::new(),
+                null: File::open("/dev/null")?,
+            };
+            let (jobs, out) = (jobs_rx.clone(), out_tx.clone());
+            let with_reaper = index == 0 && settings.cgroups.is_some();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("borealis-launch-{index}"))
+                    .spawn(move || {
+                        if with_reaper && out.send(Output::Reaper(worker.start_reaper())).is_err() {
+                            return;
+                        }
+                        while let Ok(job) = jobs.recv() {
+                            let output = match job {
+                                Job::Launch(launch) => Output::Launched {
+                                    task_id: launch.task_id,
+                                    result: worker.launch(&launch),
+                                },
+                                Job::StartReaper => Output::Reaper(worker.start_reaper()),
+                            };
+                            if out.send(output).is_err() {
+                                break;
+                            }
+                        }
+                    })?,
+            );
+        }
         Ok((
             Launcher {
                 jobs: Some(jobs_tx),
-                thread: Some(thread),
+                threads,
             },
             out_rx,
         ))
@@ -155,16 +167,16 @@ impl Launcher {
 impl Drop for Launcher {
     fn drop(&mut self) {
         self.jobs = None;
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
 struct Worker {
-    settings: LauncherSettings,
+    settings: Arc<LauncherSettings>,
     users: Users,
-    lifeline: Lifeline,
+    lifeline: Arc<Lifeline>,
     spawner: Spawner,
     null: File,
 }
@@ -198,17 +210,12 @@ impl Worker {
         ];
         let cgroup = match &self.settings.cgroups {
             Some(cgroups) => {
-                let cg = TaskCgroup::of(launch.task_id);
                 let resources = &launch.config.resources;
-                cgroups.create(
-                    &cg,
-                    &Limits {
-                        cpu_millis: resources.cpu_millis,
-                        ram_mib: resources.ram_mib,
-                        pids_max: self.settings.pids_max,
-                    },
-                )?;
-                Some(cg)
+                Some(cgroups.acquire(&Limits {
+                    cpu_millis: resources.cpu_millis,
+                    ram_mib: resources.ram_mib,
+                    pids_max: self.settings.pids_max,
+                })?)
             }
             None => None,
         };
@@ -384,7 +391,7 @@ fn do_chore(cgroups: &Cgroups, chore: Chore, retry: &mut VecDeque<(TaskCgroup, I
                 cgroups.kill_all(&cgroup);
             }
             let usage = cgroups.usage(&cgroup);
-            if let Err(e) = cgroups.remove(&cgroup) {
+            if let Err(e) = cgroups.release(cgroup.clone()) {
                 tracing::debug!(cgroup = %cgroup.name(), error = %e, "cgroup busy; removing it later");
                 if retry.len() >= RETRY_MAX {
                     if let Some((old, _)) = retry.pop_front() {

@@ -35,7 +35,7 @@ pub(crate) fn port_env_name(name: &str) -> String {
 
 /// A task's whole environment, built from nothing (the agent's own is not inherited):
 /// `PATH` ([`TASK_PATH`]), `HOME` (the sandbox), `USER` and `LOGNAME` (the task's user),
-/// `TMPDIR` (the sandbox's `tmp`), `PWD`, and Borealis's own: `BOREALIS_TASK_ID`,
+/// `TMPDIR` (the sandbox: one inode fewer per task than a `tmp` in it), `PWD`, and Borealis's own: `BOREALIS_TASK_ID`,
 /// `_INSTANCE_ID`, `_JOB_KEY`, `_SANDBOX`, one `BOREALIS_PORT_<NAME>` per named port and
 /// `BOREALIS_PORTS` (`name=port,...`).
 pub(crate) fn task_environment(
@@ -48,7 +48,7 @@ pub(crate) fn task_environment(
         ("HOME".into(), sandbox.into()),
         ("USER".into(), user.name.clone().into()),
         ("LOGNAME".into(), user.name.clone().into()),
-        ("TMPDIR".into(), sandbox.join("tmp").into()),
+        ("TMPDIR".into(), sandbox.into()),
         ("PWD".into(), sandbox.into()),
         ("BOREALIS_TASK_ID".into(), launch.task_id.to_string().into()),
         (

@@ -9,8 +9,8 @@
 //! Creation opens each directory relative to its parent's descriptor with `O_NOFOLLOW |
 //! O_DIRECTORY`, so a symlink anywhere on the path (planted by a task user, who owns only its
 //! own task directory) fails the launch instead of being followed. The parents belong to the
-//! agent (mode 0755); the task directory, its `stdout`, `stderr` and `tmp` belong to the task's
-//! user (0750, 0640, 0700), so one task's user cannot read or write another's sandbox, nor
+//! agent (mode 0755); the task directory, its `stdout` and `stderr` belong to the task's
+//! user (0750, 0640), so one task's user cannot read or write another's sandbox, nor
 //! create anything beside its own.
 
 use std::ffi::CString;
@@ -155,7 +155,7 @@ fn create_file(dir: RawFd, name: &str, owner: Option<&Credentials>) -> io::Resul
 
 /// Creates the task's sandbox under `work_dir` (see the module documentation): the parents as
 /// needed, the task directory new (an existing one is an error: a task id is never reused),
-/// with `stdout`, `stderr` and `tmp`, owned by `owner` (None: the agent's user).
+/// with `stdout` and `stderr`, owned by `owner` (None: the agent's user).
 pub(crate) fn create(
     work_dir: &Path,
     of: Of<'_>,
@@ -199,8 +199,6 @@ pub(crate) fn create(
     chown(task_dir.as_raw_fd(), owner).map_err(fail)?;
     let stdout = create_file(task_dir.as_raw_fd(), "stdout", owner).map_err(fail)?;
     let stderr = create_file(task_dir.as_raw_fd(), "stderr", owner).map_err(fail)?;
-    let tmp = make_dir(task_dir.as_raw_fd(), "tmp", 0o700).map_err(fail)?;
-    chown(tmp.as_raw_fd(), owner).map_err(fail)?;
     Ok(Sandbox {
         path,
         dir: task_dir,
@@ -280,7 +278,6 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let sandbox = make(work.path(), "r", "e", "n").unwrap();
         assert!(sandbox.path.join("stdout").is_file());
-        assert!(sandbox.path.join("tmp").is_dir());
         // The same task again: refused, nothing overwritten.
         assert!(make(work.path(), "r", "e", "n").is_err());
         // A symlink planted where a parent goes is not followed.

@@ -1342,6 +1342,38 @@ async fn a_task_past_its_memory_limit_fails_with_the_limit() {
 }
 
 #[tokio::test]
+async fn a_reused_cgroup_starts_clean() {
+    // One task at a time, so each reuses the cgroup the one before left: an OOM kill, a big
+    // peak and CPU time must not carry over to the next.
+    let harness = Harness::start().await;
+    let mut conn = Conn::accept(&harness.listener).await;
+    conn.registration().await;
+    conn.launch_config(0x111, 0, &sized_config("tail /dev/zero", 32, 16), &[])
+        .await;
+    conn.status(0x111, TaskState::Failed).await;
+    conn.launch_config(
+        0x112,
+        0,
+        &sized_config(
+            "head -c 20000000 /dev/zero | tail -c 20000000 > /dev/null",
+            64,
+            16,
+        ),
+        &[],
+    )
+    .await;
+    let big = conn.status(0x112, TaskState::Finished).await.usage.unwrap();
+    assert!(big.peak_memory_bytes >= 16 << 20, "{big:?}");
+    conn.launch_config(0x113, 0, &sized_config("true", 64, 16), &[])
+        .await;
+    let small = conn.status(0x113, TaskState::Finished).await;
+    let usage = small.usage.unwrap();
+    assert!(usage.peak_memory_bytes < 8 << 20, "{usage:?}");
+    assert_eq!(small.message, "exited with status 0");
+    harness.stop().await;
+}
+
+#[tokio::test]
 async fn a_task_over_its_disk_limit_fails_with_the_limit() {
     let harness = Harness::start_with(|a| a.disk_check_interval = Duration::from_millis(100)).await;
     let mut conn = Conn::accept(&harness.listener).await;
