@@ -642,11 +642,24 @@ fn decode_chunked(mut rest: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// A temp dir for a cluster (its logs, data, and whatever its flags name).
+///
+/// Made searchable and readable by others (0755; tempfile creates it 0700): tasks run as
+/// unprivileged users (`--executor-user nobody`, or their role's user) and must reach their
+/// sandboxes under it, and the agent refuses a work dir with an ancestor others cannot search.
 pub fn temp_dir() -> TempDir {
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix("borealis-e2e-")
         .tempdir()
-        .expect("create a temp dir")
+        .expect("create a temp dir");
+    make_searchable(dir.path());
+    dir
+}
+
+/// `chmod 0755 path`: task users (not root) must be able to search it.
+pub fn make_searchable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod 0755 {}: {e}", path.display()));
 }
 
 /// An agent to start: its identity, what it offers, its attributes.
@@ -662,6 +675,15 @@ pub struct AgentSpec {
     pub attributes: Vec<String>,
     /// More `borealis agent` flags (TLS, say).
     pub extra_args: Vec<String>,
+    /// `--executor-user USER`. `Some("nobody")` by default: the roles the tests use (`www`
+    /// and the like) are no users of this machine, and with the agent's default (`root`) a
+    /// root agent runs each task as its role's user. `None` passes no flag: role-user
+    /// semantics (a test that sets `--executor-user` itself in `extra_args` needs `None`).
+    pub executor_user: Option<String>,
+    /// Whether the agent keeps its default executor reservation (`--thermos-executor-cpu`,
+    /// `--thermos-executor-ram`, reserved once from what it offers). `false` by default: the
+    /// harness passes 0 for both, so an agent offers exactly `cpus` and `ram`.
+    pub executor_reservation: bool,
 }
 
 impl AgentSpec {
@@ -676,6 +698,8 @@ impl AgentSpec {
             ports: "31000-31099".into(),
             attributes: vec!["rack=r1".into()],
             extra_args: Vec::new(),
+            executor_user: Some("nobody".into()),
+            executor_reservation: false,
         }
     }
 
@@ -683,6 +707,36 @@ impl AgentSpec {
         self.cpus = cpus;
         self
     }
+
+    /// `--executor-user`: `None` for the agent's default (role-user semantics under root).
+    pub fn executor_user(mut self, user: Option<&str>) -> AgentSpec {
+        self.executor_user = user.map(str::to_string);
+        self
+    }
+
+    /// The flags the harness adds for this spec: `--thermos-executor-cpu 0
+    /// --thermos-executor-ram 0` (unless [`AgentSpec::executor_reservation`]) and
+    /// `--executor-user` (if [`AgentSpec::executor_user`]).
+    pub fn harness_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if !self.executor_reservation {
+            for flag in ["--thermos-executor-cpu", "--thermos-executor-ram"] {
+                flags.extend([flag.to_string(), "0".to_string()]);
+            }
+        }
+        if let Some(user) = &self.executor_user {
+            flags.extend(["--executor-user".to_string(), user.clone()]);
+        }
+        flags
+    }
+}
+
+/// Creates an agent's work dir `<dir>/agent-<id>`, 0755 (task users search it), canonical.
+fn agent_work_dir(dir: &Path, agent_id: &str) -> PathBuf {
+    let work_dir = dir.join(format!("agent-{agent_id}"));
+    fs::create_dir_all(&work_dir).expect("create the agent's work dir");
+    make_searchable(&work_dir);
+    work_dir.canonicalize().expect("canonicalize the work dir")
 }
 
 /// A running agent.
@@ -730,6 +784,7 @@ impl Cluster {
         agents: &[AgentSpec],
     ) -> Cluster {
         let client_flags: Vec<String> = client_flags.iter().map(|s| s.to_string()).collect();
+        make_searchable(dir.path());
         let (port, scheduler) = start_scheduler(dir.path(), scheduler_args, &client_flags);
         let mut cluster = Cluster {
             port,
@@ -785,9 +840,7 @@ impl Cluster {
 
     /// Starts an agent and waits until the scheduler logs its registration.
     pub fn start_agent(&mut self, spec: AgentSpec) -> &Agent {
-        let work_dir = self.dir().join(format!("agent-{}", spec.agent_id));
-        fs::create_dir_all(&work_dir).expect("create the agent's work dir");
-        let work_dir = work_dir.canonicalize().expect("canonicalize the work dir");
+        let work_dir = agent_work_dir(self.dir(), &spec.agent_id);
         let mut args: Vec<String> = [
             "agent",
             "--scheduler",
@@ -814,6 +867,7 @@ impl Cluster {
             args.push("--attribute".into());
             args.push(attribute.clone());
         }
+        args.extend(spec.harness_flags());
         args.extend(spec.extra_args.iter().cloned());
         let mut proc = Proc::spawn(&format!("agent-{}", spec.agent_id), &args, self.dir());
         let scheduler = &self.scheduler;
@@ -1362,6 +1416,7 @@ impl HaCluster {
             .prefix("borealis-ha-")
             .tempdir()
             .expect("create a temp dir");
+        make_searchable(dir.path());
         let etcd = Etcd::start(dir.path());
         let mut cluster = HaCluster {
             agents: Vec::new(),
@@ -1509,9 +1564,7 @@ impl HaCluster {
     /// Starts an agent whose `--scheduler` lists every scheduler, and waits until scheduler
     /// `leader`'s log has its registration.
     pub fn start_agent(&mut self, spec: AgentSpec, leader: usize) -> &Agent {
-        let work_dir = self.dir().join(format!("agent-{}", spec.agent_id));
-        fs::create_dir_all(&work_dir).expect("create the agent's work dir");
-        let work_dir = work_dir.canonicalize().expect("canonicalize the work dir");
+        let work_dir = agent_work_dir(self.dir(), &spec.agent_id);
         let mut args: Vec<String> = [
             "agent",
             "--scheduler",
@@ -1538,6 +1591,7 @@ impl HaCluster {
             args.push("--attribute".into());
             args.push(attribute.clone());
         }
+        args.extend(spec.harness_flags());
         let proc = Proc::spawn(&format!("agent-{}", spec.agent_id), &args, self.dir());
         self.agents.push(Agent {
             spec,
@@ -1738,15 +1792,17 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
     pids
 }
 
-/// The task sandboxes an agent created for `job` (`role/env/name`):
-/// `<work dir>/sandboxes/<role>.<env>.<name>/<instance>/<task id>`, as (instance, task id).
+/// The task sandboxes an agent created for `job` (`role/env/name`), as (instance, task id):
+/// `<work dir>/sandboxes/<role>/<env>/<name>/<instance>/<task id>`.
 pub fn sandboxes_of(agent: &Agent, job: &str) -> std::collections::BTreeSet<(u64, String)> {
-    let root = agent.work_dir.join("sandboxes").join(job.replace('/', "."));
+    let sandboxes = agent.work_dir.join("sandboxes");
     let mut found = std::collections::BTreeSet::new();
-    let Ok(instances) = fs::read_dir(&root) else {
-        return found;
-    };
-    for instance_dir in instances.flatten() {
+    let roots = [sandboxes.join(job)];
+    for instance_dir in roots
+        .iter()
+        .filter_map(|root| fs::read_dir(root).ok())
+        .flat_map(|entries| entries.flatten())
+    {
         let Some(instance) = instance_dir
             .file_name()
             .to_str()
@@ -1766,6 +1822,123 @@ pub fn sandboxes_of(agent: &Agent, job: &str) -> std::collections::BTreeSet<(u64
         }
     }
     found
+}
+
+/// Processes whose command line or environment contains `marker` (from `/proc/*/cmdline`
+/// and `/proc/*/environ`; the environment of other users' processes needs root), excluding
+/// this process and zombies. A task's descendants inherit its environment (BOREALIS_JOB_KEY,
+/// or a variable the command exports), even those that left its process group and session.
+pub fn processes_marked(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let marker = marker.as_bytes();
+    let contains = |bytes: &[u8]| bytes.windows(marker.len()).any(|w| w == marker);
+    let mut pids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            ["cmdline", "environ"].iter().any(|file| {
+                fs::read(format!("/proc/{pid}/{file}")).is_ok_and(|bytes| contains(&bytes))
+            })
+        })
+        .filter(|&pid| !process_is_dead(pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// SIGKILLs every process [`processes_marked`] with `marker` finds (a few passes, bounded):
+/// what a test that lets tasks escape calls when it ends, so that it leaves nothing behind.
+pub fn kill_marked(marker: &str) {
+    for _ in 0..5 {
+        let pids = processes_marked(marker);
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: sending a signal has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Calls [`kill_marked`] with its marker when dropped (also when the test fails).
+#[derive(Debug)]
+pub struct KillMarkedOnDrop(pub String);
+
+impl Drop for KillMarkedOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            kill_marked(&self.0);
+        }
+    }
+}
+
+/// A unique string for this test run: `<prefix><pid hex><time hex>`, lowercase letters and
+/// digits after the prefix (fit for user names, job names and markers).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{:x}{n}", std::process::id(), nanos % 0x10_0000)
+}
+
+/// What a terminal task used, from the `"usage"` object of its `job status --json` entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskUsage {
+    pub cpu_time_ms: u64,
+    pub peak_memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+/// The task's usage; `None` when its entry has no `"usage"` object (no usage reported, or a
+/// CLI from before usage was shown). Panics on a `"usage"` missing one of its fields.
+pub fn task_usage(task: &Value) -> Option<TaskUsage> {
+    let usage = task.get("usage")?;
+    if usage.is_null() {
+        return None;
+    }
+    let get = |name: &str| {
+        usage[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("usage has no unsigned {name}: {task}"))
+    };
+    Some(TaskUsage {
+        cpu_time_ms: get("cpu_time_ms"),
+        peak_memory_bytes: get("peak_memory_bytes"),
+        disk_bytes: get("disk_bytes"),
+    })
+}
+
+/// Whether this process runs as root (uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// For tests that need root (cgroups, users): `true` to go on. Not root: with
+/// `BOREALIS_SKIP_ROOT_TESTS=1` it prints a note and returns `false` (the test returns and
+/// passes), otherwise it panics saying so.
+pub fn root_or_skip(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("BOREALIS_SKIP_ROOT_TESTS").is_ok_and(|v| v == "1") {
+        eprintln!("note: {test} skipped: it needs root (BOREALIS_SKIP_ROOT_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "{test} needs root (task cgroups and users): run the tests as root, or set \
+         BOREALIS_SKIP_ROOT_TESTS=1 to skip it"
+    );
 }
 
 /// Starts one HA scheduler on fresh ports.

@@ -334,7 +334,7 @@ fn kill9_mid_stream_loses_nothing_acknowledged() {
                     let stdout = a
                         .work_dir
                         .join("sandboxes")
-                        .join(job.replace('/', "."))
+                        .join(job)
                         .join(instance(task).to_string())
                         .join(field(task, "task_id"))
                         .join("stdout");

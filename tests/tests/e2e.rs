@@ -78,8 +78,7 @@ fn twenty_instances_finish_with_output() {
         let sandbox = field(task, "sandbox");
         let expected = agent
             .work_dir
-            .join("sandboxes")
-            .join("www.devel.hello")
+            .join("sandboxes/www/devel/hello")
             .join(i.to_string())
             .join(field(task, "task_id"));
         assert_eq!(Path::new(sandbox), expected, "sandbox of {task}");

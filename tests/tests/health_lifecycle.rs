@@ -65,7 +65,7 @@ fn sandbox_of(cluster: &Cluster, job: &str, task: &Value) -> PathBuf {
     cluster.agents[0]
         .work_dir
         .join("sandboxes")
-        .join(job.replace('/', "."))
+        .join(job)
         .join("0")
         .join(field(task, "task_id"))
 }

@@ -64,6 +64,9 @@ fn term_marking_command(dir: &Path) -> String {
 fn marker_dir(cluster: &Cluster) -> PathBuf {
     let dir = cluster.dir().join("markers");
     fs::create_dir_all(&dir).expect("create the marker dir");
+    // Tasks run as `nobody` (the harness's --executor-user): they must be able to write here.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).expect("chmod the marker dir");
     dir.canonicalize().expect("canonicalize the marker dir")
 }
 
