@@ -1030,6 +1030,16 @@ struct TaskJson<'a> {
     /// What the task used (`cpu_time_ms`, `peak_memory_bytes`, `disk_bytes`), as its agent
     /// reported when it ended; null before that, or when the agent measured nothing.
     usage: Option<borealis_core::TaskUsage>,
+    /// The task's latest state changes, oldest first.
+    events: Vec<TaskEventJson<'a>>,
+}
+
+/// One state change of a task in `status --json`.
+#[derive(serde::Serialize)]
+struct TaskEventJson<'a> {
+    unix_ms: u64,
+    state: &'static str,
+    message: &'a str,
 }
 
 #[derive(serde::Serialize)]
@@ -1045,7 +1055,8 @@ struct JobStatusJson<'a> {
 /// "failure_count", "exit_code", "message", "ports": {name: port}, "sandbox",
 /// "pending_reason": "" unless PENDING and not placed, "preempted_by": "<16 hex digits>" or
 /// null, "usage": {"cpu_time_ms", "peak_memory_bytes", "disk_bytes"} (what an ended task used,
-/// as its agent measured it: CPU time in ms, peak memory and sandbox size in bytes) or null}]}`,
+/// as its agent measured it: CPU time in ms, peak memory and sandbox size in bytes) or null,
+/// "events": [{"unix_ms", "state", "message"}] (its latest state changes, oldest first)}]}`,
 /// tasks in instance order.
 pub fn status_json(status: &JobStatusView) -> String {
     let mut tasks: Vec<_> = status.tasks.iter().collect();
@@ -1068,6 +1079,15 @@ pub fn status_json(status: &JobStatusView) -> String {
                 pending_reason: &t.pending_reason,
                 preempted_by: t.preempted_by.map(|id| TaskId(id).to_string()),
                 usage: t.usage,
+                events: t
+                    .events
+                    .iter()
+                    .map(|e| TaskEventJson {
+                        unix_ms: e.unix_ms,
+                        state: state_name(e.state),
+                        message: &e.message,
+                    })
+                    .collect(),
             })
             .collect(),
     };
@@ -1394,7 +1414,11 @@ pub(crate) mod tests {
                     sandbox: "/var/sb/2".into(),
                     pending_reason: "".into(),
                     preempted_by: None,
-                    events: vec![],
+                    events: vec![borealis_net::views::TaskEventView {
+                        unix_ms: 1_700_000_000_000,
+                        state: Some(TaskState::Finished),
+                        message: "exited 0".into(),
+                    }],
                     usage: None,
                 },
                 TaskInfoView {
@@ -1501,7 +1525,8 @@ pub(crate) mod tests {
                     "sandbox": "/path",
                     "pending_reason": "",
                     "preempted_by": null,
-                    "usage": null
+                    "usage": null,
+                    "events": []
                 },
                 {
                     "task_id": "0000000000001234",
@@ -1516,7 +1541,10 @@ pub(crate) mod tests {
                     "sandbox": "/var/sb/2",
                     "pending_reason": "",
                     "preempted_by": null,
-                    "usage": null
+                    "usage": null,
+                    "events": [
+                        {"unix_ms": 1_700_000_000_000u64, "state": "FINISHED", "message": "exited 0"}
+                    ]
                 }
             ]
         });
@@ -1722,7 +1750,7 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
         assert_eq!(got["tasks"][2]["usage"], serde_json::Value::Null);
         let text = status_json(&status);
         assert!(
-            text.contains(r#""preempted_by":"6b08000001000002","usage":{"cpu_time_ms":1234,"peak_memory_bytes":58720256,"disk_bytes":3221225472}}"#),
+            text.contains(r#""preempted_by":"6b08000001000002","usage":{"cpu_time_ms":1234,"peak_memory_bytes":58720256,"disk_bytes":3221225472},"events":[{"unix_ms":1700000000000,"state":"FINISHED","message":"exited 0"}]}"#),
             "{text}"
         );
     }
