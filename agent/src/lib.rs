@@ -2,24 +2,25 @@
 //! process.
 //!
 //! It connects to the scheduler, registers its resources and attributes, runs the tasks the
-//! scheduler launches as real processes (`sh -c <command>`, one process group each, in a
-//! sandbox directory), checks their health (HTTP or shell; RUNNING only once healthy, killed
+//! scheduler launches as real processes (`sh -c <command>`, each in a cgroup with its limits
+//! and a sandbox directory, as its role's user), checks their health (HTTP or shell; RUNNING only once healthy, killed
 //! when unhealthy), kills them on request (with an HTTP lifecycle: POST the graceful, then the
 //! shutdown endpoint; then SIGTERM, `finalization_wait_secs`, SIGKILL) and reports their
 //! states (STARTING, RUNNING, then FINISHED, FAILED, KILLED or LOST).
 //!
 //! Design:
-//! - One task (future) owns all agent state; no locks. Children are spawned from the thread
-//!   that polls [`run_until`] (the runtime's own thread under [`run`]), because
-//!   `PR_SET_PDEATHSIG` fires when the spawning *thread* exits: tasks die with the agent.
-//! - `PR_SET_PDEATHSIG` reaches only the task's shell, so each task's process group also
-//!   holds a guard (`sh` reading the agent's never-written "lifeline" pipe) that kills the
-//!   whole group when the agent process dies and the pipe ends: background children and
-//!   grandchildren die with the agent too (see `process.rs`).
-//! - Each child has a small watcher task (`watch.rs`) that waits for it, runs its health
+//! - One task (future) owns all agent state; no locks. Every blocking step of a task's life
+//!   runs on the agent's own threads (`launcher.rs`): launchers create the sandbox
+//!   (`sandbox.rs`), the cgroup (`cgroup.rs`) and the process (`spawn.rs`: one `clone(CLONE_VM
+//!   | CLONE_VFORK)` per task), a janitor cleans up after it; user lookups are `users.rs`.
+//! - No task outlives the agent: a per-agent reaper kills every task cgroup when the agent
+//!   dies, whatever kills it (`reaper.rs`); `--isolation none` has a guard per task instead.
+//! - Each child has a small watcher task (`watch.rs`) that waits on its pidfd, runs its health
 //!   checks (`health.rs`, one in flight per task), carries out the kill sequence (`kill.rs`)
-//!   and reports "healthy" and the exit on one bounded channel; the event loop never waits on
-//!   a task. HTTP to a task (`http.rs`) goes only to 127.0.0.1 and the task's own ports.
+//!   and reports "healthy" and the exit (with what the task used) on one bounded channel; the
+//!   event loop never waits on a task. HTTP to a task (`http.rs`) goes only to 127.0.0.1 and
+//!   the task's own ports. Sandboxes are measured against their disk limits (`disk.rs`) and
+//!   removed after `--gc-delay` (`sandbox_gc.rs`).
 //! - Status updates are queued and flushed as one frame batch per event-loop turn.
 //! - The connection is re-established forever with capped exponential backoff; on every
 //!   (re)connect the agent re-registers with the statuses of every running task and of every
@@ -238,9 +239,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Runs the agent until `shutdown` completes, then kills its tasks and returns.
 ///
-/// Task processes are spawned from the thread that polls this future; poll it from a thread
-/// that lives as long as the agent (the thread of a runtime's `block_on`, or a current-thread
-/// runtime), since the children are SIGKILLed when that thread exits.
+/// Task processes are spawned from the agent's own launcher threads, which live until this
+/// future returns (the tasks' parent-death signal is tied to them).
 pub async fn run_until(args: AgentArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let log_server = config::resolve_log_server(&args.serve)?;
     let mut config = config::Config::resolve(args)?;
