@@ -133,12 +133,20 @@ if grep -q -- '--http-port' <<<"$agent_help"; then
 else
   echo "ui-test: this agent has no --http-port: its log server runs on its defaults" >&2
 fi
+# The jobs' roles (www, batch) are no users here: tasks run as nobody, who must reach the
+# sandboxes; the agent's tasks are isolated where this machine has cgroups.
+agent_users=()
+if grep -q -- '--executor-user' <<<"$agent_help"; then
+  agent_users=(--executor-user nobody --isolation auto)
+  chmod 0755 "$tmp"
+fi
 start_agent() {
   local id="$1" ports="$2"
   mkdir -p "$tmp/$id"
+  chmod 0755 "$tmp/$id"
   "$bin" agent --scheduler "$scheduler" --agent-id "$id" --hostname "host-$id" \
     --work-dir "$tmp/$id" --cpus 4 --ram 4GiB --disk 10GiB --ports "$ports" \
-    --attribute rack=r1 "${agent_http[@]}" >"$tmp/agent-$id.log" 2>&1 &
+    --attribute rack=r1 "${agent_http[@]}" "${agent_users[@]}" >"$tmp/agent-$id.log" 2>&1 &
   pids+=($!)
 }
 start_agent a1 32000-32099

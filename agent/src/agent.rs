@@ -992,8 +992,14 @@ impl Agent {
             }
             (Ok(started), Some(pending)) => (started, pending),
             (Ok(started), None) => {
+                // Cannot happen (a launch's parts are kept until its answer): fail it rather
+                // than run it unwatched.
                 tracing::error!(task = %task_id, "a started task without its launch; killing it");
                 let _ = spawn_kill(started);
+                self.on_launched(
+                    task_id,
+                    Err("the agent lost track of the task's launch".into()),
+                );
                 return;
             }
             (Err(reason), _) => {
