@@ -65,6 +65,7 @@ use anyhow::Context;
 
 pub use config::{parse_port_ranges, parse_size_mib};
 pub use logs::{parse_task_id, HEADER_OFFSET, HEADER_SIZE, LENGTH_DEFAULT, LENGTH_MAX};
+pub use users::current_user_name;
 
 /// Command-line arguments of `borealis agent`.
 #[derive(clap::Args, Debug, Clone)]

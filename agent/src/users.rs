@@ -104,6 +104,52 @@ pub(crate) fn lookup(name: &str) -> Result<Option<User>, String> {
     }))
 }
 
+/// The process's effective user (its uid as the name when the user database has none).
+pub(crate) fn effective_user() -> User {
+    // SAFETY: plain system calls.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: a zeroed passwd filled by getpwuid_r.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: buffers valid for the call.
+    let rc = unsafe {
+        libc::getpwuid_r(
+            euid,
+            &mut pw,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    let (name, home) = if rc == 0 && !result.is_null() {
+        // SAFETY: getpwuid_r succeeded: valid C strings in `buf`.
+        unsafe {
+            (
+                CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(),
+                CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
+            )
+        }
+    } else {
+        (euid.to_string(), "/".to_string())
+    };
+    User {
+        name,
+        credentials: Credentials {
+            uid: euid,
+            gid: egid,
+            groups: Vec::new(),
+        },
+        home,
+    }
+}
+
+/// The name of the user this process runs as (`borealis up` names its sample job's role
+/// after it).
+pub fn current_user_name() -> String {
+    effective_user().name
+}
+
 /// Who the agent's tasks run as (see the module documentation).
 #[derive(Clone, Debug)]
 pub(crate) enum RunAs {
@@ -120,46 +166,8 @@ impl RunAs {
     pub fn resolve(executor_user: &str) -> Result<RunAs, String> {
         // SAFETY: plain system call.
         let euid = unsafe { libc::geteuid() };
-        let agent_user = || -> Result<User, String> {
-            // SAFETY: a zeroed passwd filled by getpwuid_r.
-            let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-            let mut buf = vec![0u8; 16 * 1024];
-            let mut result: *mut libc::passwd = std::ptr::null_mut();
-            // SAFETY: buffers valid for the call.
-            let rc = unsafe {
-                libc::getpwuid_r(
-                    euid,
-                    &mut pw,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                )
-            };
-            let (name, home) = if rc == 0 && !result.is_null() {
-                // SAFETY: valid C strings in `buf`.
-                unsafe {
-                    (
-                        CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(),
-                        CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
-                    )
-                }
-            } else {
-                (euid.to_string(), "/".to_string())
-            };
-            // SAFETY: plain system call.
-            let gid = unsafe { libc::getegid() };
-            Ok(User {
-                name,
-                credentials: Credentials {
-                    uid: euid,
-                    gid,
-                    groups: Vec::new(),
-                },
-                home,
-            })
-        };
         if euid != 0 {
-            let me = agent_user()?;
+            let me = effective_user();
             if executor_user != "root" && executor_user != me.name {
                 return Err(format!(
                     "--executor-user {executor_user}: the agent runs as {} (not root), so it \

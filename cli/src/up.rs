@@ -92,10 +92,18 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
         "  agent:     work dir {}",
         args.agent.work_dir.as_ref().expect("set").display()
     );
-    println!(
-        "  tasks:     each in a cgroup of its own where this machine has them (--isolation auto), \
-         as the user their role names"
-    );
+    let isolation = match args.agent.isolation {
+        Some(borealis_agent::Isolation::Cgroups) => {
+            "each in a cgroup of its own (--isolation cgroups)"
+        }
+        Some(borealis_agent::Isolation::None) => "without limits (--isolation none)",
+        _ => "each in a cgroup of its own where this machine has them (--isolation auto)",
+    };
+    let users = match &args.agent.executor_user {
+        Some(user) if user != "root" => format!("as user {user} (--executor-user)"),
+        _ => "as the user their role names".to_string(),
+    };
+    println!("  tasks:     {isolation}, {users}");
     println!("Submit the sample job from another terminal:");
     println!("  borealis job create {job_key} examples/hello.toml --scheduler {dial}");
     println!("  borealis job status {job_key} --scheduler {dial}");
@@ -123,33 +131,14 @@ pub fn run(mut args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name of the user running `up` (its uid when it has none).
+/// The name of the user running `up`, or `demo` when that is no valid role.
 fn current_user() -> String {
-    // SAFETY: plain system call.
-    let uid = unsafe { libc::geteuid() };
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: the buffers are valid for the call; on success the name points into `buf`.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if rc == 0 && !result.is_null() {
-        // SAFETY: getpwuid_r succeeded: a valid C string.
-        let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-        if let Ok(name) = name.to_str() {
-            if borealis_core::JobKey::new(name, "devel", "hello").is_ok() {
-                return name.to_string();
-            }
-        }
+    let name = borealis_agent::current_user_name();
+    if borealis_core::JobKey::new(&name, "devel", "hello").is_ok() {
+        name
+    } else {
+        "demo".to_string()
     }
-    "demo".to_string()
 }
 
 /// What protects the scheduler, in a line of the banner.
