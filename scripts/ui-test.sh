@@ -73,6 +73,11 @@ wait_for() {
     sleep 0.2
   done
   echo "ui-test: timed out after ${secs}s waiting for: $*" >&2
+  if [ "$1" = api_has ]; then
+    # What the API says now, for the post-mortem: every instance (a pending one says why).
+    curl -sS "${curl_auth[@]}" "$base${2%%\?*}" >&2 || true
+    echo >&2
+  fi
   return 1
 }
 
@@ -115,8 +120,13 @@ curl_auth=()
 [ -z "${BOREALIS_TOKEN:-}" ] || curl_auth=(-H "Authorization: Bearer $BOREALIS_TOKEN")
 
 # --- the scheduler
+# Placement retries within a few seconds (not Aurora's penalty of up to a minute): this test
+# is about the pages, and a job whose first attempts missed its loans (seen once in about five
+# runs: www/staging/web PENDING for 30 s beside the 64 GiB job; not reproduced in the
+# simulation, see sim/tests/policy.rs) must not take the page timeouts with it.
 "$bin" scheduler --in-memory --ip 127.0.0.1 --port "$port" --http-port "$http_port" \
   --shards 2 --no-pin --cluster-name ui-test "${scheduler_auth[@]}" \
+  --initial-schedule-penalty 200ms --max-schedule-penalty 2s \
   >"$tmp/scheduler.log" 2>&1 &
 pids+=($!)
 wait_for 30 curl -fsS "$base/health"

@@ -879,3 +879,66 @@ fn a_slot_hold_that_expires_before_its_victims_end_preempts_no_more() {
     let when = preemptions(&mut sim);
     assert_eq!(when.len(), 2, "two victims make room: {when:?}");
 }
+
+/// The browser test's cluster (scripts/ui-test.sh) in the simulation: two agents on one shard;
+/// services, and a job no agent can hold (64 GiB), on the other, whose tasks all run on
+/// borrowed offers within 30 s. The browser test once in about five runs saw `www/staging/web`
+/// still PENDING after 30 s on the real binaries; this scenario does not reproduce that (16
+/// seeds), so the cause is still open (see the issue 11 note); it guards the lending path.
+#[test]
+fn the_browser_tests_jobs_all_run_beside_one_that_cannot() {
+    for seed in 0..16 {
+        let mut sim = Sim::new(seed)
+            .shards(2)
+            .agent(
+                "a1",
+                Resources {
+                    ports: 100,
+                    ..res(3750, 3968)
+                },
+                &[("rack", "r1")],
+            )
+            .agent(
+                "a2",
+                Resources {
+                    ports: 100,
+                    ..res(3750, 3968)
+                },
+                &[("rack", "r1")],
+            );
+        let homes = sim.agent_homes();
+        if homes[0].1 != homes[1].1 {
+            continue;
+        }
+        let agent_shard = homes[0].1;
+        let elsewhere = |name: &str| {
+            (0..200)
+                .map(|i| format!("www/staging/{name}{i}"))
+                .find(|key| {
+                    borealis_store::image::shard_of(&key.parse().unwrap(), 2) != agent_shard
+                })
+                .expect("a job key on the other shard")
+        };
+        let hello = elsewhere("hello");
+        sim.create_job(&hello, JobConfig::new(2, 250, 32).service().ports(1))
+            .unwrap();
+        let huge = elsewhere("huge");
+        sim.create_job(&huge, JobConfig::new(2, 500, 64 * 1024).service())
+            .unwrap();
+        let (web, api) = (elsewhere("web"), elsewhere("api"));
+        sim.create_job(&web, JobConfig::new(2, 100, 16).service())
+            .unwrap();
+        sim.create_job(&api, JobConfig::new(2, 100, 16).service())
+            .unwrap();
+        sim.advance(30_000);
+        for key in [&hello, &web, &api] {
+            let running = in_state(&status(&mut sim, key), TaskState::Running);
+            assert_eq!(
+                running.len(),
+                2,
+                "seed {seed}: {key} after 30 s: {:?}",
+                status(&mut sim, key).tasks
+            );
+        }
+    }
+}
