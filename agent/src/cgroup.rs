@@ -260,10 +260,6 @@ fn dir_in(mount: &CgroupMount, path: &str) -> PathBuf {
     mount.mount_point.join(relative.trim_start_matches('/'))
 }
 
-fn read_to_string(path: &Path) -> io::Result<String> {
-    fs::read_to_string(path)
-}
-
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).open(path)?;
     file.write_all(value.as_bytes())
@@ -301,7 +297,7 @@ fn keyed(text: &str, key: &str) -> Option<u64> {
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
-    read_to_string(path).ok()?.trim().parse().ok()
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn kill_pid(pid: i32, signal: libc::c_int) {
@@ -317,9 +313,9 @@ impl Cgroups {
     /// Finds the hierarchy (see the module documentation) and creates the agent's subtree
     /// `name` in it. The error says what is missing or not writable.
     pub fn detect(name: &str) -> Result<Cgroups, String> {
-        let mountinfo = read_to_string(Path::new("/proc/self/mountinfo"))
+        let mountinfo = fs::read_to_string(Path::new("/proc/self/mountinfo"))
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let own = read_to_string(Path::new("/proc/self/cgroup"))
+        let own = fs::read_to_string(Path::new("/proc/self/cgroup"))
             .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         Cgroups::detect_from(&parse_mountinfo(&mountinfo), &parse_proc_cgroup(&own), name)
     }
@@ -335,7 +331,7 @@ impl Cgroups {
             own.iter().find(|(id, c, _)| id == "0" && c.is_empty()),
         ) {
             let own_dir = dir_in(mount, path);
-            let controllers = read_to_string(&own_dir.join("cgroup.controllers"))
+            let controllers = fs::read_to_string(own_dir.join("cgroup.controllers"))
                 .unwrap_or_default()
                 .split_whitespace()
                 .map(str::to_string)
@@ -485,8 +481,6 @@ impl Cgroups {
         if let Some(mut cg) = self.pool.pop() {
             if cg.limits == Some(*limits) || self.set_limits(&cg, limits).is_ok() {
                 cg.limits = Some(*limits);
-                cg.oom_base = 0;
-                cg.oom_base = self.usage(&cg).oom_kills;
                 return Ok(cg);
             }
             // It cannot take these limits (say, the memory limit below what it still holds):
@@ -503,16 +497,17 @@ impl Cgroups {
         Ok(cg)
     }
 
-    /// The task is done with its (empty) cgroup: reset and pooled when it can be reused (see
+    /// The task is done with its cgroup, whose `usage` was just read and which is `empty` (no
+    /// process left): reset and pooled when it can be reused (see
     /// "Reuse"), else removed (an error: still busy, retry later).
-    pub fn release(&self, cg: TaskCgroup) -> io::Result<()> {
+    pub fn release(&self, mut cg: TaskCgroup, usage: &Usage, empty: bool) -> io::Result<()> {
         if let Kind::V1 {
             cpuacct, memory, ..
         } = &self.kind
         {
             let memory = memory.join(&cg.name);
             let charged = read_u64(&memory.join("memory.usage_in_bytes")).unwrap_or(u64::MAX);
-            if charged <= REUSE_CHARGE_MAX && self.is_empty(&cg) {
+            if empty && charged <= REUSE_CHARGE_MAX {
                 let reset =
                     write_file(&memory.join("memory.max_usage_in_bytes"), "0").and_then(|()| {
                         match cpuacct {
@@ -521,6 +516,8 @@ impl Cgroups {
                         }
                     });
                 if reset.is_ok() {
+                    // The OOM-kill count cannot be reset: the next use starts from it.
+                    cg.oom_base += usage.oom_kills;
                     match self.pool.push(cg) {
                         Ok(()) => return Ok(()),
                         Err(cg) => return self.remove(&cg),
@@ -719,7 +716,7 @@ impl Cgroups {
                     let frozen = write_file(&dir.join("freezer.state"), "FROZEN").is_ok();
                     if frozen {
                         let start = Instant::now();
-                        while read_to_string(&dir.join("freezer.state"))
+                        while fs::read_to_string(dir.join("freezer.state"))
                             .map(|s| s.trim() == "FREEZING")
                             .unwrap_or(false)
                             && start.elapsed() < FREEZE_WAIT
@@ -772,7 +769,7 @@ impl Cgroups {
                         .map_or(0, |ns| ns / 1_000_000),
                     peak_memory_bytes: read_u64(&memory.join("memory.max_usage_in_bytes"))
                         .unwrap_or(0),
-                    oom_kills: read_to_string(&memory.join("memory.oom_control"))
+                    oom_kills: fs::read_to_string(memory.join("memory.oom_control"))
                         .ok()
                         .and_then(|t| keyed(&t, "oom_kill"))
                         .unwrap_or(0)
@@ -781,9 +778,9 @@ impl Cgroups {
             }
             Kind::V2 { subtree, .. } => {
                 let dir = subtree.join(&cg.name);
-                let events = read_to_string(&dir.join("memory.events")).unwrap_or_default();
+                let events = fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
                 Usage {
-                    cpu_time_ms: read_to_string(&dir.join("cpu.stat"))
+                    cpu_time_ms: fs::read_to_string(dir.join("cpu.stat"))
                         .ok()
                         .and_then(|t| keyed(&t, "usage_usec"))
                         .map_or(0, |us| us / 1_000),

@@ -110,6 +110,7 @@ impl Launcher {
         let mut threads = Vec::with_capacity(count);
         for index in 0..count {
             let mut worker = Worker {
+                sandboxes: sandbox::Root::open(&settings.work_dir)?,
                 users: Users::new(settings.run_as.clone()),
                 settings: settings.clone(),
                 lifeline: lifeline.clone(),
@@ -175,6 +176,8 @@ impl Drop for Launcher {
 
 struct Worker {
     settings: Arc<LauncherSettings>,
+    /// `<work_dir>/sandboxes`, open.
+    sandboxes: sandbox::Root,
     users: Users,
     lifeline: Arc<Lifeline>,
     spawner: Spawner,
@@ -193,7 +196,7 @@ impl Worker {
             .for_role(&launch.job_key.role, &self.settings.hostname)?;
         let credentials = switch.then(|| user.credentials.clone());
         let sandbox = sandbox::create(
-            &self.settings.work_dir,
+            &self.sandboxes,
             sandbox::Of::launch(launch),
             credentials.as_ref(),
         )
@@ -387,11 +390,9 @@ fn janitor(cgroups: &Cgroups, chores: mpsc::Receiver<Chore>) {
 fn do_chore(cgroups: &Cgroups, chore: Chore, retry: &mut VecDeque<(TaskCgroup, Instant)>) {
     match chore {
         Chore::Finish { cgroup, reply } => {
-            if !cgroups.is_empty(&cgroup) {
-                cgroups.kill_all(&cgroup);
-            }
+            let empty = cgroups.is_empty(&cgroup) || cgroups.kill_all(&cgroup);
             let usage = cgroups.usage(&cgroup);
-            if let Err(e) = cgroups.release(cgroup.clone()) {
+            if let Err(e) = cgroups.release(cgroup.clone(), &usage, empty) {
                 tracing::debug!(cgroup = %cgroup.name(), error = %e, "cgroup busy; removing it later");
                 if retry.len() >= RETRY_MAX {
                     if let Some((old, _)) = retry.pop_front() {

@@ -75,6 +75,33 @@ pub(crate) fn path(work_dir: &Path, of: Of<'_>) -> PathBuf {
     path
 }
 
+/// `<work_dir>/sandboxes`, held open by a launcher so that creating a sandbox does not walk
+/// the work dir's path again for every task.
+pub(crate) struct Root {
+    work_dir: PathBuf,
+    sandboxes: OwnedFd,
+}
+
+impl Root {
+    /// Opens (making it if needed) the sandboxes directory of `work_dir`, which is the
+    /// operator's and may be reached through symlinks.
+    pub fn open(work_dir: &Path) -> io::Result<Root> {
+        let dir = work_dir.join(SANDBOXES);
+        std::fs::create_dir_all(&dir)?;
+        let file = std::fs::File::open(&dir)?;
+        if !file.metadata()?.is_dir() {
+            return Err(io::Error::other(format!(
+                "{} is not a directory",
+                dir.display()
+            )));
+        }
+        Ok(Root {
+            work_dir: work_dir.to_path_buf(),
+            sandboxes: file.into(),
+        })
+    }
+}
+
 /// An open, freshly created sandbox.
 pub(crate) struct Sandbox {
     pub path: PathBuf,
@@ -156,38 +183,23 @@ fn create_file(dir: RawFd, name: &str, owner: Option<&Credentials>) -> io::Resul
 /// Creates the task's sandbox under `work_dir` (see the module documentation): the parents as
 /// needed, the task directory new (an existing one is an error: a task id is never reused),
 /// with `stdout` and `stderr`, owned by `owner` (None: the agent's user).
-pub(crate) fn create(
-    work_dir: &Path,
-    of: Of<'_>,
-    owner: Option<&Credentials>,
-) -> io::Result<Sandbox> {
-    let path = path(work_dir, of);
-    let top = cstr(
-        work_dir
-            .to_str()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "work dir not UTF-8"))?,
-    )?;
-    // SAFETY: plain system call; the work dir itself is the operator's and may be a symlink.
-    let fd = unsafe {
-        libc::open(
-            top.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return os_error(|| format!("cannot open {}", work_dir.display()));
-    }
-    // SAFETY: a fresh descriptor nothing else owns.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+pub(crate) fn create(root: &Root, of: Of<'_>, owner: Option<&Credentials>) -> io::Result<Sandbox> {
+    let path = path(&root.work_dir, of);
     let parts = components(of);
-    let (task, parents) = parts.split_last().expect("six components");
-    let mut so_far = work_dir.to_path_buf();
+    // Below `sandboxes`, which `root` holds open.
+    let (task, parents) = parts[1..].split_last().expect("six components");
+    let mut so_far = root.work_dir.join(SANDBOXES);
+    let mut dir: Option<OwnedFd> = None;
     for name in parents {
         so_far.push(name);
-        dir = make_dir(dir.as_raw_fd(), name, 0o755).map_err(|e| {
+        let parent = dir
+            .as_ref()
+            .map_or(root.sandboxes.as_raw_fd(), |d| d.as_raw_fd());
+        dir = Some(make_dir(parent, name, 0o755).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create {}: {e}", so_far.display()))
-        })?;
+        })?);
     }
+    let dir = dir.expect("four parent directories");
     let c = cstr(task)?;
     // SAFETY: plain system call.
     if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o750) } != 0 {
@@ -250,7 +262,7 @@ mod tests {
     fn make(work: &Path, role: &str, env: &str, name: &str) -> io::Result<Sandbox> {
         let job = JobKey::new(role, env, name).unwrap();
         create(
-            work,
+            &Root::open(work)?,
             Of {
                 job: &job,
                 instance: 3,

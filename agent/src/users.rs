@@ -10,7 +10,7 @@
 //!   startup.
 //!
 //! Lookups go through the system's user database (`getpwnam_r`, `getgrouplist`: NSS, so LDAP
-//! too) on the launcher thread, never on the event loop, and are cached for
+//! too) on the launcher threads, never on the event loop, and are cached for
 //! [`CACHE_TTL`] (a user created later is found within it; a bounded number of roles).
 
 use std::collections::HashMap;
@@ -31,7 +31,6 @@ const GROUPS_MAX: usize = 1024;
 pub(crate) struct User {
     pub name: String,
     pub credentials: Credentials,
-    pub home: String,
 }
 
 /// Looks `name` up: Ok(None) when there is no such user.
@@ -69,10 +68,6 @@ pub(crate) fn lookup(name: &str) -> Result<Option<User>, String> {
     if result.is_null() {
         return Ok(None);
     }
-    // SAFETY: getpwnam_r succeeded: the strings are valid C strings in `buf`.
-    let home = unsafe { CStr::from_ptr(pw.pw_dir) }
-        .to_string_lossy()
-        .into_owned();
     let mut groups = vec![0 as libc::gid_t; 64];
     loop {
         let mut count = groups.len() as libc::c_int;
@@ -100,7 +95,6 @@ pub(crate) fn lookup(name: &str) -> Result<Option<User>, String> {
             gid: pw.pw_gid,
             groups,
         },
-        home,
     }))
 }
 
@@ -122,16 +116,13 @@ pub(crate) fn effective_user() -> User {
             &mut result,
         )
     };
-    let (name, home) = if rc == 0 && !result.is_null() {
-        // SAFETY: getpwuid_r succeeded: valid C strings in `buf`.
-        unsafe {
-            (
-                CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(),
-                CStr::from_ptr(pw.pw_dir).to_string_lossy().into_owned(),
-            )
-        }
+    let name = if rc == 0 && !result.is_null() {
+        // SAFETY: getpwuid_r succeeded: a valid C string in `buf`.
+        unsafe { CStr::from_ptr(pw.pw_name) }
+            .to_string_lossy()
+            .into_owned()
     } else {
-        (euid.to_string(), "/".to_string())
+        euid.to_string()
     };
     User {
         name,
@@ -140,7 +131,6 @@ pub(crate) fn effective_user() -> User {
             gid: egid,
             groups: Vec::new(),
         },
-        home,
     }
 }
 

@@ -1370,6 +1370,25 @@ async fn a_reused_cgroup_starts_clean() {
     let usage = small.usage.unwrap();
     assert!(usage.peak_memory_bytes < 8 << 20, "{usage:?}");
     assert_eq!(small.message, "exited with status 0");
+    // And it was the same cgroup each time: one waits in the pool (cgroup v1, where the
+    // agent's subtree sits at the root of the freezer hierarchy of this test's process).
+    let work = harness.work_dir.path().join("work").canonicalize().unwrap();
+    let subtree = format!(
+        "/sys/fs/cgroup/freezer/borealis-agent-1-{:08x}",
+        borealis_core::route_hash_str(&work.to_string_lossy()) as u32
+    );
+    if let Ok(entries) = std::fs::read_dir(&subtree) {
+        let cgroups = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("task-"))
+            .count();
+        assert_eq!(
+            cgroups, 1,
+            "task cgroups in {subtree} after three tasks in a row"
+        );
+    } else {
+        eprintln!("note: no {subtree} (not cgroup v1 at the freezer root): reuse not checked");
+    }
     harness.stop().await;
 }
 
