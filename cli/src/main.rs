@@ -12,6 +12,7 @@ mod cron;
 mod ha;
 mod host;
 mod http;
+mod limits;
 mod logs;
 mod restart;
 mod security;
@@ -381,6 +382,8 @@ pub struct SchedulerArgs {
     pub cron_scheduling_max_batch_size: u32,
     #[command(flatten)]
     pub security: security::SecurityArgs,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
 }
 
 impl SchedulerArgs {
@@ -573,6 +576,7 @@ impl SchedulerArgs {
                 auth: security.auth.clone(),
                 audit: None,
             },
+            limits: self.limits.to_limits(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod audit_log;
 pub mod conn;
 pub mod coordinator;
 pub mod ha;
+pub mod limits;
 pub mod metrics;
 pub mod msg;
 pub mod shard;
@@ -101,6 +102,8 @@ pub struct SchedulerConfig {
     pub changes: ChangeSettings,
     /// TLS, authentication and the audit log.
     pub security: SecuritySettings,
+    /// Bounds on what peers may make the scheduler hold (`limits`).
+    pub limits: limits::Limits,
 }
 
 /// Who may connect and what they may do (issue 10). The default is the embedded,

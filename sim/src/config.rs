@@ -171,5 +171,6 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         service: flags.service.clone(),
         changes: flags.changes.clone(),
         security: flags.security.clone(),
+        limits: borealis_shards::limits::Limits::default(),
     })
 }
