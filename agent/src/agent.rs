@@ -684,7 +684,9 @@ impl Agent {
                 // Ready once per interval, so it cannot starve the reads; placed first so a
                 // busy connection cannot starve it.
                 _ = heartbeat.tick() => {
-                    self.writer.push(self.encoder.heartbeat(now_ms()));
+                    if let Err(e) = self.writer.push(self.encoder.heartbeat(now_ms())) {
+                        tracing::error!("heartbeat not sent: {e}");
+                    }
                 }
                 input = self.next_input() => {
                     self.on_input(input, true);
@@ -759,9 +761,13 @@ impl Agent {
             tasks,
             log_port: self.config.log_port,
         };
-        self.writer.push(self.encoder.register_agent(&registration));
+        self.writer
+            .push(self.encoder.register_agent(&registration))
+            .map_err(std::io::Error::other)?;
         for status in &overflow {
-            self.writer.push(self.encoder.task_status(status));
+            if let Err(e) = self.writer.push(self.encoder.task_status(status)) {
+                tracing::error!(task = %status.task_id, "status not sent: {e}");
+            }
         }
         write_all(writer, self.writer.finish()).await?;
         self.writer.clear();
@@ -1298,7 +1304,10 @@ impl Agent {
             return Ok(());
         }
         for status in &self.outbox {
-            self.writer.push(self.encoder.task_status(status));
+            // A status no frame can carry stays unacknowledged (and is logged), never a panic.
+            if let Err(e) = self.writer.push(self.encoder.task_status(status)) {
+                tracing::error!(task = %status.task_id, "status not sent: {e}");
+            }
         }
         let result = write_all(writer, self.writer.finish()).await;
         self.writer.clear();

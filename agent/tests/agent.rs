@@ -122,7 +122,9 @@ impl Conn {
     }
 
     async fn send(&mut self, message: &[u8]) {
-        self.writer.push(message);
+        self.writer
+            .push(message)
+            .expect("the test's messages fit a frame");
         self.stream.write_all(self.writer.finish()).await.unwrap();
         self.writer.clear();
     }

@@ -140,7 +140,7 @@ pub mod placement {
                 attributes.push(attribute(DEDICATED_ATTRIBUTE, pool.to_string()));
             }
             agents.push(AgentSpec {
-                id: AgentId(host as u32),
+                id: AgentId(host as u64),
                 attributes,
                 total: Resources {
                     cpu_millis: size * 16_000,

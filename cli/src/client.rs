@@ -21,9 +21,11 @@ use anyhow::{anyhow, bail, Context};
 use borealis_core::jobfile::{parse_job_file, JobSpec};
 use borealis_core::{JobKey, Resources, TaskId, TaskState};
 use borealis_net::codec::to_owned;
+use borealis_net::codec::LIST_PAGE_MAX;
 use borealis_net::frame::split_messages;
 use borealis_net::views::{
-    AgentInfoView, ErrorCode, JobStatusView, JobSummaryView, OwnedMessage, QuotaView,
+    AgentInfoView, ErrorCode, JobStatusParts, JobStatusView, JobSummaryView, OwnedMessage,
+    QuotaView,
 };
 use borealis_net::{decode_message, Encoder, FrameDecoder, FrameWriter};
 use serde::ser::{Serialize, Serializer};
@@ -718,15 +720,22 @@ impl Client {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
         let message = build(&mut self.encoder, request_id);
-        self.writer.push(&message);
+        // A request no frame can carry (a job file of a huge command, say) is an error here,
+        // before anything is sent.
+        self.writer
+            .push(&message)
+            .map_err(|e| anyhow::anyhow!("request not sent: {e}"))?;
         let written = self.stream.write_all(self.writer.finish());
         self.writer.clear();
         written.map_err(|e| self.io_error(&e))?;
         self.read_response(request_id)
     }
 
+    /// The response to `request_id`: its one message, or a job status put back together
+    /// from the parts a big one comes in (every part carries the request id).
     fn read_response(&mut self, request_id: u64) -> anyhow::Result<OwnedMessage> {
         let mut skipped = 0;
+        let mut parts = JobStatusParts::default();
         loop {
             while let Some(frame) = self
                 .decoder
@@ -747,7 +756,9 @@ impl Client {
                         continue;
                     }
                     let (_, owned) = to_owned(message).map_err(|e| self.bad_response(e))?;
-                    return Ok(owned);
+                    if let Some(owned) = parts.feed(request_id, owned) {
+                        return Ok(owned);
+                    }
                 }
             }
             let read = loop {
@@ -831,11 +842,38 @@ impl Client {
         expect_ack(response, "KillJob")
     }
 
-    /// Every job the scheduler knows.
-    /// Every registered agent, from every shard.
+    /// Every registered agent, from every shard, in (hostname, agent id) order: page after
+    /// page ([`Client::list_agents_page`]) until the last.
     pub fn list_agents(&mut self) -> anyhow::Result<Vec<AgentInfoView>> {
-        match self.request(|enc, id| enc.list_agents(id).to_vec())? {
-            OwnedMessage::AgentList(agents) => Ok(agents),
+        let mut agents = Vec::new();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let page = self.list_agents_page(
+                after.as_ref().map(|(h, id)| (h.as_str(), id.as_str())),
+                LIST_PAGE_MAX,
+            )?;
+            agents.extend(page.agents);
+            match page.next {
+                None => return Ok(agents),
+                Some(next) if after.as_ref().is_some_and(|a| next <= *a) => bail!(
+                    "scheduler at {} answered ListAgents after {after:?} with a next page after \
+                     {next:?}, which does not go on",
+                    self.addr
+                ),
+                Some(next) => after = Some(next),
+            }
+        }
+    }
+
+    /// One page of agents: at most `limit` (0: the scheduler's default, 1,000; it holds at
+    /// most 10,000) of those after `after` (hostname, agent id; None: from the first).
+    pub fn list_agents_page(
+        &mut self,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> anyhow::Result<AgentPage> {
+        match self.request(|enc, id| enc.list_agents_page(id, after, limit).to_vec())? {
+            OwnedMessage::AgentList { agents, next } => Ok(AgentPage { agents, next }),
             other => Err(unexpected(other, "ListAgents")),
         }
     }
@@ -848,12 +886,53 @@ impl Client {
         }
     }
 
+    /// Every job the scheduler knows (that the token may read), in key order: page after page
+    /// ([`Client::list_jobs_page`]) until the last.
     pub fn list_jobs(&mut self) -> anyhow::Result<Vec<JobSummaryView>> {
-        match self.request(|enc, id| enc.list_jobs(id).to_vec())? {
-            OwnedMessage::JobList(jobs) => Ok(jobs),
+        let mut jobs = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self.list_jobs_page(&after, LIST_PAGE_MAX)?;
+            jobs.extend(page.jobs);
+            match page.next {
+                None => return Ok(jobs),
+                Some(next) if next <= after => bail!(
+                    "scheduler at {} answered ListJobs after {after:?} with a next page after \
+                     {next:?}, which does not go on",
+                    self.addr
+                ),
+                Some(next) => after = next,
+            }
+        }
+    }
+
+    /// One page of jobs: at most `limit` (0: the scheduler's default, 1,000; it holds at most
+    /// 10,000) of those whose keys sort after `after` (empty: from the first), in key order.
+    pub fn list_jobs_page(&mut self, after: &str, limit: u32) -> anyhow::Result<JobPage> {
+        match self.request(|enc, id| enc.list_jobs_page(id, after, limit).to_vec())? {
+            OwnedMessage::JobList { jobs, next } => Ok(JobPage {
+                jobs,
+                next: (!next.is_empty()).then_some(next),
+            }),
             other => Err(unexpected(other, "ListJobs")),
         }
     }
+}
+
+/// A page of jobs ([`Client::list_jobs_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobPage {
+    pub jobs: Vec<JobSummaryView>,
+    /// The key to ask for the next page after; None: this is the last page.
+    pub next: Option<String>,
+}
+
+/// A page of agents ([`Client::list_agents_page`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentPage {
+    pub agents: Vec<AgentInfoView>,
+    /// The (hostname, agent id) to ask for the next page after; None: this is the last page.
+    pub next: Option<(String, String)>,
 }
 
 pub(crate) fn expect_ack(response: OwnedMessage, request: &str) -> anyhow::Result<()> {
@@ -887,7 +966,7 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
         OwnedMessage::CreateJob { .. } => "CreateJob",
         OwnedMessage::KillJob { .. } => "KillJob",
         OwnedMessage::QueryJob { .. } => "QueryJob",
-        OwnedMessage::ListJobs => "ListJobs",
+        OwnedMessage::ListJobs { .. } => "ListJobs",
         OwnedMessage::SetQuota { .. } => "SetQuota",
         OwnedMessage::GetQuota { .. } => "GetQuota",
         OwnedMessage::QuotaInfo(_) => "QuotaInfo",
@@ -903,11 +982,12 @@ fn message_kind(message: &OwnedMessage) -> &'static str {
         OwnedMessage::DescheduleCron { .. } => "DescheduleCron",
         OwnedMessage::StartCron { .. } => "StartCron",
         OwnedMessage::Authenticate { .. } => "Authenticate",
-        OwnedMessage::ListAgents => "ListAgents",
-        OwnedMessage::AgentList(_) => "AgentList",
+        OwnedMessage::ListAgents { .. } => "ListAgents",
+        OwnedMessage::AgentList { .. } => "AgentList",
         OwnedMessage::QueryTask { .. } => "QueryTask",
         OwnedMessage::JobStatus(_) => "JobStatus",
-        OwnedMessage::JobList(_) => "JobList",
+        OwnedMessage::JobStatusPart(_) => "JobStatus (a part)",
+        OwnedMessage::JobList { .. } => "JobList",
         OwnedMessage::Ack => "Ack",
         OwnedMessage::Error { .. } => "Error",
     }
@@ -2182,7 +2262,7 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
     pub(crate) fn frame_of(messages: &[Vec<u8>]) -> Vec<u8> {
         let mut writer = FrameWriter::new();
         for m in messages {
-            writer.push(m);
+            writer.push(m).unwrap();
         }
         writer.take()
     }
@@ -2359,11 +2439,12 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
         let mut client = Client::connect(&follower).unwrap();
         assert_eq!(client.list_jobs().unwrap(), one_job());
         assert_eq!(client.addr, leader, "the client now talks to the leader");
-        assert_eq!(
-            follower_server.join().unwrap(),
-            vec![OwnedMessage::ListJobs]
-        );
-        assert_eq!(leader_server.join().unwrap(), OwnedMessage::ListJobs);
+        let first_page = OwnedMessage::ListJobs {
+            after: String::new(),
+            limit: LIST_PAGE_MAX,
+        };
+        assert_eq!(follower_server.join().unwrap(), vec![first_page.clone()]);
+        assert_eq!(leader_server.join().unwrap(), first_page);
 
         // A change is sent again, whole, to the leader.
         let spec = borealis_core::jobfile::parse_job_file(
@@ -2488,5 +2569,487 @@ www/prod/yearly   2 instances  ad-hoc  RUNNING 2  cron \"@yearly\" next -; updat
             )
         );
         assert_eq!(server.join().unwrap().len(), 1 + LEADER_HOPS_MAX);
+    }
+}
+
+/// Issue 12: lists come a page at a time and a big job status in parts; the client puts them
+/// together, against fake schedulers and against real shards in this process.
+#[cfg(test)]
+mod paging_tests {
+    use super::tests::{fake_scheduler, frame_of};
+    use super::*;
+    use borealis_net::codec::JOB_STATUS_PART_BYTES;
+    use borealis_net::views::TaskInfoView;
+    use borealis_net::MESSAGE_BYTES_MAX;
+    use std::net::TcpListener;
+    use std::thread;
+
+    fn summary(key: &str) -> JobSummaryView {
+        JobSummaryView {
+            job_key: key.into(),
+            instances: 1,
+            ..JobSummaryView::default()
+        }
+    }
+
+    /// A scheduler stand-in that answers every request on one connection until it closes:
+    /// `ListJobs` with pages of at most `page` of `jobs` (sorted), `ListAgents` likewise of
+    /// `agents`. Yields what each request asked for.
+    fn fake_pager(
+        mut jobs: Vec<JobSummaryView>,
+        mut agents: Vec<AgentInfoView>,
+        page: usize,
+    ) -> (String, thread::JoinHandle<Vec<OwnedMessage>>) {
+        jobs.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+        agents.sort_by(|a, b| (&a.hostname, &a.agent_id).cmp(&(&b.hostname, &b.agent_id)));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut decoder = FrameDecoder::new();
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            loop {
+                let Some(frame) = decoder.next_frame().unwrap() else {
+                    let n = stream.read(&mut buf).unwrap();
+                    if n == 0 {
+                        return seen;
+                    }
+                    decoder.extend(&buf[..n]);
+                    continue;
+                };
+                for bytes in split_messages(frame).unwrap() {
+                    let (id, request) = to_owned(decode_message(&bytes).unwrap()).unwrap();
+                    let mut enc = Encoder::new();
+                    let reply = match &request {
+                        OwnedMessage::ListJobs { after, limit } => {
+                            let n = page.min(*limit as usize);
+                            let rest: Vec<_> = jobs
+                                .iter()
+                                .filter(|j| j.job_key > *after)
+                                .cloned()
+                                .collect();
+                            let chunk = &rest[..n.min(rest.len())];
+                            let next = if rest.len() > n {
+                                chunk.last().unwrap().job_key.as_str()
+                            } else {
+                                ""
+                            };
+                            enc.job_list_page(id, chunk, next).to_vec()
+                        }
+                        OwnedMessage::ListAgents { after, limit } => {
+                            let n = page.min(*limit as usize);
+                            let rest: Vec<_> = agents
+                                .iter()
+                                .filter(|a| {
+                                    after
+                                        .as_ref()
+                                        .is_none_or(|(h, id)| (&a.hostname, &a.agent_id) > (h, id))
+                                })
+                                .cloned()
+                                .collect();
+                            let chunk = &rest[..n.min(rest.len())];
+                            let next = (rest.len() > n).then(|| {
+                                let last = chunk.last().unwrap();
+                                (last.hostname.as_str(), last.agent_id.as_str())
+                            });
+                            enc.agent_list_page(id, chunk, next).to_vec()
+                        }
+                        other => panic!("unexpected request {other:?}"),
+                    };
+                    stream.write_all(&frame_of(&[reply])).unwrap();
+                    seen.push(request);
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    #[test]
+    fn list_jobs_follows_the_pages_to_the_last() {
+        let jobs: Vec<JobSummaryView> = (0..25)
+            .rev()
+            .map(|i| summary(&format!("www/prod/job{i:02}")))
+            .collect();
+        let (addr, server) = fake_pager(jobs.clone(), Vec::new(), 10);
+        let mut client = Client::connect(&addr).unwrap();
+        let listed = client.list_jobs().unwrap();
+        let mut expected = jobs;
+        expected.sort_by(|a, b| a.job_key.cmp(&b.job_key));
+        assert_eq!(listed, expected, "every job once, in key order");
+        // And one page by hand.
+        let page = client.list_jobs_page("www/prod/job07", 5).unwrap();
+        assert_eq!(page.jobs, expected[8..13]);
+        assert_eq!(page.next.as_deref(), Some("www/prod/job12"));
+        drop(client);
+        let asked: Vec<String> = server
+            .join()
+            .unwrap()
+            .into_iter()
+            .map(|m| match m {
+                OwnedMessage::ListJobs { after, limit } => format!("{after}:{limit}"),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ":10000",
+                "www/prod/job09:10000",
+                "www/prod/job19:10000",
+                "www/prod/job07:5"
+            ]
+        );
+    }
+
+    #[test]
+    fn list_agents_follows_the_pages_to_the_last() {
+        let agents: Vec<AgentInfoView> = (0..7)
+            .map(|i| AgentInfoView {
+                agent_id: format!("a{}", i % 2),
+                hostname: format!("h{}", i / 2),
+                ..AgentInfoView::default()
+            })
+            .collect();
+        let (addr, server) = fake_pager(Vec::new(), agents.clone(), 3);
+        let listed = Client::connect(&addr).unwrap().list_agents().unwrap();
+        let keys: Vec<(String, String)> = listed
+            .iter()
+            .map(|a| (a.hostname.clone(), a.agent_id.clone()))
+            .collect();
+        let mut expected: Vec<(String, String)> = agents
+            .iter()
+            .map(|a| (a.hostname.clone(), a.agent_id.clone()))
+            .collect();
+        expected.sort();
+        assert_eq!(keys, expected);
+        assert_eq!(server.join().unwrap().len(), 3, "pages of 3, 3 and 1");
+    }
+
+    #[test]
+    fn a_next_page_that_does_not_go_on_is_an_error_not_a_loop() {
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new()
+                .job_list_page(id, &[summary("www/prod/a")], "www/prod/a")
+                .to_vec()])
+        });
+        let mut client = Client::connect(&addr).unwrap();
+        // The first page goes on from "www/prod/a"; then the (now closed) fake ends it.
+        assert!(client.list_jobs().is_err());
+        server.join().unwrap();
+        let (addr, server) = fake_scheduler(|_, id| {
+            frame_of(&[Encoder::new()
+                .job_list_page(id, &[summary("www/prod/a")], "www/prod/a")
+                .to_vec()])
+        });
+        let page = Client::connect(&addr)
+            .unwrap()
+            .list_jobs_page("www/prod/b", 3)
+            .unwrap();
+        assert_eq!(page.next.as_deref(), Some("www/prod/a"));
+        server.join().unwrap();
+        let (addr, _server) = fake_pager_stuck();
+        let error = Client::connect(&addr).unwrap().list_jobs().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "scheduler at {addr} answered ListJobs after \"www/prod/a\" with a next page \
+                 after \"www/prod/a\", which does not go on"
+            )
+        );
+    }
+
+    /// A scheduler stand-in whose every page says the next one is after "www/prod/a".
+    fn fake_pager_stuck() -> (String, thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let handle = thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut decoder = FrameDecoder::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(frame) = decoder.next_frame().unwrap() else {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => decoder.extend(&buf[..n]),
+                    }
+                    continue;
+                };
+                for bytes in split_messages(frame).unwrap() {
+                    let id = decode_message(&bytes).unwrap().request_id();
+                    let reply = Encoder::new().job_list_page(id, &[], "www/prod/a").to_vec();
+                    if stream.write_all(&frame_of(&[reply])).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        (addr, handle)
+    }
+
+    fn big_task(instance: u32) -> TaskInfoView {
+        TaskInfoView {
+            task_id: 7_000 + u64::from(instance),
+            instance,
+            state: Some(TaskState::Running),
+            agent_id: format!("agent-{instance}"),
+            hostname: format!("host-{instance}"),
+            message: format!("{instance:m<1024}"),
+            sandbox: format!("/sandboxes/{instance:s<4000}"),
+            ..TaskInfoView::default()
+        }
+    }
+
+    #[test]
+    fn a_job_status_in_parts_comes_back_whole() {
+        let status = JobStatusView {
+            job: summary("www/prod/big"),
+            tasks: (0..4_000).map(big_task).collect(),
+        };
+        assert!(Encoder::new().job_status(1, &status).len() > MESSAGE_BYTES_MAX);
+        let expected = status.clone();
+        let (addr, server) = fake_scheduler(move |_, id| {
+            let parts = Encoder::new().job_status_parts(
+                id,
+                &status.job,
+                &status.tasks,
+                JOB_STATUS_PART_BYTES,
+            );
+            assert!(parts.len() > 4, "{} parts", parts.len());
+            // Each part in a frame of its own, with another request's message between two.
+            let mut bytes = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                bytes.extend(frame_of(std::slice::from_ref(part)));
+                if i == 1 {
+                    bytes.extend(frame_of(&[Encoder::new().ack(id + 100).to_vec()]));
+                }
+            }
+            bytes
+        });
+        let got = Client::connect(&addr)
+            .unwrap()
+            .job_status(&"www/prod/big".parse().unwrap())
+            .unwrap();
+        assert_eq!(got, expected);
+        server.join().unwrap();
+    }
+
+    // ---------------------------------------------------------------- real shards
+
+    /// A scheduler of `shards` shards in this process: in memory, no agents.
+    fn scheduler(shards: usize, extra: &[&str]) -> borealis_shards::Scheduler {
+        let shards = shards.to_string();
+        let argv = [
+            "borealis",
+            "scheduler",
+            "--in-memory",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--no-pin",
+            "--shards",
+            &shards,
+        ]
+        .into_iter()
+        .chain(extra.iter().copied());
+        use clap::Parser as _;
+        let crate::Command::Scheduler(args) = crate::Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("a scheduler command");
+        };
+        borealis_shards::start(args.to_config().unwrap(), None).unwrap()
+    }
+
+    fn raw_connect(addr: std::net::SocketAddr) -> TcpStream {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream
+    }
+
+    /// Sends `messages` in frames and reads `count` answers (request id, message).
+    fn exchange(
+        stream: &mut TcpStream,
+        messages: &[Vec<u8>],
+        count: usize,
+    ) -> Vec<(u64, OwnedMessage)> {
+        let mut writer = FrameWriter::new();
+        for m in messages {
+            writer.push(m).unwrap();
+        }
+        stream.write_all(&writer.take()).unwrap();
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut out = Vec::new();
+        while out.len() < count {
+            while let Some(frame) = decoder.next_frame().unwrap() {
+                for bytes in split_messages(frame).unwrap() {
+                    out.push(to_owned(decode_message(&bytes).unwrap()).unwrap());
+                }
+            }
+            if out.len() >= count {
+                break;
+            }
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "the scheduler closed the connection");
+            decoder.extend(&buf[..n]);
+        }
+        out
+    }
+
+    /// The longest job keys there are (386 bytes), `count` of them, in an allowed environment.
+    fn long_key(i: usize) -> String {
+        let role = format!("{:r<120}{:08}", "role", i % 13);
+        let env = format!("staging{:0>121}", i % 3);
+        let name = format!("{:n<120}{i:08}", "job");
+        format!("{role}/{env}/{name}")
+    }
+
+    /// Creates the jobs (one instance each), many requests to a frame.
+    fn create_jobs(addr: std::net::SocketAddr, keys: &[String]) {
+        let spec = parse_job_file(
+            "www/prod/hello".parse().unwrap(),
+            include_str!("../../examples/hello.toml"),
+        )
+        .unwrap();
+        let mut stream = raw_connect(addr);
+        let mut enc = Encoder::new();
+        for (batch, chunk) in keys.chunks(2_000).enumerate() {
+            let messages: Vec<Vec<u8>> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, key)| {
+                    let mut config = spec.config.clone();
+                    config.job = key.parse().unwrap();
+                    enc.create_job_spec((batch * 2_000 + i + 1) as u64, 1, &config, false)
+                        .to_vec()
+                })
+                .collect();
+            for (id, answer) in exchange(&mut stream, &messages, messages.len()) {
+                assert_eq!(answer, OwnedMessage::Ack, "create {id}");
+            }
+        }
+    }
+
+    #[test]
+    fn forty_thousand_long_keyed_jobs_list_through_pages_each_once_in_order() {
+        let scheduler = scheduler(2, &[]);
+        let mut keys: Vec<String> = (0..40_000).map(long_key).collect();
+        assert!(keys.iter().all(|k| k.len() == 386));
+        create_jobs(scheduler.addr, &keys);
+        keys.sort();
+
+        let mut client = Client::connect(&scheduler.addr.to_string()).unwrap();
+        let jobs = client.list_jobs().unwrap();
+        let listed: Vec<&str> = jobs.iter().map(|j| j.job_key.as_str()).collect();
+        assert_eq!(listed.len(), keys.len());
+        assert!(
+            listed.iter().zip(&keys).all(|(a, b)| a == b),
+            "each once, in order"
+        );
+        // What one ListJobs answered before paging: no frame can carry it.
+        let one_reply = Encoder::new().job_list(1, &jobs).len();
+        assert!(one_reply > MESSAGE_BYTES_MAX, "{one_reply} bytes");
+
+        // A page of the default size, and one of the most (a larger limit is clamped).
+        let page = client.list_jobs_page("", 0).unwrap();
+        assert_eq!(page.jobs.len(), 1_000);
+        assert_eq!(page.next.as_deref(), Some(keys[999].as_str()));
+        let page = client.list_jobs_page(&keys[100], u32::MAX).unwrap();
+        assert_eq!(page.jobs.len(), 10_000);
+        assert_eq!(page.jobs[0].job_key, keys[101]);
+        let last = client.list_jobs_page(&keys[39_990], 100).unwrap();
+        assert_eq!(last.jobs.len(), 9);
+        assert_eq!(last.next, None);
+    }
+
+    #[test]
+    fn the_seventeenth_list_in_flight_on_a_connection_is_refused() {
+        let scheduler = scheduler(2, &[]);
+        let mut stream = raw_connect(scheduler.addr);
+        let mut enc = Encoder::new();
+        // One frame: the shard takes all 17 in one go, before any other shard's part is back.
+        let requests: Vec<Vec<u8>> = (1..=17).map(|id| enc.list_jobs(id).to_vec()).collect();
+        let mut answers = exchange(&mut stream, &requests, 17);
+        answers.sort_by_key(|(id, _)| *id);
+        for (id, answer) in &answers[..16] {
+            assert!(
+                matches!(answer, OwnedMessage::JobList { jobs, next } if jobs.is_empty() && next.is_empty()),
+                "request {id}: {answer:?}"
+            );
+        }
+        assert_eq!(
+            answers[16],
+            (
+                17,
+                OwnedMessage::Error {
+                    code: ErrorCode::Overloaded,
+                    message: "too many cluster-wide requests in flight on this connection: at \
+                              most 16 at once (GATHERS_PER_CONN_MAX); read their answers before \
+                              sending more"
+                        .into(),
+                    leader: None,
+                }
+            )
+        );
+        let refused: u64 = scheduler
+            .metrics
+            .shards
+            .iter()
+            .map(|s| s.gathers_refused_total.get())
+            .sum();
+        assert_eq!(refused, 1);
+        assert!(scheduler
+            .metrics
+            .render_text()
+            .contains("borealis_gathers_refused_total{shard="));
+        // Answered, they are no longer in flight: 16 more are taken.
+        let requests: Vec<Vec<u8>> = (18..34).map(|id| enc.list_jobs(id).to_vec()).collect();
+        for (id, answer) in exchange(&mut stream, &requests, 16) {
+            assert!(
+                matches!(answer, OwnedMessage::JobList { .. }),
+                "request {id}: {answer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_job_status_past_a_frame_comes_from_real_shards_in_parts() {
+        const INSTANCES: u32 = 160_000;
+        let limit = INSTANCES.to_string();
+        let scheduler = scheduler(2, &["--max-tasks-per-job", &limit]);
+        let spec = parse_job_file(
+            "www/prod/wide".parse().unwrap(),
+            include_str!("../../examples/hello.toml"),
+        )
+        .unwrap();
+        let mut client = Client::connect(&scheduler.addr.to_string()).unwrap();
+        let response = client
+            .request(|enc, id| {
+                enc.create_job_spec(id, INSTANCES, &spec.config, false)
+                    .to_vec()
+            })
+            .unwrap();
+        assert_eq!(response, OwnedMessage::Ack);
+        let status = client.job_status(&spec.config.job).unwrap();
+        assert_eq!(status.tasks.len(), INSTANCES as usize);
+        assert!(status
+            .tasks
+            .iter()
+            .enumerate()
+            .all(|(i, t)| t.instance == i as u32));
+        let one_reply = Encoder::new().job_status(1, &status).len();
+        assert!(
+            one_reply > MESSAGE_BYTES_MAX,
+            "{one_reply} bytes in one message"
+        );
+        // The same job by one of its tasks (QueryTask, gathered): that task only.
+        let task = client.query_task(status.tasks[7].task_id).unwrap();
+        assert_eq!(task.job.job_key, "www/prod/wide");
+        assert_eq!(task.tasks.len(), 1);
+        assert_eq!(
+            (task.tasks[0].task_id, task.tasks[0].instance),
+            (status.tasks[7].task_id, 7)
+        );
     }
 }

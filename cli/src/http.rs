@@ -26,7 +26,7 @@ use borealis_control::LeaderView;
 use borealis_core::auth::AuthPolicy;
 use borealis_net::tls::TlsFiles;
 use borealis_shards::audit_log::AuditLog;
-use borealis_shards::metrics::Metrics;
+use borealis_shards::metrics::{unix_ms_now, Metrics, SHARD_STALL_BOUND};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -143,7 +143,7 @@ pub fn app(state: HttpState, api_state: ApiState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/leaderhealth", get(leader_health))
-        .route("/health", get(|| async { "OK\n" }))
+        .route("/health", get(health))
         .route("/admin/backup", post(request_backup))
         .with_state(state)
         .merge(api::router(api_state))
@@ -199,9 +199,57 @@ async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
+/// `None` while every shard completes rounds; else the text of a 503 naming each shard that
+/// completed none within [`SHARD_STALL_BOUND`] (stuck, or its thread gone): the scheduler
+/// cannot schedule then, whatever else it answers.
+fn stalled_shards_text(metrics: &Metrics, now_unix_ms: u64) -> Option<String> {
+    let stalled = metrics.stalled_shards(now_unix_ms, SHARD_STALL_BOUND);
+    if stalled.is_empty() {
+        return None;
+    }
+    let mut text = String::new();
+    for s in stalled {
+        let since = match s.last_round_unix_ms {
+            0 => "it never started one".to_string(),
+            last => format!(
+                "its last one ended {:.1} s ago",
+                now_unix_ms.saturating_sub(last) as f64 / 1000.0
+            ),
+        };
+        text.push_str(&format!(
+            "shard {} is stalled: no scheduling round completed within {} s ({since})\n",
+            s.shard,
+            SHARD_STALL_BOUND.as_secs()
+        ));
+    }
+    Some(text)
+}
+
+/// `/health`: the process's liveness, for a supervisor. 200 `OK` while every shard completes
+/// rounds; 503 naming the stalled shards when any does not (a process that cannot schedule
+/// is not healthy, and restarting it is the cure: recovery runs).
+async fn health(State(state): State<HttpState>) -> (StatusCode, String) {
+    health_answer(&state.metrics, unix_ms_now())
+}
+
+fn health_answer(metrics: &Metrics, now_unix_ms: u64) -> (StatusCode, String) {
+    match stalled_shards_text(metrics, now_unix_ms) {
+        Some(text) => (StatusCode::SERVICE_UNAVAILABLE, text),
+        None => (StatusCode::OK, "OK\n".into()),
+    }
+}
+
 /// 200 on the leader; 503 when another scheduler leads; 502 when no leader is known. An
-/// embedded scheduler always leads.
-async fn leader_health(State(state): State<HttpState>) -> impl IntoResponse {
+/// embedded scheduler always leads. Never 200 for a scheduler that cannot schedule: 503,
+/// naming them, while any shard is stalled (see [`stalled_shards_text`]).
+async fn leader_health(State(state): State<HttpState>) -> (StatusCode, String) {
+    leader_health_answer(&state, unix_ms_now())
+}
+
+fn leader_health_answer(state: &HttpState, now_unix_ms: u64) -> (StatusCode, String) {
+    if let Some(text) = stalled_shards_text(&state.metrics, now_unix_ms) {
+        return (StatusCode::SERVICE_UNAVAILABLE, text);
+    }
     let code = match &state.leadership {
         None => 200,
         // Elected, but 200 only once every shard has taken the lead (loaded the desired
@@ -211,14 +259,15 @@ async fn leader_health(State(state): State<HttpState>) -> impl IntoResponse {
             code => code,
         },
     };
-    match code {
+    let (status, text) = match code {
         200 => (StatusCode::OK, "leader\n"),
         503 => (
             StatusCode::SERVICE_UNAVAILABLE,
             "a leader exists elsewhere\n",
         ),
         _ => (StatusCode::BAD_GATEWAY, "no leader is known\n"),
-    }
+    };
+    (status, text.to_string())
 }
 
 // ---------------------------------------------------------------- connections
@@ -421,11 +470,21 @@ mod tests {
         listener.local_addr().unwrap().to_string()
     }
 
+    /// Metrics of `shards` shards that look live for as long as a test runs (no shard runs
+    /// here: their last round is stamped in the future, which never ages).
+    fn live_metrics(shards: usize) -> Arc<Metrics> {
+        let metrics = Metrics::new(shards, "test");
+        for s in &metrics.shards {
+            s.last_round_unix_ms.set(u64::MAX);
+        }
+        metrics
+    }
+
     fn settings(tls: Option<TlsFiles>, auth: Option<Arc<AuthPolicy>>) -> HttpSettings {
         HttpSettings {
             ip: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             port: 0,
-            metrics: Metrics::new(1, "test"),
+            metrics: live_metrics(1),
             leadership: None,
             backup_requests: Arc::default(),
             scheduler_addr: dead_addr(),
@@ -520,6 +579,91 @@ mod tests {
         let (status, body) = plain(addr, "POST", "/admin/backup", Some(admin));
         assert_eq!(status, 202);
         assert!(body.starts_with("backup-"), "{body}");
+    }
+
+    /// `/health` and `/leaderhealth` never answer 200 while a shard is stalled: 503 naming it.
+    #[test]
+    fn health_and_leaderhealth_are_503_while_a_shard_is_stalled() {
+        let metrics = Metrics::new(3, "test");
+        let now = 1_700_000_000_000u64;
+        let bound = SHARD_STALL_BOUND.as_millis() as u64;
+        for s in &metrics.shards {
+            s.last_round_unix_ms.set(now - 50);
+        }
+        let state = HttpState {
+            metrics: metrics.clone(),
+            leadership: None,
+            backup_requests: Arc::default(),
+            auth: None,
+            audit: None,
+        };
+        assert_eq!(
+            leader_health_answer(&state, now),
+            (StatusCode::OK, "leader\n".to_string())
+        );
+        assert_eq!(
+            health_answer(&metrics, now),
+            (StatusCode::OK, "OK\n".to_string())
+        );
+        // Shard 1 completes no round for longer than the bound (7 s).
+        metrics.shards[1].last_round_unix_ms.set(now - 7_000);
+        for (status, body) in [
+            leader_health_answer(&state, now),
+            health_answer(&metrics, now),
+        ] {
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(
+                body,
+                "shard 1 is stalled: no scheduling round completed within 5 s \
+                 (its last one ended 7.0 s ago)\n"
+            );
+        }
+        // At the bound exactly, still live; a shard that never started is stalled.
+        metrics.shards[1].last_round_unix_ms.set(now - bound);
+        assert_eq!(leader_health_answer(&state, now).0, StatusCode::OK);
+        metrics.shards[2].last_round_unix_ms.set(0);
+        let (status, body) = leader_health_answer(&state, now);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.starts_with("shard 2 is stalled"), "{body}");
+        assert!(body.contains("it never started one"), "{body}");
+        // A follower with a stalled shard names the shard too.
+        let state = HttpState {
+            leadership: Some(LeaderView::new()),
+            ..state
+        };
+        assert!(leader_health_answer(&state, now).1.starts_with("shard 2"));
+        metrics.shards[2].last_round_unix_ms.set(now);
+        // Live again: the leadership decides (a new view knows no leader: 502).
+        assert_eq!(leader_health_answer(&state, now).0, StatusCode::BAD_GATEWAY);
+    }
+
+    /// Over HTTP: a stale shard turns both endpoints to 503; the metric shows its age.
+    #[test]
+    fn a_stalled_shard_is_served_as_503() {
+        let metrics = live_metrics(2);
+        let addr = serve(HttpSettings {
+            metrics: metrics.clone(),
+            ..settings(None, None)
+        })
+        .unwrap();
+        assert_eq!(
+            plain(addr, "GET", "/leaderhealth", None),
+            (200, "leader\n".into())
+        );
+        assert_eq!(plain(addr, "GET", "/health", None), (200, "OK\n".into()));
+        metrics.shards[0]
+            .last_round_unix_ms
+            .set(unix_ms_now() - SHARD_STALL_BOUND.as_millis() as u64 - 60_000);
+        for path in ["/leaderhealth", "/health"] {
+            let (status, body) = plain(addr, "GET", path, None);
+            assert_eq!(status, 503, "{path}: {body}");
+            assert!(body.starts_with("shard 0 is stalled"), "{path}: {body}");
+        }
+        let (_, text) = plain(addr, "GET", "/metrics", None);
+        assert!(
+            text.contains("borealis_shard_last_round_timestamp_seconds{shard=\"0\"}"),
+            "{text}"
+        );
     }
 
     struct Pki {

@@ -380,6 +380,12 @@ pub struct SchedulerArgs {
     /// The maximum number of triggered cron jobs that can be processed in a batch.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub cron_scheduling_max_batch_size: u32,
+    /// Fault injection, for the fail-stop tests only (ARCHITECTURE.md, "Fail-stop and restart
+    /// after a crash"): `SHARD[:MS]` makes that shard panic on its first round MS ms (default
+    /// 0) after it started. Hidden; also read from BOREALIS_FAULT_PANIC_SHARD.
+    #[arg(long, hide = true, env = "BOREALIS_FAULT_PANIC_SHARD",
+          value_parser = borealis_shards::FaultPanic::parse)]
+    pub fault_panic_shard: Option<borealis_shards::FaultPanic>,
     #[command(flatten)]
     pub security: security::SecurityArgs,
     #[command(flatten)]
@@ -543,6 +549,7 @@ impl SchedulerArgs {
             first_schedule_delay_ms: ms(self.first_schedule_delay),
             max_schedule_attempts_per_sec: self.max_schedule_attempts_per_sec,
             allowed_job_environments: self.allowed_job_environments.clone(),
+            fault_panic_shard: self.fault_panic_shard,
             service: borealis_shards::ServiceSettings {
                 sla: borealis_core::sla::SlaSettings {
                     min_required_instances: self.min_required_instances_for_sla_check,
@@ -679,7 +686,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Fail-stop (ARCHITECTURE.md, "Fail-stop and restart after a crash"): a panic on any thread is
+/// a programmer error, after which the process cannot be trusted to do its job (a dead shard
+/// leaves its jobs and agents unserved while the rest answers as if all were well; a dead agent
+/// thread, its tasks unsupervised). So the whole process stops: the panic is logged (message,
+/// location, thread) straight to stderr and through tracing, the default hook prints it too
+/// (with a backtrace under RUST_BACKTRACE), and the process aborts: a non-zero exit (SIGABRT)
+/// for its supervisor to restart it, and recovery runs. Installed first thing in `main`, so it
+/// covers every thread of every command (a client command's panic is a bug just the same).
+fn install_fail_stop_hook() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("<a non-string panic payload>");
+        let location = info
+            .location()
+            .map_or_else(|| "<unknown location>".to_string(), |l| l.to_string());
+        // Straight to stderr first: the log may not be set up, or be what panicked.
+        {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "borealis: fatal: thread '{thread}' panicked at {location}: {message}; aborting the process (fail-stop)"
+            );
+        }
+        tracing::error!(
+            thread,
+            %location,
+            "panic: {message}; aborting the process (fail-stop)"
+        );
+        default_hook(info);
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    install_fail_stop_hook();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -949,6 +997,43 @@ mod tests {
             panic!("not up");
         };
         assert_eq!(args.scheduler.http_port, 9000);
+    }
+
+    #[test]
+    fn the_fault_injection_flag_is_hidden_and_parsed() {
+        assert_eq!(config(&[]).fault_panic_shard, None);
+        assert_eq!(
+            config(&["--fault-panic-shard", "1:3000"]).fault_panic_shard,
+            Some(borealis_shards::FaultPanic {
+                shard: 1,
+                after_ms: 3000
+            })
+        );
+        assert_eq!(
+            config(&["--fault-panic-shard=0"]).fault_panic_shard,
+            Some(borealis_shards::FaultPanic {
+                shard: 0,
+                after_ms: 0
+            })
+        );
+        for bad in ["x", "0:soon", "-1:5", ""] {
+            let error = scheduler_args(&[&format!("--fault-panic-shard={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("SHARD or SHARD:MS"), "{bad:?}: {error}");
+        }
+        let mut help = Vec::new();
+        <Cli as clap::CommandFactory>::command()
+            .find_subcommand_mut("scheduler")
+            .unwrap()
+            .write_long_help(&mut help)
+            .unwrap();
+        let help = String::from_utf8(help).unwrap();
+        assert!(help.contains("--max-tasks-per-job"), "{help}");
+        assert!(
+            !help.contains("fault-panic") && !help.contains("FAULT"),
+            "{help}"
+        );
     }
 
     #[test]

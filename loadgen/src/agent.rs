@@ -240,6 +240,7 @@ impl SimAgent {
         ENCODER.with(|e| {
             self.writer
                 .push(e.borrow_mut().register_agent(&registration))
+                .expect("the loadgen's messages fit a frame")
         });
         self.flush(stream).await?;
         // Heartbeats are spread over the interval so 10,000 agents do not beat in step.
@@ -275,7 +276,11 @@ impl SimAgent {
                     }
                 }
                 _ = heartbeat.tick(), if self.registered => {
-                    ENCODER.with(|e| self.writer.push(e.borrow_mut().heartbeat(wall_ms())));
+                    ENCODER.with(|e| {
+                        self.writer
+                            .push(e.borrow_mut().heartbeat(wall_ms()))
+                            .expect("the loadgen's messages fit a frame")
+                    });
                 }
             }
             let next = self.advance(Instant::now());
@@ -744,7 +749,9 @@ impl SimAgent {
             );
             let bytes =
                 e.finish_message(0, None, wire::Payload::TaskStatus, payload.as_union_value());
-            self.writer.push(bytes);
+            self.writer
+                .push(bytes)
+                .expect("the loadgen's messages fit a frame");
         });
     }
 

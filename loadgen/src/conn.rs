@@ -246,7 +246,7 @@ mod tests {
     fn frames(count: usize, size: usize) -> Vec<u8> {
         let mut writer = FrameWriter::new();
         for i in 0..count {
-            writer.push(&vec![i as u8 | 1; size]);
+            writer.push(&vec![i as u8 | 1; size]).unwrap();
         }
         writer.take()
     }

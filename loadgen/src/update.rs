@@ -352,23 +352,28 @@ impl Rpc {
         let id = self.next_id;
         self.next_id += 1;
         let bytes = build(&mut self.encoder, id);
-        self.writer.push(&bytes);
+        self.writer
+            .push(&bytes)
+            .map_err(|e| format!("{what}: {e}"))?;
         client::write(&mut self.stream, &mut self.writer)
             .await
             .map_err(|e| format!("{what}: {e}"))?;
         // Messages that were not the answer: how many, and the last one's type and id.
         let mut skipped = 0u64;
         let mut last_skipped = String::new();
+        // A big job status comes in parts: put together, it is the answer.
+        let mut parts = borealis_net::views::JobStatusParts::default();
         loop {
             let mut found: Option<Result<(OwnedMessage, bool), String>> = None;
             client::each_message(&mut self.decoder, |message| {
                 let request_id = message.request_id();
                 if found.is_none() && (request_id == id || request_id == 0) {
-                    found = Some(
-                        to_owned(message)
-                            .map(|(_, owned)| (owned, request_id == 0))
-                            .map_err(|e| format!("{what}: bad answer: {e}")),
-                    );
+                    found = match to_owned(message) {
+                        Ok((_, owned)) => parts
+                            .feed(request_id, owned)
+                            .map(|owned| Ok((owned, request_id == 0))),
+                        Err(e) => Some(Err(format!("{what}: bad answer: {e}"))),
+                    };
                 } else {
                     skipped += 1;
                     last_skipped = format!(

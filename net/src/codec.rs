@@ -14,6 +14,47 @@ use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use crate::views::*;
 use crate::wire;
 
+/// Jobs (or agents) a `ListJobs` (`ListAgents`) page holds when the request names no limit.
+pub const LIST_PAGE_DEFAULT: u32 = 1_000;
+/// The most a page holds; a larger limit is clamped to it (not refused: a client that pages
+/// on `next` gets everything either way). 10,000 of the largest job summaries (386-byte keys,
+/// a cron schedule) encode to about 6 MiB, well under a frame.
+pub const LIST_PAGE_MAX: u32 = 10_000;
+/// Encoded bytes after which a page ends before its limit (agents' attributes are not bounded
+/// in number or length): `next` says where it ended.
+pub const LIST_PAGE_BYTES_MAX: usize = 8 << 20;
+/// Encoded bytes after which a job status goes on in another part (`JobStatus.more`).
+pub const JOB_STATUS_PART_BYTES: usize = 4 << 20;
+/// The most active updates a cluster-wide `QueryUpdates` lists (more is refused: one job's
+/// are asked for by its key). 10,000 without details encode to about 5 MiB at most.
+pub const UPDATES_LIST_MAX: usize = 10_000;
+
+/// The page size a request's `limit` asks for: 0 is [`LIST_PAGE_DEFAULT`], more than
+/// [`LIST_PAGE_MAX`] is [`LIST_PAGE_MAX`].
+pub fn page_limit(limit: u32) -> usize {
+    match limit {
+        0 => LIST_PAGE_DEFAULT as usize,
+        n => n.min(LIST_PAGE_MAX) as usize,
+    }
+}
+
+/// At least what a summary adds to an encoded `JobList` (its table, strings and counts, and
+/// its offset in the vector), for cutting pages by bytes.
+pub fn job_summary_bytes(j: &JobSummaryView) -> usize {
+    200 + j.job_key.len() + j.cron.as_ref().map_or(0, |c| c.schedule.len())
+}
+
+/// At least what an agent adds to an encoded `AgentList`.
+pub fn agent_info_bytes(a: &AgentInfoView) -> usize {
+    200 + a.agent_id.len()
+        + a.hostname.len()
+        + a.log_address.len()
+        + a.attributes
+            .iter()
+            .map(|(k, v)| 48 + k.len() + v.len())
+            .sum::<usize>()
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
     #[error("malformed message: {0}")]
@@ -664,6 +705,34 @@ fn sla_policy_to_wire(
     )
 }
 
+/// The agents of an `AgentList`.
+fn agent_infos_from_wire(
+    agents: Option<flatbuffers::Vector<'_, flatbuffers::ForwardsUOffset<wire::AgentInfo<'_>>>>,
+) -> Result<Vec<AgentInfoView>, WireError> {
+    agents
+        .iter()
+        .flatten()
+        .map(|a| {
+            Ok(AgentInfoView {
+                agent_id: a.agent_id().to_string(),
+                hostname: a.hostname().to_string(),
+                total: a.total().map(resources_from_wire).unwrap_or_default(),
+                used: a.used().map(resources_from_wire).unwrap_or_default(),
+                active_tasks: a.active_tasks(),
+                connected: a.connected(),
+                mode: host_mode_from_wire(a.mode())?,
+                attributes: a
+                    .attributes()
+                    .iter()
+                    .flatten()
+                    .map(|x| (x.key().to_string(), x.value().to_string()))
+                    .collect(),
+                log_address: a.log_address().unwrap_or_default().to_string(),
+            })
+        })
+        .collect()
+}
+
 pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireError> {
     use wire::Payload as P;
     let owned = match message.payload_type() {
@@ -786,41 +855,43 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                     .job_key(),
             )?,
         },
-        P::ListJobs => OwnedMessage::ListJobs,
-        P::ListAgents => OwnedMessage::ListAgents,
+        P::ListJobs => {
+            let l = message.payload_as_list_jobs().expect("type checked");
+            OwnedMessage::ListJobs {
+                after: l.after().unwrap_or_default().to_string(),
+                limit: l.limit(),
+            }
+        }
+        P::ListAgents => {
+            let l = message.payload_as_list_agents().expect("type checked");
+            OwnedMessage::ListAgents {
+                after: l.after_agent_id().map(|id| {
+                    (
+                        l.after_hostname().unwrap_or_default().to_string(),
+                        id.to_string(),
+                    )
+                }),
+                limit: l.limit(),
+            }
+        }
         P::QueryTask => OwnedMessage::QueryTask {
             task_id: message
                 .payload_as_query_task()
                 .expect("type checked")
                 .task_id(),
         },
-        P::AgentList => OwnedMessage::AgentList(
-            message
-                .payload_as_agent_list()
-                .expect("type checked")
-                .agents()
-                .iter()
-                .flatten()
-                .map(|a| {
-                    Ok(AgentInfoView {
-                        agent_id: a.agent_id().to_string(),
-                        hostname: a.hostname().to_string(),
-                        total: a.total().map(resources_from_wire).unwrap_or_default(),
-                        used: a.used().map(resources_from_wire).unwrap_or_default(),
-                        active_tasks: a.active_tasks(),
-                        connected: a.connected(),
-                        mode: host_mode_from_wire(a.mode())?,
-                        attributes: a
-                            .attributes()
-                            .iter()
-                            .flatten()
-                            .map(|x| (x.key().to_string(), x.value().to_string()))
-                            .collect(),
-                        log_address: a.log_address().unwrap_or_default().to_string(),
-                    })
-                })
-                .collect::<Result<_, WireError>>()?,
-        ),
+        P::AgentList => {
+            let l = message.payload_as_agent_list().expect("type checked");
+            OwnedMessage::AgentList {
+                agents: agent_infos_from_wire(l.agents())?,
+                next: l.next_agent_id().map(|id| {
+                    (
+                        l.next_hostname().unwrap_or_default().to_string(),
+                        id.to_string(),
+                    )
+                }),
+            }
+        }
         P::SetQuota => {
             let q = message.payload_as_set_quota().expect("type checked");
             OwnedMessage::SetQuota {
@@ -857,21 +928,28 @@ pub fn to_owned(message: wire::Message<'_>) -> Result<(u64, OwnedMessage), WireE
                 .flatten()
                 .map(task_info_from_wire)
                 .collect();
-            OwnedMessage::JobStatus(JobStatusView {
+            let status = JobStatusView {
                 job: job_summary_from_wire(s.job())?,
                 tasks,
-            })
+            };
+            if s.more() {
+                OwnedMessage::JobStatusPart(status)
+            } else {
+                OwnedMessage::JobStatus(status)
+            }
         }
-        P::JobList => OwnedMessage::JobList(
-            message
-                .payload_as_job_list()
-                .expect("type checked")
-                .jobs()
-                .iter()
-                .flatten()
-                .map(job_summary_from_wire)
-                .collect::<Result<_, _>>()?,
-        ),
+        P::JobList => {
+            let l = message.payload_as_job_list().expect("type checked");
+            OwnedMessage::JobList {
+                jobs: l
+                    .jobs()
+                    .iter()
+                    .flatten()
+                    .map(job_summary_from_wire)
+                    .collect::<Result<_, _>>()?,
+                next: l.next().unwrap_or_default().to_string(),
+            }
+        }
         P::HostMaintenance => {
             let m = message.payload_as_host_maintenance().expect("type checked");
             OwnedMessage::HostMaintenance {
@@ -1439,9 +1517,17 @@ impl Encoder {
         )
     }
 
+    /// The first page of jobs, of the scheduler's default size.
     pub fn list_jobs(&mut self, request_id: u64) -> &[u8] {
+        self.list_jobs_page(request_id, "", 0)
+    }
+
+    /// A page of jobs: those whose key sorts after `after` (exclusive; empty: from the first),
+    /// at most `limit` (0: [`LIST_PAGE_DEFAULT`]; at most [`LIST_PAGE_MAX`]).
+    pub fn list_jobs_page(&mut self, request_id: u64, after: &str, limit: u32) -> &[u8] {
         self.begin();
-        let payload = wire::ListJobs::create(&mut self.fbb, &wire::ListJobsArgs {});
+        let after = (!after.is_empty()).then(|| self.fbb.create_string(after));
+        let payload = wire::ListJobs::create(&mut self.fbb, &wire::ListJobsArgs { after, limit });
         self.finish_message(
             request_id,
             None,
@@ -1544,53 +1630,57 @@ impl Encoder {
         )
     }
 
+    fn task_info(&mut self, t: &TaskInfoView) -> WIPOffset<wire::TaskInfo<'static>> {
+        let agent_id = self.fbb.create_string(&t.agent_id);
+        let hostname = self.fbb.create_string(&t.hostname);
+        let message = self.fbb.create_string(&t.message);
+        let sandbox = self.fbb.create_string(&t.sandbox);
+        let pending_reason =
+            (!t.pending_reason.is_empty()).then(|| self.fbb.create_string(&t.pending_reason));
+        let ports = self.ports(&t.ports);
+        let events = (!t.events.is_empty()).then(|| {
+            let mut offsets = Vec::with_capacity(t.events.len());
+            for e in &t.events {
+                let message = (!e.message.is_empty()).then(|| self.fbb.create_string(&e.message));
+                offsets.push(wire::TaskEvent::create(
+                    &mut self.fbb,
+                    &wire::TaskEventArgs {
+                        unix_ms: e.unix_ms,
+                        state: state_to_wire(e.state.unwrap_or(TaskState::Init)),
+                        message,
+                    },
+                ));
+            }
+            self.fbb.create_vector(&offsets)
+        });
+        wire::TaskInfo::create(
+            &mut self.fbb,
+            &wire::TaskInfoArgs {
+                task_id: t.task_id,
+                instance: t.instance,
+                state: state_to_wire(t.state.unwrap_or(TaskState::Init)),
+                agent_id: Some(agent_id),
+                hostname: Some(hostname),
+                failure_count: t.failure_count,
+                exit_code: t.exit_code,
+                message: Some(message),
+                ports: Some(ports),
+                sandbox: Some(sandbox),
+                pending_reason,
+                preempted_by: t.preempted_by.unwrap_or(0),
+                events,
+                usage: t.usage.as_ref().map(usage_to_wire).as_ref(),
+            },
+        )
+    }
+
+    /// A job's status as one message (whatever its size: see [`Encoder::job_status_parts`]).
     pub fn job_status(&mut self, request_id: u64, status: &JobStatusView) -> &[u8] {
         self.begin();
         let job = self.job_summary(&status.job);
         let mut tasks = Vec::with_capacity(status.tasks.len());
         for t in &status.tasks {
-            let agent_id = self.fbb.create_string(&t.agent_id);
-            let hostname = self.fbb.create_string(&t.hostname);
-            let message = self.fbb.create_string(&t.message);
-            let sandbox = self.fbb.create_string(&t.sandbox);
-            let pending_reason =
-                (!t.pending_reason.is_empty()).then(|| self.fbb.create_string(&t.pending_reason));
-            let ports = self.ports(&t.ports);
-            let events = (!t.events.is_empty()).then(|| {
-                let mut offsets = Vec::with_capacity(t.events.len());
-                for e in &t.events {
-                    let message =
-                        (!e.message.is_empty()).then(|| self.fbb.create_string(&e.message));
-                    offsets.push(wire::TaskEvent::create(
-                        &mut self.fbb,
-                        &wire::TaskEventArgs {
-                            unix_ms: e.unix_ms,
-                            state: state_to_wire(e.state.unwrap_or(TaskState::Init)),
-                            message,
-                        },
-                    ));
-                }
-                self.fbb.create_vector(&offsets)
-            });
-            tasks.push(wire::TaskInfo::create(
-                &mut self.fbb,
-                &wire::TaskInfoArgs {
-                    task_id: t.task_id,
-                    instance: t.instance,
-                    state: state_to_wire(t.state.unwrap_or(TaskState::Init)),
-                    agent_id: Some(agent_id),
-                    hostname: Some(hostname),
-                    failure_count: t.failure_count,
-                    exit_code: t.exit_code,
-                    message: Some(message),
-                    ports: Some(ports),
-                    sandbox: Some(sandbox),
-                    pending_reason,
-                    preempted_by: t.preempted_by.unwrap_or(0),
-                    events,
-                    usage: t.usage.as_ref().map(usage_to_wire).as_ref(),
-                },
-            ));
+            tasks.push(self.task_info(t));
         }
         let tasks = self.fbb.create_vector(&tasks);
         let payload = wire::JobStatus::create(
@@ -1598,6 +1688,7 @@ impl Encoder {
             &wire::JobStatusArgs {
                 job: Some(job),
                 tasks: Some(tasks),
+                more: false,
             },
         );
         self.finish_message(
@@ -1608,11 +1699,73 @@ impl Encoder {
         )
     }
 
+    /// A job's status as the messages that carry it: one, or (once its tasks encode to more
+    /// than `part_bytes`) several, each with the job's summary and the next tasks in order,
+    /// `more` set on all but the last. A part ends after the task that takes it past
+    /// `part_bytes`, so it is at most that plus one task. `tasks` is read once, in order (the
+    /// caller can build each task's view as it goes).
+    pub fn job_status_parts<T: std::borrow::Borrow<TaskInfoView>>(
+        &mut self,
+        request_id: u64,
+        job: &JobSummaryView,
+        tasks: impl IntoIterator<Item = T>,
+        part_bytes: usize,
+    ) -> Vec<Vec<u8>> {
+        let mut tasks = tasks.into_iter().peekable();
+        let mut parts = Vec::new();
+        loop {
+            self.begin();
+            let mut offsets = Vec::new();
+            for t in tasks.by_ref() {
+                offsets.push(self.task_info(t.borrow()));
+                if self.fbb.unfinished_data().len() >= part_bytes {
+                    break;
+                }
+            }
+            let more = tasks.peek().is_some();
+            let summary = self.job_summary(job);
+            let offsets = self.fbb.create_vector(&offsets);
+            let payload = wire::JobStatus::create(
+                &mut self.fbb,
+                &wire::JobStatusArgs {
+                    job: Some(summary),
+                    tasks: Some(offsets),
+                    more,
+                },
+            );
+            parts.push(
+                self.finish_message(
+                    request_id,
+                    None,
+                    wire::Payload::JobStatus,
+                    payload.as_union_value(),
+                )
+                .to_vec(),
+            );
+            if !more {
+                return parts;
+            }
+        }
+    }
+
+    /// A list of jobs that is the whole answer (no next page).
     pub fn job_list(&mut self, request_id: u64, jobs: &[JobSummaryView]) -> &[u8] {
+        self.job_list_page(request_id, jobs, "")
+    }
+
+    /// A page of jobs; `next`: the key to ask for the next page after (empty: no more).
+    pub fn job_list_page(&mut self, request_id: u64, jobs: &[JobSummaryView], next: &str) -> &[u8] {
         self.begin();
         let summaries: Vec<_> = jobs.iter().map(|j| self.job_summary(j)).collect();
         let jobs = self.fbb.create_vector(&summaries);
-        let payload = wire::JobList::create(&mut self.fbb, &wire::JobListArgs { jobs: Some(jobs) });
+        let next = (!next.is_empty()).then(|| self.fbb.create_string(next));
+        let payload = wire::JobList::create(
+            &mut self.fbb,
+            &wire::JobListArgs {
+                jobs: Some(jobs),
+                next,
+            },
+        );
         self.finish_message(
             request_id,
             None,
@@ -1692,9 +1845,35 @@ impl Encoder {
         )
     }
 
+    /// The first page of agents, of the scheduler's default size.
     pub fn list_agents(&mut self, request_id: u64) -> &[u8] {
+        self.list_agents_page(request_id, None, 0)
+    }
+
+    /// A page of agents: those after `after` (hostname, agent_id; exclusive; None: from the
+    /// first), at most `limit` (0: [`LIST_PAGE_DEFAULT`]; at most [`LIST_PAGE_MAX`]).
+    pub fn list_agents_page(
+        &mut self,
+        request_id: u64,
+        after: Option<(&str, &str)>,
+        limit: u32,
+    ) -> &[u8] {
         self.begin();
-        let payload = wire::ListAgents::create(&mut self.fbb, &wire::ListAgentsArgs {});
+        let (after_hostname, after_agent_id) = match after {
+            Some((host, id)) => (
+                Some(self.fbb.create_string(host)),
+                Some(self.fbb.create_string(id)),
+            ),
+            None => (None, None),
+        };
+        let payload = wire::ListAgents::create(
+            &mut self.fbb,
+            &wire::ListAgentsArgs {
+                after_hostname,
+                after_agent_id,
+                limit,
+            },
+        );
         self.finish_message(
             request_id,
             None,
@@ -1714,7 +1893,19 @@ impl Encoder {
         )
     }
 
+    /// A list of agents that is the whole answer (no next page).
     pub fn agent_list(&mut self, request_id: u64, agents: &[AgentInfoView]) -> &[u8] {
+        self.agent_list_page(request_id, agents, None)
+    }
+
+    /// A page of agents; `next`: the (hostname, agent_id) to ask for the next page after
+    /// (None: no more).
+    pub fn agent_list_page(
+        &mut self,
+        request_id: u64,
+        agents: &[AgentInfoView],
+        next: Option<(&str, &str)>,
+    ) -> &[u8] {
         self.begin();
         let mut tables = Vec::with_capacity(agents.len());
         for a in agents {
@@ -1753,10 +1944,19 @@ impl Encoder {
             ));
         }
         let agents = self.fbb.create_vector(&tables);
+        let (next_hostname, next_agent_id) = match next {
+            Some((host, id)) => (
+                Some(self.fbb.create_string(host)),
+                Some(self.fbb.create_string(id)),
+            ),
+            None => (None, None),
+        };
         let payload = wire::AgentList::create(
             &mut self.fbb,
             &wire::AgentListArgs {
                 agents: Some(agents),
+                next_hostname,
+                next_agent_id,
             },
         );
         self.finish_message(

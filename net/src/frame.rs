@@ -23,7 +23,12 @@ pub enum FrameError {
     TooManyMessages,
     #[error("empty message in frame")]
     EmptyMessage,
+    #[error("message of {len} bytes exceeds the limit of {MESSAGE_BYTES_MAX} bytes")]
+    MessageTooLarge { len: usize },
 }
+
+/// Largest message a frame can carry (a frame holding it alone).
+pub const MESSAGE_BYTES_MAX: usize = FRAME_BYTES_MAX - LEN_BYTES;
 
 /// Accumulates messages into frames. Reused across frames so steady state allocates nothing.
 #[derive(Debug)]
@@ -60,14 +65,17 @@ impl FrameWriter {
     }
 
     /// Appends one message. Starts a new frame when the open one would exceed the limits, so
-    /// callers may push any number of messages and flush once.
-    pub fn push(&mut self, message: &[u8]) {
-        assert!(!message.is_empty(), "empty message");
-        assert!(
-            message.len() + LEN_BYTES <= FRAME_BYTES_MAX,
-            "message of {} bytes can never fit a frame",
-            message.len()
-        );
+    /// callers may push any number of messages and flush once. A message that can never fit a
+    /// frame (over [`MESSAGE_BYTES_MAX`]), or an empty one, is refused and nothing is written:
+    /// the caller answers with an error instead (a peer must never be able to make a reply
+    /// that panics the encoder).
+    pub fn push(&mut self, message: &[u8]) -> Result<(), FrameError> {
+        if message.is_empty() {
+            return Err(FrameError::EmptyMessage);
+        }
+        if message.len() > MESSAGE_BYTES_MAX {
+            return Err(FrameError::MessageTooLarge { len: message.len() });
+        }
         if self.messages > 0
             && (self.open_frame_len_with(message.len()) > FRAME_BYTES_MAX
                 || self.messages == MESSAGES_PER_FRAME_MAX)
@@ -82,6 +90,7 @@ impl FrameWriter {
             .extend_from_slice(&(message.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(message);
         self.messages += 1;
+        Ok(())
     }
 
     fn close_frame(&mut self) {
@@ -177,6 +186,11 @@ impl FrameDecoder {
         self.buf.len()
     }
 
+    /// Bytes the buffer holds allocated (what an idle or stalled connection costs).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// The next complete frame body, `Ok(None)` when more bytes are needed, or an error for a
     /// length prefix over the limit (checked before anything of the frame is buffered).
     pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
@@ -188,7 +202,8 @@ impl FrameDecoder {
             return Err(FrameError::FrameTooLarge { len });
         }
         if self.buf.len() < LEN_BYTES + len {
-            self.buf.reserve(LEN_BYTES + len - self.buf.len());
+            // Nothing is reserved for the rest of the frame: the buffer grows only as bytes
+            // arrive, so a length prefix alone costs its peer's connection nothing.
             return Ok(None);
         }
         self.buf.advance(LEN_BYTES);
@@ -233,7 +248,7 @@ mod tests {
     fn roundtrip(messages: &[Vec<u8>], chunk: usize) -> Vec<Vec<u8>> {
         let mut writer = FrameWriter::new();
         for m in messages {
-            writer.push(m);
+            writer.push(m).unwrap();
         }
         let bytes = writer.finish().to_vec();
         let mut decoder = FrameDecoder::new();
@@ -285,6 +300,40 @@ mod tests {
     }
 
     #[test]
+    fn a_length_prefix_alone_reserves_nothing() {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&(FRAME_BYTES_MAX as u32).to_le_bytes());
+        assert_eq!(decoder.next_frame(), Ok(None));
+        assert!(
+            decoder.capacity() < 64 << 10,
+            "a 16 MiB length prefix reserved {} bytes",
+            decoder.capacity()
+        );
+    }
+
+    #[test]
+    fn a_message_too_large_for_any_frame_is_refused_not_a_panic() {
+        let mut writer = FrameWriter::new();
+        writer.push(&[1]).unwrap();
+        assert_eq!(
+            writer.push(&vec![0; MESSAGE_BYTES_MAX + 1]),
+            Err(FrameError::MessageTooLarge {
+                len: MESSAGE_BYTES_MAX + 1
+            })
+        );
+        assert_eq!(writer.push(&[]), Err(FrameError::EmptyMessage));
+        // Nothing of the refused messages was written; the largest message still fits.
+        writer.push(&vec![2; MESSAGE_BYTES_MAX]).unwrap();
+        let bytes = writer.finish().to_vec();
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&bytes);
+        let first = split_messages(decoder.next_frame().unwrap().unwrap()).unwrap();
+        let second = split_messages(decoder.next_frame().unwrap().unwrap()).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(second[0].len(), MESSAGE_BYTES_MAX);
+    }
+
+    #[test]
     fn message_overrunning_its_frame_is_rejected() {
         let mut body = Vec::new();
         body.extend_from_slice(&100u32.to_le_bytes());
@@ -299,7 +348,7 @@ mod tests {
     fn writer_splits_frames_at_message_limit() {
         let mut writer = FrameWriter::new();
         for _ in 0..MESSAGES_PER_FRAME_MAX + 1 {
-            writer.push(&[7]);
+            writer.push(&[7]).unwrap();
         }
         let bytes = writer.finish().to_vec();
         let mut decoder = FrameDecoder::new();

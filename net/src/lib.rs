@@ -19,4 +19,7 @@ pub mod tls;
 pub mod views;
 
 pub use codec::{decode_message, Encoder, WireError};
-pub use frame::{FrameDecoder, FrameError, FrameWriter, FRAME_BYTES_MAX, MESSAGES_PER_FRAME_MAX};
+pub use frame::{
+    FrameDecoder, FrameError, FrameWriter, FRAME_BYTES_MAX, MESSAGES_PER_FRAME_MAX,
+    MESSAGE_BYTES_MAX,
+};

@@ -148,6 +148,53 @@ pub struct JobStatusView {
     pub tasks: Vec<TaskInfoView>,
 }
 
+/// Puts together job statuses that come in parts ([`OwnedMessage::JobStatusPart`]s, then the
+/// last as an [`OwnedMessage::JobStatus`], all with the request's id), for any number of
+/// requests in flight.
+#[derive(Debug, Default)]
+pub struct JobStatusParts {
+    partial: std::collections::HashMap<u64, JobStatusView>,
+}
+
+impl JobStatusParts {
+    /// Takes one decoded message of `request_id`. A part with more to come is kept (`None`);
+    /// the last part comes back as the whole status (the first part's summary, every part's
+    /// tasks in order); anything else comes back as it is (and ends the request's parts).
+    pub fn feed(&mut self, request_id: u64, message: OwnedMessage) -> Option<OwnedMessage> {
+        match message {
+            OwnedMessage::JobStatusPart(part) => {
+                match self.partial.entry(request_id) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().tasks.extend(part.tasks);
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(part);
+                    }
+                }
+                None
+            }
+            OwnedMessage::JobStatus(last) => Some(OwnedMessage::JobStatus(
+                match self.partial.remove(&request_id) {
+                    Some(mut whole) => {
+                        whole.tasks.extend(last.tasks);
+                        whole
+                    }
+                    None => last,
+                },
+            )),
+            other => {
+                self.partial.remove(&request_id);
+                Some(other)
+            }
+        }
+    }
+
+    /// True when no request has parts waiting for their last.
+    pub fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+}
+
 /// A task that keeps a draining host from being DRAINED, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostBlockerView {
@@ -200,8 +247,18 @@ pub enum OwnedMessage {
     Authenticate {
         token: String,
     },
-    ListAgents,
-    AgentList(Vec<AgentInfoView>),
+    /// A page of agents: those after `after` (hostname, agent_id; exclusive; None: from the
+    /// first), at most `limit` (0: the scheduler's default).
+    ListAgents {
+        after: Option<(String, String)>,
+        limit: u32,
+    },
+    /// A page of agents in (hostname, agent_id) order; `next`: the last of them, to ask for
+    /// the next page after (None: there are no more).
+    AgentList {
+        agents: Vec<AgentInfoView>,
+        next: Option<(String, String)>,
+    },
     QueryTask {
         task_id: u64,
     },
@@ -235,7 +292,12 @@ pub enum OwnedMessage {
     QueryJob {
         job_key: JobKey,
     },
-    ListJobs,
+    /// A page of jobs: those whose key sorts after `after` (exclusive; empty: from the first),
+    /// at most `limit` (0: the scheduler's default).
+    ListJobs {
+        after: String,
+        limit: u32,
+    },
     /// Sets `role`'s quota; `quota.ports` is not carried (always 0).
     SetQuota {
         role: String,
@@ -298,8 +360,17 @@ pub enum OwnedMessage {
     StartCron {
         job_key: JobKey,
     },
+    /// A job's status, or the last part of one that came in parts.
     JobStatus(JobStatusView),
-    JobList(Vec<JobSummaryView>),
+    /// A part of a big job's status that more parts follow (wire: `JobStatus.more`): the job's
+    /// summary and the next slice of its tasks. [`JobStatusParts`] puts them together.
+    JobStatusPart(JobStatusView),
+    /// A page of jobs in key order; `next`: the last key of it, to ask for the next page after
+    /// (empty: there are no more).
+    JobList {
+        jobs: Vec<JobSummaryView>,
+        next: String,
+    },
     Ack,
     Error {
         code: ErrorCode,

@@ -434,7 +434,13 @@ fn job_summaries_carry_cron_and_the_active_update() {
     let jobs = vec![plain, cron, cron_no_next, updating, rolling];
     assert_eq!(
         roundtrip(enc.job_list(15, &jobs)),
-        (15, OwnedMessage::JobList(jobs.clone()))
+        (
+            15,
+            OwnedMessage::JobList {
+                jobs: jobs.clone(),
+                next: String::new()
+            }
+        )
     );
     for job in jobs {
         let status = JobStatusView { job, tasks: vec![] };
@@ -463,17 +469,26 @@ fn a_summary_from_an_older_scheduler_has_no_cron_and_no_update() {
             },
         );
         let jobs = fbb.create_vector(&[summary]);
-        let payload = wire::JobList::create(fbb, &wire::JobListArgs { jobs: Some(jobs) });
+        let payload = wire::JobList::create(
+            fbb,
+            &wire::JobListArgs {
+                jobs: Some(jobs),
+                next: None,
+            },
+        );
         enc.finish_message(1, None, wire::Payload::JobList, payload.as_union_value())
             .to_vec()
     };
     assert_eq!(
         roundtrip(&bytes).1,
-        OwnedMessage::JobList(vec![JobSummaryView {
-            job_key: "www/prod/old".into(),
-            instances: 1,
-            ..JobSummaryView::default()
-        }])
+        OwnedMessage::JobList {
+            jobs: vec![JobSummaryView {
+                job_key: "www/prod/old".into(),
+                instances: 1,
+                ..JobSummaryView::default()
+            }],
+            next: String::new()
+        }
     );
 }
 
@@ -647,7 +662,13 @@ fn unknown_enum_values_and_bad_revisions_are_refused() {
             },
         );
         let jobs = fbb.create_vector(&[summary]);
-        let payload = wire::JobList::create(fbb, &wire::JobListArgs { jobs: Some(jobs) });
+        let payload = wire::JobList::create(
+            fbb,
+            &wire::JobListArgs {
+                jobs: Some(jobs),
+                next: None,
+            },
+        );
         enc.finish_message(1, None, wire::Payload::JobList, payload.as_union_value())
             .to_vec()
     };

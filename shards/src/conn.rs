@@ -11,9 +11,10 @@
 //! an expired one, a peer speaking plain frames) closes that socket only. What the peer proved
 //! ([`PeerIdentity`]) goes to the shard with the connection.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use borealis_net::frame::split_messages;
 use borealis_net::tls::PeerIdentity;
@@ -22,6 +23,8 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::TcpListener;
 
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::msg::{ConnId, Inbound};
 
 /// Outbound batches queued per connection; while it is full the shard keeps accumulating
@@ -34,14 +37,105 @@ const READ_BYTES_MAX: usize = 256 * 1024;
 const WRITE_COALESCE_BYTES_MAX: usize = 4 << 20;
 /// How long a peer has to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of frames not yet complete that one shard's readers may hold together. A reader
+/// holding part of a frame waits (stops reading its socket) while the shard is over it; its
+/// connection's timeouts still run, so stalled peers are closed and free their share.
+pub const INBOUND_PARTIAL_BYTES_MAX: usize = 256 << 20;
+/// A reader below this much of a partial frame is never held back by the budget (so small
+/// requests and heartbeats flow even while big frames wait).
+const PARTIAL_BYTES_EXEMPT: usize = 64 << 10;
+/// How often a reader held back by the budget looks again.
+const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 
-pub async fn accept_loop(
-    listener: TcpListener,
-    inbound: Rc<LocalSender<Inbound>>,
-    tls: Option<Arc<rustls::ServerConfig>>,
-) {
-    let acceptor = tls.map(futures_rustls::TlsAcceptor::from);
+/// What a shard's network front needs: its limits, and its metrics to count what they refuse.
+#[derive(Clone)]
+pub struct Front {
+    pub shard: usize,
+    pub metrics: Arc<Metrics>,
+    /// This shard's share of `--max-connections`.
+    pub max_connections: usize,
+    pub first_message_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Connections open on this shard and bytes of partial frames its readers hold.
+    open: Rc<Cell<usize>>,
+    partial_bytes: Rc<Cell<usize>>,
+}
+
+impl Front {
+    pub fn new(
+        shard: usize,
+        shards: usize,
+        limits: &Limits,
+        metrics: Arc<Metrics>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Front {
+        Front {
+            shard,
+            metrics,
+            max_connections: Limits::per_shard(limits.max_connections, shards),
+            first_message_timeout: limits.first_message_timeout,
+            idle_timeout: limits.client_idle_timeout,
+            tls,
+            open: Rc::default(),
+            partial_bytes: Rc::default(),
+        }
+    }
+
+    fn metrics(&self) -> &crate::metrics::ShardMetrics {
+        &self.metrics.shards[self.shard]
+    }
+
+    /// Moves this shard's partial-frame total from `old` to `new` bytes for one reader.
+    fn account_partial(&self, old: usize, new: usize) {
+        let total = self.partial_bytes.get() - old + new;
+        self.partial_bytes.set(total);
+        self.metrics().inbound_partial_bytes.set(total as u64);
+    }
+}
+
+/// A connection's queue to its writer, counting the bytes queued and not yet written: the
+/// shard bounds a connection's pending output by what it holds plus what is queued here.
+#[derive(Debug)]
+struct ConnSender {
+    tx: LocalSender<Vec<u8>>,
+    queued: Rc<Cell<usize>>,
+}
+
+/// Bytes queued to one connection's writer past which the shard keeps further output in the
+/// connection's frame writer (where `CONN_PENDING_BYTES_MAX` bounds the total).
+const CONN_QUEUED_BYTES_MAX: usize = 8 << 20;
+
+impl crate::msg::ConnOut for ConnSender {
+    fn is_full(&self) -> bool {
+        self.tx.is_full() || self.queued.get() >= CONN_QUEUED_BYTES_MAX
+    }
+
+    fn try_send(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+        let len = bytes.len();
+        crate::msg::ConnOut::try_send(&self.tx, bytes)?;
+        self.queued.set(self.queued.get() + len);
+        Ok(())
+    }
+
+    fn queued_bytes(&self) -> usize {
+        self.queued.get()
+    }
+}
+
+/// Counts a connection open for as long as it lives (its reader and writer included).
+struct OpenGuard(Rc<Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
+}
+
+pub async fn accept_loop(listener: TcpListener, inbound: Rc<LocalSender<Inbound>>, front: Front) {
+    let acceptor = front.tls.clone().map(futures_rustls::TlsAcceptor::from);
     let mut next_conn = ConnId(1);
+    let mut refused_logged: Option<Instant> = None;
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -51,17 +145,37 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        if front.open.get() >= front.max_connections {
+            // Closed at once: the peer sees the connection end and retries elsewhere or later.
+            front.metrics().connections_refused_total.inc();
+            if refused_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                refused_logged = Some(Instant::now());
+                tracing::warn!(
+                    shard = front.shard,
+                    open = front.open.get(),
+                    "connection refused: the shard holds its share ({}) of --max-connections",
+                    front.max_connections
+                );
+            }
+            drop(stream);
+            continue;
+        }
+        front.open.set(front.open.get() + 1);
+        let guard = OpenGuard(front.open.clone());
         let conn = next_conn;
         next_conn.0 += 1;
         let inbound = inbound.clone();
         let acceptor = acceptor.clone();
+        let front = front.clone();
         glommio::spawn_local(async move {
+            let _guard = guard;
             let Ok(peer) = stream.peer_addr() else {
                 return;
             };
             let _ = stream.set_nodelay(true);
             let Some(acceptor) = acceptor else {
-                return serve_connection(conn, peer, stream, PeerIdentity::Plain, inbound).await;
+                return serve_connection(conn, peer, stream, PeerIdentity::Plain, inbound, &front)
+                    .await;
             };
             let handshake = futures_lite::future::or(
                 async { Some(acceptor.accept(stream).await) },
@@ -73,7 +187,7 @@ pub async fn accept_loop(
             match handshake.await {
                 Some(Ok(tls)) => {
                     let identity = PeerIdentity::of(tls.get_ref().1.peer_certificates());
-                    serve_connection(conn, peer, tls, identity, inbound).await;
+                    serve_connection(conn, peer, tls, identity, inbound, &front).await;
                 }
                 Some(Err(e)) => {
                     tracing::warn!(%peer, "TLS handshake failed, closing: {e}");
@@ -93,6 +207,7 @@ async fn serve_connection<S>(
     stream: S,
     identity: PeerIdentity,
     inbound: Rc<LocalSender<Inbound>>,
+    front: &Front,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
@@ -100,12 +215,17 @@ async fn serve_connection<S>(
     // the length of one poll on this one thread: never contended, never held across an await.
     let (mut read_half, mut write_half) = futures_lite::io::split(stream);
     let (out_tx, out_rx) = local_channel::new_bounded::<Vec<u8>>(CONN_OUT_QUEUE_MAX);
+    let queued = Rc::new(Cell::new(0usize));
+    let out = ConnSender {
+        tx: out_tx,
+        queued: queued.clone(),
+    };
     if inbound
         .send(Inbound::ConnOpened {
             conn,
             peer,
             identity,
-            out: Box::new(out_tx),
+            out: Box::new(out),
         })
         .await
         .is_err()
@@ -122,15 +242,21 @@ async fn serve_connection<S>(
                     _ => break,
                 }
             }
-            if write_half.write_all(&batch).await.is_err() {
+            let written = write_half.write_all(&batch).await;
+            queued.set(queued.get().saturating_sub(batch.len()));
+            if written.is_err() {
                 break;
             }
         }
         // The shard dropped this connection (or the peer stopped reading): tell the peer.
         let _ = write_half.close().await;
     });
-    let reason = match read_frames(conn, &mut read_half, &inbound).await {
+    let reason = match read_frames(conn, &mut read_half, &inbound, front).await {
         Ended::Closed(reason) => reason,
+        Ended::TimedOut(reason) => {
+            tracing::warn!(%peer, "closing connection: {reason}");
+            reason
+        }
         Ended::Protocol(reason) => {
             tracing::error!(%peer, "disconnecting peer: {reason}");
             reason
@@ -146,21 +272,63 @@ enum Ended {
     Closed(String),
     /// The peer broke the protocol (a bad frame or message): logged as an error.
     Protocol(String),
+    /// The peer sent no whole message in time.
+    TimedOut(String),
 }
 
-/// Reads until the peer closes or misbehaves.
+/// What a reader waits for: the socket, or the deadline for the peer's next whole message.
+enum Wait<T> {
+    Read(T),
+    Deadline,
+}
+
+/// Reads until the peer closes, misbehaves or goes silent past its timeout.
 async fn read_frames<S: AsyncRead + Unpin>(
     conn: ConnId,
     stream: &mut futures_lite::io::ReadHalf<S>,
     inbound: &LocalSender<Inbound>,
+    front: &Front,
 ) -> Ended {
     let mut decoder = FrameDecoder::new();
     let mut read_bytes = READ_BYTES_MIN;
-    loop {
-        let n = match stream.read(decoder.spare(read_bytes)).await {
-            Ok(0) => return Ended::Closed("peer closed the connection".into()),
-            Ok(n) => n,
-            Err(e) => return Ended::Closed(format!("read error: {e}")),
+    // The first whole message must come within the first-message timeout; after that, each
+    // within the idle timeout of the one before.
+    let mut deadline = Instant::now() + front.first_message_timeout;
+    let mut got_message = false;
+    let mut partial = 0usize;
+    let ended = 'read: loop {
+        // A reader holding part of a frame waits while the shard holds too much of them.
+        while partial > PARTIAL_BYTES_EXEMPT
+            && front.partial_bytes.get() > INBOUND_PARTIAL_BYTES_MAX
+            && Instant::now() < deadline
+        {
+            glommio::timer::sleep(BUDGET_RECHECK).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let spare = decoder.spare(read_bytes);
+        let read =
+            futures_lite::future::or(async { Wait::Read(stream.read(spare).await) }, async {
+                glommio::timer::sleep(left).await;
+                Wait::Deadline
+            })
+            .await;
+        let n = match read {
+            Wait::Read(Ok(0)) => break Ended::Closed("peer closed the connection".into()),
+            Wait::Read(Ok(n)) => n,
+            Wait::Read(Err(e)) => break Ended::Closed(format!("read error: {e}")),
+            Wait::Deadline => {
+                let (slot, what, limit) = if got_message {
+                    (1, "--client-idle-timeout", front.idle_timeout)
+                } else {
+                    (
+                        0,
+                        "--connection-first-message-timeout",
+                        front.first_message_timeout,
+                    )
+                };
+                front.metrics().connections_timed_out_total[slot].inc();
+                break Ended::TimedOut(format!("no whole message for {limit:?} ({what})"));
+            }
         };
         decoder.commit(n);
         // Busy connections read big, idle ones small.
@@ -178,25 +346,39 @@ async fn read_frames<S: AsyncRead + Unpin>(
                     Ok(parts) => {
                         for part in parts {
                             if let Err(e) = decode_message(&part) {
-                                return Ended::Protocol(format!("bad message: {e}"));
+                                break 'read Ended::Protocol(format!("bad message: {e}"));
                             }
                             messages.push(part);
                         }
                     }
-                    Err(e) => return Ended::Protocol(format!("bad frame: {e}")),
+                    Err(e) => break 'read Ended::Protocol(format!("bad frame: {e}")),
                 },
                 Ok(None) => break,
-                Err(e) => return Ended::Protocol(format!("bad frame: {e}")),
+                Err(e) => break 'read Ended::Protocol(format!("bad frame: {e}")),
             }
         }
         decoder.shrink_if_empty(2 * READ_BYTES_MIN);
-        if !messages.is_empty()
-            && inbound
+        // What this reader holds of a frame not yet complete (an empty buffer counts nothing:
+        // idle connections keep at most a small one).
+        let now_partial = if decoder.buffered() == 0 {
+            0
+        } else {
+            decoder.capacity()
+        };
+        front.account_partial(partial, now_partial);
+        partial = now_partial;
+        if !messages.is_empty() {
+            got_message = true;
+            deadline = Instant::now() + front.idle_timeout;
+            if inbound
                 .send(Inbound::ConnMessages { conn, messages })
                 .await
                 .is_err()
-        {
-            return Ended::Closed("scheduler shutting down".into());
+            {
+                break Ended::Closed("scheduler shutting down".into());
+            }
         }
-    }
+    };
+    front.account_partial(partial, 0);
+    ended
 }

@@ -6,6 +6,8 @@
 //! shards talk only through bounded `channel_mesh` queues carrying [`msg::PeerBatch`]es.
 
 pub mod audit_log;
+mod claim;
+mod config;
 pub mod conn;
 pub mod coordinator;
 pub mod ha;
@@ -14,7 +16,7 @@ pub mod metrics;
 pub mod msg;
 pub mod shard;
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -26,205 +28,21 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::local_channel;
 use glommio::{GlommioError, LocalExecutorBuilder, Placement, ResourceType};
 
+use crate::claim::{record_lock_holder, resolve_listen_addr};
 use crate::metrics::Metrics;
 use crate::msg::{Inbound, PeerBatch};
 use crate::shard::Shard;
+pub use claim::{lock_data_dir, lock_data_dir_waiting, LockHolder, PREDECESSOR_EXIT_WAIT};
+pub use config::{ChangeSettings, FaultPanic, SchedulerConfig, SecuritySettings, ServiceSettings};
 
 /// Items a shard's loop may have queued (connections, peers, ticks).
 pub const INBOUND_QUEUE_MAX: usize = 4096;
+/// Items a shard's connections may have queued (frames read, opens and closes).
+pub const CONN_INBOUND_QUEUE_MAX: usize = 4096;
 /// Batches queued from one shard to another.
 pub const PEER_QUEUE_MAX: usize = 1024;
 /// How often a shard wakes with nothing to do (throttle expiry, retries, timeouts).
 const TICK: Duration = Duration::from_millis(50);
-
-/// The scheduler's settings (flag names follow Aurora's where they exist).
-#[derive(Clone, Debug)]
-pub struct SchedulerConfig {
-    /// Address for agents and clients.
-    pub listen: SocketAddr,
-    pub shards: usize,
-    /// Pin shard `i` to CPU `i % cores`.
-    pub pin_shards: bool,
-    pub cluster_name: String,
-    pub max_tasks_per_job: u32,
-    pub history_max_per_job: usize,
-    /// Terminal tasks older than this are pruned (Aurora: `history_prune_threshold`).
-    pub history_prune_threshold_ms: u64,
-    /// Per-job pruning spares terminal tasks younger than this
-    /// (Aurora: `history_min_retention_threshold`).
-    pub history_min_retention_ms: u64,
-    pub lifecycle: borealis_core::lifecycle::LifecyclePolicy,
-    /// Mixed into task ids so ids of different scheduler runs never collide.
-    pub epoch: u32,
-    /// Durable state (write-ahead log and snapshots per shard); None keeps state in memory.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// Where backups go (Aurora: `backup_dir`).
-    pub backup_dir: std::path::PathBuf,
-    /// Aurora: `backup_interval`.
-    pub backup_interval_ms: u64,
-    /// An operator's backup request (Aurora: performBackup): the request's unix ms, written by
-    /// the control plane, read by every shard on its next sweep.
-    pub backup_requests: Arc<std::sync::atomic::AtomicU64>,
-    /// Aurora: `max_saved_backups`.
-    pub max_saved_backups: usize,
-    /// Aurora: `dlog_snapshot_interval`.
-    pub snapshot_interval_ms: u64,
-    /// After a restart, how long tasks restored on an agent wait for it to report them before
-    /// they are LOST and replaced.
-    pub reconciliation_grace_ms: u64,
-    /// How long an idle shard spins before it parks (DESIGN.md: ~50 µs cut ping-pong latency
-    /// from 57 to 13 µs); 0 parks at once, leaving the core to other processes.
-    pub spin_before_park_us: u64,
-    /// io_uring buffer memory per shard (DESIGN.md: set it explicitly; >= 512 KiB).
-    pub io_memory_bytes: usize,
-    /// Aurora: `tier_config`: the tiers file, parsed and checked at startup (default: Aurora's
-    /// stock tiers).
-    pub tier_config: borealis_core::tier::TierConfig,
-    /// Aurora: `enable_preemptor` (default true).
-    pub enable_preemptor: bool,
-    /// Aurora: `preemption_delay` (3 min): how long a task must be pending before it may
-    /// preempt others.
-    pub preemption_delay_ms: u64,
-    /// Aurora: `preemption_slot_hold_time` (5 min): how long a found preemption slot is held.
-    pub preemption_slot_hold_time_ms: u64,
-    /// Aurora: `preemption_slot_search_interval` (1 min).
-    pub preemption_slot_search_interval_ms: u64,
-    /// Aurora: `first_schedule_delay` (1 ms): wait before a new PENDING task's first attempt.
-    pub first_schedule_delay_ms: u64,
-    /// Aurora: `max_schedule_attempts_per_sec`; 0 means unlimited (Borealis' default, see the
-    /// flag).
-    pub max_schedule_attempts_per_sec: f64,
-    /// Aurora: `allowed_job_environments`, a regular expression (the CLI checks it compiles).
-    pub allowed_job_environments: String,
-    /// Drains under SLAs, kill retries, partitions and reconciliation.
-    pub service: ServiceSettings,
-    /// Rolling updates and cron jobs.
-    pub changes: ChangeSettings,
-    /// TLS, authentication and the audit log.
-    pub security: SecuritySettings,
-    /// Bounds on what peers may make the scheduler hold (`limits`).
-    pub limits: limits::Limits,
-}
-
-/// Who may connect and what they may do (issue 10). The default is the embedded,
-/// zero-config one: plain TCP, no authentication, no audit log.
-#[derive(Clone, Debug, Default)]
-pub struct SecuritySettings {
-    /// `--tls-cert`, `--tls-key`, `--tls-ca`: every connection to the client/agent port is
-    /// TLS; an agent must present a certificate of the CA to register, and a peer that
-    /// presented one may never act as a client.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// `--auth-file`: a client must authenticate with a token before any request, and each
-    /// request is authorized per role and action.
-    pub auth: Option<Arc<borealis_core::auth::AuthPolicy>>,
-    /// `--audit-log`: every accepted mutation, one JSON line each.
-    pub audit: Option<audit_log::AuditLog>,
-}
-
-/// How jobs change: rolling updates and cron runs (Aurora's flags, same meanings and defaults).
-#[derive(Clone, Debug)]
-pub struct ChangeSettings {
-    /// `--job-update-history-per-job-threshold` (10): finished updates kept per job.
-    pub update_history_per_job: usize,
-    /// `--job-update-history-pruning-threshold` (30 days): finished updates older than this
-    /// are pruned.
-    pub update_history_prune_threshold_ms: u64,
-    /// `--max-update-instance-failures` (20,000): the most failures one update may record
-    /// (`max_per_instance_failures` × instances).
-    pub max_update_instance_failures: u32,
-    /// `--cron-timezone` (GMT).
-    pub cron_timezone: borealis_core::cron::CronTimezone,
-    /// `--cron-start-initial-backoff` (5 s) and `--cron-start-max-backoff` (1 min): waits
-    /// while a previous run is being killed.
-    pub cron_start_initial_backoff_ms: u64,
-    pub cron_start_max_backoff_ms: u64,
-    /// `--cron-scheduling-max-batch-size` (10): cron triggers handled per tick and shard.
-    pub cron_scheduling_max_batch_size: usize,
-}
-
-impl Default for ChangeSettings {
-    fn default() -> ChangeSettings {
-        ChangeSettings {
-            update_history_per_job: 10,
-            update_history_prune_threshold_ms: 30 * 24 * 3600 * 1000,
-            max_update_instance_failures: 20_000,
-            cron_timezone: borealis_core::cron::CronTimezone::default(),
-            cron_start_initial_backoff_ms: 5_000,
-            cron_start_max_backoff_ms: 60_000,
-            cron_scheduling_max_batch_size: 10,
-        }
-    }
-}
-
-/// How the scheduler keeps services up through maintenance and faults (Aurora's flags, same
-/// meanings and defaults).
-#[derive(Clone, Debug)]
-pub struct ServiceSettings {
-    /// `--min-required-instances-for-sla-check` (20), `--max-sla-duration-secs` (2 h).
-    pub sla: borealis_core::sla::SlaSettings,
-    /// `--sla-aware-kill-retry-min-delay` (1 min): the first wait before a drain asks a job's SLA
-    /// again for a task it refused; doubling up to `--sla-aware-kill-retry-max-delay` (5 min).
-    pub sla_kill_retry_min_ms: u64,
-    pub sla_kill_retry_max_ms: u64,
-    /// `--initial-task-kill-retry-interval` (5 s): a kill not answered is sent again after this,
-    /// doubling up to `--transient-task-state-timeout`.
-    pub initial_task_kill_retry_interval_ms: u64,
-    /// `--partition-aware` (false): a lost agent's RUNNING tasks go PARTITIONED (and their
-    /// job's partition policy decides when they are LOST) instead of LOST at once.
-    pub partition_aware: bool,
-    /// `--reconciliation-initial-delay` (1 min).
-    pub reconciliation_initial_delay_ms: u64,
-    /// `--reconciliation-explicit-interval` (60 min).
-    pub reconciliation_explicit_interval_ms: u64,
-    /// `--reconciliation-explicit-batch-size` (1000).
-    pub reconciliation_explicit_batch_size: usize,
-    /// `--reconciliation-explicit-batch-interval` (5 s).
-    pub reconciliation_explicit_batch_interval_ms: u64,
-    /// `--reconciliation-implicit-interval` (60 min).
-    pub reconciliation_implicit_interval_ms: u64,
-    /// `--reconciliation-schedule-spread` (30 min): implicit rounds start this long after the
-    /// explicit ones.
-    pub reconciliation_schedule_spread_ms: u64,
-}
-
-impl Default for ServiceSettings {
-    /// Aurora's defaults.
-    fn default() -> ServiceSettings {
-        const MIN: u64 = 60_000;
-        ServiceSettings {
-            sla: borealis_core::sla::SlaSettings::default(),
-            sla_kill_retry_min_ms: MIN,
-            sla_kill_retry_max_ms: 5 * MIN,
-            initial_task_kill_retry_interval_ms: 5_000,
-            partition_aware: false,
-            reconciliation_initial_delay_ms: MIN,
-            reconciliation_explicit_interval_ms: 60 * MIN,
-            reconciliation_explicit_batch_size: 1000,
-            reconciliation_explicit_batch_interval_ms: 5_000,
-            reconciliation_implicit_interval_ms: 60 * MIN,
-            reconciliation_schedule_spread_ms: 30 * MIN,
-        }
-    }
-}
-
-/// Takes the data directory's lock (created if missing): one scheduler per data dir, and
-/// offline tools (backup restore) refuse to touch a directory a scheduler holds.
-pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::io::AsRawFd;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join("LOCK");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: plain system call on an open descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!("data dir {} is in use by another scheduler", dir.display());
-    }
-    Ok(file)
-}
 
 /// A running scheduler.
 pub struct Scheduler {
@@ -234,38 +52,51 @@ pub struct Scheduler {
     /// Held for the scheduler's life (see `lock_data_dir`).
     _data_dir_lock: Option<std::fs::File>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The id of each shard whose thread ended, as it ends (see [`ShardExit`]).
+    exits: mpsc::Receiver<usize>,
     /// The coordinator service's ends of the shards' channels: the caller runs the service
     /// (`CoordinatorSlaPolicy` requests, on its control thread) and takes this to do so.
     pub coordinator: Option<coordinator::CoordinatorService>,
 }
 
 impl Scheduler {
-    /// Blocks until every shard stops (they run until the process ends).
+    /// Blocks while every shard runs (they run until the process ends) and fails as soon as
+    /// any one shard's thread ends, whichever it is: the scheduler cannot serve without it
+    /// (its jobs and agents would be served by nobody), so the process must stop.
     pub fn wait(self) -> anyhow::Result<()> {
-        for h in self.handles {
-            h.join().map_err(|e| anyhow!("shard failed: {e}"))?;
-        }
-        Ok(())
+        let id = self
+            .exits
+            .recv()
+            .map_err(|_| anyhow!("every shard stopped"))?;
+        // The others are left running (detached): the caller is to end the process.
+        let why = match self.handles.into_iter().nth(id).map(|h| h.join()) {
+            Some(Ok(())) => "its loop ended".to_string(),
+            Some(Err(e)) => e.to_string(),
+            None => "unknown shard".to_string(),
+        };
+        Err(anyhow!(
+            "shard {id} stopped ({why}): the scheduler cannot schedule without it"
+        ))
     }
 }
 
-/// A concrete address for the shards to bind: port 0 becomes a free port; a port where a
-/// server already accepts connections is refused.
-fn resolve_listen_addr(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if listen.port() == 0 {
-        let probe =
-            StdListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
-        return Ok(probe.local_addr()?);
+thread_local! {
+    /// The running shard's [`ShardExit`], dropped as its thread ends.
+    static SHARD_EXIT: std::cell::RefCell<Option<ShardExit>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sends its shard's id to [`Scheduler::wait`] when dropped: kept in a thread-local of the
+/// shard's thread, whose destructor runs however the thread ends (its loop returning, or a
+/// panic unwinding out of the executor); dropped unused if the executor never started.
+struct ShardExit {
+    id: usize,
+    tx: mpsc::Sender<usize>,
+}
+
+impl Drop for ShardExit {
+    fn drop(&mut self) {
+        let _ = self.tx.send(self.id);
     }
-    let dial = if listen.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
-    } else {
-        listen
-    };
-    if std::net::TcpStream::connect_timeout(&dial, Duration::from_millis(200)).is_ok() {
-        anyhow::bail!("cannot listen on {listen}: another server is already listening there");
-    }
-    Ok(listen)
 }
 
 /// Starts the shards and returns once every shard listens.
@@ -291,13 +122,36 @@ pub fn start_with_metrics(
         config.io_memory_bytes >= 512 * 1024,
         "io memory per shard must be at least 512 KiB"
     );
-    // The shards' listeners share the port through SO_REUSEPORT, which would also let a second
-    // scheduler share it silently: refuse to start when something already answers there.
-    let addr = resolve_listen_addr(config.listen)?;
+    if let Some(fault) = config.fault_panic_shard {
+        anyhow::ensure!(
+            fault.shard < config.shards,
+            "{}: there is no shard {} (shards: {})",
+            FaultPanic::ENV,
+            fault.shard,
+            config.shards
+        );
+    }
+    // The data dir's lock first: a second scheduler on the same data dir is refused by it,
+    // naming the first, whatever port it asked for. Then the port: the shards' listeners
+    // share it through SO_REUSEPORT, which would also let a second scheduler share it
+    // silently. Either may still be held, for a moment, by a predecessor that is exiting: wait
+    // for it (within one bound for both).
+    let deadline = std::time::Instant::now() + PREDECESSOR_EXIT_WAIT;
+    let data_dir_lock = config
+        .data_dir
+        .as_deref()
+        .map(|dir| lock_data_dir_waiting(dir, config.listen, deadline))
+        .transpose()?;
+    let addr = resolve_listen_addr(config.listen, deadline)?;
+    if let Some(lock) = &data_dir_lock {
+        if addr != config.listen {
+            // Port 0 became a port: record the one clients can dial.
+            record_lock_holder(lock, Some(addr));
+        }
+    }
 
     // Recover before any shard starts: every shard's log, merged and re-partitioned for the
     // current shard count (which may differ from the last run's).
-    let data_dir_lock = config.data_dir.as_deref().map(lock_data_dir).transpose()?;
     let durable = match config.data_dir.clone() {
         Some(dir) => recover(&dir, config.shards, &mut config.epoch)?
             .into_iter()
@@ -313,6 +167,7 @@ pub fn start_with_metrics(
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mesh = MeshBuilder::<PeerBatch, _>::full(config.shards, PEER_QUEUE_MAX);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    let (exit_tx, exits) = mpsc::channel::<usize>();
     let mut handles = Vec::new();
     let mut ha_links: Vec<Option<ha::ShardLinks>> = match ha_links {
         Some(links) => {
@@ -339,11 +194,16 @@ pub fn start_with_metrics(
         let ready = ready_tx.clone();
         let config = config.clone();
         let metrics = metrics.clone();
+        let exit = ShardExit {
+            id,
+            tx: exit_tx.clone(),
+        };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
+                SHARD_EXIT.with(|slot| *slot.borrow_mut() = Some(exit));
                 let links = ShardSideLinks {
                     ha: links,
                     coordinator,
@@ -354,6 +214,7 @@ pub fn start_with_metrics(
         handles.push(handle);
     }
     drop(ready_tx);
+    drop(exit_tx);
     for _ in 0..config.shards {
         ready_rx
             .recv()
@@ -365,6 +226,7 @@ pub fn start_with_metrics(
         metrics,
         _data_dir_lock: data_dir_lock,
         handles,
+        exits,
         coordinator: Some(coordinator_service),
     })
 }
@@ -449,12 +311,19 @@ async fn run_shard(
     };
     let (in_tx, in_rx) = local_channel::new_bounded::<Inbound>(INBOUND_QUEUE_MAX);
     let in_tx = Rc::new(in_tx);
-    glommio::spawn_local(conn::accept_loop(
-        listener,
-        in_tx.clone(),
+    let front = conn::Front::new(
+        id,
+        shard_count,
+        &config.limits,
+        metrics.clone(),
         config.security.tls.clone(),
-    ))
-    .detach();
+    );
+    // Connections feed a queue of their own: while a peer is too far behind to take more
+    // (`Shard::takes_conn_input`) the loop stops reading it, its readers stop reading their
+    // sockets, and TCP pushes back on the peers; batches from shards and ticks keep flowing.
+    let (conn_tx, conn_rx) = local_channel::new_bounded::<Inbound>(CONN_INBOUND_QUEUE_MAX);
+    let conn_tx = Rc::new(conn_tx);
+    glommio::spawn_local(conn::accept_loop(listener, conn_tx.clone(), front)).detach();
     for (from, rx) in receivers.streams() {
         let in_tx = in_tx.clone();
         glommio::spawn_local(async move {
@@ -484,10 +353,25 @@ async fn run_shard(
         })
         .detach();
     }
+    let shard_metrics = &metrics.shards[id];
+    // Live from here: an idle shard completes a round per tick.
+    shard_metrics.last_round_unix_ms.set(metrics::unix_ms_now());
     let _ = ready.send(Ok(()));
     drop(ready);
 
     let origin = std::time::Instant::now();
+    let fault_after = config
+        .fault_panic_shard
+        .filter(|f| f.shard == id)
+        .map(|f| Duration::from_millis(f.after_ms));
+    if let Some(after) = fault_after {
+        tracing::warn!(
+            shard = id,
+            after_ms = after.as_millis() as u64,
+            "fault injection armed ({}): this shard will panic",
+            FaultPanic::ENV
+        );
+    }
     let clock = move || shard::RoundClock {
         mono_us: origin.elapsed().as_micros() as u64,
         unix_ms: std::time::SystemTime::now()
@@ -508,11 +392,15 @@ async fn run_shard(
         shard.set_links(ha);
     }
     shard.set_coordinator(links.coordinator);
-    let shard_metrics = &metrics.shards[id];
     loop {
         // Begin: wait for input unless work is already pending.
         if !shard.has_pending() {
-            match in_rx.recv().await {
+            let next = if shard.takes_conn_input() {
+                futures_lite::future::or(in_rx.recv(), conn_rx.recv()).await
+            } else {
+                in_rx.recv().await
+            };
+            match next {
                 Some(item) => {
                     shard.begin_round(clock());
                     shard.handle(item)
@@ -523,10 +411,26 @@ async fn run_shard(
             shard.begin_round(clock());
         }
         let round_start = std::time::Instant::now();
+        if let Some(after) = fault_after.filter(|after| origin.elapsed() >= *after) {
+            panic!(
+                "injected fault ({}={id}:{}): shard {id} panics as asked, to test fail-stop",
+                FaultPanic::ENV,
+                after.as_millis()
+            );
+        }
         shard.poll_control();
-        // Handle: drain a bounded batch.
+        // Handle: drain a bounded batch of each queue.
         for _ in 0..shard::ROUND_INBOUND_MAX {
             match futures_lite::future::poll_once(in_rx.recv()).await {
+                Some(Some(item)) => shard.handle(item),
+                _ => break,
+            }
+        }
+        for _ in 0..shard::ROUND_INBOUND_MAX {
+            if !shard.takes_conn_input() {
+                break;
+            }
+            match futures_lite::future::poll_once(conn_rx.recv()).await {
                 Some(Some(item)) => shard.handle(item),
                 _ => break,
             }
@@ -549,11 +453,87 @@ async fn run_shard(
                 }
             }
         }
-        shard.publish_metrics(in_tx.len());
+        shard.publish_metrics(in_tx.len() + conn_tx.len());
         shard_metrics.rounds_total.inc();
+        shard_metrics.last_round_unix_ms.set(metrics::unix_ms_now());
         shard_metrics
             .round_duration
             .observe_nanos(round_start.elapsed().as_nanos() as u64);
         glommio::yield_if_needed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_config(shards: usize, fault: Option<FaultPanic>) -> SchedulerConfig {
+        SchedulerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            shards,
+            pin_shards: false,
+            cluster_name: "test".into(),
+            max_tasks_per_job: 4000,
+            history_max_per_job: 100,
+            history_prune_threshold_ms: 2 * 24 * 3600 * 1000,
+            history_min_retention_ms: 3600 * 1000,
+            lifecycle: Default::default(),
+            epoch: 1,
+            data_dir: None,
+            backup_dir: std::env::temp_dir().join("borealis-shards-test-backups"),
+            backup_interval_ms: 3600 * 1000,
+            backup_requests: Default::default(),
+            max_saved_backups: 1,
+            snapshot_interval_ms: 3600 * 1000,
+            reconciliation_grace_ms: 30_000,
+            spin_before_park_us: 0,
+            io_memory_bytes: 1 << 20,
+            tier_config: Default::default(),
+            enable_preemptor: true,
+            preemption_delay_ms: 180_000,
+            preemption_slot_hold_time_ms: 300_000,
+            preemption_slot_search_interval_ms: 60_000,
+            first_schedule_delay_ms: 1,
+            max_schedule_attempts_per_sec: 0.0,
+            allowed_job_environments: ".*".into(),
+            fault_panic_shard: fault,
+            service: Default::default(),
+            changes: Default::default(),
+            security: Default::default(),
+            limits: Default::default(),
+        }
+    }
+
+    /// `wait` returns as soon as any shard's thread ends, not only the first one's; the dead
+    /// shard's liveness stops while the others' goes on.
+    #[test]
+    fn wait_fails_as_soon_as_any_shard_stops() {
+        let fault = FaultPanic {
+            shard: 2,
+            after_ms: 200,
+        };
+        let scheduler = start(test_config(3, Some(fault)), None).unwrap();
+        let metrics = scheduler.metrics.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(scheduler.wait());
+        });
+        let result = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("wait returned when shard 2 stopped");
+        let error = result.unwrap_err().to_string();
+        assert!(error.starts_with("shard 2 stopped"), "{error}");
+        let frozen = metrics.shards[2].last_round_unix_ms.get();
+        let live = metrics.shards[0].last_round_unix_ms.get();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(metrics.shards[2].last_round_unix_ms.get(), frozen);
+        assert!(metrics.shards[0].last_round_unix_ms.get() > live);
+        // With a bound of a few ticks (the real one is 5 s), only the dead shard is stalled.
+        let stalled: Vec<usize> = metrics
+            .stalled_shards(metrics::unix_ms_now(), Duration::from_millis(200))
+            .iter()
+            .map(|s| s.shard)
+            .collect();
+        assert_eq!(stalled, vec![2]);
     }
 }

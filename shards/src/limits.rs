@@ -40,3 +40,53 @@ impl Limits {
         total.div_ceil(shards.max(1)).max(1)
     }
 }
+
+/// Most bytes of an agent's status message the scheduler keeps (the rest is cut, marked "…").
+pub const STATUS_MESSAGE_BYTES_MAX: usize = 1024;
+/// Most bytes of a sandbox path the scheduler keeps (past Linux's PATH_MAX of 4,096).
+pub const SANDBOX_PATH_BYTES_MAX: usize = 4096;
+/// Most bytes of an agent's name, hostname, and of each attribute's name and value; a longer
+/// one refuses the registration.
+pub const AGENT_TEXT_BYTES_MAX: usize = 255;
+/// Most attributes an agent may register with.
+pub const AGENT_ATTRIBUTES_MAX: usize = 64;
+/// Most port ranges an agent may register with.
+pub const AGENT_PORT_RANGES_MAX: usize = 64;
+/// Most bytes a job's task configuration may take on the wire (a CreateJob, StartUpdate or
+/// ScheduleCron past it is refused): every launch of it then fits a frame with room to spare.
+pub const TASK_CONFIG_BYTES_MAX: usize = 1 << 20;
+
+/// `text` cut to at most `max` bytes at a character boundary, ending in "…" when cut.
+pub fn bounded(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_text_is_cut_at_a_character_boundary_and_marked() {
+        assert_eq!(bounded("short", 10), "short");
+        let long = "é".repeat(600); // 1,200 bytes
+        let cut = bounded(&long, STATUS_MESSAGE_BYTES_MAX);
+        assert!(cut.len() <= STATUS_MESSAGE_BYTES_MAX, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.len() > STATUS_MESSAGE_BYTES_MAX - 8);
+    }
+
+    #[test]
+    fn each_shard_gets_at_least_its_share() {
+        assert_eq!(Limits::per_shard(10, 3), 4);
+        assert_eq!(Limits::per_shard(1, 8), 1);
+        assert_eq!(Limits::per_shard(65_536, 1), 65_536);
+    }
+}

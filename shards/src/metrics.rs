@@ -117,6 +117,28 @@ pub fn pending_reason_index(kind: Option<borealis_core::placement::PendingReason
         .expect("every kind has a label")
 }
 
+/// How long a shard may go without completing a round before the scheduler counts as unable
+/// to schedule: `/health` and `/leaderhealth` answer 503 naming it (ARCHITECTURE.md, "Fail-stop
+/// and restart after a crash"). 100 ticks: far beyond any round a healthy shard runs (a long
+/// one is a commit's fsync on a slow disk), short enough for a supervisor or a load balancer
+/// to act on.
+pub const SHARD_STALL_BOUND: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The wall clock in unix ms (0 before 1970).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A shard that completed no round within the bound (see [`Metrics::stalled_shards`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StalledShard {
+    pub shard: usize,
+    /// Unix ms of its last completed round; 0 if it never started.
+    pub last_round_unix_ms: u64,
+}
+
 /// One shard's metrics.
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
@@ -127,6 +149,11 @@ pub struct ShardMetrics {
     pub round_duration: LocalHistogram,
     pub placement_latency: LocalHistogram,
     pub rounds_total: LocalCounter,
+    /// The shard's liveness: the unix ms at the end of its last completed round (set once as
+    /// it starts, before its first). An idle shard still completes a round per tick (50 ms),
+    /// so a value older than [`SHARD_STALL_BOUND`] means the shard is stuck or gone (see
+    /// [`Metrics::stalled_shards`]); 0: it never started.
+    pub last_round_unix_ms: LocalGauge,
     pub offers_held: LocalGauge,
     pub offers_lent_out: LocalGauge,
     pub offers_borrowed_total: LocalCounter,
@@ -150,6 +177,22 @@ pub struct ShardMetrics {
     pub protocol_errors_total: LocalCounter,
     /// Requests and registrations refused for authentication or authorization.
     pub auth_refusals_total: LocalCounter,
+    // Limits (shards/src/limits.rs, ARCHITECTURE.md's table):
+    /// Replies no frame could carry, answered with an error instead (a bug if ever non-zero).
+    pub replies_too_large_total: LocalCounter,
+    /// Connections closed at accept because the shard held its share of `--max-connections`.
+    pub connections_refused_total: LocalCounter,
+    /// Connections closed for sending no whole message in time: [first message, idle].
+    pub connections_timed_out_total: [LocalCounter; 2],
+    /// Strings from peers cut to their bound before being stored (status messages, sandbox
+    /// paths).
+    pub peer_strings_truncated_total: LocalCounter,
+    /// Bytes the shard's connection readers hold of frames not yet complete.
+    pub inbound_partial_bytes: LocalGauge,
+    /// Cluster-wide requests (ListJobs, ListAgents, every job's updates, QueryTask) this shard
+    /// is gathering, and those it refused at its limits (`shard::gather`).
+    pub gathers_in_flight: LocalGauge,
+    pub gathers_refused_total: LocalCounter,
 }
 
 impl ShardMetrics {
@@ -174,6 +217,29 @@ impl Metrics {
     /// True once every shard acts as the leader (after taking the lead, before serving).
     pub fn all_shards_leading(&self) -> bool {
         self.shards.iter().all(|s| s.leading.get() == 1)
+    }
+
+    /// The shards whose last round ended more than `bound` before `now_unix_ms`, or that
+    /// never started one: while any is, the scheduler cannot schedule (that shard's jobs and
+    /// agents are served by nobody). A wall clock stepped back never makes a shard look
+    /// stalled; one stepped forward by more than `bound` may, until the next round (a tick).
+    pub fn stalled_shards(
+        &self,
+        now_unix_ms: u64,
+        bound: std::time::Duration,
+    ) -> Vec<StalledShard> {
+        let bound_ms = bound.as_millis() as u64;
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(shard, s)| {
+                let last = s.last_round_unix_ms.get();
+                (last == 0 || now_unix_ms.saturating_sub(last) > bound_ms).then_some(StalledShard {
+                    shard,
+                    last_round_unix_ms: last,
+                })
+            })
+            .collect()
     }
 
     pub fn new(shard_count: usize, cluster_name: &str) -> Arc<Metrics> {
@@ -362,6 +428,18 @@ impl Metrics {
             "Scheduling rounds each shard ran.",
             per_shard(&|s| s.rounds_total.get()),
         ));
+        families.push(gauge_family(
+            "borealis_shard_last_round_timestamp_seconds",
+            "Unix time at which each shard completed its last scheduling round (its liveness: an idle shard completes one per 50 ms tick).",
+            self.shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let ms = s.last_round_unix_ms.get();
+                    (vec![shard_label(i)], ms as f64 / 1000.0)
+                })
+                .collect(),
+        ));
         families.push(counter_family(
             "borealis_messages_received_total",
             "Wire messages received from agents and clients, per shard.",
@@ -376,6 +454,53 @@ impl Metrics {
             "borealis_auth_refusals_total",
             "Requests and agent registrations refused for authentication or authorization, per shard.",
             per_shard(&|s| s.auth_refusals_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_replies_too_large_total",
+            "Replies too large for any frame, answered with an error instead, per shard.",
+            per_shard(&|s| s.replies_too_large_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_connections_refused_total",
+            "Connections closed at accept because the shard held its share of --max-connections.",
+            per_shard(&|s| s.connections_refused_total.get()),
+        ));
+        families.push(counter_family(
+            "borealis_connections_timed_out_total",
+            "Connections closed for sending nothing in time, per shard and timeout \
+             (first_message: --connection-first-message-timeout, idle: --client-idle-timeout).",
+            ["first_message", "idle"]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, which)| {
+                    self.shards.iter().enumerate().map(move |(shard, s)| {
+                        (
+                            vec![("shard", shard.to_string()), ("timeout", which.to_string())],
+                            s.connections_timed_out_total[i].get() as f64,
+                        )
+                    })
+                })
+                .collect(),
+        ));
+        families.push(counter_family(
+            "borealis_peer_strings_truncated_total",
+            "Status messages and sandbox paths from agents cut to their bound, per shard.",
+            per_shard(&|s| s.peer_strings_truncated_total.get()),
+        ));
+        families.push(gauge_family(
+            "borealis_inbound_partial_bytes",
+            "Bytes held of frames not yet complete, per shard (bounded per connection by the frame limit, per shard by the inbound budget).",
+            per_shard(&|s| s.inbound_partial_bytes.get()),
+        ));
+        families.push(gauge_family(
+            "borealis_gathers_in_flight",
+            "Cluster-wide requests (job and agent lists, every job's updates, task lookups) each shard is gathering from every shard.",
+            per_shard(&|s| s.gathers_in_flight.get()),
+        ));
+        families.push(counter_family(
+            "borealis_gathers_refused_total",
+            "Cluster-wide requests refused because the shard or the connection had its most in flight, per shard.",
+            per_shard(&|s| s.gathers_refused_total.get()),
         ));
         families.push(counter_family(
             "borealis_audit_dropped_total",
@@ -531,6 +656,43 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("borealis_build_info{"), "{text}");
+    }
+
+    #[test]
+    fn a_shard_without_a_recent_round_is_stalled() {
+        let metrics = Metrics::new(3, "test");
+        let now = 1_700_000_000_000;
+        let bound = SHARD_STALL_BOUND;
+        metrics.shards[0].last_round_unix_ms.set(now - 10);
+        metrics.shards[1]
+            .last_round_unix_ms
+            .set(now - bound.as_millis() as u64 - 1);
+        // Shard 2 never started.
+        assert_eq!(
+            metrics.stalled_shards(now, bound),
+            vec![
+                StalledShard {
+                    shard: 1,
+                    last_round_unix_ms: now - bound.as_millis() as u64 - 1
+                },
+                StalledShard {
+                    shard: 2,
+                    last_round_unix_ms: 0
+                },
+            ]
+        );
+        metrics.shards[1].last_round_unix_ms.set(now);
+        metrics.shards[2].last_round_unix_ms.set(now + 1_000);
+        // Exactly at the bound is still live; a clock stepped back is too.
+        metrics.shards[0]
+            .last_round_unix_ms
+            .set(now - bound.as_millis() as u64);
+        assert_eq!(metrics.stalled_shards(now, bound), vec![]);
+        let text = metrics.render_text();
+        assert!(
+            text.contains("borealis_shard_last_round_timestamp_seconds{shard=\"1\"} 1700000000"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@ use borealis_core::{Attributes, Resources, TaskConfig, TaskId};
 use borealis_net::views::{JobSummaryView, TaskStatusReport};
 use bytes::Bytes;
 
-/// What a scatter-gather asks every shard for.
+/// What kind of cluster-wide question a client asked (the connection's dispatcher names it;
+/// the gathering shard adds the request's paging and the reader's scope: [`GatherAsk`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatherOf {
     /// Its jobs' summaries.
@@ -24,13 +25,54 @@ pub enum GatherOf {
     Task(TaskId),
 }
 
-/// One shard's part of a scatter-gather (only the field of its `GatherOf` is filled).
+/// Whose jobs a cluster-wide list may show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReadScope {
+    /// Every role's (no `--auth-file`).
+    All,
+    /// Those of the roles this principal may read (`Principal::may_read`).
+    Principal(Arc<borealis_core::auth::Principal>),
+}
+
+impl ReadScope {
+    /// Whether a job of `role` may be shown.
+    pub fn allows(&self, role: &str) -> bool {
+        match self {
+            ReadScope::All => true,
+            ReadScope::Principal(p) => p.may_read(role),
+        }
+    }
+}
+
+/// What a scatter-gather asks every shard for (see `shard::gather`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatherAsk {
+    /// Its first `limit` jobs the scope shows whose keys sort after `after`, in key order.
+    Jobs {
+        after: Option<Arc<str>>,
+        limit: usize,
+        scope: ReadScope,
+    },
+    /// Its active updates the scope shows (at most one more than a list holds).
+    Updates { scope: ReadScope },
+    /// Its first `limit` home agents after `after` (hostname, agent id), in that order.
+    Agents {
+        after: Option<(Arc<str>, Arc<str>)>,
+        limit: usize,
+    },
+    /// The task with this id, with its job, if the shard owns it.
+    Task(TaskId),
+}
+
+/// One shard's part of a scatter-gather (only the field of its `GatherAsk` is filled).
 #[derive(Debug, Default)]
 pub struct GatherPart {
     pub jobs: Vec<JobSummaryView>,
     pub updates: Vec<borealis_net::views::UpdateInfoView>,
     pub agents: Vec<borealis_net::views::AgentInfoView>,
     pub task: Option<borealis_net::views::JobStatusView>,
+    /// The shard has more than it sent (past the page's limit).
+    pub more: bool,
 }
 
 /// Index of a shard, `0..shard_count`.
@@ -68,8 +110,10 @@ pub struct ReplyTo {
 }
 
 /// The home shard of an agent is the shard that holds its connection; it is encoded in the
-/// agent's number so any shard can route to it without a lookup.
-pub const AGENT_HOME_SHIFT: u32 = 24;
+/// agent's number (the top byte: at most 256 shards) so any shard can route to it without a
+/// lookup. The 56 bits below count the shard's registrations: at a million a second they last
+/// two thousand years, so a number is never reused.
+pub const AGENT_HOME_SHIFT: u32 = 56;
 
 pub fn agent_home(agent: AgentId) -> ShardId {
     ShardId((agent.0 >> AGENT_HOME_SHIFT) as usize)
@@ -104,7 +148,7 @@ pub enum PeerMsg {
     Gather {
         reply: ReplyTo,
         request_id: u64,
-        of: GatherOf,
+        of: GatherAsk,
     },
     /// Gather part: one shard's answer.
     GatherPart {
@@ -297,6 +341,10 @@ pub trait ConnOut: std::fmt::Debug {
     fn is_full(&self) -> bool;
     /// Queues one write; `Err` when the writer is gone or full (the connection is dropped).
     fn try_send(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>>;
+    /// Bytes queued to the writer and not yet written to the socket.
+    fn queued_bytes(&self) -> usize {
+        0
+    }
 }
 
 impl ConnOut for glommio::channels::local_channel::LocalSender<Vec<u8>> {

@@ -238,10 +238,13 @@ pub enum Request {
     GetQuota {
         role: String,
     },
-    /// The keys whose creation was acknowledged before the list was asked for.
+    /// The keys whose creation was acknowledged before the list was asked for: a page holds
+    /// each that sorts up to its `next` (all of them when it is the last page).
     List {
         acked_before: BTreeSet<String>,
     },
+    /// `ListAgents` (a page of them).
+    ListAgents,
     /// `host maintenance ...` or `job restart` (answered with host statuses, or an ack).
     Host,
     Restart,
@@ -274,7 +277,16 @@ pub enum Reply {
         message: String,
     },
     Status(JobStatusView),
-    List(Vec<JobSummaryView>),
+    /// A page of jobs and the key to ask for the next one after (empty: the last page).
+    List {
+        jobs: Vec<JobSummaryView>,
+        next: String,
+    },
+    /// A page of agents and the (hostname, agent id) to ask for the next one after.
+    Agents {
+        agents: Vec<borealis_net::views::AgentInfoView>,
+        next: Option<(String, String)>,
+    },
     /// The answer to `GetQuota`.
     Quota(QuotaView),
     /// The answer to `HostMaintenance`.
@@ -423,7 +435,14 @@ impl Ledger {
                 message: message.clone(),
             },
             OwnedMessage::JobStatus(status) => Reply::Status(status.clone()),
-            OwnedMessage::JobList(jobs) => Reply::List(jobs.clone()),
+            OwnedMessage::JobList { jobs, next } => Reply::List {
+                jobs: jobs.clone(),
+                next: next.clone(),
+            },
+            OwnedMessage::AgentList { agents, next } => Reply::Agents {
+                agents: agents.clone(),
+                next: next.clone(),
+            },
             OwnedMessage::QuotaInfo(info) => Reply::Quota(info.clone()),
             OwnedMessage::HostStatusList(hosts) => Reply::Hosts(hosts.clone()),
             OwnedMessage::UpdateList(updates) => Reply::Updates(updates.clone()),
@@ -466,11 +485,12 @@ impl Ledger {
                     format!("querying {key}, whose creation was acknowledged: {message}"),
                 ));
             }
-            (Request::List { acked_before }, Reply::List(jobs)) => {
+            (Request::List { acked_before }, Reply::List { jobs, next }) => {
                 let listed: BTreeSet<&str> = jobs.iter().map(|j| j.job_key.as_str()).collect();
+                let covered = |k: &str| next.is_empty() || k <= next.as_str();
                 if let Some(missing) = acked_before
                     .iter()
-                    .find(|k| self.tracks(k) && !listed.contains(k.as_str()))
+                    .find(|k| self.tracks(k) && covered(k.as_str()) && !listed.contains(k.as_str()))
                 {
                     return Err(Violation::new(
                         "acked_create_exists",

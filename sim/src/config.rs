@@ -168,6 +168,7 @@ pub fn scheduler_config(settings: &SimSchedulerSettings) -> Arc<SchedulerConfig>
         first_schedule_delay_ms: flags.first_schedule_delay_ms,
         max_schedule_attempts_per_sec: flags.max_schedule_attempts_per_sec,
         allowed_job_environments: flags.allowed_job_environments.clone(),
+        fault_panic_shard: None,
         service: flags.service.clone(),
         changes: flags.changes.clone(),
         security: flags.security.clone(),

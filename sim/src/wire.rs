@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use borealis_net::codec::to_owned;
 use borealis_net::frame::split_messages;
-use borealis_net::views::OwnedMessage;
+use borealis_net::views::{JobStatusParts, OwnedMessage};
 use borealis_net::{decode_message, wire, FrameDecoder, FrameWriter};
 use borealis_shards::msg::ConnOut;
 use bytes::Bytes;
@@ -62,7 +62,9 @@ impl Drop for SimConnOut {
 pub fn verified(messages: &[Vec<u8>]) -> Vec<Bytes> {
     let mut writer = FrameWriter::new();
     for m in messages {
-        writer.push(m);
+        writer
+            .push(m)
+            .expect("the simulation's messages fit a frame");
     }
     let mut decoder = FrameDecoder::new();
     decoder.extend(&writer.take());
@@ -88,10 +90,12 @@ pub struct Received {
     pub kill_job_key: Option<String>,
 }
 
-/// Reassembles and decodes what a shard wrote to a connection (the peer's reader).
+/// Reassembles and decodes what a shard wrote to a connection (the peer's reader). A job
+/// status that came in parts is handed on once, whole, with its last part.
 #[derive(Debug, Default)]
 pub struct OutputReader {
     decoder: FrameDecoder,
+    parts: JobStatusParts,
 }
 
 impl OutputReader {
@@ -120,6 +124,9 @@ impl OutputReader {
                 });
                 let (request_id, message) = to_owned(message)
                     .map_err(|e| format!("undecodable message from a shard: {e}"))?;
+                let Some(message) = self.parts.feed(request_id, message) else {
+                    continue;
+                };
                 out.push(Received {
                     request_id,
                     message,

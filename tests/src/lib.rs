@@ -1130,9 +1130,10 @@ fn scheduler_data_dir(dir: &Path) -> PathBuf {
     dir.join("scheduler-data")
 }
 
-/// The command line of a scheduler (2 shards, unpinned) of the cluster in `dir` on `port`,
-/// with `extra` flags added.
+/// The command line of a scheduler (2 shards unless `extra` names `--shards`, unpinned) of
+/// the cluster in `dir` on `port`, with `extra` flags added.
 fn scheduler_args_for(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
+    let shards = if extra.contains(&"--shards") { "" } else { "2" };
     let mut args: Vec<String> = [
         "scheduler",
         "--ip",
@@ -1142,7 +1143,7 @@ fn scheduler_args_for(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
         "--http-port",
         "0",
         "--shards",
-        "2",
+        shards,
         "--no-pin",
         "--data-dir",
         &scheduler_data_dir(dir).display().to_string(),
@@ -1150,6 +1151,9 @@ fn scheduler_args_for(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if shards.is_empty() {
+        args.retain(|a| !a.is_empty() && a != "--shards");
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
@@ -1746,7 +1750,9 @@ pub fn raw_list_jobs(addr: &str) -> borealis_net::views::OwnedMessage {
         .set_read_timeout(Some(HTTP_TIMEOUT))
         .expect("a read timeout");
     let mut writer = FrameWriter::new();
-    writer.push(Encoder::new().list_jobs(REQUEST_ID));
+    writer
+        .push(Encoder::new().list_jobs(REQUEST_ID))
+        .expect("a ListJobs fits a frame");
     stream
         .write_all(&writer.take())
         .unwrap_or_else(|e| panic!("send ListJobs to {addr}: {e}"));

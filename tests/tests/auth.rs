@@ -154,7 +154,7 @@ impl Peer {
     fn send(&mut self, build: impl FnOnce(&mut Encoder) -> Vec<u8>) -> Result<(), String> {
         let message = build(&mut self.encoder);
         let mut writer = FrameWriter::new();
-        writer.push(&message);
+        writer.push(&message).expect("fits a frame");
         self.stream
             .write_all(&writer.take())
             .and_then(|()| self.stream.flush())
@@ -367,7 +367,7 @@ fn refusals_change_nothing_and_accepted_mutations_are_audited() {
     assert!(matches!(client.recv(), Ok(OwnedMessage::Ack)));
     client.send(|e| e.list_agents(2).to_vec()).unwrap();
     match client.recv() {
-        Ok(OwnedMessage::AgentList(list)) => {
+        Ok(OwnedMessage::AgentList { agents: list, .. }) => {
             let names: Vec<&str> = list.iter().map(|a| a.agent_id.as_str()).collect();
             assert_eq!(
                 names,

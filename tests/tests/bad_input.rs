@@ -228,7 +228,7 @@ fn expect_answer(addr: &str) {
         .expect("set_read_timeout");
     let mut encoder = Encoder::new();
     let mut writer = FrameWriter::new();
-    writer.push(encoder.list_jobs(77));
+    writer.push(encoder.list_jobs(77)).unwrap();
     stream.write_all(&writer.take()).expect("write ListJobs");
     let mut decoder = FrameDecoder::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -314,7 +314,9 @@ fn garbage_frames_disconnect_only_that_peer() {
 
     // A well-formed frame whose one message is not a flatbuffer.
     let mut writer = FrameWriter::new();
-    writer.push(b"definitely not a flatbuffer: just some text");
+    writer
+        .push(b"definitely not a flatbuffer: just some text")
+        .unwrap();
     let not_flatbuffer = writer.take();
     let peer = expect_disconnect(
         &addr,
@@ -349,10 +351,10 @@ fn garbage_frames_disconnect_only_that_peer() {
     };
     let mut encoder = Encoder::new();
     let mut writer = FrameWriter::new();
-    writer.push(encoder.register_agent(&registration));
+    writer.push(encoder.register_agent(&registration)).unwrap();
     let register = writer.take();
     let mut writer = FrameWriter::new();
-    writer.push(&garbage(256));
+    writer.push(&garbage(256)).unwrap();
     let noise = writer.take();
     let peer = expect_disconnect(
         &addr,

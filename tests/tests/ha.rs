@@ -170,7 +170,7 @@ fn three_schedulers_one_leader_followers_redirect() {
         }
     }
     match raw_list_jobs(&leader_addr) {
-        OwnedMessage::JobList(jobs) => assert_eq!(jobs.len(), 1, "{jobs:?}"),
+        OwnedMessage::JobList { jobs, .. } => assert_eq!(jobs.len(), 1, "{jobs:?}"),
         other => panic!("the leader answered ListJobs with {other:?}"),
     }
 }

@@ -493,12 +493,12 @@ mod tests {
     ) {
         let mut index = PlacementIndex::new();
         for (id, (pairs, free)) in agents.iter().enumerate() {
-            index.upsert_agent(AgentId(id as u32), &attrs(pairs), *free, *free);
+            index.upsert_agent(AgentId(id as u64), &attrs(pairs), *free, *free);
         }
         let task = index.compile_parts(&need, constraints);
         let mut spread = JobSpread::new(&task);
         for &agent in placed {
-            assert!(spread.add(&index, AgentId(agent as u32)));
+            assert!(spread.add(&index, AgentId(agent as u64)));
         }
         let reasons = index.explain(&task, &spread);
         assert_eq!(reasons.to_string(), expected, "{constraints:?}");
@@ -750,13 +750,13 @@ mod tests {
         ) {
             let mut index = PlacementIndex::new();
             for (id, (attributes, free)) in agents.iter().enumerate() {
-                index.upsert_agent(AgentId(id as u32), attributes, *free, *free);
+                index.upsert_agent(AgentId(id as u64), attributes, *free, *free);
             }
             let need = res(need.0 * 500, need.1 * 512, need.2 * 512, need.3);
             let task = index.compile_parts(&need, &constraints);
             let mut spread = JobSpread::new(&task);
             for agent in placed.into_iter().filter(|&a| a < agents.len()) {
-                spread.add(&index, AgentId(agent as u32));
+                spread.add(&index, AgentId(agent as u64));
             }
             let reasons = index.explain(&task, &spread);
             let feasible = index

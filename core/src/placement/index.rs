@@ -20,9 +20,10 @@ use super::filters::{AttributeLookup, DEDICATED_ATTR};
 use super::intern::{AttrId, FxHashMap, Interner, ValueId};
 
 /// A globally unique agent number, chosen by the caller (the agent registry), so an offer keeps
-/// its identity when it is lent to another shard.
+/// its identity when it is lent to another shard. 64 bits: the registry packs its shard in the
+/// top byte and a registration count below it that never wraps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct AgentId(pub u32);
+pub struct AgentId(pub u64);
 
 /// Free-resource classes per dimension; a power of two no larger than 32 so one `u32` holds a
 /// row of the bucket grid.
@@ -451,7 +452,7 @@ impl PlacementIndex {
         }
         let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 agents");
         self.slots.push(Slot {
-            id: AgentId(u32::MAX),
+            id: AgentId(u64::MAX),
             free: Resources::ZERO,
             total: Resources::ZERO,
             pool: POOL_NONE,

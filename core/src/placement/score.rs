@@ -35,7 +35,7 @@ fn used_fraction(total: u32, free: u32) -> u64 {
 /// True when a candidate with `score` and `id` beats the incumbent: higher score first, then the
 /// lowest agent id, so the choice never depends on scan order among equals.
 #[inline]
-pub fn better(score: u64, id: u32, best_score: u64, best_id: u32) -> bool {
+pub fn better(score: u64, id: u64, best_score: u64, best_id: u64) -> bool {
     score > best_score || (score == best_score && id < best_id)
 }
 

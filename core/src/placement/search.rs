@@ -26,7 +26,7 @@ struct Scan<'a> {
     found: u32,
     examined: u32,
     best_score: u64,
-    best_id: u32,
+    best_id: u64,
     best_slot: u32,
 }
 
@@ -37,7 +37,7 @@ impl Scan<'_> {
             found: 0,
             examined: 0,
             best_score: 0,
-            best_id: u32::MAX,
+            best_id: u64::MAX,
             best_slot: u32::MAX,
         }
     }

@@ -50,13 +50,13 @@ fn check(
 ) {
     let mut index = PlacementIndex::new();
     for (id, pairs, total, free) in agents {
-        index.upsert_agent(AgentId(*id), &attrs(pairs), *total, *free);
+        index.upsert_agent(AgentId(u64::from(*id)), &attrs(pairs), *total, *free);
     }
     let task = index.compile_parts(&need, constraints);
     let mut spread = JobSpread::new(&task);
     let mut placed = Vec::new();
     let count_placed = index.place_batch(&task, &mut spread, count, &mut placed);
-    let placed: Vec<u32> = placed.iter().map(|id| id.0).collect();
+    let placed: Vec<u32> = placed.iter().map(|id| id.0 as u32).collect();
     assert_eq!(
         placed, expected,
         "need {need:?} constraints {constraints:?}"
@@ -220,7 +220,7 @@ fn search_goes_past_the_soft_bound_when_nothing_is_feasible() {
     let small = res(2000, 2048);
     for id in 0..(EXAMINED_SOFT_MAX * 4) {
         let pairs = attrs(&[("host", &format!("h{id}")), ("zone", "z1")]);
-        index.upsert_agent(AgentId(id), &pairs, small, small);
+        index.upsert_agent(AgentId(id as u64), &pairs, small, small);
     }
     let big = res(64_000, 65_536);
     index.upsert_agent(
@@ -470,7 +470,7 @@ proptest! {
     fn placements_match_the_reference((agents, jobs, ops) in scenario()) {
         let mut index = PlacementIndex::new();
         for (id, agent) in agents.iter().enumerate() {
-            index.upsert_agent(AgentId(id as u32), &agent.attributes, agent.total, agent.total);
+            index.upsert_agent(AgentId(id as u64), &agent.attributes, agent.total, agent.total);
         }
         let compiled: Vec<CompiledTask> =
             jobs.iter().map(|job| index.compile_parts(&job.need, &job.constraints)).collect();
@@ -523,13 +523,13 @@ proptest! {
                     }
                     let position = which % running[job].len();
                     let agent = running[job].remove(position);
-                    index.release(AgentId(agent as u32), &jobs[job].need);
-                    prop_assert!(spreads[job].remove(&index, AgentId(agent as u32)));
+                    index.release(AgentId(agent as u64), &jobs[job].need);
+                    prop_assert!(spreads[job].remove(&index, AgentId(agent as u64)));
                     model_free[agent] = model_free[agent].plus(&jobs[job].need);
                 }
             }
             for (a, free) in model_free.iter().enumerate() {
-                prop_assert_eq!(index.free(AgentId(a as u32)), Some(*free));
+                prop_assert_eq!(index.free(AgentId(a as u64)), Some(*free));
                 prop_assert!(agents[a].total.contains(free), "agent {} over-committed", a);
             }
             index.check_invariants();
@@ -545,12 +545,12 @@ proptest! {
     ) {
         let mut index = PlacementIndex::new();
         for (id, agent) in agents.iter().enumerate() {
-            index.upsert_agent(AgentId(id as u32), &agent.attributes, agent.total, agent.total);
+            index.upsert_agent(AgentId(id as u64), &agent.attributes, agent.total, agent.total);
         }
         let before = canonical(&index);
         let mut taken = Vec::new();
         for (which, cpu_millis, ram_mib) in takes {
-            let agent = AgentId((which % agents.len()) as u32);
+            let agent = AgentId((which % agents.len()) as u64);
             let free = index.free(agent).unwrap();
             let take = res(cpu_millis.min(free.cpu_millis), ram_mib.min(free.ram_mib));
             index.consume(agent, &take);
@@ -567,7 +567,7 @@ proptest! {
 
 /// The index's observable state independent of the order inside buckets: each agent's offer and
 /// each pool's buckets as sorted id lists.
-fn canonical(index: &PlacementIndex) -> (Vec<AgentOffer>, Vec<Vec<Vec<u32>>>) {
+fn canonical(index: &PlacementIndex) -> (Vec<AgentOffer>, Vec<Vec<Vec<u64>>>) {
     let offers = index.agents().collect();
     let pools = index
         .pools
@@ -576,7 +576,7 @@ fn canonical(index: &PlacementIndex) -> (Vec<AgentOffer>, Vec<Vec<Vec<u32>>>) {
             pool.buckets
                 .iter()
                 .map(|members| {
-                    let mut ids: Vec<u32> = members
+                    let mut ids: Vec<u64> = members
                         .iter()
                         .map(|&slot| index.slots[slot as usize].id.0)
                         .collect();

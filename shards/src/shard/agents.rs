@@ -4,12 +4,26 @@
 use super::*;
 
 impl Shard {
-    pub(super) fn register_agent(&mut self, conn: ConnId, r: wire::RegisterAgent<'_>) {
-        assert!(
-            self.next_agent < (1 << AGENT_HOME_SHIFT),
-            "agent numbers exhausted"
-        );
-        let agent = AgentId(((self.id.0 as u32) << AGENT_HOME_SHIFT) | self.next_agent);
+    pub(super) fn register_agent(
+        &mut self,
+        conn: ConnId,
+        request_id: u64,
+        r: wire::RegisterAgent<'_>,
+    ) {
+        if let Err(why) = registration_in_bounds(&r) {
+            let why = format!("agent registration refused: {why}");
+            if let Some(c) = self.conns.get(&conn) {
+                tracing::warn!(shard = %self.id, peer = %c.peer, "{why}");
+            }
+            let bytes = self
+                .encoder
+                .error(request_id, ErrorCode::InvalidRequest, &why)
+                .to_vec();
+            self.write_conn(conn, &bytes);
+            return self.close_conn(conn);
+        }
+        debug_assert!(self.next_agent < (1 << AGENT_HOME_SHIFT));
+        let agent = AgentId(((self.id.0 as u64) << AGENT_HOME_SHIFT) | self.next_agent);
         self.next_agent += 1;
         let attributes: borealis_core::Attributes = r
             .attributes()
@@ -183,7 +197,17 @@ impl Shard {
                 // Encoded straight into the connection's frame (disjoint fields, no copy).
                 let bytes = self.encoder.launch_task(task_id, instance, config, &ports);
                 if let Some(c) = self.conns.get_mut(&conn) {
-                    c.writer.push(bytes);
+                    // Configs are bounded at create (`TASK_CONFIG_BYTES_MAX`), so a launch
+                    // always fits; were one not to, the task fails to launch rather than
+                    // stopping the shard.
+                    if let Err(e) = c.writer.push(bytes) {
+                        tracing::error!(shard = %self.id, %task_id, "launch not sent: {e}");
+                        if let Some(a) = self.home_agents.get_mut(&agent) {
+                            a.ports_in_use.remove(&task_id);
+                        }
+                        self.send(from, PeerMsg::LaunchFailed { task_id });
+                        return;
+                    }
                 }
                 let running = preemption::RunningTask::of(from, config, &self.tiers);
                 if let Some(a) = self.home_agents.get_mut(&agent) {
@@ -296,4 +320,45 @@ impl Shard {
         self.agent_names.remove(&agent);
         self.agent_attr_ids.remove(&agent);
     }
+}
+
+/// Whether a registration's strings and lists are within the bounds an agent may register
+/// with (`limits`); the error names the field, its size and the bound.
+fn registration_in_bounds(r: &wire::RegisterAgent<'_>) -> Result<(), String> {
+    use crate::limits::{AGENT_ATTRIBUTES_MAX, AGENT_PORT_RANGES_MAX, AGENT_TEXT_BYTES_MAX};
+    let text = |what: &str, value: &str| {
+        if value.len() > AGENT_TEXT_BYTES_MAX {
+            Err(format!(
+                "{what} is {} bytes, more than the {AGENT_TEXT_BYTES_MAX} allowed",
+                value.len()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    text("agent_id", r.agent_id())?;
+    text("hostname", r.hostname())?;
+    let attributes = r.attributes().map_or(0, |a| a.len());
+    if attributes > AGENT_ATTRIBUTES_MAX {
+        return Err(format!(
+            "{attributes} attributes, more than the {AGENT_ATTRIBUTES_MAX} allowed"
+        ));
+    }
+    for a in r.attributes().iter().flatten() {
+        text("an attribute's name", a.key())?;
+        text(
+            &format!(
+                "attribute {:?}'s value",
+                crate::limits::bounded(a.key(), 64)
+            ),
+            a.value(),
+        )?;
+    }
+    let ranges = r.port_ranges().map_or(0, |p| p.len());
+    if ranges > AGENT_PORT_RANGES_MAX {
+        return Err(format!(
+            "{ranges} port ranges, more than the {AGENT_PORT_RANGES_MAX} allowed"
+        ));
+    }
+    Ok(())
 }

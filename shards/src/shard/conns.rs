@@ -22,8 +22,23 @@ impl Shard {
         if !self.pending_audits.is_empty() {
             self.audit_answer(conn, message);
         }
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.writer.push(message);
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if let Err(e) = c.writer.push(message) {
+            // A reply no frame can carry (every reply that can grow is paged or split, so this
+            // is a bug to fix, never a panic): the peer gets an error naming its size instead.
+            self.metrics().replies_too_large_total.inc();
+            let request_id = borealis_net::decode_message(message).map_or(0, |m| m.request_id());
+            tracing::error!(shard = %self.id, request_id, "reply not sent: {e}");
+            let what = format!("the reply to request {request_id} is too large to send: {e}");
+            let err = self
+                .encoder
+                .error(request_id, ErrorCode::Internal, &what)
+                .to_vec();
+            if let Some(c) = self.conns.get_mut(&conn) {
+                let _ = c.writer.push(&err);
+            }
         }
     }
 
@@ -105,7 +120,7 @@ impl Shard {
                     return self.protocol_error(conn, "RegisterAgent twice on one connection");
                 }
                 let registration = message.payload_as_register_agent().expect("type checked");
-                self.register_agent(conn, registration);
+                self.register_agent(conn, message.request_id(), registration);
             }
             P::TaskStatus => {
                 let Some(agent) = is_agent else {
@@ -153,7 +168,7 @@ impl Shard {
                     .and_then(|q| q.job_key())
                     .is_none_or(str::is_empty) =>
             {
-                self.gather(conn, message.request_id(), GatherOf::Updates);
+                self.gather(conn, message.request_id(), GatherOf::Updates, None);
             }
             P::CreateJob
             | P::KillJob
@@ -184,6 +199,25 @@ impl Shard {
                     _ => message.payload_as_query_job().map(|m| m.job_key()),
                 }
                 .expect("type checked");
+                if matches!(
+                    message.payload_type(),
+                    P::CreateJob | P::StartUpdate | P::ScheduleCron
+                ) && bytes.len() > crate::limits::TASK_CONFIG_BYTES_MAX
+                {
+                    // Every launch carries the configuration: bounded here, a launch always
+                    // fits a frame, and a job's tasks cannot make the shard's output huge.
+                    let what = format!(
+                        "job {key}: the configuration is {} bytes on the wire, more than the \
+                         {} allowed (shorten the command, environment or constraints)",
+                        bytes.len(),
+                        crate::limits::TASK_CONFIG_BYTES_MAX
+                    );
+                    let err = self
+                        .encoder
+                        .error(message.request_id(), ErrorCode::InvalidRequest, &what)
+                        .to_vec();
+                    return self.write_conn(conn, &err);
+                }
                 let owner = self.owner_of(key);
                 let reply = ReplyTo {
                     shard: self.id,
@@ -191,14 +225,25 @@ impl Shard {
                 };
                 self.send(owner, PeerMsg::Client { reply, bytes });
             }
-            P::ListJobs => self.gather(conn, message.request_id(), GatherOf::Jobs),
-            P::ListAgents => self.gather(conn, message.request_id(), GatherOf::Agents),
+            P::ListJobs => {
+                let paging = Self::paging_of(&message);
+                self.gather(conn, message.request_id(), GatherOf::Jobs, paging);
+            }
+            P::ListAgents => {
+                let paging = Self::paging_of(&message);
+                self.gather(conn, message.request_id(), GatherOf::Agents, paging);
+            }
             P::QueryTask => {
                 let task_id = message
                     .payload_as_query_task()
                     .expect("type checked")
                     .task_id();
-                self.gather(conn, message.request_id(), GatherOf::Task(TaskId(task_id)));
+                self.gather(
+                    conn,
+                    message.request_id(),
+                    GatherOf::Task(TaskId(task_id)),
+                    None,
+                );
             }
             other => {
                 let what = format!(
@@ -242,9 +287,16 @@ impl Shard {
         if !self.pending_acks.is_empty() {
             let mut acks = std::mem::take(&mut self.pending_acks);
             for (conn, list) in acks.drain() {
-                let bytes = self.encoder.status_ack(&list);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.writer.push(bytes);
+                let Some(c) = self.conns.get_mut(&conn) else {
+                    continue;
+                };
+                // A round may acknowledge millions of statuses (an agent's flood, each one
+                // answered): one StatusAck per slice keeps every message far below a frame.
+                for slice in list.chunks(STATUS_ACKS_PER_MESSAGE_MAX) {
+                    let bytes = self.encoder.status_ack(slice);
+                    if let Err(e) = c.writer.push(bytes) {
+                        tracing::error!(shard = %self.id, "status ack not sent: {e}");
+                    }
                 }
             }
         }
@@ -254,8 +306,9 @@ impl Shard {
                 continue;
             }
             if c.out.is_full() {
-                // The writer is behind: keep accumulating here, within a bound.
-                if c.writer.len_bytes() > CONN_PENDING_BYTES_MAX {
+                // The writer is behind: keep accumulating here, within a bound (what is held
+                // here and what is queued to the writer).
+                if c.writer.len_bytes() + c.out.queued_bytes() > CONN_PENDING_BYTES_MAX {
                     dead.push(*id);
                 }
                 continue;

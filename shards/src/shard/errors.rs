@@ -34,6 +34,16 @@ pub enum ClientError {
         id: u64,
         status: borealis_core::update::UpdateStatus,
     },
+    /// The job's shard holds its share of `--max-jobs`.
+    #[error(
+        "job {key}: the scheduler holds its limit of jobs (--max-jobs {max}: {share} on this \
+         job's shard); kill finished jobs or raise --max-jobs"
+    )]
+    JobLimit {
+        key: JobKey,
+        max: usize,
+        share: usize,
+    },
     /// A bounded queue is full: retry.
     #[error("{0}")]
     Overloaded(String),
@@ -52,7 +62,7 @@ impl ClientError {
             ClientError::TooManyTasks { .. } => ErrorCode::TooManyTasks,
             ClientError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             ClientError::UpdateActive { .. } => ErrorCode::InvalidRequest,
-            ClientError::Overloaded(_) => ErrorCode::Overloaded,
+            ClientError::Overloaded(_) | ClientError::JobLimit { .. } => ErrorCode::Overloaded,
             ClientError::Internal(_) => ErrorCode::Internal,
         }
     }

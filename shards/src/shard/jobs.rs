@@ -265,8 +265,9 @@ impl Shard {
                 match key.parse::<JobKey>() {
                     Ok(key) => match self.job_index.get(&key) {
                         Some(&job) => {
-                            let status = self.job_status(job);
-                            Ok(self.encoder.job_status(request_id, &status).to_vec())
+                            // As many messages as its size takes (issue 12), in one go.
+                            let parts = self.job_status_parts(request_id, job);
+                            return self.reply_parts(reply, parts);
                         }
                         None => Err(ClientError::UnknownJob(key)),
                     },
@@ -369,6 +370,14 @@ impl Shard {
                 key.environment,
                 self.allowed_environments.as_str()
             )));
+        }
+        let share = crate::limits::Limits::per_shard(self.config.limits.max_jobs, self.shard_count);
+        if !self.job_index.contains_key(&key) && self.jobs.len() >= share {
+            return Err(ClientError::JobLimit {
+                key,
+                max: self.config.limits.max_jobs,
+                share,
+            });
         }
         Ok(key)
     }
@@ -587,9 +596,69 @@ impl Shard {
         Ok((job, instances))
     }
 
-    /// Every job of this shard, summarized (for `ListJobs`).
-    pub(super) fn job_summaries(&self) -> Vec<JobSummaryView> {
-        self.jobs.iter().map(|j| self.job_summary(j)).collect()
+    /// This shard's part of a `ListJobs` page: its first `limit` jobs whose keys sort after
+    /// `after` (exclusive) that `scope` shows, in key order, walked from the key index (a
+    /// range, never a sort), and whether it has more. A reader of named roles only walks
+    /// those roles' ranges (the keys of a role share its `role/` prefix, so each is one range
+    /// of the index); one that may read every role walks every key.
+    pub(super) fn job_summaries(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        scope: &ReadScope,
+    ) -> (Vec<JobSummaryView>, bool) {
+        use std::ops::Bound;
+        let reads_every_role = |p: &borealis_core::auth::Principal| {
+            // A grant of every role grants all of them alike: ask it of any one.
+            p.permissions.iter().any(|perm| {
+                perm.role.is_none()
+                    && borealis_core::auth::Principal {
+                        name: String::new(),
+                        permissions: vec![perm.clone()],
+                    }
+                    .may_read("any")
+            })
+        };
+        // The key prefixes to walk, in key order (None: every key). A role with a '/' names
+        // no job's role; without it no prefix is a prefix of another, so the ranges are
+        // disjoint and in the prefixes' order.
+        let prefixes: Vec<Option<String>> = match scope {
+            ReadScope::Principal(p) if !reads_every_role(p) => {
+                let mut roles: Vec<String> = p
+                    .permissions
+                    .iter()
+                    .filter_map(|perm| perm.role.as_deref())
+                    .filter(|role| !role.contains('/'))
+                    .map(|role| format!("{role}/"))
+                    .collect();
+                roles.sort_unstable();
+                roles.dedup();
+                roles.into_iter().map(Some).collect()
+            }
+            _ => vec![None],
+        };
+        let mut page = Vec::new();
+        for prefix in &prefixes {
+            let start = match (after, prefix.as_deref()) {
+                (Some(a), Some(p)) if a >= p => Bound::Excluded(a),
+                (_, Some(p)) => Bound::Included(p),
+                (Some(a), None) => Bound::Excluded(a),
+                (None, None) => Bound::Unbounded,
+            };
+            for (key, &job) in self.jobs.by_key.range::<str, _>((start, Bound::Unbounded)) {
+                if prefix.as_deref().is_some_and(|p| !key.starts_with(p)) {
+                    break;
+                }
+                if !scope.allows(super::access::role_of(key)) {
+                    continue;
+                }
+                if page.len() == limit {
+                    return (page, true);
+                }
+                page.push(self.job_summary(&self.jobs[job]));
+            }
+        }
+        (page, false)
     }
 
     pub(super) fn job_summary(&self, job: &Job) -> JobSummaryView {
@@ -622,20 +691,29 @@ impl Shard {
         }
     }
 
-    pub(super) fn job_status(&self, job: JobIdx) -> JobStatusView {
+    /// A job's status (the answer to `QueryJob`) as the messages that carry it: its summary
+    /// and every task by (instance, task id), in parts of at most about
+    /// `JOB_STATUS_PART_BYTES` (issue 12). Each task's view is built as it is encoded.
+    pub(super) fn job_status_parts(&mut self, request_id: u64, job: JobIdx) -> Vec<Vec<u8>> {
         let j = &self.jobs[job];
-        let mut tasks: Vec<TaskInfoView> = j
+        let mut tasks: Vec<&Task> = j
             .history
             .iter()
             .chain(j.current.iter().flatten())
             .filter_map(|id| self.tasks.get(id))
-            .map(|t| self.task_info(j, t))
             .collect();
-        tasks.sort_by_key(|t| (t.instance, t.task_id));
-        JobStatusView {
-            job: self.job_summary(j),
-            tasks,
-        }
+        tasks.sort_by_key(|t| (t.instance, t.id));
+        let summary = self.job_summary(j);
+        // The encoder is this shard's; the views borrow the rest of it meanwhile.
+        let mut encoder = std::mem::take(&mut self.encoder);
+        let parts = encoder.job_status_parts(
+            request_id,
+            &summary,
+            tasks.into_iter().map(|t| self.task_info(j, t)),
+            borealis_net::codec::JOB_STATUS_PART_BYTES,
+        );
+        self.encoder = encoder;
+        parts
     }
 
     /// One task as a job's status shows it.

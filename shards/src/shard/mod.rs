@@ -46,6 +46,7 @@ mod pending;
 mod preemption;
 mod quotas;
 mod reconcile;
+mod replies;
 mod task_lifecycle;
 mod timers;
 mod updates;
@@ -72,6 +73,15 @@ const BLOCKED_RETRY_MAX: usize = 4096;
 const PLACEMENT_BATCH_MAX: usize = 4096;
 /// Offers lent per `Borrow`.
 const LEND_OFFERS_MAX: usize = 64;
+/// Messages queued for one peer shard past which the shard stops reading its connections
+/// (`Shard::takes_conn_input`); one round adds at most what `ROUND_INBOUND_MAX` items make.
+pub const PEER_OUTBOX_MAX: usize = 1 << 20;
+/// What one blocked task id spaces the next walk for `borealis_pending_tasks` by. A walk
+/// visits about 6 M ids a second (500,000 blocked jobs took ~80 ms), so it takes under 2% of
+/// the shard's time; 500,000 blocked tasks are counted every 5 s.
+const REASONS_WALK_US_PER_TASK: u64 = 10;
+/// Statuses one StatusAck acknowledges (~9 bytes each: 0.6 MiB a message).
+pub const STATUS_ACKS_PER_MESSAGE_MAX: usize = 65_536;
 /// Output a connection may have pending before it is dropped as not reading.
 const CONN_PENDING_BYTES_MAX: usize = 64 << 20;
 /// Agents that send nothing (not even a heartbeat) for this long are disconnected.
@@ -95,10 +105,21 @@ struct JobSlab {
     slots: Vec<Option<Job>>,
     vacant: Vec<JobIdx>,
     len: usize,
+    /// Every job by its key's text, in key order (`ListJobs` pages walk it; see `gather`).
+    /// Kept here, by `insert` and `remove`, so every way a job comes and goes keeps it.
+    by_key: BTreeMap<Arc<str>, JobIdx>,
 }
 
 impl JobSlab {
     fn insert(&mut self, job: Job) -> JobIdx {
+        let key = job.key_text.clone();
+        let idx = self.insert_slot(job);
+        let before = self.by_key.insert(key, idx);
+        debug_assert!(before.is_none(), "two live jobs of one key");
+        idx
+    }
+
+    fn insert_slot(&mut self, job: Job) -> JobIdx {
         self.len += 1;
         match self.vacant.pop() {
             Some(idx) => {
@@ -117,6 +138,7 @@ impl JobSlab {
         let job = self.slots[idx.0 as usize]
             .take()
             .expect("removing a live job");
+        self.by_key.remove(&job.key_text);
         self.vacant.push(idx);
         self.len -= 1;
         job
@@ -124,10 +146,6 @@ impl JobSlab {
 
     fn len(&self) -> usize {
         self.len
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Job> {
-        self.slots.iter().flatten()
     }
 }
 
@@ -420,7 +438,7 @@ pub struct Shard {
     config: Arc<SchedulerConfig>,
     encoder: Encoder,
     ids: TaskIdGen,
-    next_agent: u32,
+    next_agent: u64,
 
     jobs: JobSlab,
     job_index: HashMap<JobKey, JobIdx>,
@@ -489,7 +507,7 @@ pub struct Shard {
     /// Scratch for `schedule` (kept to avoid allocating each round).
     run_tasks: Vec<TaskId>,
     run_agents: Vec<AgentId>,
-    gathers: HashMap<(ConnId, u64), gather::Gather>,
+    gathers: gather::Gathers,
     /// Accepted-looking mutations awaiting their answer, for the audit log (see `access`).
     pending_audits: HashMap<(ConnId, u64), crate::audit_log::AuditEntry>,
     outbox: Vec<PeerBatch>,
@@ -522,6 +540,8 @@ pub struct Shard {
     attempts_refilled_us: u64,
     /// When `borealis_pending_tasks` by reason was last computed (0: never).
     last_reasons_published_us: u64,
+    /// Blocked task ids the last walk for `borealis_pending_tasks` visited (it spaces the next).
+    reasons_walk_cost: u64,
     // Host maintenance (see `maintenance`): every host not in NONE, as its owner announced it,
     hosts: BTreeMap<Arc<str>, maintenance::HostState>,
     /// as an owner: draining hosts' progress, changes waiting for every shard to apply them,
@@ -650,7 +670,7 @@ impl Shard {
             lent_out: 0,
             run_tasks: Vec::new(),
             run_agents: Vec::new(),
-            gathers: HashMap::default(),
+            gathers: gather::Gathers::default(),
             pending_audits: HashMap::default(),
             outbox: (0..shard_count).map(|_| Vec::new()).collect(),
             next_explain_epoch: 0,
@@ -672,6 +692,7 @@ impl Shard {
             attempt_tokens: 0.0,
             attempts_refilled_us: clock.mono_us,
             last_reasons_published_us: 0,
+            reasons_walk_cost: 0,
             hosts: BTreeMap::new(),
             host_progress: BTreeMap::new(),
             host_acks: HashMap::default(),
@@ -776,12 +797,16 @@ impl Shard {
 
     /// Publishes the gauges a scrape reads (end of each round: a few plain stores).
     pub fn publish_metrics(&mut self, inbound_queue_depth: usize) {
-        // Pending tasks by reason walk the blocked jobs: at most every 100 ms, not per round.
+        // Pending tasks by reason walk the blocked jobs: at most every 100 ms, not per round,
+        // and spaced by what the last walk visited (`REASONS_WALK_US_PER_TASK` each), so that
+        // with a million blocked tasks the walk stays a sliver of the shard's time (found
+        // listing a million jobs: walked every 100 ms, it took 84% of an idle shard).
+        let interval_us = (self.reasons_walk_cost * REASONS_WALK_US_PER_TASK).max(100_000);
         if self.last_reasons_published_us == 0
-            || elapsed_us(self.now_us, self.last_reasons_published_us) >= 100_000
+            || elapsed_us(self.now_us, self.last_reasons_published_us) >= interval_us
         {
             self.last_reasons_published_us = self.now_us.max(1);
-            self.publish_pending_by_reason();
+            self.reasons_walk_cost = self.publish_pending_by_reason();
         }
         let m = self.metrics();
         for (gauge, count) in m.tasks_by_state.iter().zip(self.state_counts) {
@@ -794,6 +819,7 @@ impl Shard {
         m.jobs.set(self.jobs.len() as u64);
         m.leading.set(u64::from(self.acting()));
         m.inbound_queue_depth.set(inbound_queue_depth as u64);
+        m.gathers_in_flight.set(self.gathers.len() as u64);
         m.peer_outbox_depth
             .set(self.outbox.iter().map(Vec::len).sum::<usize>() as u64);
     }
@@ -819,9 +845,17 @@ impl Shard {
         self.outbox[to.0] = batch;
     }
 
+    /// False while a peer is so far behind that this shard's messages for it pile up past
+    /// [`PEER_OUTBOX_MAX`]: the loop then stops taking input from connections (what makes
+    /// messages for peers) until the peer catches up. Input from peers is always taken, so two
+    /// shards behind each other still drain.
+    pub fn takes_conn_input(&self) -> bool {
+        self.outbox.iter().all(|o| o.len() <= PEER_OUTBOX_MAX)
+    }
+
     /// The `borealis_pending_tasks` gauge: queued tasks, blocked ones by the kind of their
-    /// job's last explanation, throttled ones.
-    fn publish_pending_by_reason(&self) {
+    /// job's last explanation, throttled ones. Returns how many blocked task ids it visited.
+    fn publish_pending_by_reason(&self) -> u64 {
         use crate::metrics::pending_reason_index;
         let mut by_reason = [0u64; crate::metrics::PENDING_REASONS.len()];
         let blocked = |id: &TaskId| {
@@ -832,8 +866,10 @@ impl Shard {
         // The queue may still hold a few tasks killed since they were queued (dropped at the
         // next attempt): its length is close enough, and walking it would cost more.
         by_reason[0] = self.pending.len() as u64;
+        let mut visited = 0u64;
         for &(_, job) in &self.blocked_jobs {
             let j = &self.jobs[job];
+            visited += j.blocked.len() as u64 + 1;
             by_reason[pending_reason_index(j.pending_kind)] +=
                 j.blocked.iter().filter(|id| blocked(id)).count() as u64;
         }
@@ -843,6 +879,7 @@ impl Shard {
         for (gauge, count) in self.metrics().pending_by_reason.iter().zip(by_reason) {
             gauge.set(count);
         }
+        visited
     }
 
     /// Work to do without waiting for input: pending tasks, unless the attempt rate limit

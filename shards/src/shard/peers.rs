@@ -160,7 +160,10 @@ impl Shard {
                 if let Some(conn) = self.home_agents.get(&agent).map(|a| a.conn) {
                     let bytes = self.encoder.kill_task(task_id, &job_key);
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.writer.push(bytes);
+                        // A kill is a task id and a job key (bounded): it always fits.
+                        if let Err(e) = c.writer.push(bytes) {
+                            tracing::error!(shard = %self.id, %task_id, "kill not sent: {e}");
+                        }
                     }
                 }
             }

@@ -55,6 +55,15 @@ impl Shard {
         } = *report;
         // Only an end says what the task used; a report without a usage keeps what is known.
         let usage = usage.filter(|_| reported.is_terminal());
+        // What an agent says is kept within bounds (a peer's string is never stored whole).
+        let message = crate::limits::bounded(message, crate::limits::STATUS_MESSAGE_BYTES_MAX);
+        let sandbox = crate::limits::bounded(sandbox, crate::limits::SANDBOX_PATH_BYTES_MAX);
+        if matches!(message, std::borrow::Cow::Owned(_))
+            || matches!(sandbox, std::borrow::Cow::Owned(_))
+        {
+            self.metrics().peer_strings_truncated_total.inc();
+        }
+        let (message, sandbox) = (message.as_ref(), sandbox.as_ref());
         let Some(t) = self.tasks.get_mut(&task_id) else {
             if !reported.is_terminal() {
                 tracing::info!(task = %task_id, "agent reports an unknown task: killing it");
