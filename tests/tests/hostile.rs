@@ -510,6 +510,20 @@ fn ten_thousand_pipelined_list_jobs_never_read_are_bounded() {
         (id == 5).then_some(matches!(m, OwnedMessage::JobList { .. }))
     });
     assert_eq!(answered, Some(true));
+    let mut agent = Raw::connect(&addr);
+    let answer = agent.register(&registration("real", &[]));
+    assert!(
+        matches!(answer, OwnedMessage::AgentRegistered { .. }),
+        "{answer:?}"
+    );
+    let launched = agent.recv_until(Duration::from_secs(30), |_, m| match m {
+        OwnedMessage::LaunchTask(l) => Some(l.job_key.to_string()),
+        _ => None,
+    });
+    assert!(
+        launched.is_some_and(|k| k.starts_with("www/devel/j")),
+        "the agent got no launch"
+    );
     assert!(cluster.scheduler.is_running(), "the scheduler exited");
     drop(greedy);
     let _ = sender.join();

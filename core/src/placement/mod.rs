@@ -21,7 +21,7 @@
 //!
 //! let mut index = PlacementIndex::new();
 //! let size = Resources { cpu_millis: 4000, ram_mib: 8192, disk_mib: 10_000, ports: 10 };
-//! for host in 0..4u32 {
+//! for host in 0..4u64 {
 //!     let attributes = vec![("host".to_string(), format!("h{host}"))];
 //!     index.upsert_agent(AgentId(host), &attributes, size, size);
 //! }
