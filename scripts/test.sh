@@ -10,5 +10,6 @@ cargo fmt --all -- --check
 cargo build --workspace --bins
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace
+./scripts/fuzz.sh
 ./scripts/schemathesis.sh
 ./scripts/ui-test.sh

@@ -162,11 +162,36 @@ fn location_prefix(location: Option<(usize, usize)>) -> String {
     }
 }
 
+/// Whether `c` would break or garble the one line of an error: line breaks (`\n`, `\r`, the
+/// vertical tab, form feed, next line, the Unicode line and paragraph separators) and the other
+/// control characters; a tab stays.
+fn breaks_the_line(c: char) -> bool {
+    (c.is_control() && c != '\t') || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// `text` with every character [`breaks_the_line`] written as its escape (`\n`, `\u{2028}`),
+/// so that an error that echoes a value from the file stays one line.
+fn one_line(text: String) -> String {
+    if !text.chars().any(breaks_the_line) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if breaks_the_line(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl JobFileError {
+    /// Every `Invalid` error is made here: what it echoes of the file is kept on one line.
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> JobFileError {
         JobFileError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
+            field: one_line(field.into()),
+            reason: one_line(reason.into()),
         }
     }
 
@@ -183,7 +208,7 @@ impl JobFileError {
         let message = if message.is_empty() {
             "invalid TOML".to_string()
         } else {
-            message
+            one_line(message)
         };
         JobFileError::Syntax { location, message }
     }
@@ -2376,6 +2401,34 @@ sla_aware = true
                     spec
                 },
             )
+    }
+
+    /// Found by the `jobfile` fuzz target: a value with a line break (a TOML `\n` escape) was
+    /// echoed raw into the error, so `Display` spanned lines.
+    #[test]
+    fn an_error_is_one_line_when_the_value_holds_line_breaks() {
+        let cases = [
+            // The cron parser names the shortcut as written.
+            MINIMAL.replace(
+                "command = \"true\"",
+                "command = \"true\"\ncron_schedule = \"@a\\nb\"",
+            ),
+            MINIMAL.replace(
+                "command = \"true\"",
+                "command = \"true\"\ncron_schedule = \"@a\\r\\u2028b\"",
+            ),
+        ];
+        for text in cases {
+            let error = parse_job_file(job(), &text).expect_err(&text).to_string();
+            assert!(
+                !error.contains(['\n', '\r', '\u{2028}']),
+                "not one line: {error:?}"
+            );
+            assert!(
+                error.starts_with("cron_schedule: unknown shortcut @a\\"),
+                "{error}"
+            );
+        }
     }
 
     proptest! {
