@@ -60,6 +60,9 @@ pub struct Front {
     /// Connections open on this shard and bytes of partial frames its readers hold.
     open: Rc<Cell<usize>>,
     partial_bytes: Rc<Cell<usize>>,
+    /// When a timed-out connection was last logged, and how many were closed since unlogged
+    /// (a flood of stalled connections must not flood the log too; the metric counts each).
+    timeouts_logged: Rc<Cell<(Option<Instant>, u64)>>,
 }
 
 impl Front {
@@ -79,6 +82,7 @@ impl Front {
             tls,
             open: Rc::default(),
             partial_bytes: Rc::default(),
+            timeouts_logged: Rc::default(),
         }
     }
 
@@ -254,7 +258,17 @@ async fn serve_connection<S>(
     let reason = match read_frames(conn, &mut read_half, &inbound, front).await {
         Ended::Closed(reason) => reason,
         Ended::TimedOut(reason) => {
-            tracing::warn!(%peer, "closing connection: {reason}");
+            let (last, unlogged) = front.timeouts_logged.get();
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                tracing::warn!(
+                    %peer,
+                    also_closed_since_last_logged = unlogged,
+                    "closing connection: {reason}"
+                );
+                front.timeouts_logged.set((Some(Instant::now()), 0));
+            } else {
+                front.timeouts_logged.set((last, unlogged + 1));
+            }
             reason
         }
         Ended::Protocol(reason) => {
