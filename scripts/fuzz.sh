@@ -12,17 +12,20 @@
 # Long form (every target 10 minutes; BENCHMARKS.md "Fuzzing (issue 12)"):
 #   FUZZ_SECONDS=600 ./scripts/fuzz.sh
 # One target, longer, with extra libFuzzer flags:
-#   FUZZ_TARGETS=scheduler_messages FUZZ_SECONDS=3600 FUZZ_ARGS="-ignore_crashes=1" ./scripts/fuzz.sh
+#   FUZZ_TARGETS=scheduler_messages FUZZ_SECONDS=3600 FUZZ_ARGS="-fork=1 -ignore_crashes=1" \
+#       ./scripts/fuzz.sh
 # Reproduce a crash (the run prints its artifact's path):
 #   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/crash-...
 #
 # Every run is bounded: -max_total_time=FUZZ_SECONDS, -timeout=FUZZ_TIMEOUT (10 s) per input,
 # -rss_limit_mb=FUZZ_RSS_MB (2048). The corpora live in fuzz/corpus/<target> (kept between runs,
-# not in git): an empty one is seeded first from real traffic (fuzz/src/bin/seeds.rs: the
+# not in git; merged down when over FUZZ_CORPUS_MAX inputs): an empty one is seeded first from real traffic (fuzz/src/bin/seeds.rs: the
 # example job files and the requests the CLI builds from them), and fuzz/regressions/<target>
 # (reproducers of crashes found before) is run through its target first. Artifacts (crash-,
-# timeout-, oom-...) go to fuzz/artifacts/<target>/. Exits non-zero when any target crashed,
-# timed out or ran out of memory, after running them all and printing a summary table.
+# timeout-, oom-...) go to fuzz/artifacts/<target>/, with the run's whole output (log-*.txt) when
+# it failed. Each run has its own scratch directory (the targets' logs and agent work dirs), so
+# two runs at once leave each other alone. Exits non-zero when any target crashed, timed out or
+# ran out of memory, after running them all and printing a summary table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +34,7 @@ FUZZ_TIMEOUT="${FUZZ_TIMEOUT:-10}"
 FUZZ_RSS_MB="${FUZZ_RSS_MB:-2048}"
 FUZZ_TARGETS="${FUZZ_TARGETS:-frame scheduler_messages agent_messages jobfile}"
 FUZZ_ARGS="${FUZZ_ARGS:-}"
+FUZZ_CORPUS_MAX="${FUZZ_CORPUS_MAX:-4000}"
 TRIPLE="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 BIN_DIR="fuzz/target/$TRIPLE/release"
 
@@ -80,11 +84,28 @@ for target in $FUZZ_TARGETS; do
     case "$target" in
         agent_messages) target_args=(-detect_leaks=0) ;;
     esac
+    # The run's own scratch directory (the targets' logs and work dirs), removed after it: never
+    # another run's, should two run at once.
+    scratch="$(mktemp -d /dev/shm/borealis-fuzz-run.XXXXXX 2>/dev/null || mktemp -d)"
+    # libFuzzer only adds to a corpus, and every run first replays all of it (untimed): past
+    # FUZZ_CORPUS_MAX inputs it is merged down to the inputs that still add coverage.
+    if [ "$(ls "$corpus" | wc -l)" -gt "$FUZZ_CORPUS_MAX" ]; then
+        merged="fuzz/corpus/.$target.merged"
+        rm -rf "$merged" && mkdir -p "$merged"
+        echo "== $target: merging its corpus ($(ls "$corpus" | wc -l) inputs)"
+        if BOREALIS_FUZZ_SCRATCH="$scratch" "$BIN_DIR/$target" -merge=1 "$merged" "$corpus" \
+            -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
+            ${target_args[@]+"${target_args[@]}"} >/dev/null 2>&1; then
+            rm -rf "$corpus" && mv "$merged" "$corpus"
+        else
+            rm -rf "$merged"
+        fi
+    fi
     echo "== $target: ${FUZZ_SECONDS}s (corpus $corpus: $(ls "$corpus" | wc -l) inputs)"
     start=$(date +%s)
     set +e
     # shellcheck disable=SC2086 # FUZZ_ARGS is a list of flags
-    "$BIN_DIR/$target" "${dirs[@]}" \
+    BOREALIS_FUZZ_SCRATCH="$scratch" "$BIN_DIR/$target" "${dirs[@]}" \
         -max_total_time="$FUZZ_SECONDS" \
         -timeout="$FUZZ_TIMEOUT" \
         -rss_limit_mb="$FUZZ_RSS_MB" \
@@ -110,11 +131,12 @@ for target in $FUZZ_TARGETS; do
         failed=1
         artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
         [ -n "$artifact" ] && result="$result: $artifact"
+        # The whole output (the panic, libFuzzer's stack trace) beside the artifact.
+        cp "$log" "$artifacts/log-$(date -u +%Y%m%dT%H%M%SZ).txt"
     fi
     summary+=("$(printf '%-20s %8s %14s %10s %8s  %s' "$target" "$elapsed" "${execs:-?}" "${rate:-?}" "$(ls "$corpus" | wc -l)" "$result")")
     rm -f "$log"
-    # The targets' scratch directories (named by process id) on tmpfs.
-    rm -rf /dev/shm/borealis-fuzz-* 2>/dev/null || true
+    rm -rf "$scratch"
 done
 
 echo

@@ -139,16 +139,6 @@ struct Scheduler {
 /// Inputs one agent serves before it is replaced by a fresh one.
 const INPUTS_PER_AGENT: u64 = 500;
 
-fn scratch(name: &str) -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    base.join(format!("borealis-fuzz-{name}-{}", std::process::id()))
-}
-
 /// Refuses, on the calling thread and every thread it starts from now on, every system call
 /// that starts a program or a process: `execve`, `execveat`, `fork`, `vfork`, and `clone`
 /// without `CLONE_THREAD` (threads are still created: `clone3` answers ENOSYS, so glibc falls
@@ -285,7 +275,7 @@ impl Scheduler {
     fn start() -> Scheduler {
         let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
         let address = listener.local_addr().expect("bound").to_string();
-        let work_dir = scratch("agent");
+        let work_dir = scratch_dir("agent");
         let _ = std::fs::remove_dir_all(&work_dir);
         std::fs::create_dir_all(&work_dir).expect("the agent's work dir");
         let agent = start_agent(address.clone(), work_dir.clone());

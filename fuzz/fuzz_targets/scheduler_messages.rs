@@ -1010,18 +1010,75 @@ fn small_config(job: JobKey) -> borealis_core::TaskConfig {
     }
 }
 
-/// The write-ahead log's directory for this process (tmpfs when there is one).
-fn log_dir() -> std::path::PathBuf {
-    let shm = std::path::Path::new("/dev/shm");
-    let base = if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    };
-    base.join(format!("borealis-fuzz-scheduler-{}", std::process::id()))
+/// Prints the error events of the shards' durability code (`shard/durability.rs`), and only
+/// those: a shard that cannot write its log says why there and then exits the process (exit
+/// status 70), which libFuzzer reports as "fuzz target exited". Everything else the shards log
+/// is disabled at its call site (no cost).
+struct DurabilityErrors;
+
+impl DurabilityErrors {
+    fn wanted(metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() == tracing::Level::ERROR
+            && metadata
+                .target()
+                .starts_with("borealis_shards::shard::durability")
+    }
+}
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        let _ = write!(self.0, " {}={value:?}", field.name());
+    }
+}
+
+impl tracing::Subscriber for DurabilityErrors {
+    fn register_callsite(
+        &self,
+        metadata: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        if Self::wanted(metadata) {
+            tracing::subscriber::Interest::always()
+        } else {
+            tracing::subscriber::Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        Self::wanted(metadata)
+    }
+
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        eprintln!(
+            "{} {}:{}",
+            event.metadata().target(),
+            event.metadata().level(),
+            line.0
+        );
+    }
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
 }
 
 fuzz_target!(|data: &[u8]| {
+    static LOGGING: std::sync::Once = std::sync::Once::new();
+    LOGGING.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(DurabilityErrors);
+    });
     let [header, modes, rest @ ..] = data else {
         return;
     };
@@ -1040,7 +1097,7 @@ fuzz_target!(|data: &[u8]| {
         flags.max_schedule_attempts_per_sec = 40.0;
     }
 
-    let dir = log_dir();
+    let dir = scratch_dir("scheduler");
     if with_log {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("cannot create the log directory");

@@ -541,6 +541,18 @@ pub fn op<'a, T: Arbitrary<'a>>(payload: &'a [u8]) -> Option<T> {
     T::arbitrary_take_rest(Unstructured::new(payload)).ok()
 }
 
+/// A scratch directory of this process for `name` (a log, an agent's work dir): under
+/// `$BOREALIS_FUZZ_SCRATCH` when set (scripts/fuzz.sh gives each run its own, and removes only
+/// that), else on tmpfs when there is one.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let base = match std::env::var_os("BOREALIS_FUZZ_SCRATCH") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None if std::path::Path::new("/dev/shm").is_dir() => "/dev/shm".into(),
+        None => std::env::temp_dir(),
+    };
+    base.join(format!("borealis-fuzz-{name}-{}", std::process::id()))
+}
+
 /// A task id the scheduler never issued.
 pub fn unknown_task(n: u64) -> TaskId {
     TaskId(0xdead_0000_0000_0000 | n)
